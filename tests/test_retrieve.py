@@ -1,0 +1,64 @@
+"""Retriever behaviour: modes, fusion, thresholds, the LangChain adapter."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from rag.config import RagConfig, RetrieveConfig
+from rag.embed import HashEmbedder
+from rag.errors import ConfigError
+from rag.index import KnowledgeIndex
+from rag.lc import KnowledgeBaseRetriever
+from rag.retrieve import Retriever, fuse
+from rag.sync import sync_folder
+
+
+@pytest.fixture
+def retriever(corpus: Path, cfg: RagConfig) -> Retriever:
+    sync_folder(corpus, cfg, HashEmbedder())
+    return Retriever(KnowledgeIndex.open(cfg.index.dir, cfg, HashEmbedder()), cfg.retrieve)
+
+
+def test_rrf_fusion_rewards_agreement() -> None:
+    cfg = RetrieveConfig()
+    fused = fuse([(1, 0.9), (2, 0.8), (3, 0.7)], [(3, 9.0), (4, 5.0)], cfg)
+    assert [i for i, _ in fused][:1] == [3]  # ranked by both
+    assert {i for i, _ in fused} == {1, 2, 3, 4}
+    weighted = fuse([(1, 0.9), (2, 0.1)], [(2, 3.0), (1, 1.0)], replace(cfg, fusion="weighted", bm25_weight=2.0))
+    assert weighted[0][0] == 2
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_every_mode_finds_the_answer(retriever: Retriever, mode: str) -> None:
+    hits = retriever.search("年假需要提前几天申请", mode=mode)
+    assert hits and hits[0].chunk.source == "hr/年假.md"
+    assert len(hits) <= retriever.cfg.top_k
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+
+
+def test_hybrid_hits_carry_both_scores(retriever: Retriever) -> None:
+    hit = retriever.search("WireGuard VPN gateway")[0]
+    assert hit.chunk.source == "en/vpn.md"
+    assert hit.dense_score is not None and hit.bm25_score is not None
+
+
+def test_threshold_returns_nothing_for_unrelated_questions(retriever: Retriever) -> None:
+    assert retriever.search("量子色动力学的渐近自由", score_threshold=0.5, bm25_threshold=3.0) == []
+    assert retriever.search("年假 OA 系统 申请", score_threshold=0.05, bm25_threshold=1.0)
+
+
+def test_empty_query_and_bad_mode(retriever: Retriever) -> None:
+    assert retriever.search("   ") == []
+    with pytest.raises(ConfigError, match="retrieve.mode='fuzzy' is not one of dense, bm25, hybrid"):
+        retriever.search("x", mode="fuzzy")
+    with pytest.raises(ConfigError, match="retrieve.candidates=2 must be at least retrieve.top_k=5"):
+        Retriever(retriever.index, replace(retriever.cfg, candidates=2))
+
+
+def test_langchain_adapter(retriever: Retriever) -> None:
+    docs = KnowledgeBaseRetriever(retriever=retriever, k=2).invoke("打印机驱动怎么装")
+    assert len(docs) == 2
+    assert docs[0].metadata["source"] == "运维/打印机.txt" and "驱动" in docs[0].page_content
