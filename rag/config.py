@@ -92,6 +92,44 @@ class RetrieveConfig:
 
 
 @dataclass
+class LLMConfig:
+    """The answering model. ``backend: auto`` uses the local model when it can be had, else the extractive fallback."""
+
+    backend: str = "auto"  # auto | hf | openai | extractive
+    model: str = "THUDM/chatglm3-6b"  # hub id or local folder (a ChatGLM3 checkpoint is converted to native GLM once)
+    modelscope_id: str = "ZhipuAI/chatglm3-6b"  # the same model on ModelScope (the default source in China)
+    revision: str = ""  # pin a hub revision (commit / tag); empty = the hub's default
+    source: str = "auto"  # auto | local | modelscope | huggingface
+    dtype: str = "auto"  # auto (bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU) | bfloat16 | float16 | float32
+    quantization: str = ""  # "" | 4bit | 8bit (bitsandbytes, for small GPUs)
+    device: str = "auto"
+    adapter: str = ""  # default LoRA adapter name under adapters_dir; "" = the base model
+    adapters_dir: str = "adapters"
+    trust_remote_code: bool = False  # only for a local folder whose revision is pinned
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 0.8
+    repetition_penalty: float = 1.0
+    context_window: int = 8192  # tokens the model accepts (prompt + answer)
+    cache_dir: str = "~/.cache/kbqa/models"
+    hub_timeout_s: float = 1800.0
+    openai_base_url: str = ""  # for backend: openai
+    openai_api_key_env: str = "OPENAI_API_KEY"
+
+
+@dataclass
+class AnswerConfig:
+    """Prompting, history, refusal and citation checking."""
+
+    language: str = "auto"  # auto (from the question) | zh | en
+    context_tokens: int = 3000  # budget for the numbered context blocks
+    history_tokens: int = 1024  # budget for earlier turns (trimmed oldest first)
+    rewrite_followups: bool = True  # make a follow-up question standalone before retrieval
+    citation_min_overlap: float = 0.25  # share of a sentence's character bigrams that its cited chunk must contain
+    drop_unsupported_citations: bool = True  # False = keep them, flagged unsupported
+
+
+@dataclass
 class IndexConfig:
     """Where the index lives and what an ingest does with deleted files."""
 
@@ -110,6 +148,8 @@ class RagConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    answer: AnswerConfig = field(default_factory=AnswerConfig)
 
 
 T = TypeVar("T")

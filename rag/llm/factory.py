@@ -1,0 +1,53 @@
+"""Pick the answering backend from config: the local model when it can be had, else the extractive fallback."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from rag.config import LLMConfig
+from rag.errors import ConfigError, ModelUnavailableError
+from rag.llm.base import ChatModel
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "hf", "openai", "extractive")
+INSTALL_HINT = {
+    "zh": "未找到语言模型，当前使用抽取式回答（直接摘录最相关的句子并标注出处）。安装 ChatGLM3-6B：\n"
+    "python -m rag.models download chatglm3-6b --source modelscope（或 --source huggingface），"
+    "然后在 configs/rag/default.yaml 中设置 llm.model=<下载得到的文件夹>。",
+    "en": "No language model found: answering extractively (quoting the best supporting sentences with citations). "
+    "Install ChatGLM3-6B with: python -m rag.models download chatglm3-6b --source modelscope (or huggingface), "
+    "then set llm.model=<the folder it prints>.",
+}
+
+
+@dataclass
+class LoadedModel:
+    """The backend in use and, when it is a fallback, why."""
+
+    model: ChatModel
+    fallback_reason: str = ""  # empty when the configured backend loaded
+
+
+def load_chat_model(cfg: LLMConfig) -> LoadedModel:
+    """Load ``cfg.backend``; with ``auto``, a missing model falls back to the extractive backend (never raises)."""
+    from rag.llm.extractive import ExtractiveModel
+
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"llm.backend={cfg.backend!r} is not one of {', '.join(BACKENDS)}")
+    if cfg.backend == "extractive":
+        return LoadedModel(ExtractiveModel())
+    if cfg.backend == "openai":
+        from rag.llm.openai import OpenAIChatModel  # type: ignore[import-not-found]
+
+        return LoadedModel(OpenAIChatModel.from_config(cfg))
+    try:
+        from rag.llm.hf import HFChatModel
+
+        return LoadedModel(HFChatModel.load(cfg))
+    except ModelUnavailableError as exc:
+        if cfg.backend == "hf":
+            raise
+        log.warning("%s; answering extractively", exc)
+        return LoadedModel(ExtractiveModel(), fallback_reason=str(exc))
