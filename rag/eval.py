@@ -130,6 +130,57 @@ def evaluate_retrieval(retriever: Any, questions: Sequence[Question], k: int = 1
     return {name: scores.row() for name, scores in sorted(groups.items())}
 
 
+def bigram_recall(evidence: str, answer: str) -> float:
+    """Share of the evidence's character bigrams (after normalising) that occur in the answer."""
+    ev, ans = normalise(evidence), normalise(answer)
+    grams = {ev[i: i + 2] for i in range(max(1, len(ev) - 1))}
+    return sum(1 for g in grams if g in ans) / len(grams) if grams else 0.0
+
+
+def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | None = None,
+                     recall_threshold: float = 0.5) -> dict[str, Any]:
+    """Run the full pipeline on every question and score refusals, citations and evidence recall.
+
+    - refusal_rate: unanswerable questions that were refused;
+    - false_refusal_rate: answerable questions that were refused;
+    - citation_precision: cited chunks (answerable questions) that contain an evidence string;
+    - evidence_recall: answerable questions whose answer holds >= ``recall_threshold`` of an evidence string's
+      character bigrams (verbatim for the extractive backend, paraphrase-tolerant for a language model).
+    """
+    refused_unanswerable = unanswerable = refused_answerable = answerable = 0
+    cited = cited_ok = recalled = 0
+    lines = []
+    for question in questions:
+        stream = pipeline.ask(question.question)
+        stream.text()
+        answer = stream.answer
+        wanted = [normalise(e) for e in question.evidence]
+        if question.answerable:
+            answerable += 1
+            refused_answerable += int(answer.refused)
+            for citation in answer.citations:
+                cited += 1
+                cited_ok += int(any(w in normalise(citation.chunk.text) for w in wanted))
+            recalled += int(not answer.refused and any(
+                bigram_recall(e, answer.text) >= recall_threshold for e in question.evidence))
+        else:
+            unanswerable += 1
+            refused_unanswerable += int(answer.refused)
+        lines.append({"id": question.id, "answer": answer.text, "refused": answer.refused, "citations": [
+            {"n": c.number, "source": c.chunk.source, "page": c.chunk.page, "chunk_id": c.chunk.id,
+             "supported": c.supported} for c in answer.citations]})
+    if out is not None:
+        Path(out).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+
+    def ratio(a: int, b: int) -> float | None:
+        return round(a / b, 3) if b else None
+
+    return {"refusal_rate": ratio(refused_unanswerable, unanswerable),
+            "false_refusal_rate": ratio(refused_answerable, answerable),
+            "citation_precision": ratio(cited_ok, cited), "evidence_recall": ratio(recalled, answerable),
+            "n_answerable": answerable, "n_unanswerable": unanswerable}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m rag.eval", description="Evaluate retrieval on a questions file.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +192,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     retrieval.add_argument("--split", default=None, help="only questions of this split (tune / test)")
     retrieval.add_argument("--modes", default=None, help="compare modes, e.g. dense,bm25,hybrid")
     add_config_args(retrieval)
+    answers = sub.add_parser("answers", help="refusals, citation precision and evidence recall of full answers")
+    answers.add_argument("--index", default=None, help="index folder (default: index.dir)")
+    answers.add_argument("--questions", required=True)
+    answers.add_argument("--out", default=None, help="write one JSON line per question with its answer")
+    answers.add_argument("--split", default=None, help="only questions of this split (tune / test)")
+    add_config_args(answers)
     return parser.parse_args(argv)
 
 
@@ -150,6 +207,16 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     questions = read_questions(args.questions, args.split)
+    if args.command == "answers":
+        from rag.pipeline import open_pipeline
+
+        pipeline, fallback = open_pipeline(cfg, args.index)
+        if fallback:
+            print(f"note: {fallback} — answering extractively", file=sys.stderr)
+        scores = evaluate_answers(pipeline, questions, Path(args.out) if args.out else None)
+        print(json.dumps({"model": pipeline.model.info().model_id, **scores}, ensure_ascii=False))
+        print(" ".join(f"{k}={v}" for k, v in scores.items()))
+        return 0
     retriever = Retriever(KnowledgeIndex.open(args.index or cfg.index.dir, cfg), cfg.retrieve)
     modes = args.modes.split(",") if args.modes else [None]
     result: dict[str, dict[str, Any]] = {}
