@@ -9,8 +9,7 @@ import argparse
 import json
 import sys
 
-from rag.cli import add_config_args, config_from_args, run_cli
-from rag.search import OVERRIDE
+from rag.cli import add_config_args, config_from_args, question_and_overrides, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,11 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the final answer as one JSON object")
     add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
-    words = args.overrides
-    args.overrides = [w for w in words if OVERRIDE.match(w)]
-    args.question = " ".join(w for w in words if not OVERRIDE.match(w))
-    if not args.question.strip():
-        parser.error('give a question, e.g. python -m rag.ask "如何重建索引？"')
+    question_and_overrides(parser, args, 'python -m rag.ask "如何重建索引？"')
     if args.compare and not args.adapter:
         parser.error("--compare needs --adapter NAME")
     return args

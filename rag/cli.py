@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,18 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="dotted config overrides, e.g. retrieve.top_k=8 split.chunk_size=400")
     parser.add_argument("--config", default=None, help="YAML config (default: configs/rag/default.yaml)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+
+OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+=")
+
+
+def question_and_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, example: str) -> None:
+    """Split positionals into ``args.question`` (the words) and ``args.overrides`` (``key=value``), any order."""
+    words = args.overrides
+    args.overrides = [w for w in words if OVERRIDE.match(w)]
+    args.question = " ".join(w for w in words if not OVERRIDE.match(w))
+    if not args.question.strip():
+        parser.error(f"give a question, e.g. {example}")
 
 
 def config_from_args(args: argparse.Namespace) -> RagConfig:

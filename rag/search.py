@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 
-from rag.cli import add_config_args, config_from_args, run_cli
-
-OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+=")
+from rag.cli import add_config_args, config_from_args, question_and_overrides, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,12 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="one JSON object per hit")
     add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
-    # positionals are the question's words and key=value overrides, in any order
-    words = args.overrides
-    args.overrides = [w for w in words if OVERRIDE.match(w)]
-    args.question = " ".join(w for w in words if not OVERRIDE.match(w))
-    if not args.question.strip():
-        parser.error("give a question, e.g. python -m rag.search --index indexes/default \"如何重建索引？\"")
+    question_and_overrides(parser, args, 'python -m rag.search --index indexes/default "如何重建索引？"')
     return args
 
 
