@@ -31,7 +31,8 @@ class LoadedModel:
 
 
 def load_chat_model(cfg: LLMConfig) -> LoadedModel:
-    """Load ``cfg.backend``; with ``auto``, a missing model falls back to the extractive backend (never raises)."""
+    """Load ``cfg.backend``; with ``auto``, a model not on disk falls back to the extractive backend (never raises
+    for a missing model, never downloads)."""
     from rag.llm.extractive import ExtractiveModel
 
     if cfg.backend not in BACKENDS:
@@ -45,7 +46,8 @@ def load_chat_model(cfg: LLMConfig) -> LoadedModel:
     try:
         from rag.llm.hf import HFChatModel
 
-        return LoadedModel(HFChatModel.load(cfg))
+        # auto never starts a multi-GB download behind the user's back: `python -m rag.models download` does that
+        return LoadedModel(HFChatModel.load(cfg, network=cfg.backend == "hf"))
     except ModelUnavailableError as exc:
         if cfg.backend == "hf":
             raise
