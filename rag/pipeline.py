@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rag.cite import verify
@@ -125,10 +125,10 @@ class QAPipeline:
             stream.answer = Answer(text=text, hits=closest, refused=True, model=model_name)
             yield text
             return
-        prompt: Prompt = build_messages(standalone, found, history, self.cfg.answer, self.model.count_tokens, language)
+        gen = gen or GenerationConfig.from_llm(self.cfg.llm)
+        prompt = self.fit_prompt(standalone, found, history, gen, language)
         pieces: list[str] = []
-        for piece in self.model.stream(prompt.messages, gen or GenerationConfig.from_llm(self.cfg.llm),
-                                       adapter=adapter, context=prompt.hits_used):
+        for piece in self.model.stream(prompt.messages, gen, adapter=adapter, context=prompt.hits_used):
             pieces.append(piece)
             yield piece
         raw = "".join(pieces)
@@ -137,6 +137,21 @@ class QAPipeline:
         stream.quotes = checked.quotes
         stream.answer = Answer(text=checked.text, hits=prompt.hits_used, citations=checked.citations,
                                refused=is_refusal(checked.text), model=model_name)
+
+    def fit_prompt(self, question: str, hits: Sequence[Hit], history: Sequence[Message], gen: GenerationConfig,
+                   language: str) -> Prompt:
+        """Build the prompt within the model's window: budgets shrink (history first) until prompt + answer fit."""
+        answer_cfg = self.cfg.answer
+        room = self.model.context_window - gen.max_new_tokens
+        encode = getattr(self.model, "encode_messages", None)  # exact count when the backend can template
+        for _ in range(8):
+            prompt = build_messages(question, hits, history, answer_cfg, self.model.count_tokens, language)
+            used = len(encode(prompt.messages)) if encode else prompt.tokens + 8 * len(prompt.messages)
+            if used <= room:
+                return prompt
+            answer_cfg = replace(answer_cfg, history_tokens=answer_cfg.history_tokens // 2,
+                                 context_tokens=max(64, int(answer_cfg.context_tokens * 0.6)))
+        return prompt  # the backend refuses a prompt that still does not fit, with a clear error
 
     def compare(self, question: str, adapter: str, history: Sequence[Message] = (),
                 **retrieve_overrides: Any) -> tuple[AnswerStream, AnswerStream]:
