@@ -1,24 +1,19 @@
 """Text -> float32 [n, dim] L2-normalised vectors: a sentence-transformers embedder, and a hash embedder for tests.
 
-Where the model comes from (:func:`resolve_model_path`): a local folder -> local caches (ours, Hugging Face's,
-ModelScope's) -> ModelScope download -> Hugging Face download, each download in a child process that is killed after
-``embed.hub_timeout_s`` and skipped at once when ``HF_HUB_OFFLINE=1`` or ``KBQA_OFFLINE=1``. When none works,
+Where the model comes from (:func:`resolve_model_path`, i.e. :func:`rag.hub.resolve_model`): a local folder -> local
+caches (ours, Hugging Face's, ModelScope's) -> ModelScope download -> Hugging Face download, each download in a child
+process that is killed after ``embed.hub_timeout_s`` and skipped at once when ``HF_HUB_OFFLINE=1`` or
+``KBQA_OFFLINE=1``. When none works,
 :func:`load_embedder` applies ``embed.fallback``: the offline multilingual-e5-small built by :mod:`rag.e5build`, BM25
 only, or the error. Importing this module loads neither torch nor sentence-transformers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.util
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import zlib
 from collections.abc import Callable, Sequence
@@ -28,8 +23,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rag import hub
 from rag.config import EmbedConfig
-from rag.e5build import ME5_NAME, cache_root, is_complete, me5_small_path, read_build_info
+from rag.e5build import ME5_NAME, is_complete, me5_small_path, read_build_info
 from rag.errors import ConfigError, IndexStateError, ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +33,6 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int], None]  # called with the number of texts embedded so far
 SOURCES = ("auto", "local", "modelscope", "huggingface", "hash")
 FALLBACKS = ("me5-small", "bm25", "none")
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _TOKEN = re.compile(f"([{_CJK}]+)|([^\\W_{_CJK}]+)")  # (a CJK run, or a word of letters/digits)
 
@@ -122,15 +117,12 @@ _MODELS_LOCK = threading.Lock()
 
 
 def _pick_device(device: str) -> str:
-    import torch
+    from rag.llm.hf import pick_device  # torch is imported inside it, only when called
 
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"embed.device={device} but torch sees no CUDA GPU; use embed.device=auto or cpu")
-    return device
+    try:
+        return pick_device(device)
+    except ConfigError as exc:  # its message names llm.device
+        raise ConfigError(str(exc).replace("llm.device", "embed.device")) from exc
 
 
 def _load_model(path: str, device: str, max_seq_length: int) -> Any:
@@ -211,108 +203,16 @@ class SentenceTransformerEmbedder:
                          max_seq_length=int(self.model.max_seq_length or 0), device=self.device)
 
 
-def _offline() -> str:
-    for var in ("HF_HUB_OFFLINE", "KBQA_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return var
-    return ""
-
-
-def _is_model_folder(path: Path) -> bool:
-    return path.is_dir() and ((path / "modules.json").is_file() or (path / "config.json").is_file())
-
-
-def _cache_candidates(cfg: EmbedConfig) -> list[Path]:
-    """Our cache (``org--name`` or ``org/name``), then ModelScope's layouts under ours and under its own cache."""
-    ids = dict.fromkeys(i for i in (cfg.model, cfg.modelscope_id) if i and _HUB_ID.match(i))
-    roots = (cache_root(cfg.cache_dir), Path(os.environ.get("MODELSCOPE_CACHE", "~/.cache/modelscope/hub")).expanduser())
-    names = [n for i in ids for n in (i.replace("/", "--"), i, i.replace(".", "___"))]  # ModelScope writes . as ___
-    return [folder for root in roots for n in names for folder in (root / n, root / "models" / n)]
-
-
-def _hf_cached(repo_id: str, revision: str) -> Path | None:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, revision=revision or None, local_files_only=True))
-    except Exception:  # not cached, bad id, huggingface_hub missing: all mean "not here"
-        return None
-
-
-_DOWNLOAD = """
-import json, sys
-hub, repo, revision, cache_dir = sys.argv[1:5]
-try:
-    if hub == "modelscope":
-        from modelscope import snapshot_download
-        path = snapshot_download(repo, revision=revision or None, cache_dir=cache_dir)
-    else:
-        from huggingface_hub import snapshot_download
-        path = snapshot_download(repo, revision=revision or None)
-except BaseException as exc:
-    print(json.dumps({"error": (type(exc).__name__ + ": " + str(exc)).splitlines()[0][:200]}))
-    sys.exit(1)
-print(json.dumps({"path": str(path)}))
-"""
-
-
-def _download(hub: str, repo: str, cfg: EmbedConfig) -> tuple[Path | None, str]:
-    """Run one hub download in a child process group, killed after ``cfg.hub_timeout_s``: (path, why not)."""
-    args = [sys.executable, "-c", _DOWNLOAD, hub, repo, cfg.revision, str(cache_root(cfg.cache_dir))]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
-    try:
-        stdout, _ = proc.communicate(timeout=cfg.hub_timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: hub clients start helper processes
-        proc.communicate()
-        return None, f"timed out after {cfg.hub_timeout_s:g} s"
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    result = json.loads(lines[-1]) if lines else {"error": f"exit code {proc.returncode}"}
-    if "path" in result and Path(result["path"]).is_dir():
-        return Path(result["path"]), ""
-    return None, f"failed ({result.get('error', 'no folder')})"
-
-
 def resolve_model_path(cfg: EmbedConfig) -> tuple[Path, str]:
-    """Find ``cfg.model`` as a local folder: (folder, one line on where it came from).
+    """Find ``cfg.model`` as a local folder with :func:`rag.hub.resolve_model`: (folder, where it came from).
 
     Raises:
         ModelUnavailableError: nothing worked; the message lists every attempt and the fix.
         ConfigError: ``embed.source`` is not one of local | modelscope | huggingface | auto.
     """
-    if cfg.source not in SOURCES[:4]:
-        raise ConfigError(f"embed.source={cfg.source!r} cannot resolve a model folder; use one of {SOURCES[:4]}")
-    local = Path(cfg.model).expanduser()
-    if _is_model_folder(local):
-        return local.resolve(), f"local folder {local.resolve()}"
-    for path in _cache_candidates(cfg) if cfg.source != "huggingface" else []:
-        if _is_model_folder(path):
-            return path, f"cache {path}"
-    hf = _hf_cached(cfg.model, cfg.revision) if cfg.source != "modelscope" and _HUB_ID.match(cfg.model) else None
-    if hf is not None:
-        return hf, f"Hugging Face cache {hf}"
-    tried = ["no local folder", "not in caches"]
-    hubs = [("modelscope", "ModelScope", cfg.modelscope_id or cfg.model), ("huggingface", "Hugging Face", cfg.model)]
-    for hub, label, repo in hubs:
-        if cfg.source not in ("auto", hub):
-            continue
-        if offline := _offline():
-            tried.append(f"{label}: offline ({offline}=1)")
-        elif not _HUB_ID.match(repo):
-            tried.append(f"{label}: {repo!r} is not a hub id")
-        elif hub == "modelscope" and importlib.util.find_spec("modelscope") is None:
-            tried.append(f"{label}: not installed")
-        else:
-            downloaded, why = _download(hub, repo, cfg)
-            if downloaded is not None:
-                return downloaded, f"{label} download {repo}{'@' + cfg.revision if cfg.revision else ''}"
-            tried.append(f"{label}: {why}")
-    raise ModelUnavailableError(
-        f"embedding model {cfg.model} not found: {', '.join(tried)}. Put the model in a folder and set "
-        "embed.model=/path, or run `make setup` to build the offline default."
-    )
+    return hub.resolve_model(cfg.model, revision=cfg.revision, source=cfg.source, modelscope_id=cfg.modelscope_id,
+                             cache_dir=cfg.cache_dir, timeout_s=cfg.hub_timeout_s, kind="embedding model",
+                             section="embed")
 
 
 def _me5_folder(cfg: EmbedConfig) -> Path | None:
@@ -354,8 +254,8 @@ def load_embedder(cfg: EmbedConfig) -> Embedder | None:
             return None
         me5 = _me5_folder(cfg)
         if me5 is None:
-            logger.warning("%s The offline multilingual-e5-small is not built either (python -m rag.e5build); "
-                           "retrieval is BM25 only.", exc)
+            logger.warning("%s The offline multilingual-e5-small is not built either (run `make setup` or "
+                           "python -m rag.e5build); retrieval is BM25 only.", exc)
             return None
         logger.warning("%s Using the offline multilingual-e5-small at %s instead, with e5 prefixes "
                        "'query: '/'passage: '.", exc, me5)
@@ -381,7 +281,7 @@ def embedder_from_manifest(info: dict[str, Any] | None, cfg: EmbedConfig) -> Emb
         prefixes = {"query_prefix": info.get("query_prefix", ""), "passage_prefix": info.get("passage_prefix", "")}
         try:
             stored = Path(str(info.get("path", "")))
-            if info.get("path") and _is_model_folder(stored):
+            if info.get("path") and hub.is_model_folder(stored):
                 path, origin = stored, f"local folder {stored}"
             elif info.get("name") == ME5_NAME and (me5 := _me5_folder(cfg)) is not None:
                 path, origin = me5, f"offline fallback {me5}"
