@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 
-.PHONY: setup setup-dev app ingest test test-slow lint typecheck clean dev-corpus
+.PHONY: setup setup-dev app ingest test test-slow lint typecheck clean dev-corpus browser-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,8 +39,14 @@ lint: $(VENV)/.dev-deps
 typecheck: $(VENV)/.dev-deps
 	$(BIN)/mypy
 
-## test: lint + type check + the default test set (no slow, no gpu)
-test: setup-dev
+## browser-deps: Debian's Chromium and a CJK font for the browser test (apt, as root; nothing when present)
+browser-deps:
+	@if [ -x /usr/bin/chromium ] && fc-list 2>/dev/null | grep -qiE 'wenquanyi|noto (sans|serif) cjk'; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium fonts-wqy-microhei; \
+	else echo "browser-deps: run 'sudo apt-get install -y chromium fonts-wqy-microhei' (else the browser test is skipped)"; fi
+
+## test: lint + type check + the default test set (no slow, no gpu; the browser test included)
+test: setup-dev browser-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q

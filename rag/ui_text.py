@@ -1,0 +1,411 @@
+"""The chat page's words (Chinese first, English second) and the few text transforms it needs to show answers safely.
+
+Every visible string of ``app.py`` is a key of :data:`TEXT`; both languages hold the same keys (a test checks).
+Document text and model output are data: :func:`html_text` escapes them before they go into the page's HTML, so a
+passage can never inject markup, a link or a formula.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+LANGUAGES = {"zh": "中文", "en": "English"}
+
+TEXT: dict[str, dict[str, str]] = {
+    "zh": {
+        "page_title": "知识库问答",
+        "title": "本地知识库问答",
+        "subtitle": "根据知识库中的文档回答问题，每个回答都标注出处。",
+        "lang_label": "语言 / Language",
+        "view_label": "页面",
+        "view_chat": ":material/chat: 对话",
+        "view_kb": ":material/folder_open: 知识库",
+        "view_model": ":material/memory: 模型",
+        "new_chat": "新对话",
+        "sb_kb": "知识库",
+        "index_label": "索引",
+        "index_counts": "{files} 个文件 · {chunks} 个文本块",
+        "embedder_caption": "向量模型：{embedder}",
+        "no_index": "还没有索引：知识库文件夹 `{folder}` 尚未建立索引。",
+        "no_index_other": "索引 `{index}` 打不开：{error}",
+        "build_now": "立即建立索引",
+        "sb_retrieval": "检索设置",
+        "sb_retrieval_note": "仅对本会话生效",
+        "top_k": "返回段落数 top-k",
+        "hybrid": "混合检索（向量 + 关键词）",
+        "hybrid_help": "关闭后只用向量检索；向量检索与 BM25 关键词检索的结果用倒数排名融合合并。",
+        "hybrid_unavailable": "此索引没有向量，只能用关键词检索（BM25）。",
+        "threshold": "相似度阈值",
+        "threshold_help": "最相关段落的向量余弦相似度低于此值时拒绝回答；0 表示关闭。",
+        "sb_model": "模型",
+        "adapter_label": "LoRA 适配器",
+        "base_option": "（基础模型，不用适配器）",
+        "compare": "对比模式：基础模型 vs 适配器",
+        "compare_help": "同一个问题、同一批检索结果，左右并排显示基础模型和所选适配器的回答。",
+        "compare_needs_adapter": "选择一个可用的适配器后才能对比。",
+        "ask_placeholder": "输入你的问题",
+        "ask_disabled": "请先建立索引",
+        "queued": "正在排队：你前面还有 {ahead} 个请求，轮到你时会自动开始回答。",
+        "gate_timeout": "当前排队的人太多，请稍后再问。",
+        "answer_failed": "回答失败：{error}",
+        "sources": "来源",
+        "closest": "知识库中没有足够的依据。下面是最接近的段落，供参考：",
+        "unverified": "未核实",
+        "all_hits": "全部检索结果（{n}）",
+        "score": "得分",
+        "page": "第 {page} 页",
+        "answered_by": "回答：{model}",
+        "base_label": "基础模型",
+        "tuned_label": "适配器：{adapter}",
+        "feedback_up": "已记录，谢谢！",
+        "feedback_down": "已记录。可以写下正确的回答，帮助改进模型：",
+        "correction_label": "正确的回答（可选）",
+        "correction_placeholder": "写下你认为正确的回答……",
+        "correction_submit": "提交纠正",
+        "correction_saved": "纠正已保存，谢谢！",
+        "fallback_banner": "未加载语言模型，当前为抽取式回答（直接摘录原文句子并标注出处）。安装 ChatGLM3 的方法见“模型”页。",
+        "welcome": "你好！直接在下方输入问题。回答中的 [1]、[2] 可以点击，跳转到对应的原文出处。",
+        "kb_title": "知识库管理",
+        "kb_folder": "知识库文件夹：`{folder}` · 索引：`{index}`",
+        "kb_other_index": "索引 `{index}` 不是由知识库文件夹 `{folder}` 建立的，页面不会修改它。"
+                          "更新它请在命令行运行：`python ingest.py 文件夹 --index {index}`",
+        "files_metric": "文件",
+        "chunks_metric": "文本块",
+        "failed_metric": "失败",
+        "embedder_metric": "向量模型",
+        "upload_title": "上传文档",
+        "upload_label": "选择文件（可多选）",
+        "upload_help": "单个文件不超过 {mb} MB。支持：{types}",
+        "replace_same": "覆盖同名文件（否则另存为“名称 (2)”）",
+        "upload_button": "保存并重新索引",
+        "reindex_title": "重新索引",
+        "reindex_help": "扫描知识库文件夹：新增和修改的文件重新解析，已删除文件的内容移出索引，未改动的文件跳过。",
+        "reindex_button": "重新索引",
+        "progress_hash": "检查文件 {done}/{total}",
+        "progress_parse": "解析文件 {done}/{total}",
+        "progress_embed": "向量化文本块 {done}/{total}",
+        "progress_done": "完成",
+        "report_title": "索引报告",
+        "report_summary": "新增 {new} · 更新 {updated} · 未变 {unchanged} · 失败 {failed} · 删除 {deleted}，"
+                          "共 {chunks} 个新文本块，用时 {seconds} 秒",
+        "col_file": "文件",
+        "col_status": "状态",
+        "col_chunks": "文本块",
+        "col_pages": "页数",
+        "col_seconds": "秒",
+        "col_error": "原因",
+        "status_new": "新增",
+        "status_updated": "已更新",
+        "status_unchanged": "未变",
+        "status_failed": "失败",
+        "status_deleted": "已删除",
+        "status_kept": "保留",
+        "status_ok": "已索引",
+        "docs_title": "已索引的文档",
+        "no_docs": "索引中还没有文档。",
+        "delete_label": "删除文档",
+        "delete_confirm": "确认删除此文件（同时从知识库文件夹中删除）",
+        "delete_button": "删除并重新索引",
+        "deleted": "已删除 {source}",
+        "upload_too_large": "{name} 超过 {mb} MB 的上传上限，未保存。",
+        "upload_unsupported": "{name} 的文件类型无法建立索引，未保存。支持：{types}",
+        "upload_empty": "{name} 是空文件，未保存。",
+        "upload_bad_name": "{name} 的文件名不可用，请改名后再上传。",
+        "upload_outside": "{name} 会被保存到知识库文件夹之外，已拒绝。",
+        "saved_new": "已保存 {name}",
+        "saved_replaced": "已覆盖 {name}",
+        "saved_renamed": "同名文件已存在，另存为 {name}",
+        "saved_unchanged": "{name} 与已有文件相同，无需保存",
+        "index_busy": "重新索引失败：{error}",
+        "model_title": "模型",
+        "backend": "后端",
+        "model_id": "模型",
+        "revision": "版本",
+        "device": "设备",
+        "dtype": "精度",
+        "template": "对话模板",
+        "context_window": "上下文长度",
+        "origin": "来源",
+        "loaded_adapters": "已加载的适配器",
+        "load_state": "加载状态",
+        "state_loaded": ":material/check_circle: 已加载",
+        "state_extractive": ":material/info: 抽取式回答（配置为 extractive）",
+        "state_fallback": ":material/warning: 语言模型不可用，已回退到抽取式回答",
+        "fallback_reason": "原因：{reason}",
+        "install_title": "如何安装 ChatGLM3-6B",
+        "install_sources": "来源任选其一：ModelScope（国内推荐）`--source modelscope`、Hugging Face `--source huggingface`，"
+                           "或已下载好的本地文件夹：在 `configs/rag/default.yaml` 中设置 `llm.model: /path/to/chatglm3-6b`。"
+                           "然后重启页面。",
+        "gpu_title": "GPU 显存",
+        "gpu_none": "没有可用的 GPU（在 CPU 上运行）。",
+        "gpu_line": "{name}：已用 {used:.1f} GiB / 共 {total:.1f} GiB（本进程 {mine:.1f} GiB）",
+        "adapters_title": "LoRA 适配器（`{folder}`）",
+        "adapters_none": "`{folder}` 下还没有适配器。用 `finetune/` 训练后，适配器会出现在这里。",
+        "adapters_unavailable": "适配器功能不可用：{error}",
+        "adapters_rescan": "重新扫描适配器",
+        "adapter_usable": ":material/check_circle: 可用",
+        "adapter_unusable": ":material/block: 不可用",
+        "adapter_needs_llm": "抽取式回答不使用适配器；加载语言模型后才能使用。",
+        "adapter_use": "使用此适配器",
+        "adapter_in_use": "正在使用",
+        "meta_base": "基础模型",
+        "meta_template": "模板",
+        "meta_dataset": "数据集",
+        "meta_metrics": "指标",
+        "meta_created": "创建时间",
+        "meta_lora": "LoRA",
+        "password_title": ":material/lock: 请输入访问密码",
+        "password_label": "密码",
+        "password_button": "进入",
+        "password_wrong": "密码不正确。",
+        "exposed_warning": "页面监听在 `{address}` 上且没有设置密码，局域网内的任何人都能访问。"
+                           "设置 KBQA_PASSWORD 或只监听 127.0.0.1。",
+        "config_error": "配置有误：{error}",
+        "loading_model": "正在加载语言模型（第一次启动可能需要下载，请稍候）……",
+        "loading_index": "正在打开索引……",
+        "none": "无",
+    },
+    "en": {
+        "page_title": "Knowledge QA",
+        "title": "Local knowledge QA",
+        "subtitle": "Answers from the documents in your knowledge base, every answer with its sources.",
+        "lang_label": "语言 / Language",
+        "view_label": "Page",
+        "view_chat": ":material/chat: Chat",
+        "view_kb": ":material/folder_open: Knowledge base",
+        "view_model": ":material/memory: Model",
+        "new_chat": "New conversation",
+        "sb_kb": "Knowledge base",
+        "index_label": "Index",
+        "index_counts": "{files} files · {chunks} chunks",
+        "embedder_caption": "Embedder: {embedder}",
+        "no_index": "No index yet: the knowledge folder `{folder}` has not been indexed.",
+        "no_index_other": "Index `{index}` cannot be opened: {error}",
+        "build_now": "Build the index now",
+        "sb_retrieval": "Retrieval",
+        "sb_retrieval_note": "Applies to this session only",
+        "top_k": "Passages (top-k)",
+        "hybrid": "Hybrid search (vectors + keywords)",
+        "hybrid_help": "Off: vector search only. On: vector and BM25 keyword rankings merged by reciprocal-rank fusion.",
+        "hybrid_unavailable": "This index has no vectors: keyword search (BM25) only.",
+        "threshold": "Similarity threshold",
+        "threshold_help": "Refuse when the best passage's vector cosine similarity is below this; 0 = off.",
+        "sb_model": "Model",
+        "adapter_label": "LoRA adapter",
+        "base_option": "(base model, no adapter)",
+        "compare": "Compare: base model vs adapter",
+        "compare_help": "One question, the same retrieved passages, answered by the base model and the chosen adapter "
+                        "side by side.",
+        "compare_needs_adapter": "Choose a usable adapter to compare.",
+        "ask_placeholder": "Ask a question",
+        "ask_disabled": "Build the index first",
+        "queued": "In line: {ahead} request(s) ahead of you. Your answer starts automatically.",
+        "gate_timeout": "Too many people are asking right now; please try again in a moment.",
+        "answer_failed": "Could not answer: {error}",
+        "sources": "Sources",
+        "closest": "The knowledge base has no support for an answer. The closest passages, for reference:",
+        "unverified": "unverified",
+        "all_hits": "All retrieved passages ({n})",
+        "score": "score",
+        "page": "page {page}",
+        "answered_by": "Answered by {model}",
+        "base_label": "Base model",
+        "tuned_label": "Adapter: {adapter}",
+        "feedback_up": "Thanks, noted!",
+        "feedback_down": "Noted. You can write the right answer to help improve the model:",
+        "correction_label": "The right answer (optional)",
+        "correction_placeholder": "Write the answer you expected…",
+        "correction_submit": "Send correction",
+        "correction_saved": "Correction saved, thank you!",
+        "fallback_banner": "No language model loaded: answers are extractive (quoted sentences with their sources). "
+                           "See the Model page for how to install ChatGLM3.",
+        "welcome": "Hi! Type a question below. Click a [1] or [2] in an answer to jump to its source passage.",
+        "kb_title": "Knowledge base",
+        "kb_folder": "Knowledge folder: `{folder}` · index: `{index}`",
+        "kb_other_index": "Index `{index}` was not built from the knowledge folder `{folder}`; this page does not "
+                          "change it. To update it run: `python ingest.py FOLDER --index {index}`",
+        "files_metric": "Files",
+        "chunks_metric": "Chunks",
+        "failed_metric": "Failed",
+        "embedder_metric": "Embedder",
+        "upload_title": "Upload documents",
+        "upload_label": "Choose files (several at once is fine)",
+        "upload_help": "Up to {mb} MB per file. Supported: {types}",
+        "replace_same": "Replace files with the same name (else saved as \"name (2)\")",
+        "upload_button": "Save and re-index",
+        "reindex_title": "Re-index",
+        "reindex_help": "Scan the knowledge folder: new and changed files are parsed again, deleted files leave the "
+                        "index, unchanged files are skipped.",
+        "reindex_button": "Re-index",
+        "progress_hash": "Checking files {done}/{total}",
+        "progress_parse": "Parsing files {done}/{total}",
+        "progress_embed": "Embedding chunks {done}/{total}",
+        "progress_done": "Done",
+        "report_title": "Index report",
+        "report_summary": "{new} new · {updated} updated · {unchanged} unchanged · {failed} failed · {deleted} "
+                          "deleted; {chunks} new chunks in {seconds} s",
+        "col_file": "File",
+        "col_status": "Status",
+        "col_chunks": "Chunks",
+        "col_pages": "Pages",
+        "col_seconds": "Seconds",
+        "col_error": "Reason",
+        "status_new": "new",
+        "status_updated": "updated",
+        "status_unchanged": "unchanged",
+        "status_failed": "failed",
+        "status_deleted": "deleted",
+        "status_kept": "kept",
+        "status_ok": "indexed",
+        "docs_title": "Indexed documents",
+        "no_docs": "The index holds no documents yet.",
+        "delete_label": "Delete a document",
+        "delete_confirm": "Yes, delete this file (from the knowledge folder too)",
+        "delete_button": "Delete and re-index",
+        "deleted": "Deleted {source}",
+        "upload_too_large": "{name} is over the {mb} MB upload limit; not saved.",
+        "upload_unsupported": "{name}: this file type cannot be indexed; not saved. Supported: {types}",
+        "upload_empty": "{name} is empty; not saved.",
+        "upload_bad_name": "{name} has no usable file name; rename it and upload again.",
+        "upload_outside": "{name} would be saved outside the knowledge folder; refused.",
+        "saved_new": "Saved {name}",
+        "saved_replaced": "Replaced {name}",
+        "saved_renamed": "A different file had that name; saved as {name}",
+        "saved_unchanged": "{name} is identical to the file already there",
+        "index_busy": "Re-index failed: {error}",
+        "model_title": "Model",
+        "backend": "Backend",
+        "model_id": "Model",
+        "revision": "Revision",
+        "device": "Device",
+        "dtype": "Precision",
+        "template": "Chat template",
+        "context_window": "Context window",
+        "origin": "Loaded from",
+        "loaded_adapters": "Loaded adapters",
+        "load_state": "State",
+        "state_loaded": ":material/check_circle: loaded",
+        "state_extractive": ":material/info: extractive answers (configured as extractive)",
+        "state_fallback": ":material/warning: language model unavailable: fell back to extractive answers",
+        "fallback_reason": "Reason: {reason}",
+        "install_title": "How to install ChatGLM3-6B",
+        "install_sources": "Pick one source: ModelScope (fastest in China) `--source modelscope`, Hugging Face "
+                           "`--source huggingface`, or a folder you already have: set `llm.model: /path/to/chatglm3-6b` "
+                           "in `configs/rag/default.yaml`. Then restart the page.",
+        "gpu_title": "GPU memory",
+        "gpu_none": "No GPU available (running on the CPU).",
+        "gpu_line": "{name}: {used:.1f} GiB used of {total:.1f} GiB ({mine:.1f} GiB by this process)",
+        "adapters_title": "LoRA adapters (`{folder}`)",
+        "adapters_none": "No adapters in `{folder}` yet. Adapters trained with `finetune/` appear here.",
+        "adapters_unavailable": "Adapters are unavailable: {error}",
+        "adapters_rescan": "Rescan adapters",
+        "adapter_usable": ":material/check_circle: usable",
+        "adapter_unusable": ":material/block: unusable",
+        "adapter_needs_llm": "Extractive answers do not use adapters; load a language model to use one.",
+        "adapter_use": "Use this adapter",
+        "adapter_in_use": "In use",
+        "meta_base": "Base model",
+        "meta_template": "Template",
+        "meta_dataset": "Dataset",
+        "meta_metrics": "Metrics",
+        "meta_created": "Created",
+        "meta_lora": "LoRA",
+        "password_title": ":material/lock: Password required",
+        "password_label": "Password",
+        "password_button": "Enter",
+        "password_wrong": "Wrong password.",
+        "exposed_warning": "The page listens on `{address}` with no password: anyone on the network can use it. "
+                           "Set KBQA_PASSWORD or listen on 127.0.0.1 only.",
+        "config_error": "Configuration error: {error}",
+        "loading_model": "Loading the language model (the first start may download it; please wait)…",
+        "loading_index": "Opening the index…",
+        "none": "none",
+    },
+}
+
+
+def tr(lang: str, key: str, **values: object) -> str:
+    """The text ``key`` in ``lang`` (``zh`` when unknown), formatted with ``values``."""
+    text = TEXT.get(lang, TEXT["zh"])[key]
+    return text.format(**values) if values else text
+
+
+# Characters that Streamlit's markdown would turn into formatting, links or LaTeX even inside our HTML blocks.
+_MARKDOWN_ENTITIES = str.maketrans({
+    "*": "&#42;", "_": "&#95;", "`": "&#96;", "$": "&#36;", "[": "&#91;", "]": "&#93;", "~": "&#126;",
+    "#": "&#35;", "\\": "&#92;", "|": "&#124;", "!": "&#33;",
+})
+
+
+_BLANK_LINES = re.compile(r"\n[^\S\n]*(?:\n[^\S\n]*)+")
+
+
+def html_text(text: str) -> str:
+    """``text`` as inert HTML: escaped, markdown-neutral, line breaks kept as ``<br>`` (blank lines dropped)."""
+    text = _BLANK_LINES.sub("\n", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return html.escape(text, quote=True).translate(_MARKDOWN_ENTITIES).replace("\n", "<br>")
+
+
+def find_quote(text: str, quote: str) -> tuple[int, int] | None:
+    """(start, end) of ``quote`` in ``text``, matching runs of whitespace loosely; None when absent."""
+    quote = quote.strip()
+    if not quote:
+        return None
+    at = text.find(quote)
+    if at >= 0:
+        return at, at + len(quote)
+    pattern = r"\s*".join(re.escape(part) for part in quote.split())
+    match = re.search(pattern, text)
+    return (match.start(), match.end()) if match else None
+
+
+def passage_html(text: str, quote: str = "") -> str:
+    """A passage as inert HTML with its supporting sentence ``quote`` wrapped in ``<mark>``."""
+    text = _BLANK_LINES.sub("\n", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+    span = find_quote(text, quote)
+    if span is None:
+        return html_text(text)
+    start, end = span
+    return f"{html_text(text[:start])}<mark>{html_text(text[start:end])}</mark>{html_text(text[end:])}"
+
+
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+def link_citations(text: str, anchor_prefix: str, numbers: set[int] | None = None) -> str:
+    """Markdown of an answer whose ``[n]`` markers link to ``#{anchor_prefix}-{n}`` (only ``numbers``, if given);
+    ``$`` is escaped so that prices are not read as LaTeX."""
+    text = text.replace("$", "\\$")
+
+    def link(match: re.Match[str]) -> str:
+        number = int(match.group(1))
+        if numbers is not None and number not in numbers:
+            return match.group(0)
+        return f"[\\[{number}\\]](#{anchor_prefix}-{number})"
+
+    return _CITATION.sub(link, text)
+
+
+def source_card(anchor: str, number: int | None, where: str, body_html: str, badge: str = "") -> str:
+    """One source passage as an HTML card (``where`` is plain text: escaped here; ``body_html`` is already safe)."""
+    label = f'<span class="kb-n">[{number}]</span>' if number is not None else ""
+    flag = f' <span class="kb-badge">{html_text(badge)}</span>' if badge else ""
+    return (f'<div class="kb-src" id="{html.escape(anchor)}"><div class="kb-src-head">{label}{html_text(where)}'
+            f'{flag}</div><div class="kb-src-body">{body_html}</div></div>')
+
+
+CSS = """
+<style>
+.kb-src {border: 1px solid rgba(128, 128, 128, .35); border-radius: .5rem; padding: .45rem .7rem; margin: .4rem 0;
+         font-size: .88rem; scroll-margin-top: 4.5rem;}
+.kb-src:target {border-color: #f59e0b; box-shadow: 0 0 0 2px rgba(245, 158, 11, .35);}
+.kb-src-head {font-weight: 600; margin-bottom: .25rem; overflow-wrap: anywhere;}
+.kb-src-head .kb-n {color: #d97706; margin-right: .4rem;}
+.kb-badge {font-weight: 400; font-size: .75rem; padding: 0 .35rem; border-radius: .3rem;
+           background: rgba(239, 68, 68, .15); color: #b91c1c;}
+.kb-src-body {max-height: 11rem; overflow-y: auto; line-height: 1.65; opacity: .92; overflow-wrap: anywhere;}
+.kb-src mark {background: rgba(250, 204, 21, .5); color: inherit; padding: 0 .1rem; border-radius: .2rem;}
+.kb-meta {font-size: .8rem; opacity: .7;}
+</style>
+"""
