@@ -1,0 +1,327 @@
+"""Decode speed of the answering model: naive ``generate`` vs static-cache ``generate`` vs :class:`FastGenerator`.
+
+ChatGLM3-6B's shape as transformers' native ``GlmForCausalLM`` (6.24 B parameters), random bf16 weights made on the
+GPU (nothing is downloaded). Every measurement is one JSON line on stdout (and in ``--out``), each naming the device;
+the last line is the summary with the ratios. Stages run in order of importance and are skipped past ``--deadline-s``.
+
+    python bench/decode.py                 # full shape, needs a CUDA GPU with ~20 GB
+    python bench/decode.py --small         # tiny shape; runs on CPU in seconds (eager step instead of a graph)
+
+Decode tokens/s = (new tokens - 1) / (total time - time to the first token), so prefill is not counted; for
+``generate`` the time to the first token is ``generate(max_new_tokens=1)`` on the same prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rag.llm.fastgen import FastGenerator
+
+CHATGLM3_6B = {"vocab_size": 65024, "hidden_size": 4096, "intermediate_size": 13696, "num_hidden_layers": 28,
+               "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128, "max_position_embeddings": 8192}
+SMALL = {"vocab_size": 1024, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "max_position_embeddings": 8192}
+START = time.perf_counter()
+RESULTS: dict[str, dict[str, Any]] = {}
+
+
+class Bench:
+    def __init__(self, device: torch.device, out: Path | None, deadline_s: float) -> None:
+        self.device, self.deadline_s = device, deadline_s
+        self.name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        self.out = out.open("a") if out else None
+
+    def emit(self, stage: str, **fields: Any) -> None:
+        line = {"stage": stage, "device": self.name, "t_s": round(time.perf_counter() - START, 1), **fields}
+        RESULTS[stage] = line
+        text = json.dumps(line, ensure_ascii=False)
+        print(text, flush=True)
+        if self.out:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def run(self, stage: str, fn: Callable[[], dict[str, Any]], needs_s: float = 0.0) -> None:
+        left = self.deadline_s - (time.perf_counter() - START)
+        if left < needs_s:
+            self.emit(stage, skipped=f"deadline: {left:.0f} s left, needs ~{needs_s:.0f} s")
+            return
+        try:
+            self.emit(stage, **fn())
+        except Exception as exc:  # one failing stage must not lose the others
+            self.emit(stage, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def build_model(shape: dict[str, int], device: torch.device, dtype: torch.dtype) -> Any:
+    """Random weights initialised where they live (no CPU copy of 12 GB)."""
+    from transformers import GlmConfig, GlmForCausalLM
+
+    config = GlmConfig(**shape, partial_rotary_factor=0.5, attention_bias=True, rms_norm_eps=1e-5, pad_token_id=0)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = GlmForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+def prompt_of(length: int, vocab: int, seed: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(10, vocab, (length,), generator=gen).tolist()
+
+
+def hf_time(b: Bench, model: Any, prompt: list[int], new_tokens: int, **kw: Any) -> tuple[float, list[int]]:
+    ids = torch.tensor([prompt], device=b.device)
+    b.sync()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                             do_sample=False, pad_token_id=0, **kw)
+    b.sync()
+    return time.perf_counter() - t0, out[0, len(prompt):].tolist()
+
+
+def fast_time(gen: FastGenerator, prompts: list[list[int]], new_tokens: int, runs: int) -> dict[str, Any]:
+    """Median over runs of: time to the first chunk, decode tokens/s over all rows."""
+    firsts, rates, totals = [], [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        first, counts = 0.0, [0] * len(prompts)
+        for chunk in gen.generate_batch(prompts, max_new_tokens=new_tokens):
+            first = first or time.perf_counter() - t0
+            counts = [c + len(t) for c, t in zip(counts, chunk, strict=True)]
+        total = time.perf_counter() - t0  # the generator's last step read the tokens back: the device is done
+        firsts.append(first)
+        totals.append(total)
+        rates.append(sum(c - 1 for c in counts) / (total - first))
+    return {"decode_tok_s": round(statistics.median(rates), 1), "ttft_ms": round(1e3 * statistics.median(firsts), 1),
+            "total_s": round(statistics.median(totals), 3), "runs": runs, "rows": len(prompts),
+            "new_tokens": new_tokens, "prompt_tokens": [len(p) for p in prompts]}
+
+
+def logit_check(b: Bench, model: Any, gen: FastGenerator, prompt: list[int], steps: int) -> dict[str, Any]:
+    """Teacher-forced: fast logits per step vs the model's full forward and vs HF's incremental (generate) path."""
+    chunk_tokens, gen.chunk_tokens = gen.chunk_tokens, 1
+    tokens, fast = [], []
+    for chunk in gen.generate(prompt, max_new_tokens=steps):
+        tokens.append(chunk[0])
+        fast.append(gen.logits[0].clone())
+    gen.chunk_tokens = chunk_tokens
+    seq = torch.tensor([prompt + tokens], device=b.device)
+    with torch.no_grad():
+        full = model(seq).logits[0, len(prompt) - 1 : len(prompt) - 1 + steps].float()
+        out = model(seq[:, : len(prompt)], use_cache=True)
+        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        incremental = [out.logits[0, -1].float()]
+        for j in range(steps - 1):
+            out = model(seq[:, len(prompt) + j : len(prompt) + j + 1], past_key_values=cache, use_cache=True)
+            incremental.append(out.logits[0, -1].float())
+    fast_l, incr = torch.stack(fast), torch.stack(incremental)
+
+    def diff(a: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+        return {"max_abs": round(float((a - ref).abs().max()), 4),
+                "rel_l2": round(float((a - ref).norm() / ref.norm()), 5),
+                "argmax_agree": round(float((a.argmax(-1) == ref.argmax(-1)).float().mean()), 3)}
+
+    return {"steps": steps, "logit_abs_max": round(float(full.abs().max()), 2),
+            "fast_vs_naive_incremental": diff(fast_l, incr), "fast_vs_full_forward": diff(fast_l, full),
+            "naive_incremental_vs_full_forward": diff(incr, full)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="tiny shape (CPU-friendly smoke run)")
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--naive-new-tokens", type=int, default=128)
+    parser.add_argument("--rag-prompt-tokens", type=int, default=2000, help="prompt length for time to first token")
+    parser.add_argument("--users", type=int, default=8, help="rows of the batched-decode measurement")
+    parser.add_argument("--skip", default="", help="comma-separated stages to skip: stock,compile (the no-compile variant),sdpa,lora,batch")
+    parser.add_argument("--deadline-s", type=float, default=540.0, help="skip stages that would start after this")
+    parser.add_argument("--out", type=Path, default=None, help="also append the JSON lines to this file")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    skip = set(filter(None, args.skip.split(",")))
+    if args.small:
+        args.prompt_tokens, args.new_tokens, args.naive_new_tokens = 64, 48, 32
+        args.rag_prompt_tokens = min(args.rag_prompt_tokens, 500)
+        if device.type == "cpu":
+            skip |= {"stock", "compile"}
+    b = Bench(device, args.out, args.deadline_s)
+    backend = "graph" if device.type == "cuda" else "eager"
+    shape = SMALL if args.small else CHATGLM3_6B
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    import transformers
+
+    t0 = time.perf_counter()
+    model = build_model(shape, device, dtype)
+    b.sync()
+    b.emit("env", torch=torch.__version__, transformers=transformers.__version__, dtype=str(dtype),
+           params_b=round(sum(p.numel() for p in model.parameters()) / 1e9, 3), build_s=round(time.perf_counter() - t0, 1),
+           attn_implementation=str(getattr(model.config, "_attn_implementation", "?")), shape=shape,
+           weight_gb=round(sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9, 2))
+    if device.type == "cuda":  # the memory-bandwidth ceiling, measured: read + write of a 2 GiB copy
+        src = torch.empty(2**30, dtype=torch.bfloat16, device=device).normal_()
+        dst = torch.empty_like(src)
+        dst.copy_(src)
+        start_ev, end_ev = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start_ev.record()
+        for _ in range(5):
+            dst.copy_(src)
+        end_ev.record()
+        b.sync()
+        bandwidth = 5 * 2 * src.nbytes / (start_ev.elapsed_time(end_ev) / 1e3)
+        RESULTS["env"]["copy_bandwidth_gb_s"] = round(bandwidth / 1e9)
+        del src, dst
+    vocab = shape["vocab_size"]
+    prompt = prompt_of(args.prompt_tokens, vocab, 1)
+    rag_prompt = prompt_of(args.rag_prompt_tokens, vocab, 2)
+    naive_tokens: list[int] = []
+
+    def naive() -> dict[str, Any]:
+        hf_time(b, model, prompt[:32], 4)  # warm-up
+        prefill = statistics.median(hf_time(b, model, prompt, 1)[0] for _ in range(3))
+        rag_ttft = statistics.median(hf_time(b, model, rag_prompt, 1)[0] for _ in range(3))
+        total, naive_tokens[:] = hf_time(b, model, prompt, args.naive_new_tokens)
+        return {"decode_tok_s": round((args.naive_new_tokens - 1) / (total - prefill), 1), "total_s": round(total, 2),
+                "prefill_ms": round(1e3 * prefill, 1), "ttft_rag_ms": round(1e3 * rag_ttft, 1),
+                "new_tokens": args.naive_new_tokens, "prompt_tokens": len(prompt)}
+
+    b.run("naive_generate", naive)
+    gen_holder: dict[str, FastGenerator] = {}
+
+    def fast() -> dict[str, Any]:
+        t = time.perf_counter()
+        gen = gen_holder["gen"] = FastGenerator(model, max_batch=args.users, max_len=4096, backend=backend)
+        list(gen.generate(prompt, max_new_tokens=40))  # captures the batch-1 graph
+        setup = time.perf_counter() - t
+        result = fast_time(gen, [prompt], args.new_tokens, runs=3)
+        list(gen.generate(rag_prompt, max_new_tokens=1))
+        ttft = fast_time(gen, [rag_prompt], 1, runs=5)["ttft_ms"]
+        tokens = [t for c in gen.generate(prompt, max_new_tokens=len(naive_tokens)) for t in c]
+        same = next((i for i, (x, y) in enumerate(zip(tokens, naive_tokens, strict=False)) if x != y), len(tokens))
+        return {**result, "attention": gen.attention, "backend": gen.backend, "setup_s": round(setup, 2),
+                "ttft_rag_ms": ttft, "rag_prompt_tokens": len(rag_prompt), "greedy_prefix_equal_to_naive": same,
+                "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if device.type == "cuda" else None}
+
+    b.run("fast", fast)
+    b.run("logits", lambda: logit_check(b, model, gen_holder["gen"], prompt, 16) if "gen" in gen_holder else {})
+
+    def lora() -> dict[str, Any]:
+        import peft
+
+        config = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
+        lora_model = peft.get_peft_model(model, config).eval()
+        for name, param in lora_model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.02)  # B starts at zero; make the adapter do something
+        n_lora = sum(1 for n, _ in lora_model.named_modules() if n.endswith("lora_A"))
+        adapter_dtype = next(str(p.dtype) for n, p in lora_model.named_parameters() if "lora_A" in n)
+        out: dict[str, Any] = {"lora_linears": n_lora, "r": 8, "adapter_dtype": adapter_dtype}
+        try:
+            gen = FastGenerator(lora_model, max_batch=1, max_len=4096, backend=backend)
+            list(gen.generate(prompt, max_new_tokens=40))
+            out["fused"] = fast_time(gen, [prompt], args.new_tokens, runs=3)
+            out["logits"] = logit_check(b, lora_model, gen, prompt, 8)
+            with lora_model.disable_adapter():  # adapter off = another graph, base speed
+                list(gen.generate(prompt, max_new_tokens=40))
+                out["disabled"] = fast_time(gen, [prompt], args.new_tokens, runs=2)["decode_tok_s"]
+            del gen
+            gen = FastGenerator(lora_model, max_batch=1, max_len=4096, backend=backend, fuse_lora=False)
+            list(gen.generate(prompt, max_new_tokens=40))
+            out["peft_forward_in_graph"] = fast_time(gen, [prompt], args.new_tokens, runs=2)["decode_tok_s"]
+            del gen
+            total, _ = hf_time(b, lora_model, prompt, 48)
+            prefill = hf_time(b, lora_model, prompt, 1)[0]
+            out["naive_generate_tok_s"] = round(47 / (total - prefill), 1)
+        finally:
+            lora_model.unload()  # back to the plain model for the stages below
+        base = RESULTS.get("fast", {}).get("decode_tok_s")
+        if base:
+            out["cost_vs_base"] = round(1 - out["fused"]["decode_tok_s"] / base, 3)
+        return out
+
+    if "lora" not in skip:
+        b.run("lora", lora, needs_s=40)
+
+    def batch() -> dict[str, Any]:
+        gen = gen_holder["gen"]
+        same = [prompt_of(args.prompt_tokens, vocab, 10 + i) for i in range(args.users)]
+        mixed = [prompt_of(200 + (i * 1800) // max(1, args.users - 1), vocab, 20 + i) for i in range(args.users)]
+        list(gen.generate_batch(same, max_new_tokens=20))
+        n = args.new_tokens // 2
+        return {"same_length": fast_time(gen, same, n, runs=2), "mixed_length": fast_time(gen, mixed, n, runs=2)}
+
+    if "batch" not in skip and "gen" in gen_holder:
+        b.run("batch", batch, needs_s=30)
+    gen_holder.clear()
+
+    def stock() -> dict[str, Any]:
+        t = time.perf_counter()
+        hf_time(b, model, prompt, args.new_tokens, cache_implementation="static")
+        first_call = time.perf_counter() - t
+        hf_time(b, model, prompt, args.new_tokens, cache_implementation="static")
+        prefill = hf_time(b, model, prompt, 1)[0]
+        totals = [hf_time(b, model, prompt, args.new_tokens, cache_implementation="static")[0] for _ in range(2)]
+        total = statistics.median(totals)
+        return {"decode_tok_s": round((args.new_tokens - 1) / (total - prefill), 1), "total_s": round(total, 2),
+                "first_call_s": round(first_call, 1), "new_tokens": args.new_tokens}
+
+    if "stock" not in skip:
+        b.run("stock_static_generate", stock, needs_s=150)
+
+    def variant(**kw: Any) -> Callable[[], dict[str, Any]]:
+        def go() -> dict[str, Any]:
+            t = time.perf_counter()
+            gen = FastGenerator(model, max_batch=1, max_len=4096, backend=backend, **kw)
+            list(gen.generate(prompt, max_new_tokens=40))
+            setup = round(time.perf_counter() - t, 1)
+            return {**fast_time(gen, [prompt], args.new_tokens, runs=3), "setup_s": setup, **kw}
+        return go
+
+    if "sdpa" not in skip:
+        b.run("fast_sdpa_attention", variant(attention="sdpa"), needs_s=20)
+    if "compile" not in skip and backend == "graph":
+        b.run("fast_no_compile", variant(compile=False), needs_s=20)
+
+    def rate(stage: str) -> float | None:
+        value = RESULTS.get(stage, {}).get("decode_tok_s")
+        return float(value) if value else None
+
+    naive_r, stock_r, fast_r = (rate(s) for s in ("naive_generate", "stock_static_generate", "fast"))
+    best = fast_r or 0.0
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) - model.get_input_embeddings().weight.nbytes
+    bandwidth = RESULTS["env"].get("copy_bandwidth_gb_s")
+    b.emit("summary", naive_tok_s=naive_r, stock_static_tok_s=stock_r, fast_tok_s=fast_r,
+           fast_no_compile_tok_s=rate("fast_no_compile"), fast_sdpa_tok_s=rate("fast_sdpa_attention"),
+           fast_over_naive=round(best / naive_r, 2) if naive_r else None,
+           fast_over_stock=round(best / stock_r, 2) if stock_r else None,
+           ttft_rag_ms=RESULTS.get("fast", {}).get("ttft_rag_ms"),
+           lora_cost=RESULTS.get("lora", {}).get("cost_vs_base"),
+           users_tok_s=RESULTS.get("batch", {}).get("mixed_length", {}).get("decode_tok_s"),
+           bytes_per_token_gb=round(weights / 1e9, 2),
+           bandwidth_bound_tok_s=round(bandwidth * 1e9 / weights, 1) if bandwidth else None,
+           peak_mem_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2) if device.type == "cuda" else None)
+
+
+if __name__ == "__main__":
+    main()
