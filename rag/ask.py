@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 
 from rag.cli import add_config_args, config_from_args, question_and_overrides, run_cli
 
@@ -51,6 +52,8 @@ def main(args: argparse.Namespace) -> int:
     from rag.pipeline import BASE, open_pipeline
 
     cfg = config_from_args(args)
+    if args.adapter:  # the backend loads the configured adapter (checked against the base) next to the base model
+        cfg = replace(cfg, llm=replace(cfg.llm, adapter=args.adapter))
     pipeline, fallback = open_pipeline(cfg, args.index)
     if fallback:
         print(f"note: {fallback} — answering extractively", file=sys.stderr)
