@@ -93,31 +93,12 @@ def training_lines(count: int = 400, seed: int = 0) -> list[str]:
 
 TRAINING_LINES = training_lines()
 # The pre-tokenizer regex of GLM-4 / Llama 3 (tiktoken's cl100k); Qwen2's differs only in splitting digits singly.
-BYTE_LEVEL_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                    r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-
 def build_tokenizer(tmp: Path, kind: str, vocab_size: int = 2000) -> Any:
-    """A byte-level BPE tokenizer with chat template ``kind``'s tokens and Jinja, saved to ``tmp/tokenizer-{kind}``."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer with chat template ``kind``'s tokens and Jinja, saved to ``tmp/tokenizer-{kind}``
+    (the same builder as ``python -m finetune make-tiny-model``, trained on ``TRAINING_LINES``)."""
+    from finetune.tiny import build_tokenizer as build
 
-    template = get_template(kind)
-    specials = list(dict.fromkeys(template.required_tokens() + template.stop_tokens))
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(BYTE_LEVEL_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(TRAINING_LINES, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=template.eos_token,
-                                        pad_token=template.eos_token, chat_template=template.jinja)
-    folder = Path(tmp) / f"tokenizer-{kind}"
-    tokenizer.save_pretrained(folder)
-    return AutoTokenizer.from_pretrained(folder)
+    return build(Path(tmp) / f"tokenizer-{kind}", kind, TRAINING_LINES, vocab_size)
 
 
 def build_sentencepiece_chatglm3(tmp: Path, vocab_size: int = 1000) -> Path:
