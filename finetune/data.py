@@ -245,7 +245,7 @@ def sharegpt_turns(record: Mapping[str, Any], columns: Mapping[str, str],
         if not isinstance(turn, dict) or tags["role_tag"] not in turn:
             raise _Problem(f"turn {index + 1} of {key!r} has no {tags['role_tag']!r}")
         tag = turn[tags["role_tag"]]
-        if tag not in role_of:
+        if not isinstance(tag, str) or tag not in role_of:
             raise _Problem(f"turn {index + 1} has unknown role {tag!r}; expected one of {sorted(role_of)} "
                            "(set the dataset's tags in dataset_info.json)")
         if role_of[tag] == "system" and (index > 0 or system):
@@ -317,6 +317,9 @@ def _renumber(text: str, mapping: Mapping[int, int]) -> str:
 def feedback_turns(record: Mapping[str, Any], context: str) -> list[tuple[str, Any]] | None:
     """A feedback record -> turns, or None when it is a thumbs-down without a correction (nothing to learn)."""
     from rag.cite import strip_citations
+
+    if not isinstance(record, Mapping):
+        raise _Problem(f"a feedback record must be a JSON object, not {type(record).__name__}")
 
     rating = record.get("rating")
     if rating not in ("up", "down"):

@@ -143,6 +143,10 @@ def _inspect(folder: Path, adapters_dir: Path, name: str) -> AdapterInfo:
         return refuse(f"no adapter folder {name!r} in {adapters_dir}")
     if not (folder / PEFT_CONFIG).is_file():
         return refuse(f"{PEFT_CONFIG} is missing")
+    real_folder = folder.resolve()
+    for file_name in (PEFT_CONFIG, WEIGHTS, METADATA_FILE, PICKLED_WEIGHTS):  # a link out would read a file elsewhere
+        if (folder / file_name).is_symlink() and not (folder / file_name).resolve().is_relative_to(real_folder):
+            return refuse(f"{file_name} links outside the adapter folder {name}")
     try:
         peft = _read_json(folder / PEFT_CONFIG)
     except (OSError, ValueError) as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -84,10 +85,15 @@ def strip_citations(text: str) -> str:
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of each non-blank sentence of ``text``; trailing markers belong to the sentence before them."""
     spans: list[tuple[int, int]] = []
+    markers = [(m.start(), m.end()) for m in MARKER.finditer(text)]  # "[1;2]" or "[1,\n2]" is not two sentences
+    marker_starts = [marker_start for marker_start, _ in markers]
     start = 0
     for match in _TERMINAL.finditer(text):
         if match.start() < start:
             continue  # inside a trailer already taken
+        k = bisect_right(marker_starts, match.start()) - 1
+        if k >= 0 and match.start() < markers[k][1]:
+            continue  # a separator inside a citation marker
         end = match.end() if match.group() == "\n" else _TRAILER.match(text, match.end()).end()  # type: ignore[union-attr]
         if text[start:end].strip():
             spans.append((start, end))

@@ -56,6 +56,7 @@ class EmbedConfig:
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     max_seq_length: int = 0  # 0 = the model's own
+    tokenize_workers: int = 0  # ingest on CUDA: tokeniser processes; 0 = min(8, CPUs - 1), 1 = a thread, no processes
     cache_dir: str = "~/.cache/kbqa/models"
     hub_timeout_s: float = 120.0  # a download that takes longer is abandoned with one clear line
     fallback: str = "me5-small"  # me5-small (offline multilingual-e5-small) | bm25 (no dense index) | none (error)
@@ -66,10 +67,14 @@ class StoreConfig:
     """The vector store: FAISS by default (Milvus in the scale-out issue)."""
 
     kind: str = "faiss"
-    faiss_index: str = "flat"  # flat (exact) | hnsw | ivf
+    faiss_index: str = "auto"  # auto | flat (exact) | hnsw | hnsw_sq8 | ivf | ivf_sq8 (see rag/store/faiss.py)
+    auto_threshold: int = 200_000  # auto: exact flat below this many chunks, auto_large at or above it
+    auto_large: str = "ivf_sq8"  # the approximate kind auto picks (measured: docs/BENCHMARKS.md "Retrieval")
+    vector_dtype: str = "float16"  # float16 | float32: how new indexes keep vectors in SQLite (rebuild source)
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
-    ivf_nlist: int = 256
+    hnsw_ef_construction: int = 40
+    ivf_nlist: int = 0  # 0 = about one list per 1,000 chunks
     ivf_nprobe: int = 16
     uri: str = ""
 
@@ -103,6 +108,7 @@ class LLMConfig:
     dtype: str = "auto"  # auto (bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU) | bfloat16 | float16 | float32
     quantization: str = ""  # "" | 4bit | 8bit (bitsandbytes, for small GPUs)
     device: str = "auto"
+    fast_decode: str = "auto"  # auto (CUDA-graph decoder on CUDA for GLM/Llama/Qwen2, else off) | on | off
     adapter: str = ""  # default LoRA adapter name under adapters_dir; "" = the base model
     adapters_dir: str = "adapters"
     trust_remote_code: bool = False  # only for a local folder whose revision is pinned
@@ -227,6 +233,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # not YAML: keep the string as typed
+    except RecursionError:  # PyYAML recurses once per nesting level: "[[[[..." deep enough overflows the stack
+        raise ConfigError(f"override {key}=... nests lists or mappings too deeply; write a flat value") from None
     if isinstance(value, (dict, list)) is False and value is not None and not isinstance(value, (str, int, float, bool)):
         value = raw  # dates and other YAML scalars stay strings
     return parts, value

@@ -4,7 +4,8 @@ Tables:
     meta(key, value)            generation counter, embedder fingerprint, format version
     files(source, sha256, ...)  one row per file seen: status ok | failed | kept (deleted from disk, chunks kept)
     chunks(id, source, ...)     chunk text and metadata, plus the BM25 tokens (space-joined)
-    vectors(id, v)              float32 embedding bytes, so the FAISS file can be rebuilt without re-embedding
+    vectors(id, v)              embedding bytes (float16 or float32, meta ``vector_dtype``; absent = float32, the
+                                format before float16), so the FAISS file can be rebuilt without re-embedding
 
 Every change to the index is one SQLite transaction that also bumps ``generation``; the FAISS file is a cache
 tagged with the generation it was built from (see :mod:`rag.index`). WAL mode lets readers run while a writer writes.
@@ -23,7 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from rag.config import StoreConfig
+from rag.errors import ConfigError
 from rag.types import Chunk
+
+VECTOR_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -60,8 +65,19 @@ class FileRecord:
 class DocStore:
     """A thin, typed wrapper over the SQLite file. One connection per instance; not shared across threads."""
 
-    def __init__(self, path: Path, readonly: bool = False) -> None:
+    def __init__(self, path: Path, readonly: bool = False, vector_dtype: str | None = None) -> None:
+        """Open (or create) the docstore at ``path``.
+
+        Args:
+            path: the SQLite file.
+            readonly: open without write access (readers never take the writer lock).
+            vector_dtype: float16 | float32 for vectors written into an index that holds none yet (default
+                ``StoreConfig.vector_dtype``); an index that already holds vectors keeps its recorded dtype.
+        """
+        if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
+            raise ConfigError(f"store.vector_dtype={vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
         self.path = Path(path)
+        self.new_vector_dtype = vector_dtype or StoreConfig().vector_dtype
         if readonly:
             uri = f"file:{self.path}?mode=ro"
             self.conn = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False, isolation_level=None)
@@ -161,11 +177,35 @@ class DocStore:
             ],
         )
         if vectors is not None:
-            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO vectors(id, v) VALUES (?, ?)",
-                [(c.id, vectors[i].tobytes()) for i, c in enumerate(chunks)],
-            )
+            self.put_vectors([c.id for c in chunks], vectors)
+
+    @property
+    def vector_dtype(self) -> str:
+        """The dtype vectors are stored in: meta ``vector_dtype``; float32 for an index written before it existed
+        (it holds vectors but no such key); ``new_vector_dtype`` for an index that holds no vectors yet."""
+        recorded = self.get_meta("vector_dtype")
+        if recorded is not None:
+            return recorded
+        has_vectors = self.conn.execute("SELECT 1 FROM vectors LIMIT 1").fetchone() is not None
+        return "float32" if has_vectors else self.new_vector_dtype
+
+    def round_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """``vectors`` as they will read back from this docstore (float32, rounded through float16 if stored so).
+
+        Writers give FAISS these, so an index built incrementally equals one rebuilt from SQLite."""
+        dtype = VECTOR_DTYPES[self.vector_dtype]
+        return np.asarray(vectors, dtype=np.float32).astype(dtype).astype(np.float32)
+
+    def put_vectors(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Store ``vectors`` [n, d] under chunk ``ids`` [n] in this docstore's vector dtype (recorded in meta)."""
+        dtype_name = self.vector_dtype
+        if self.get_meta("vector_dtype") is None:
+            self.set_meta("vector_dtype", dtype_name)
+        matrix = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPES[dtype_name])
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO vectors(id, v) VALUES (?, ?)",
+            [(int(chunk_id), matrix[i].tobytes()) for i, chunk_id in enumerate(ids)],
+        )
 
     def get_chunks(self, ids: Iterable[int]) -> dict[int, Chunk]:
         ids = list(ids)
@@ -187,13 +227,22 @@ class DocStore:
         return [r[0] for r in rows], [r[1] for r in rows]
 
     def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64 [n], vectors float32 [n, dim]) in id order."""
+        """(ids int64 [n], vectors float32 [n, dim]) in id order, whatever dtype they are stored in."""
         rows = self.conn.execute("SELECT id, v FROM vectors ORDER BY id").fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if not rows:
             return ids, np.zeros((0, dim), dtype=np.float32)
-        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
-        return ids, matrix
+        dtype = VECTOR_DTYPES[self.vector_dtype]
+        width = dim * np.dtype(dtype).itemsize
+        if any(len(r[1]) != width for r in rows):  # a row of another dtype: decode each row by its own length
+            by_size = {dim * np.dtype(t).itemsize: t for t in VECTOR_DTYPES.values()}
+            matrix = np.zeros((len(rows), dim), dtype=np.float32)
+            for i, r in enumerate(rows):
+                if len(r[1]) not in by_size:
+                    raise ValueError(f"vector of chunk {r[0]} has {len(r[1])} bytes, not dim {dim} in float16/32")
+                matrix[i] = np.frombuffer(r[1], dtype=by_size[len(r[1])])
+            return ids, matrix
+        return ids, np.frombuffer(b"".join(r[1] for r in rows), dtype=dtype).reshape(len(rows), dim).astype(np.float32)
 
     def count_chunks(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])

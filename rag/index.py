@@ -96,7 +96,10 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 def write_manifest(directory: Path, docstore: DocStore, cfg: RagConfig) -> dict[str, Any]:
     """Write ``manifest.json`` (a human-readable copy of the docstore's description) atomically."""
     manifest = index_info(docstore)
+    vectors = manifest["counts"]["vectors"]
     manifest["store"] = {"kind": cfg.store.kind, "faiss_index": cfg.store.faiss_index,
+                         "faiss_kind": FaissStore.kind_for(cfg.store, vectors) if vectors else None,
+                         "vector_dtype": docstore.vector_dtype if vectors else None,
                          "file": faiss_path(Path("."), manifest["generation"]).name}
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json_atomic(Path(directory) / MANIFEST, manifest)

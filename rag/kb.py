@@ -133,7 +133,9 @@ def list_indexes(root: str | Path, always: str | Path | None = None) -> list[str
     """Sub-folders of ``root`` that hold an index (a ``docstore.sqlite``), sorted; ``always`` is included even when
     it holds none yet (the configured index, which the page can build)."""
     root = Path(root)
-    found = {p.resolve(): str(p) for p in root.iterdir() if (p / DOCSTORE).is_file()} if root.is_dir() else {}
+    inside = root.resolve()
+    found = {p.resolve(): str(p) for p in root.iterdir()  # a link to a folder elsewhere is not offered
+             if (p / DOCSTORE).is_file() and p.resolve().is_relative_to(inside)} if root.is_dir() else {}
     if always is not None:
         found[Path(always).resolve()] = str(Path(always))  # as configured, even when the scan spelt it otherwise
     return sorted(found.values())
@@ -290,13 +292,16 @@ def delete_document(folder: str | Path, source: str) -> bool:
     """
     folder = Path(folder)
     path = folder / source
-    if Path(source).is_absolute() or ".." in Path(source).parts or not _inside(folder, path.parent):
-        raise RagError(f"{source!r} is not a document inside {folder}")
-    if not path.exists() and not path.is_symlink():
-        return False
-    if not path.is_file() and not path.is_symlink():
-        raise RagError(f"{source!r} is not a file")
-    path.unlink()
+    try:  # a NUL byte or an over-long name: the OS refuses it, and so do we, with our own error
+        if Path(source).is_absolute() or ".." in Path(source).parts or not _inside(folder, path.parent):
+            raise RagError(f"{source!r} is not a document inside {folder}")
+        if not path.exists() and not path.is_symlink():
+            return False
+        if not path.is_file() and not path.is_symlink():
+            raise RagError(f"{source!r} is not a file")
+        path.unlink()
+    except (OSError, ValueError) as exc:
+        raise RagError(f"{source!r} cannot be deleted: {exc}") from None
     log.info("deleted document %s", path)
     return True
 

@@ -97,11 +97,16 @@ def discover_files(root: Path, cfg: LoadConfig, exclude: Sequence[Path] = ()) ->
                 continue
             if any(real.is_relative_to(path) for path in excluded):
                 continue
-            if entry.is_dir():
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError as exc:  # a symlink loop (ELOOP) and the like: not a file we can read
+                logger.warning("skipping %s: %s", rel, exc.strerror or exc)
+                continue
+            if is_dir:
                 if real not in visited:
                     visited.add(real)
                     stack.append((Path(entry.path), real, rel + "/"))
-            elif entry.is_file():
+            elif is_file:
                 found.append((rel, Path(entry.path)))
     return [path for _, path in sorted(found)]
 

@@ -131,13 +131,36 @@ def decode_text(data: bytes) -> tuple[str, str]:
     if b"\x00" in data and (guess is None or not guess.startswith("utf-")):  # NULs: UTF-16/32 or binary
         raise LoadError("encoding", "looks like binary data, not text")
     if guess is None:
-        raise LoadError("encoding", "could not detect the text encoding; save the file as UTF-8 and re-run")
+        mixed = _decode_lines(data)  # e.g. UTF-8 and GBK paragraphs pasted together, or a few bad bytes
+        if mixed is None:
+            raise LoadError("encoding", "could not detect the text encoding; save the file as UTF-8 and re-run")
+        return _check_not_binary(mixed), "mixed"
     try:
         text = data.decode(guess)
     except UnicodeDecodeError:
         logger.warning("text is not entirely valid %s; undecodable bytes became U+FFFD", guess)
         text = data.decode(guess, errors="replace")
     return _check_not_binary(text), guess
+
+
+def _decode_lines(data: bytes) -> str | None:
+    """Decode line by line: UTF-8, else (mostly UTF-8) UTF-8 with U+FFFD, else GB18030; None if still mostly junk."""
+    lines = []
+    for line in data.splitlines(keepends=True):
+        try:
+            lines.append(line.decode("utf-8"))
+            continue
+        except UnicodeDecodeError:
+            loose = line.decode("utf-8", errors="replace")
+        if loose.count("\ufffd") * 10 <= len(loose):
+            lines.append(loose)
+            continue
+        try:
+            lines.append(line.decode("gb18030"))
+        except UnicodeDecodeError:
+            lines.append(loose)
+    text = "".join(lines)
+    return text if text.count("\ufffd") * 20 <= len(text) else None
 
 
 def _check_not_binary(text: str) -> str:
@@ -177,6 +200,13 @@ def _strip_front_matter(text: str) -> str:
     return text
 
 
+# markdown-it silently drops everything after a block nested deeper than maxNesting (a list level counts twice), so
+# container markers past the eighth on one line are removed first ("- - - - ... text", ">>>>>... text").
+MARKDOWN_MAX_NESTING = 100
+_MARKER = r"[ \t]*(?:>|(?:[*+-]|\d{1,9}[.)])(?=[ \t]|$))"
+_DEEP_MARKERS = re.compile(rf"(?m)^((?:{_MARKER}){{8}})(?:{_MARKER})+")
+
+
 def _inline_text(token: Any) -> str:
     parts = []
     for child in token.children or ():
@@ -194,7 +224,8 @@ def parse_markdown(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
     from markdown_it import MarkdownIt
 
     text, encoding = decode_text(path.read_bytes())
-    tokens = MarkdownIt("commonmark").enable(["table", "strikethrough"]).parse(_strip_front_matter(text))
+    text = _DEEP_MARKERS.sub(r"\1", _strip_front_matter(text))  # past maxNesting markdown-it drops the rest
+    tokens = MarkdownIt("commonmark", {"maxNesting": MARKDOWN_MAX_NESTING}).enable(["table", "strikethrough"]).parse(text)
     sections = Sections(source, {"parser": "markdown-it", "encoding": encoding})
     lists: list[list[int]] = []  # open lists: [next number] for ordered, [] for bullet
     list_starts = False  # the next list item begins a new paragraph
@@ -253,8 +284,10 @@ _DOCTYPE_SUBSET = re.compile(rb"<!DOCTYPE[^>\[]*\[.*?\]\s*>", re.I | re.S)  # an
 
 
 def _table_lines(table: Any) -> str:
+    """Rows of ``table`` itself (a nested table's text stays in its cell): one pass over the tree, however deep."""
     lines = []
-    for tr in table.find_all("tr"):
+    sections = [child for child in table.find_all(["thead", "tbody", "tfoot"], recursive=False)]
+    for tr in [row for part in [table, *sections] for row in part.find_all("tr", recursive=False)]:
         cells = [collapse(cell.get_text(" ")) for cell in tr.find_all(["td", "th"], recursive=False)]
         if any(cells):
             lines.append(" | ".join(cells))

@@ -77,7 +77,7 @@ _DEFANG: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     (re.compile(r"\[\s*(/?\s*INST)\s*\]", re.I), lambda m: f"［{m.group(1)}］"),
     # "### Instruction" headings and "System:" / "用户：" labels at a line start: break the word with a zero-width space
     (re.compile(rf"(?im)^([ \t>*-]*#{{1,6}}[ \t]*)({_ROLE_WORDS})\b"), _break),
-    (re.compile(rf"(?im)^([ \t>*-]*)({_ROLE_WORDS})(?=[ \t]*[:：])"), _break),
+    (re.compile(rf"(?im)^([ \t>*-]*)({_ROLE_WORDS}|question|问题)(?=[ \t]*[:：])"), _break),  # also our question line
 ]
 _CLOSE = re.compile(r"passage \d+>>>")
 _QUESTION_LINE = re.compile(r"(?m)^(?:问题：|Question: )")

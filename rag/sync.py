@@ -13,13 +13,16 @@ A kill -9 anywhere leaves SQLite at the last commit; a missing or stale FAISS fi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import numpy as np
@@ -86,8 +89,11 @@ class IngestReport:
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a regular file; OSError for anything else (a FIFO swapped in after discovery must not block)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+        if not S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -233,7 +239,7 @@ def sync_folder(
     keep = cfg.index.keep_deleted if keep_deleted is None else keep_deleted
     report = IngestReport(str(directory), embedder.name if embedder is not None else "none (BM25 only)")
     with writer_lock(directory, wait), ExitStack() as stack:
-        ds = DocStore(directory / DOCSTORE)
+        ds = DocStore(directory / DOCSTORE, vector_dtype=cfg.store.vector_dtype)
         stack.callback(ds.close)
         resplit = _prepare(ds, cfg, embedder, directory, rebuild)
         start_generation = ds.generation
@@ -250,8 +256,8 @@ def sync_folder(
         for done, path in enumerate(paths, 1):
             source = path.relative_to(folder).as_posix()
             seen.add(source)
-            stat = path.stat()
-            try:
+            try:  # the file may have gone (or been swapped) since discovery: report it, never crash the ingest
+                stat = path.stat()
                 sha = file_sha256(path)
             except OSError as exc:
                 report.files.append(FileReport(source, "failed", error_kind="unreadable", error=f"cannot read: {exc}"))
@@ -280,7 +286,7 @@ def sync_folder(
                 ds.set_json("split", asdict(cfg.split))
                 ds.set_meta("bm25_tokenizer", BM25_TOKENIZER)
         stack.close()  # commits the rebuild transaction, if any
-        ds = DocStore(directory / DOCSTORE)
+        ds = DocStore(directory / DOCSTORE, vector_dtype=cfg.store.vector_dtype)
         try:
             if embedder is not None:
                 _write_store(ds, cfg, directory, embedder.dim, state, start_generation, rebuild)
@@ -347,20 +353,31 @@ def _record_failure(state: _Sync, parsed: ParsedFile, record: FileRecord, old: F
 
 def _write_store(ds: DocStore, cfg: RagConfig, directory: Path, dim: int, state: _Sync, start_generation: int,
                  rebuild: bool) -> None:
-    """Write faiss-<G>.index for the committed generation G, incrementally when possible; drop older files."""
+    """Write faiss-<G>.index for the committed generation G, incrementally when possible; drop older files.
+
+    Incremental = the previous generation's file, edited in place, when its kind is still the one ``store`` settings
+    pick for the new size (``auto`` switches flat -> approximate at ``store.auto_threshold``) and it can remove what
+    must go; otherwise the store is rebuilt from the vectors in SQLite. Added vectors are rounded to the docstore's
+    vector dtype first, so both ways give the same index.
+    """
     generation = ds.generation
     target = faiss_path(directory, generation)
     if not target.is_file():
         old_file = faiss_path(directory, start_generation)
         store: FaissStore | None = None
-        if not rebuild and old_file.is_file() and cfg.store.faiss_index == "flat":
+        if not rebuild and old_file.is_file():
             try:
                 store = FaissStore.load(old_file, dim, cfg.store)
-                store.remove(np.asarray(state.removed_ids, dtype=np.int64))
-                if state.added_vectors:
-                    store.add(np.asarray(state.added_ids, dtype=np.int64), np.concatenate(state.added_vectors))
-                if len(store) != ds.count_vectors():
+                count = ds.count_vectors()
+                if store.kind != FaissStore.kind_for(cfg.store, count) or (state.removed_ids and not store.supports_remove):
                     store = None
+                else:
+                    store.remove(np.asarray(state.removed_ids, dtype=np.int64))
+                    if state.added_vectors:
+                        store.add(np.asarray(state.added_ids, dtype=np.int64),
+                                  ds.round_vectors(np.concatenate(state.added_vectors)))
+                    if len(store) != count:
+                        store = None
             except (RuntimeError, ValueError):
                 store = None
         if store is None:

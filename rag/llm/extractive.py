@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from rag.bm25 import tokenize
-from rag.cite import CJK, content_units, split_sentences, strip_citations
+from rag.cite import CJK, MARKER, content_units, split_sentences, strip_citations
 from rag.llm.base import GenerationConfig, ModelInfo
-from rag.prompt import REFUSAL, detect_language, question_of
+from rag.prompt import REFUSAL, defang, detect_language, question_of
 from rag.types import Hit, Message
 
 _WORD = re.compile(r"[^\W_]+")
@@ -105,7 +105,8 @@ class ExtractiveModel:
     def _render(self, chosen: list[_Candidate]) -> str:
         parts: list[str] = []
         for candidate in chosen:
-            text = candidate.text
+            # quoted document text is data: defang role tags / fences, and its own [n] can't pass for our citations
+            text = MARKER.sub(lambda m: f"({m.group(1)})", defang(candidate.text))
             if len(text) > self.max_chars:
                 text = text[: self.max_chars - 1].rstrip() + "…"
             if not text.endswith(_ENDS):
