@@ -215,7 +215,7 @@ def test_api_key_guards_every_endpoint_but_health(api: tuple[str, Path]) -> None
             assert API_KEY not in reply.text and DOCS[0].evidence not in reply.text
             checked += 1
     health = httpx.get(f"{url}/health", timeout=10)
-    assert health.status_code == 200 and API_KEY not in health.text
+    assert health.status_code == 200 and API_KEY not in health.text and health.json() == {"status": "ok"}
 
     answer = httpx.post(f"{url}/v1/chat/completions", headers=good, json=body, timeout=30)
     assert answer.status_code == 200 and DOCS[0].evidence in answer.json()["choices"][0]["message"]["content"]
