@@ -6,6 +6,12 @@ the last line is the summary with the ratios. Stages run in order of importance 
 
     python bench/decode.py                 # full shape, needs a CUDA GPU with ~20 GB
     python bench/decode.py --small         # tiny shape; runs on CPU in seconds (eager step instead of a graph)
+    python bench/decode.py --serve         # end to end through rag.llm.hf.HFChatModel.stream: fast_decode auto vs off
+
+``--serve`` puts the same model in two :class:`rag.llm.hf.HFChatModel` (built directly, no hub) with a ChatGLM3-style
+tokenizer made here (ChatGLM3's special tokens, then one token per CJK character up to the 65,024 ids, so every
+streamed character is one token) and times the streamed answer as the app gets it: the chat template, the FIFO
+queue, the worker thread and the incremental detokenisation included.
 
 Decode tokens/s = (new tokens - 1) / (total time - time to the first token), so prefill is not counted; for
 ``generate`` the time to the first token is ``generate(max_new_tokens=1)`` on the same prompt.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -26,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rag.llm.fastgen import FastGenerator
+from rag.types import Message
 
 CHATGLM3_6B = {"vocab_size": 65024, "hidden_size": 4096, "intermediate_size": 13696, "num_hidden_layers": 28,
                "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128, "max_position_embeddings": 8192}
@@ -100,6 +108,136 @@ def hf_time(b: Bench, model: Any, prompt: list[int], new_tokens: int, **kw: Any)
     return time.perf_counter() - t0, out[0, len(prompt):].tolist()
 
 
+CHATGLM3_SPECIALS = ["<unk>", "<s>", "</s>", "[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>",
+                     "<|observation|>"]
+CJK_RANGES = ((0x4E00, 0xA000), (0x3400, 0x4DC0), (0x20000, 0x2A6E0))  # 70,304 characters
+
+
+def chat_tokenizer(vocab_size: int) -> Any:
+    """ChatGLM3's special tokens, then one token per CJK character up to ``vocab_size`` ids (rag.templates detects
+    the chatglm3 template from the specials); decoding concatenates, so a streamed character is one token."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for lo, hi in CJK_RANGES for c in range(lo, hi)]
+    vocab = {t: i for i, t in enumerate(CHATGLM3_SPECIALS + chars[: vocab_size - len(CHATGLM3_SPECIALS)])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True, lowercase=False, strip_accents=False)
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CHATGLM3_SPECIALS])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                  pad_token="<unk>")
+
+
+def serve_time(chat: Any, messages: list[Message], gen: Any, runs: int) -> dict[str, Any]:
+    """Median over runs of HFChatModel.stream: time to the first piece, decode and end-to-end tokens/s."""
+    firsts, rates, e2e, counts, text = [], [], [], [], ""
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        first, pieces = 0.0, []
+        for piece in chat.stream(messages, gen):
+            first = first or time.perf_counter() - t0
+            pieces.append(piece)
+        total = time.perf_counter() - t0
+        text = "".join(pieces)
+        firsts.append(first)
+        counts.append(len(text))  # one character per token (chat_tokenizer)
+        rates.append((len(text) - 1) / (total - first))
+        e2e.append(len(text) / total)
+    return {"decode_tok_s": round(statistics.median(rates), 1), "end_to_end_tok_s": round(statistics.median(e2e), 1),
+            "ttft_ms": round(1e3 * statistics.median(firsts), 1), "tokens": counts, "runs": runs,
+            "max_new_tokens": gen.max_new_tokens, "text": text}
+
+
+def serve(b: Bench, model: Any, args: argparse.Namespace, vocab: int, skip: set[str]) -> None:
+    """End-to-end streaming through HFChatModel: fast_decode auto (FastGenerator) vs off (TextIteratorStreamer +
+    generate), same model, same process."""
+    from rag.llm.base import GenerationConfig
+    from rag.llm.hf import HFChatModel
+
+    tokenizer = chat_tokenizer(vocab)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id]
+    if b.device.type == "cpu":  # smoke run: FastGenerator's static-cache step without a graph
+        HFChatModel._FAST_BACKEND = "eager"
+    mode = "auto" if b.device.type == "cuda" else "on"
+    chats = {name: HFChatModel(model, tokenizer, model_id="chatglm3-6b-shape (random)", context_window=8192,
+                               fast_decode=name) for name in (mode, "off")}
+    gen = random.Random(3)
+    question = "".join(chr(gen.randrange(0x4E00, 0x9FA6)) for _ in range(max(1, args.prompt_tokens - 16)))
+    messages = [Message("system", "你是知识库助手。"), Message("user", question)]
+    prompt_tokens = len(chats["off"].encode_messages(messages))
+    long, short = (GenerationConfig(max_new_tokens=n, temperature=0.0) for n in (args.new_tokens, args.naive_new_tokens))
+    texts: dict[str, str] = {}
+
+    def fast() -> dict[str, Any]:
+        chat = chats[mode]
+        t = time.perf_counter()
+        list(chat.stream(messages, GenerationConfig(max_new_tokens=4)))  # builds the decoder, captures its graph
+        setup = time.perf_counter() - t
+        result = {"setup_s": round(setup, 2), "fast_decode": chat.info().extra["fast_decode"],
+                  "prompt_tokens": prompt_tokens, "long": serve_time(chat, messages, long, runs=3),
+                  "short": serve_time(chat, messages, short, runs=3)}
+        texts["fast"] = result["short"].pop("text")
+        result["long"].pop("text")
+        bare = chat._fast  # the same decoder without the chat layer: what streaming costs on top
+        if bare is not None and bare.backend != "hf":
+            ids = chat.encode_messages(messages)
+            result["bare_fastgenerator"] = fast_time(bare, [ids], args.new_tokens, runs=3)
+        result["ttft_breakdown_ms"] = ttft_breakdown(chat, messages)
+        return result
+
+    def ttft_breakdown(chat: Any, messages: list[Message]) -> dict[str, float]:
+        """Where the time to the first piece goes: prompt encoding, the decoder's first chunk, the streamer."""
+        marks: list[float] = []
+        real = FastGenerator.generate_batch
+
+        def marked(self: Any, *a: Any, **kw: Any) -> Any:
+            for i, chunk in enumerate(real(self, *a, **kw)):
+                if i == 0:
+                    marks.append(time.perf_counter())
+                yield chunk
+
+        rows: list[tuple[float, float, float]] = []
+        FastGenerator.generate_batch = marked  # type: ignore[method-assign]
+        try:
+            for _ in range(5):
+                t0 = time.perf_counter()
+                chat.encode_messages(messages)
+                encoded = time.perf_counter()
+                stream = chat.stream(messages, GenerationConfig(max_new_tokens=32))
+                next(stream)
+                piece = time.perf_counter()
+                for _ in stream:
+                    pass
+                rows.append((encoded - t0, marks[-1] - encoded, piece - encoded))
+        finally:
+            FastGenerator.generate_batch = real  # type: ignore[method-assign]
+        encode, chunk, piece = (1e3 * statistics.median(r[i] for r in rows) for i in range(3))
+        return {"encode_messages": round(encode, 1), "stream_call_to_first_chunk": round(chunk, 1),
+                "stream_call_to_first_piece": round(piece, 1)}
+
+    def off() -> dict[str, Any]:
+        chat = chats["off"]
+        list(chat.stream(messages, GenerationConfig(max_new_tokens=4)))  # warm-up
+        result = {"fast_decode": chat.info().extra["fast_decode"], "prompt_tokens": prompt_tokens,
+                  "short": serve_time(chat, messages, short, runs=2)}
+        texts["off"] = result["short"].pop("text")
+        return result
+
+    b.run("serve_fast", fast)
+    if "off" not in skip:
+        b.run("serve_off", off)
+    same = next((i for i, (x, y) in enumerate(zip(texts.get("fast", ""), texts.get("off", ""), strict=False))
+                 if x != y), min(len(texts.get("fast", "")), len(texts.get("off", ""))))
+    rate = {k: RESULTS.get(f"serve_{k}", {}).get("short", {}).get("decode_tok_s") for k in ("fast", "off")}
+    b.emit("summary", serve_fast_decode_tok_s=rate["fast"], serve_off_decode_tok_s=rate["off"],
+           serve_fast_over_off=round(rate["fast"] / rate["off"], 2) if rate["fast"] and rate["off"] else None,
+           serve_fast_long_decode_tok_s=RESULTS.get("serve_fast", {}).get("long", {}).get("decode_tok_s"),
+           bare_fastgenerator_tok_s=RESULTS.get("serve_fast", {}).get("bare_fastgenerator", {}).get("decode_tok_s"),
+           greedy_text_prefix_equal=same, bf16_note="random bf16 weights: greedy paths drift apart after a few tokens")
+
+
 def fast_time(gen: FastGenerator, prompts: list[list[int]], new_tokens: int, runs: int) -> dict[str, Any]:
     """Median over runs of: time to the first chunk, decode tokens/s over all rows."""
     firsts, rates, totals = [], [], []
@@ -158,6 +296,9 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated stages to skip: stock,compile (the no-compile variant),sdpa,lora,batch")
     parser.add_argument("--deadline-s", type=float, default=540.0, help="skip stages that would start after this")
     parser.add_argument("--out", type=Path, default=None, help="also append the JSON lines to this file")
+    parser.add_argument("--serve", action="store_true",
+                        help="only the end-to-end HFChatModel.stream stages: fast_decode auto vs off "
+                             "(--new-tokens for the fast path's long run, --naive-new-tokens for both; --skip off: fast only)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     skip = set(filter(None, args.skip.split(",")))
@@ -193,6 +334,9 @@ def main() -> None:
         RESULTS["env"]["copy_bandwidth_gb_s"] = round(bandwidth / 1e9)
         del src, dst
     vocab = shape["vocab_size"]
+    if args.serve:
+        serve(b, model, args, vocab, skip)
+        return
     prompt = prompt_of(args.prompt_tokens, vocab, 1)
     rag_prompt = prompt_of(args.rag_prompt_tokens, vocab, 2)
     naive_tokens: list[int] = []

@@ -8,11 +8,12 @@ bert-base-chinese). One JSON line per measurement, each naming the device; the l
     python bench/embed_throughput.py --small       # tiny shape, CPU, seconds
 
 Rows: ``raw_forward`` (pre-tokenised ids already on the GPU, encoder forward only), ``tokenize`` (CPU only),
-``st_encode`` (``SentenceTransformer.encode``), ``embedder`` (``rag.embed.SentenceTransformerEmbedder.embed_documents``,
-what ingest runs), ``pipelined`` (a sketch of a fix: tokenise batch i+1 on a thread while the GPU runs batch i,
-keep vectors on the GPU, one copy back at the end) and ``pipelined_raw`` (the same with the bare fast tokenizer on 4
-threads and the encoder + mean pooling called directly: what the ingest path could reach without sentence-transformers'
-per-batch work).
+``st_encode`` (``SentenceTransformer.encode``), ``encode_path`` (``SentenceTransformerEmbedder.embed_documents`` with
+``direct="off"``: what ingest ran before the direct path), and per ``--workers`` value ``direct_workers_N``: the
+direct path (``rag.embed``'s module docstring) as ingest runs it on CUDA, cold (first call: tokeniser processes
+start, self-check), warm (median of 3 calls over all chunks), in ``rag.sync``'s calls of 128 texts, and its
+tokenisation alone; with the lowest cosine of its vectors against ``encode_path``'s. ``--sketches`` adds the earlier
+sketches (``pipelined``, ``pipelined_raw``, ``multiprocess``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -133,6 +136,50 @@ def multiprocess(st: Any, auto: Any, texts: list[str], seq: int, device: str, tm
          pipelined_chunks_per_s=round(len(texts) / pipelined))
 
 
+def sketches(st: Any, auto: Any, texts: list[str], bs: int, seq: int, device: str, timed: Any) -> dict[str, float]:
+    """The sketches that led to the direct path (--sketches): tokenise on a thread ahead of the GPU, and the bare fast
+    tokenizer on 4 threads with the encoder called directly."""
+    n = len(texts)
+
+    def pipelined() -> Any:
+        order = sorted(range(n), key=lambda i: -len(texts[i]))
+        batches = [[texts[i] for i in order[s : s + bs]] for s in range(0, n, bs)]
+        outs = []
+        with ThreadPoolExecutor(1) as pool, torch.inference_mode():
+            pending = pool.submit(st.tokenize, batches[0])
+            for j in range(len(batches)):
+                features = pending.result()
+                if j + 1 < len(batches):
+                    pending = pool.submit(st.tokenize, batches[j + 1])
+                features = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                            for k, v in features.items()}
+                outs.append(st(features)["sentence_embedding"])
+            return torch.cat(outs).float().cpu().numpy()
+
+    def pipelined_raw(workers: int = 4) -> Any:
+        tokenizer = st.tokenizer
+        order = sorted(range(n), key=lambda i: -len(texts[i]))
+        batches = [[texts[i] for i in order[s : s + bs]] for s in range(0, n, bs)]
+
+        def tokenize(batch: list[str]) -> Any:
+            return tokenizer(batch, padding=True, truncation=True, max_length=seq, return_tensors="pt")
+
+        outs = []
+        with ThreadPoolExecutor(workers) as pool, torch.inference_mode():
+            for features in pool.map(tokenize, batches):  # tokenises ahead on `workers` threads
+                ids = features["input_ids"].to(device, non_blocking=True)
+                mask = features["attention_mask"].to(device, non_blocking=True)
+                hidden = auto(input_ids=ids, attention_mask=mask).last_hidden_state
+                weights = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * weights).sum(1).float() / weights.sum(1).float()
+                outs.append(torch.nn.functional.normalize(pooled, dim=-1))
+            return torch.cat(outs).cpu().numpy()
+
+    pipelined()
+    pipelined_raw()
+    return {"pipelined": n / timed(pipelined), "pipelined_raw": n / timed(pipelined_raw)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true")
@@ -140,7 +187,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256, help="tokens per chunk (max_seq_length)")
     parser.add_argument("--batch-sizes", default="32,128")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--multiprocess", action="store_true", help="also in --small mode")
+    parser.add_argument("--multiprocess", action="store_true", help="also in --small mode (with --sketches)")
+    parser.add_argument("--workers", default="1,4", help="tokeniser processes of the direct path to compare (1: a thread)")
+    parser.add_argument("--sketches", action="store_true", help="also the earlier sketches (pipelined, multiprocess)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
@@ -174,8 +223,8 @@ def main() -> None:
     try:
         folder = build_folder(tmp / "text2vec-shape", SMALL if args.small else TEXT2VEC, args.seq)
         texts = chunks(args.chunks, args.seq - 2)
-        embedder = SentenceTransformerEmbedder(folder, name="text2vec-shape", device=device)
-        st = embedder.model
+        encode_path = SentenceTransformerEmbedder(folder, name="text2vec-shape", device=device, direct="off")
+        st = encode_path.model
         auto = st[0].auto_model
         lengths = [len(ids) for ids in st.tokenize(texts[:64])["input_ids"]]
         emit("env", torch=torch.__version__, transformers=transformers.__version__,
@@ -193,58 +242,40 @@ def main() -> None:
             tok = timed(lambda: [st.tokenize(texts[i : i + bs]) for i in range(0, n, bs)])
             st.encode(texts[:bs], batch_size=bs)
             enc = timed(lambda: st.encode(texts, batch_size=bs, convert_to_numpy=True))
-            embedder.batch_size = bs
-            embedder.embed_documents(texts[:bs])
-            ours = timed(lambda: embedder.embed_documents(texts))
-
-            def pipelined() -> Any:
-                order = sorted(range(n), key=lambda i: -len(texts[i]))
-                batches = [[texts[i] for i in order[s : s + bs]] for s in range(0, n, bs)]
-                outs = []
-                with ThreadPoolExecutor(1) as pool, torch.inference_mode():
-                    pending = pool.submit(st.tokenize, batches[0])
-                    for j in range(len(batches)):
-                        features = pending.result()
-                        if j + 1 < len(batches):
-                            pending = pool.submit(st.tokenize, batches[j + 1])
-                        features = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                                    for k, v in features.items()}
-                        outs.append(st(features)["sentence_embedding"])
-                    return torch.cat(outs).float().cpu().numpy()
-
-            def pipelined_raw(workers: int = 4) -> Any:
-                tokenizer = st.tokenizer
-                order = sorted(range(n), key=lambda i: -len(texts[i]))
-                batches = [[texts[i] for i in order[s : s + bs]] for s in range(0, n, bs)]
-
-                def tokenize(batch: list[str]) -> Any:
-                    return tokenizer(batch, padding=True, truncation=True, max_length=args.seq, return_tensors="pt")
-
-                outs = []
-                with ThreadPoolExecutor(workers) as pool, torch.inference_mode():
-                    for features in pool.map(tokenize, batches):  # tokenises ahead on `workers` threads
-                        ids = features["input_ids"].to(device, non_blocking=True)
-                        mask = features["attention_mask"].to(device, non_blocking=True)
-                        hidden = auto(input_ids=ids, attention_mask=mask).last_hidden_state
-                        weights = mask.unsqueeze(-1).to(hidden.dtype)
-                        pooled = (hidden * weights).sum(1).float() / weights.sum(1).float()
-                        outs.append(torch.nn.functional.normalize(pooled, dim=-1))
-                    return torch.cat(outs).cpu().numpy()
-
-            pipelined()
-            pipe = timed(pipelined)
-            pipelined_raw()
-            pipe_raw = timed(pipelined_raw)
-            rate = {"raw_forward": (n // bs) * bs / raw, "tokenize": n / tok, "st_encode": n / enc, "embedder": n / ours,
-                    "pipelined": n / pipe, "pipelined_raw": n / pipe_raw}
+            encode_path.batch_size = bs
+            encode_path.embed_documents(texts[:bs])
+            old = timed(lambda: encode_path.embed_documents(texts))
+            rate = {"raw_forward": (n // bs) * bs / raw, "tokenize": n / tok, "st_encode": n / enc,
+                    "encode_path": n / old}
+            if args.sketches:
+                rate.update(sketches(st, auto, texts, bs, args.seq, device, timed))
             emit(f"batch_{bs}", batch_size=bs, chunks_per_s={k: round(v) for k, v in rate.items()},
-                 embedder_over_raw=round(rate["embedder"] / rate["raw_forward"], 3),
+                 encode_path_over_raw=round(rate["encode_path"] / rate["raw_forward"], 3),
                  st_encode_over_raw=round(rate["st_encode"] / rate["raw_forward"], 3),
-                 pipelined_over_raw=round(rate["pipelined"] / rate["raw_forward"], 3),
-                 pipelined_raw_over_raw=round(rate["pipelined_raw"] / rate["raw_forward"], 3),
                  ms_per_batch={"gpu_forward": round(1e3 * bs / rate["raw_forward"], 2),
                                "tokenize": round(1e3 * bs / rate["tokenize"], 2),
-                               "embedder": round(1e3 * bs / rate["embedder"], 2)})
+                               "encode_path": round(1e3 * bs / rate["encode_path"], 2)})
+
+        def direct(workers: int) -> None:
+            """The direct path as ingest runs it: a fresh embedder (cold: tokeniser processes start, self-check),
+            then warm calls over all chunks, then sync.py's pattern (calls of 4 x embed.batch_size = 128 texts)."""
+            embedder = SentenceTransformerEmbedder(folder, name="text2vec-shape", device=device, direct="on",
+                                                   tokenize_workers=workers)
+            cold = timed(lambda: embedder.embed_documents(texts))
+            assert embedder._plan is not None, embedder._plan_failure
+            warm = statistics.median(timed(lambda: embedder.embed_documents(texts)) for _ in range(3))
+            calls = timed(lambda: [embedder.embed_documents(texts[i : i + 128]) for i in range(0, n, 128)])
+            jobs = [texts[i : i + 128] for i in range(0, n, 128)]
+            tokenize = timed(lambda: list(embedder._tokenized(jobs, embedder._workers())))
+            got, want = embedder.embed_documents(texts[:512]), encode_path.embed_documents(texts[:512])
+            rate = {"cold_first_call": n / cold, "warm": n / warm, "calls_of_128": n / calls,
+                    "tokenize_only": n / tokenize}
+            best_raw = max(v["chunks_per_s"]["raw_forward"] for k, v in results.items() if k.startswith("batch_"))
+            emit(f"direct_workers_{workers}", workers=embedder._workers(), batch_size=embedder._direct_batch(),
+                 chunks_per_s={k: round(v) for k, v in rate.items()},
+                 warm_over_raw=round(rate["warm"] / best_raw, 3), cold_over_raw=round(rate["cold_first_call"] / best_raw, 3),
+                 calls_of_128_over_raw=round(rate["calls_of_128"] / best_raw, 3),
+                 min_cosine_vs_encode_path=round(float(np.min(np.sum(got * want, axis=1))), 5))
 
         one_call = timed(lambda: st.tokenizer(texts, padding=True, truncation=True, max_length=args.seq,
                                               return_tensors="pt"))
@@ -252,19 +283,25 @@ def main() -> None:
              tokenizers_parallelism=os.environ.get("TOKENIZERS_PARALLELISM", "(unset)"))
         for bs in (int(b) for b in args.batch_sizes.split(",")):
             measure(bs)
-        if not args.small or args.multiprocess:
+        for workers in (int(w) for w in args.workers.split(",")):
+            try:
+                direct(workers)
+            except Exception as exc:  # one failing variant must not lose the others
+                emit(f"direct_workers_{workers}", error=f"{type(exc).__name__}: {exc}"[:300])
+        if args.sketches and (not args.small or args.multiprocess):
             multiprocess(st, auto, texts, args.seq, device, tmp, emit, timed)
         batches = [v for k, v in results.items() if k.startswith("batch_")]
         default = next((b for b in batches if b["batch_size"] == 32), batches[0])
         best_raw = max(b["chunks_per_s"]["raw_forward"] for b in batches)
-        emit("summary", default_batch_embedder_chunks_s=default["chunks_per_s"]["embedder"],
-             default_batch_ratio=default["embedder_over_raw"], best_raw_chunks_s=best_raw,
-             best_embedder_chunks_s=max(b["chunks_per_s"]["embedder"] for b in batches),
-             best_pipelined_chunks_s=max(b["chunks_per_s"]["pipelined"] for b in batches),
-             best_pipelined_raw_chunks_s=max(b["chunks_per_s"]["pipelined_raw"] for b in batches),
-             multiprocess_pipelined_chunks_s=results.get("multiprocess", {}).get("pipelined_chunks_per_s"),
-             multiprocess_over_raw=round(results["multiprocess"]["pipelined_chunks_per_s"] / best_raw, 3)
-             if "multiprocess" in results else None)
+        directs = {k: v for k, v in results.items() if k.startswith("direct_") and "chunks_per_s" in v}
+        best = max(directs.values(), key=lambda v: v["chunks_per_s"]["warm"], default=None)
+        emit("summary", encode_path_chunks_s=default["chunks_per_s"]["encode_path"],
+             encode_path_ratio=default["encode_path_over_raw"], best_raw_chunks_s=best_raw,
+             direct_warm_chunks_s={k: v["chunks_per_s"]["warm"] for k, v in directs.items()},
+             direct_cold_chunks_s={k: v["chunks_per_s"]["cold_first_call"] for k, v in directs.items()},
+             direct_calls_of_128_chunks_s={k: v["chunks_per_s"]["calls_of_128"] for k, v in directs.items()},
+             best_direct=best and {"workers": best["workers"], "warm_over_raw": best["warm_over_raw"]},
+             target_warm_over_raw=0.75)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -56,7 +56,7 @@ class EmbedConfig:
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     max_seq_length: int = 0  # 0 = the model's own
-    tokenize_workers: int = 0  # ingest on CUDA: tokeniser processes; 0 = min(8, CPUs - 1), 1 = a thread, no processes
+    tokenize_workers: int = 0  # ingest on CUDA: 0/1 = tokenise on a background thread; N >= 2 = in N processes
     cache_dir: str = "~/.cache/kbqa/models"
     hub_timeout_s: float = 120.0  # a download that takes longer is abandoned with one clear line
     fallback: str = "me5-small"  # me5-small (offline multilingual-e5-small) | bm25 (no dense index) | none (error)

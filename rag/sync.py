@@ -173,14 +173,16 @@ class _Sync:
     def _embed(self, texts: list[str]) -> np.ndarray | None:
         if self.embedder is None:
             return None
-        batch = max(1, self.cfg.embed.batch_size) * 4
         self.embed_total += len(texts)
-        parts = []
-        for start in range(0, len(texts), batch):
-            part = texts[start: start + batch]
-            parts.append(self.embedder.embed_documents(part))
-            self.embedded += len(part)
+        before = self.embedded
+
+        def advance(done: int) -> None:  # the embedder reports texts done so far in this call
+            self.embedded = before + done
             self.progress("embed", self.embedded, self.embed_total)
+
+        # one call per flush: the embedder batches by length itself (and, on CUDA, tokenises ahead of the GPU)
+        parts = [self.embedder.embed_documents(texts, progress=advance)] if texts else []
+        self.embedded = before + len(texts)
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, self.embedder.dim), np.float32)
 
 
@@ -318,7 +320,7 @@ def _remove_deleted(state: _Sync, known: dict[str, FileRecord], seen: set[str], 
 def _parse_and_index(state: _Sync, todo: list[tuple[Path, str, FileRecord]], known: dict[str, FileRecord],
                      rebuild: bool) -> None:
     records = {source: record for _, source, record in todo}
-    flush_at = max(1, state.cfg.embed.batch_size) * 8
+    flush_at = max(1, state.cfg.embed.batch_size) * 32  # chunks per embed call and per commit
     done = 0
     for parsed in parse_files([(path, source) for path, source, _ in todo], state.cfg.load):
         done += 1

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,8 +49,8 @@ DOCS = [
 ]
 
 
-def build_tiny_st(folder: Path, prompts: dict[str, str] | None = None, hidden: int = 32) -> Path:
-    """A real sentence-transformers folder: WordPiece trained here, random BertModel, mean pooling, Normalize."""
+def build_tiny_st(folder: Path, prompts: dict[str, str] | None = None, hidden: int = 32, pooling: str = "mean") -> Path:
+    """A real sentence-transformers folder: WordPiece trained here, random BertModel, ``pooling``, Normalize."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -72,7 +73,7 @@ def build_tiny_st(folder: Path, prompts: dict[str, str] | None = None, hidden: i
     config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=2 * hidden, max_position_embeddings=128)
     BertModel(config).save_pretrained(hf_dir)
-    modules = [Transformer(str(hf_dir), max_seq_length=64), Pooling(hidden, "mean"), Normalize()]
+    modules = [Transformer(str(hf_dir), max_seq_length=64), Pooling(hidden, pooling), Normalize()]
     SentenceTransformer(modules=modules, prompts=prompts, device="cpu").save(str(folder), create_model_card=False)
     shutil.rmtree(hf_dir)
     return folder
@@ -194,6 +195,57 @@ def test_found_in_our_cache_by_model_id(tiny: Path, offline: Path) -> None:
     shutil.copytree(tiny, offline / "someorg--tiny-model")
     path, origin = resolve_model_path(EmbedConfig(model="someorg/tiny-model"))
     assert path == offline / "someorg--tiny-model" and origin.startswith("cache ")
+
+
+# --- the direct ingest path (tokeniser processes, the encoder called directly; auto on CUDA only) ------------------
+
+LONG = "服务器磁盘空间不足时先查看分区使用率然后清理日志文件 " * 6  # past max_seq_length=64: truncated
+MANY = [f"{i} {SENTENCES[i % len(SENTENCES)]} {DOCS[i % len(DOCS)][: i % 40]}" for i in range(37)] + [LONG, " ", "年假"]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("workers", [1, 2])  # 1: a tokeniser thread; 2: tokeniser processes
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_direct_path_matches_encode(tmp_path: Path, tiny_e5: Path, pooling: str, workers: int) -> None:
+    folder = tiny_e5 if pooling == "mean" else build_tiny_st(tmp_path / "cls", prompts=E5_PROMPTS, pooling="cls")
+    for passage_prefix in (None, "文档："):  # the folder's "passage: " prompt, then the config's prefix
+        kwargs: dict[str, Any] = {"name": "tiny", "device": "cpu", "batch_size": 4, "passage_prefix": passage_prefix}
+        direct = SentenceTransformerEmbedder(folder, direct="on", tokenize_workers=workers, **kwargs)
+        encode = SentenceTransformerEmbedder(folder, direct="off", **kwargs)
+        done: list[int] = []
+        got = direct.embed_documents(MANY, progress=done.append)
+        assert direct._plan is not None and direct._plan.pooling == pooling  # the direct path ran
+        want = encode.embed_documents(MANY)
+        assert got.shape == want.shape == (len(MANY), 32) and got.dtype == np.float32
+        assert cosines(got, want).min() >= 0.999  # per row, in input order
+        np.testing.assert_allclose(got, want, atol=2e-5)  # float32 on a CPU: the same numbers (cls is ~constant)
+        np.testing.assert_allclose(unit_norms(got), 1.0, rtol=1e-5)
+        assert done == [*range(4, len(MANY), 4), len(MANY)]  # after each batch of embed.batch_size on a CPU
+        prefixed = direct.embed_documents(MANY[:3])[1]
+        assert float(prefixed @ encode.embed_documents([MANY[1]])[0]) >= 0.999
+        unprefixed = direct.model.encode([MANY[1]], prompt="")[0]
+        assert pooling == "cls" or float(prefixed @ unprefixed) < 0.999  # the prefix was applied
+
+
+def test_direct_path_is_for_cuda_and_unknown_layouts_keep_encode(tmp_path: Path, tiny: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    auto = SentenceTransformerEmbedder(tiny, name="tiny", device="cpu")
+    assert auto.direct == "auto" and not auto._direct_ready(1000) and auto._plan is None  # a CPU: encode
+    folder = build_tiny_st(tmp_path / "max", pooling="max")
+    forced = SentenceTransformerEmbedder(folder, name="tiny-max", device="cpu", direct="on")
+    with caplog.at_level(logging.WARNING, logger="rag.embed"):
+        got = forced.embed_documents(MANY)
+        forced.embed_documents(MANY)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "embedder tiny-max: the direct ingest path cannot reproduce this model (pooling max); using "
+        "SentenceTransformer.encode"]  # once
+    np.testing.assert_allclose(got, SentenceTransformerEmbedder(folder, name="m", device="cpu").embed_documents(MANY),
+                               atol=1e-6)
+    with pytest.raises(ConfigError, match=r"^direct='gpu' is not one of auto, on, off$"):
+        SentenceTransformerEmbedder(tiny, name="tiny", device="cpu", direct="gpu")
 
 
 # --- hubs: never hang ------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ in ChatGLM3's own layout, and a finetune_demo-style LoRA on its fused query_key_
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -42,14 +43,15 @@ def build_tiny_chat_model(folder: Path, arch: str = "llama", seed: int = 0) -> P
     return tinymodels.build_tiny_causal_lm(folder, arch, ARCH_TEMPLATE[arch], seed=seed)
 
 
-def make_lora_adapter(base_folder: Path, out: Path, seed: int) -> Path:
-    """A peft LoRA adapter on q/v with random, non-zero B (so it changes the output), saved as safetensors."""
+def make_lora_adapter(base_folder: Path, out: Path, seed: int, targets: Any = ("q_proj", "v_proj")) -> Path:
+    """A peft LoRA adapter (default on q/v) with random, non-zero B (so it changes the output), saved as safetensors."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(base_folder)
-    lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+    lora = LoraConfig(r=4, lora_alpha=16, target_modules=targets if isinstance(targets, str) else list(targets),
+                      init_lora_weights=False,
                       task_type="CAUSAL_LM")
     get_peft_model(base, lora).save_pretrained(str(out))
     assert (out / "adapter_model.safetensors").is_file()
@@ -374,6 +376,175 @@ def test_found_in_our_cache_by_hub_id(tiny_llama: Path, offline: Path) -> None:
     chat = HFChatModel.load(LLMConfig(model="someorg/tiny-chat", device="cpu", max_new_tokens=4))
     assert chat.info().extra["origin"] == f"cache {offline / 'someorg--tiny-chat'}"
     assert hub.canonical_model_id(str(offline / "someorg--tiny-chat")) == "someorg/tiny-chat"
+
+
+# --- the fast decoder (llm.fast_decode, rag.llm.fastgen) --------------------------------------------------------
+# On CPU, FastGenerator's own backend is "hf" (model.generate in chunks); "eager" runs its static-cache decode step
+# (the CUDA graph's body, fused LoRA included) without a graph. Both must stream what fast_decode=off streams.
+
+FAST_BACKENDS = ["hf", "eager"]
+
+
+def built_once(folder: Path, arch: str, seed: int = 0) -> Path:
+    """``build_tiny_chat_model`` into ``folder`` unless an earlier parametrisation built it."""
+    built = folder / f"tiny-{arch}"
+    return built if built.is_dir() else build_tiny_chat_model(folder, arch, seed=seed)
+
+
+@pytest.fixture
+def fast_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(HFChatModel, "_FAST_BACKEND", request.param)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("fast_backend", FAST_BACKENDS, indirect=True)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "glm"])
+def test_fast_decode_streams_the_same_pieces_as_generate(models_dir: Path, arch: str, fast_backend: str) -> None:
+    folder = built_once(models_dir / f"fast-{arch}", arch)
+    off, on = load(folder, fast_decode="off"), load(folder, fast_decode="on")
+    assert off.info().extra["fast_decode"] == "off" and on.info().extra["fast_decode"] == "on"  # not built yet
+    prompt = talkative(off)
+    expected = list(off.stream(prompt))
+    assert list(on.stream(prompt)) == expected and "".join(expected)
+    assert on.info().extra["fast_decode"].startswith(fast_backend)  # it really ran
+    short = GenerationConfig(max_new_tokens=3)
+    assert on.generate(prompt, short) == off.generate(prompt, short) != "".join(expected)
+    # sampling with top_p -> 0 keeps only the most likely token: greedy again, through the sampling graph
+    nucleus = GenerationConfig(max_new_tokens=12, temperature=0.7, top_p=1e-6, seed=3)
+    assert on.generate(prompt, nucleus) == "".join(expected)
+    sampled = GenerationConfig(max_new_tokens=12, temperature=1.0, top_p=1.0, seed=7)
+    assert on.generate(prompt, sampled) == on.generate(prompt, sampled)  # seeded: repeatable
+
+
+@pytest.mark.parametrize("fast_backend", FAST_BACKENDS, indirect=True)
+def test_fast_decode_stops_like_generate(chat: HFChatModel, tiny_llama: Path, fast_backend: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    on = load(tiny_llama, fast_decode="on")
+    prompt = talkative(chat)
+    free = reference_ids(chat, prompt, 12)
+    k = next(i for i in range(2, len(free)) if free[i] not in free[:i])
+    for model in (chat, on):  # a plain token as the stop token: generate shows it, then stops
+        monkeypatch.setattr(model, "stop_token_ids", [free[k]])
+    assert "".join(on.stream(prompt)) == "".join(chat.stream(prompt)) == chat.tokenizer.decode(
+        free[: k + 1], skip_special_tokens=True)
+    silent = chat.tokenizer.eos_token_id  # a stop token without text is dropped by the fast decoder: same text
+    for model in (chat, on):
+        monkeypatch.setattr(model, "stop_token_ids", [silent, free[k]])
+    assert "".join(on.stream(prompt)) == "".join(chat.stream(prompt))
+
+
+@pytest.mark.parametrize("fast_backend", FAST_BACKENDS, indirect=True)
+def test_fast_decode_follows_the_adapter_of_each_request(models_dir: Path, fast_backend: str) -> None:
+    base_folder = built_once(models_dir / "fast-adapters", "llama", seed=1)
+    off, on = load(base_folder, fast_decode="off"), load(base_folder, fast_decode="on")
+    prompt = talkative(off)
+    assert on.generate(prompt) == off.generate(prompt)  # the fast decoder is built before any adapter loads ...
+    built = on._fast
+    for name, seed, targets in (("a", 11, "all-linear"), ("b", 22, ("q_proj", "v_proj"))):
+        folder = models_dir / f"fast-lora-{name}"
+        if not folder.is_dir():
+            make_lora_adapter(base_folder, folder, seed=seed, targets=targets)
+        off.load_adapter(name, folder)
+        on.load_adapter(name, folder)
+    assert on._fast is None and built is not None  # ... and rebuilt after: the model and its layers changed
+    answers = {name: off.generate(prompt, adapter=name) for name in ("a", None, "b")}
+    assert len(set(answers.values())) == 3  # the adapters change the answer
+    plan = ["a", None, "b", "a", None, "b"]
+    assert [on.generate(prompt, adapter=name) for name in plan] == [answers[name] for name in plan]
+    if fast_backend == "eager":  # adapter a (every linear) ran fused; b (q and v, not k) through peft's forward
+        assert any(fused is not None for fused in on._fast._lora.values())
+        assert any(fused is None for fused in on._fast._lora.values())
+    results: list[str] = [""] * len(plan)
+
+    def worker(i: int) -> None:
+        results[i] = on.generate(prompt, adapter=plan[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(plan))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [answers[name] for name in plan]  # queued requests with different adapters never mix
+
+
+def test_closing_the_stream_stops_the_fast_decoder(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag.llm.fastgen import FastGenerator
+
+    monkeypatch.setattr(HFChatModel, "_FAST_BACKEND", "eager")
+    on = load(tiny_llama, fast_decode="on")
+    monkeypatch.setattr(on, "stop_token_ids", [])  # nothing stops it but max_new_tokens or the caller
+    prompt = talkative(on)
+    chunks: list[int] = []
+    real = FastGenerator.generate_batch
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        for chunk in real(self, *args, **kwargs):
+            chunks.append(len(chunk[0]))
+            yield chunk
+
+    monkeypatch.setattr(FastGenerator, "generate_batch", counting)
+    long = GenerationConfig(max_new_tokens=400)
+    first = on.stream(prompt, long)
+    assert next(first)
+    waiting = threading.Thread(target=lambda: chunks.append(-len(on.generate(prompt))))
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while on.queue_depth() != 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    first.close()  # cancels: the worker stops asking for decode steps, and the next request runs
+    waiting.join(timeout=60)
+    assert not waiting.is_alive() and on.queue_depth() == 0
+    decoded = chunks[: chunks.index(min(chunks))]  # chunks before the waiting request's result was recorded
+    assert sum(c for c in decoded if c > 0) < 200  # far fewer than the 400 tokens asked for (+ warm-up, + next)
+
+
+def test_fast_decode_setup_failure_falls_back_once_or_raises_when_required(
+        tiny_llama: Path, chat: HFChatModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from rag.llm import fastgen
+
+    def broken(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("triton: no compiler")
+
+    monkeypatch.setattr(fastgen.FastGenerator, "__init__", broken)
+    prompt = talkative(chat)
+    expected = chat.generate(prompt)
+    auto = load(tiny_llama)
+    assert auto.fast_decode == "auto" and not auto._uses_fast(auto.default_gen)  # auto: off on a CPU
+    monkeypatch.setattr(auto, "_uses_fast", lambda gen: True)  # as on a GPU
+    with caplog.at_level(logging.WARNING, logger="rag.llm.hf"):
+        assert auto.generate(prompt) == expected and auto.generate(prompt) == expected
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == ("fast decoding is unavailable (RuntimeError: triton: no compiler); answering with "
+                       "transformers' generate from now on")
+    assert auto.info().extra["fast_decode"] == "unavailable: RuntimeError: triton: no compiler"
+
+    on = load(tiny_llama, fast_decode="on")
+    with pytest.raises(RagError, match=r"^llm.fast_decode=on, but the fast decoder could not be set up \(RuntimeError: "
+                       r"triton: no compiler\); set llm.fast_decode=auto to answer with transformers' generate"):
+        list(on.stream(prompt))
+    assert on.queue_depth() == 0
+    with pytest.raises(ConfigError, match=r"^llm.fast_decode=on cannot apply repetition_penalty=1.1; set "
+                       r"llm.repetition_penalty=1.0, or llm.fast_decode=auto to use generate for it$"):
+        on.stream(prompt, GenerationConfig(max_new_tokens=12, repetition_penalty=1.1))
+    with pytest.raises(ConfigError, match=r"^llm.fast_decode='fast' is not one of auto, on, off$"):
+        load(tiny_llama, fast_decode="fast")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fast_decode_on_gpu_matches_generate_with_adapters(models_dir: Path) -> None:
+    base_folder = build_tiny_chat_model(models_dir / "gpu-base", "glm", seed=1)
+    config = {"model": str(base_folder), "device": "cuda", "dtype": "float32", "max_new_tokens": 24}
+    off = HFChatModel.load(LLMConfig(**config, fast_decode="off"))
+    fast = HFChatModel.load(LLMConfig(**config))  # auto: the CUDA graph path for GLM on a GPU
+    prompt = talkative(off)
+    assert fast.generate(prompt) == off.generate(prompt) != ""
+    assert fast.info().extra["fast_decode"].startswith("graph")
+    adapter = make_lora_adapter(base_folder, models_dir / "gpu-lora", seed=5)
+    off.load_adapter("a", adapter)
+    fast.load_adapter("a", adapter)
+    for name in ("a", None, "a"):
+        assert fast.generate(prompt, adapter=name) == off.generate(prompt, adapter=name)
 
 
 # --- ChatGLM3: converted to native GLM, finetune_demo adapters converted too ---------------------------------------

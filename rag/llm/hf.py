@@ -8,7 +8,12 @@ The adapter of a request (or "adapters disabled" for the base model) is switched
 concurrent requests with different adapters never mix.
 
 Generation runs in a background thread that feeds transformers' ``TextIteratorStreamer``; the caller's thread
-yields the text pieces. Prompts come from :mod:`rag.templates` when the chat template is known, else from the
+yields the text pieces. With ``llm.fast_decode`` (``auto``: on CUDA for unquantised GLM / Llama / Qwen2 models) that
+thread runs :class:`rag.llm.fastgen.FastGenerator` (CUDA-graph decode steps) instead of ``model.generate``: built by
+the first request (~15 s for ChatGLM3-6B on an H100: compile + capture), one per model, a captured graph per adapter
+state, rebuilt after an adapter loads; the streamer gets its tokens one at a time, as ``generate`` feeds them, so the
+text pieces are the same. If it cannot be set up, ``auto`` logs a warning once and answers with ``generate`` from then
+on; ``on`` raises. Prompts come from :mod:`rag.templates` when the chat template is known, else from the
 tokenizer's own ``chat_template``. Importing this module loads neither torch nor transformers.
 """
 
@@ -35,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATIONS = ("", "4bit", "8bit")
+FAST_DECODE = ("auto", "on", "off")
+FAST_DECODE_MODEL_TYPES = ("glm", "llama", "qwen2")  # llm.fast_decode=auto uses the fast decoder for these, on CUDA
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
@@ -194,14 +201,29 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(marker in str(exc).lower() for marker in _OOM_MARKERS)
 
 
+def _release_memory() -> None:
+    """Give the accelerator's cached blocks back (after an out-of-memory error, or dropping the fast decoder)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class HFChatModel:
     """A transformers causal LM + tokenizer (+ peft LoRA adapters) behind the :class:`rag.llm.base.ChatModel` protocol.
 
-    Build it with :meth:`load`; the constructor takes objects already loaded (tests, notebooks).
+    Build it with :meth:`load`; the constructor takes objects already loaded (tests, notebooks, benchmarks).
+    ``fast_decode`` is ``llm.fast_decode``: auto | on | off (see the module docstring).
     """
 
+    _FAST_BACKEND = "auto"  # FastGenerator's backend; tests set "eager" to run its static-cache step on the CPU
+
     def __init__(self, model: Any, tokenizer: Any, *, model_id: str, revision: str = "", context_window: int = 0,
-                 default_gen: GenerationConfig | None = None, origin: str = "", quantization: str = "") -> None:
+                 default_gen: GenerationConfig | None = None, origin: str = "", quantization: str = "",
+                 fast_decode: str = "auto") -> None:
+        if fast_decode not in FAST_DECODE:
+            raise ConfigError(f"llm.fast_decode={fast_decode!r} is not one of {', '.join(FAST_DECODE)}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id, self.revision, self.origin, self.quantization = model_id, revision, origin, quantization
@@ -213,6 +235,10 @@ class HFChatModel:
         self._adapters: dict[str, Path] = {}
         self._turns = FifoTurns()
         self._tokenizer_lock = threading.Lock()  # fast tokenizers raise "Already borrowed" when shared unguarded
+        self.fast_decode = fast_decode
+        self._fast: Any = None  # the FastGenerator, built by the first request that uses it (under the FIFO turn)
+        self._fast_warm: set[tuple[str | None, bool]] = set()  # (adapter, sampling) states whose graph is captured
+        self._fast_failure = ""  # why fast_decode=auto gave up on the fast decoder (warned once)
 
     # --- loading ------------------------------------------------------------------------------------------------
 
@@ -262,7 +288,8 @@ class HFChatModel:
                 "free the GPU, or set llm.quantization=4bit (about a quarter of the memory)"
             ) from exc
         chat = cls(model, tokenizer, model_id=cfg.model, revision=cfg.revision, context_window=cfg.context_window,
-                   default_gen=GenerationConfig.from_llm(cfg), origin=origin, quantization=cfg.quantization)
+                   default_gen=GenerationConfig.from_llm(cfg), origin=origin, quantization=cfg.quantization,
+                   fast_decode=cfg.fast_decode)
         logger.info("loaded %s from %s on %s (%s), template %s", cfg.model, origin, device, dtype, chat.template_name)
         if cfg.adapter:
             from rag.adapters import load_named_adapter
@@ -291,6 +318,7 @@ class HFChatModel:
                 self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
             self.model.eval()
             self._adapters[name] = path
+            self._drop_fast()  # its graphs and fused LoRA weights were made for the old set of adapters
         logger.info("adapter %s loaded from %s", name, path)
 
     @property
@@ -325,6 +353,7 @@ class HFChatModel:
         Raises (at once, before any waiting):
             PromptTooLongError: prompt + ``max_new_tokens`` exceed :attr:`context_window`.
             RagError: ``adapter`` is not loaded.
+            ConfigError: ``llm.fast_decode=on`` with a ``repetition_penalty`` other than 1.
         Raises (while iterating):
             GPUOutOfMemoryError: the accelerator ran out of memory; its cache is freed, the model stays usable.
         """
@@ -339,7 +368,7 @@ class HFChatModel:
                 f"more than the model's context window of {self.context_window} tokens; shorten the history or the "
                 "retrieved context (answer.history_tokens, answer.context_tokens) or lower llm.max_new_tokens"
             )
-        return self._stream_ids(ids, gen, adapter)
+        return self._stream_ids(ids, gen, adapter, self._uses_fast(gen))
 
     def generate(self, messages: Sequence[Message], gen: GenerationConfig | None = None,
                  adapter: str | None = None) -> str:
@@ -355,7 +384,8 @@ class HFChatModel:
             backend="hf", model_id=self.model_id, revision=self.revision,
             dtype=str(self.model.dtype).removeprefix("torch."), device=str(self.model.device),
             adapters=self.adapters, template=self.template_name,
-            extra={"origin": self.origin, "quantization": self.quantization, "context_window": str(self.context_window)},
+            extra={"origin": self.origin, "quantization": self.quantization, "context_window": str(self.context_window),
+                   "fast_decode": self._fast_state()},
         )
 
     # --- generation ---------------------------------------------------------------------------------------------
@@ -408,19 +438,123 @@ class HFChatModel:
         except BaseException as exc:
             failure.append(exc)
             if _is_oom(exc):
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                _release_memory()
             streamer.end()  # unblock the caller's iteration
 
-    def _stream_ids(self, ids: list[int], gen: GenerationConfig, adapter: str | None) -> Iterator[str]:
+    # --- the fast decoder (rag.llm.fastgen) ----------------------------------------------------------------------
+
+    def _uses_fast(self, gen: GenerationConfig) -> bool:
+        """Whether this request goes through the fast decoder (decided before queueing; see ``llm.fast_decode``)."""
+        if self.fast_decode == "off" or self._fast_failure:
+            return False
+        if gen.repetition_penalty != 1.0:  # FastGenerator samples from the raw logits
+            if self.fast_decode == "on":
+                raise ConfigError(f"llm.fast_decode=on cannot apply repetition_penalty={gen.repetition_penalty}; "
+                                  "set llm.repetition_penalty=1.0, or llm.fast_decode=auto to use generate for it")
+            return False
+        if self.fast_decode == "on":
+            return True
+        return (str(self.model.device).startswith("cuda") and not self.quantization
+                and getattr(self.base_config, "model_type", "") in FAST_DECODE_MODEL_TYPES)
+
+    def _fast_state(self) -> str:
+        if self._fast is not None:
+            attention = f", {self._fast.attention} attention" if self._fast.backend != "hf" else ""
+            return f"{self._fast.backend}{attention}"
+        return f"unavailable: {self._fast_failure}" if self._fast_failure else self.fast_decode
+
+    def _drop_fast(self) -> None:
+        """Forget the fast decoder (call holding the turn); the next request that uses it builds a new one."""
+        if self._fast is not None:
+            self._fast = None
+            self._fast_warm.clear()
+            _release_memory()  # its KV cache and graph pools
+
+    def _warm_fast(self, adapter: str | None, sample: bool, probe: list[int]) -> Any:
+        """The fast decoder, with the graph of this (adapter state, greedy/sampling) captured: any setup error
+        surfaces here, before a token reaches the caller. Runs in the worker thread inside the adapter scope."""
+        if self._fast is None:
+            from rag.llm.fastgen import FastGenerator
+
+            self._fast = FastGenerator(self.model, max_batch=1, max_len=self.context_window,
+                                       backend=self._FAST_BACKEND)
+            logger.info("fast decoder for %s: %s", self.model_id, self._fast_state())
+        if (adapter, sample) not in self._fast_warm:  # first use: capture (and the first time, compile) the step
+            for _ in self._fast.generate(probe, max_new_tokens=2, temperature=1.0 if sample else 0.0):
+                pass
+            self._fast_warm.add((adapter, sample))
+        return self._fast
+
+    def _run_fast(self, ids: list[int], gen: GenerationConfig, adapter: str | None, streamer: Any,
+                  cancel: threading.Event, failure: list[BaseException]) -> None:
+        """Worker thread body with the fast decoder; its setup failing falls back to :meth:`_run_generate` (auto)
+        or ends the stream with a RagError (on)."""
+        import torch
+
+        if self._fast_failure:  # an earlier request in the queue found it broken
+            self._run_generate(ids, gen, adapter, streamer, cancel, failure)
+            return
+        try:
+            with self._adapter_scope(adapter):
+                fast = self._warm_fast(adapter, gen.temperature > 0, ids[:8])
+        except Exception as exc:  # no compiler, a layer it cannot run, a graph capture that failed, ...
+            self._drop_fast()
+            if self.fast_decode == "on":
+                error = RagError(f"llm.fast_decode=on, but the fast decoder could not be set up ({type(exc).__name__}: "
+                                 f"{exc}); set llm.fast_decode=auto to answer with transformers' generate instead")
+                error.__cause__ = exc
+                failure.append(error)
+                streamer.end()
+                return
+            self._fast_failure = f"{type(exc).__name__}: {exc}"
+            logger.warning("fast decoding is unavailable (%s); answering with transformers' generate from now on",
+                           self._fast_failure)
+            self._run_generate(ids, gen, adapter, streamer, cancel, failure)
+            return
+        try:
+            with self._adapter_scope(adapter):
+                if gen.seed is not None:
+                    torch.manual_seed(gen.seed)
+                self._decode_fast(fast, ids, gen, streamer, cancel)
+        except BaseException as exc:
+            failure.append(exc)
+            if _is_oom(exc):
+                _release_memory()
+        streamer.end()
+
+    def _decode_fast(self, fast: Any, ids: list[int], gen: GenerationConfig, streamer: Any,
+                     cancel: threading.Event) -> None:
+        """Feed the fast decoder's tokens to ``streamer`` one at a time, as ``generate`` does (same text pieces)."""
+        import torch
+
+        # FastGenerator drops the stop token it stops at: fine for tokens without text (eos, role tokens); a stop
+        # token with text is shown by generate, so that one is passed through and stopped at here
+        silent = [i for i in self.stop_token_ids if self.tokenizer.decode([i], skip_special_tokens=True) == ""]
+        shown = set(self.stop_token_ids) - set(silent)
+        streamer.put(torch.tensor([ids]))  # the prompt, which the streamer skips (skip_prompt=True)
+        chunks = fast.generate(ids, max_new_tokens=gen.max_new_tokens, stop_ids=silent,
+                               temperature=gen.temperature, top_p=gen.top_p if gen.temperature > 0 else 1.0)
+        try:
+            for chunk in chunks:  # the first token after prefill, then fast.chunk_tokens at a time
+                for token in chunk:
+                    streamer.put(torch.tensor([token]))
+                    if token in shown:
+                        return
+                if cancel.is_set():  # the caller stopped reading: no more decode steps
+                    return
+        finally:
+            chunks.close()
+
+    def _stream_ids(self, ids: list[int], gen: GenerationConfig, adapter: str | None,
+                    fast: bool = False) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
         with self._turns.turn():
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
             cancel = threading.Event()
             failure: list[BaseException] = []
-            worker = threading.Thread(target=self._run_generate, args=(ids, gen, adapter, streamer, cancel, failure),
+            target = self._run_fast if fast else self._run_generate
+            worker = threading.Thread(target=target, args=(ids, gen, adapter, streamer, cancel, failure),
                                       name="hf-generate", daemon=True)
             worker.start()
             try:
