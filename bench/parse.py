@@ -51,20 +51,10 @@ def dirt(texts: list[str]) -> dict[str, int]:
 
 
 def raw_pdfium(path: Path) -> list[str]:
-    import pypdfium2 as pdfium
+    """The raw parser call: pypdfium2 page text, in this process, without the worker or any cleaning."""
+    from rag.parsers import _pdf_pages_pdfium
 
-    pdf = pdfium.PdfDocument(str(path))
-    try:
-        pages = []
-        for index in range(len(pdf)):
-            page = pdf[index]
-            textpage = page.get_textpage()
-            pages.append(textpage.get_text_bounded())
-            textpage.close()
-            page.close()
-        return pages
-    finally:
-        pdf.close()
+    return _pdf_pages_pdfium(path)
 
 
 def main(argv: list[str] | None = None) -> int:

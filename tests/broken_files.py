@@ -172,6 +172,11 @@ def make_pdf(pages: list[list[str]] | tuple[list[str], ...], drawing: bool = Fal
         )
         kids.append(len(objects))
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % k for k in kids), len(kids))
+    return write_pdf_objects(objects)
+
+
+def write_pdf_objects(objects: list[bytes]) -> bytes:
+    """A PDF file from numbered object bodies (object 1 is the catalog), with a correct xref table."""
     out = io.BytesIO()
     out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []

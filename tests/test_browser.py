@@ -67,6 +67,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a server process, killing it if it does not exit within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 40.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -102,12 +112,7 @@ def run_server(tmp: Path, knowledge: Path, extra: tuple[str, ...] = ()) -> Itera
             wait_healthy(url, process)
             yield Server(url, knowledge, tmp / "feedback.jsonl")
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
     if process.returncode not in (0, -15):
         print(log_path.read_text(errors="replace")[-3000:])
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from broken_files import NOT_DISCOVERED, PASSWD_MARKER, make_broken_corpus
+from broken_files import NOT_DISCOVERED, PASSWD_MARKER, make_broken_corpus, write_pdf_objects
 
 import rag.sync
 from rag.config import load_config
@@ -41,17 +41,7 @@ FAILED_KINDS = {"unsupported", "empty", "encrypted", "corrupt", "too_large", "ti
 
 def raw_pdf(objects: list[bytes]) -> bytes:
     """A PDF from numbered object bodies (object 1 is the catalog), with a correct xref table."""
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    out.write(b"".join(b"%010d 00000 n \n" % offset for offset in offsets))
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
-    return out.getvalue()
+    return write_pdf_objects(objects)
 
 
 def _page_objects(text: str) -> list[bytes]:

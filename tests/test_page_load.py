@@ -30,7 +30,7 @@ import pytest
 from rag.config import REPO_ROOT, load_config
 from rag.embed import HashEmbedder
 from rag.sync import sync_folder
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, free_port, goto_view, wait_healthy
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, free_port, goto_view, stop_process, wait_healthy
 
 from playwright.sync_api import Page, Route, expect, sync_playwright  # isort: skip  (test_browser skips without it)
 
@@ -129,12 +129,7 @@ def serve_page(tmp: Path, knowledge: Path, extra: Sequence[str] = (), env: dict[
             wait_healthy(f"http://127.0.0.1:{port}", process)
             yield PageServer(f"http://127.0.0.1:{port}", process, knowledge, log_path)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 @contextmanager
