@@ -121,7 +121,6 @@ class _Pending:
     record: FileRecord
     chunks: list[Chunk]
     texts: list[str]
-    status: str
 
 
 class _Sync:
@@ -336,7 +335,7 @@ def _parse_and_index(state: _Sync, todo: list[tuple[Path, str, FileRecord]], kno
             continue
         status = "updated" if old is not None else "new"
         full = FileRecord(**{**asdict(record), "pages": parsed.pages, "chunks": len(chunks), "seconds": parsed.seconds})
-        state.pending.append(_Pending(parsed.source, full, chunks, [embedding_text(c) for c in chunks], status))
+        state.pending.append(_Pending(parsed.source, full, chunks, [embedding_text(c) for c in chunks]))
         state.report.files.append(FileReport(parsed.source, status, len(chunks), parsed.pages, parsed.seconds))
         if sum(len(p.chunks) for p in state.pending) >= flush_at:
             state.flush()
@@ -344,7 +343,7 @@ def _parse_and_index(state: _Sync, todo: list[tuple[Path, str, FileRecord]], kno
 
 def _record_failure(state: _Sync, parsed: ParsedFile, record: FileRecord, old: FileRecord | None) -> None:
     """A file that fails keeps its previous version's chunks (nothing is lost); the report says so."""
-    kept = old.chunks if old is not None and old.status != "failed" else (old.chunks if old else 0)
+    kept = old.chunks if old is not None else 0
     error = parsed.error + (f"; the previous version's {kept} chunks are kept" if kept else "")
     failed = FileRecord(**{**asdict(record), "status": "failed", "error_kind": parsed.error_kind, "error": error,
                            "chunks": kept, "seconds": parsed.seconds})

@@ -15,6 +15,7 @@ import io
 import os
 import random
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from rag.config import LoadConfig
@@ -51,12 +52,7 @@ def make_broken_corpus(folder: Path, big_mb: int = 50) -> dict[str, str]:
     """
     folder.mkdir(parents=True, exist_ok=True)
     expected: dict[str, str] = {}
-
-    def put(name: str, data: bytes | str, kind: str) -> None:
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-        expected[name] = kind
+    put = file_writer(folder, expected)
 
     valid_pdf = make_pdf(PDF_PAGES)
     put("valid.pdf", valid_pdf, "ok")
@@ -173,6 +169,18 @@ def make_pdf(pages: list[list[str]] | tuple[list[str], ...], drawing: bool = Fal
         kids.append(len(objects))
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % k for k in kids), len(kids))
     return write_pdf_objects(objects)
+
+
+def file_writer(folder: Path, expected: dict[str, str]) -> Callable[[str, bytes | str, str], None]:
+    """``put(name, data, kind)``: write ``folder/name`` (str data as UTF-8) and record its expected outcome."""
+
+    def put(name: str, data: bytes | str, kind: str) -> None:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        expected[name] = kind
+
+    return put
 
 
 def write_pdf_objects(objects: list[bytes]) -> bytes:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from broken_files import NOT_DISCOVERED, PASSWD_MARKER, make_broken_corpus, write_pdf_objects
+from broken_files import NOT_DISCOVERED, PASSWD_MARKER, file_writer, make_broken_corpus, write_pdf_objects
 
 import rag.sync
 from rag.config import load_config
@@ -128,12 +128,7 @@ def make_more_hostile_files(folder: Path) -> dict[str, str]:
     Entries that are not regular files (a FIFO, symlink loops) are never discovered, so they are not in the result.
     """
     expected: dict[str, str] = {}
-
-    def put(name: str, data: bytes | str, kind: str) -> None:
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-        expected[name] = kind
+    put = file_writer(folder, expected)
 
     put("recursive_pages.pdf", recursive_pages_pdf(), "corrupt")  # pypdf: "Detected cyclic page references"
     put("huge_page_count.pdf", huge_page_count_pdf(), "ok")
