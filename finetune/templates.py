@@ -4,8 +4,8 @@ training needs: turning a conversation into ``input_ids`` / ``labels`` within th
 Labels are -100 everywhere except each assistant turn's tokens and the token that ends the turn (see
 :mod:`rag.templates` for how each family ends a turn). Because the ids come from ``encode_for_training``, which checks
 that the prompt before every assistant turn equals ``encode(..., add_generation_prompt=True)``, the model is trained
-on exactly the ids it is served with. Packing (several examples in one row) is TRL's BFD packing with per-example
-position ids, so no attention crosses examples (transformers builds the block-diagonal mask from them).
+on exactly the ids it is served with. Packing (several examples in one row, :mod:`finetune.packing`) restarts the
+position ids per example, so no attention crosses examples (transformers builds the block-diagonal mask from them).
 """
 
 from __future__ import annotations

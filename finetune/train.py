@@ -3,8 +3,8 @@
 Reads top to bottom: config -> data (conversations -> ids/labels with the app's own templates) -> base model (found
 and converted exactly as the app loads it) + LoRA -> TRL's ``SFTTrainer`` (a transformers ``Trainer``: mixed
 precision, gradient accumulation and checkpointing, warmup + cosine/linear schedule, gradient clipping,
-length-grouped batches or BFD packing, checkpoints with resume, eval loss, early stopping) -> the adapter saved into
-the app's registry (``adapters/<name>/``: peft safetensors + ``rag_adapter.json``), plus ``metrics.json`` and
+row packing (finetune/packing.py) or length-grouped batches, checkpoints with resume, eval loss, early stopping) -> the
+adapter saved into the app's registry (``adapters/<name>/``: peft safetensors + ``rag_adapter.json``), plus ``metrics.json`` and
 ``loss_curve.png`` in the run folder. What the project adds on top of the libraries: the template/mask code, BLEU/ROUGE
 of greedy answers at each evaluation, the progress bar with tokens/s, and the registry metadata.
 
@@ -31,6 +31,7 @@ from typing import Any
 from finetune.config import FinetuneConfig, ModelSection
 from finetune.data import Conversation, check, load_conversations, resolve_dataset, split_dev
 from finetune.evaluate import generate_answers, score
+from finetune.packing import PackedCollator, pack_rows
 from finetune.templates import ChatTemplate, detect_template, get_template, tokenize_conversation
 from rag import hub
 from rag.adapters import write_metadata
@@ -224,7 +225,6 @@ def trainer_arguments(cfg: FinetuneConfig, precision: str, has_dev: bool, output
     early_stop = evaluate and e.early_stop_patience > 0
     metric = "eval_loss" if e.early_stop_metric == "loss" else f"eval_{e.early_stop_metric}"
     use_cpu = t.device == "cpu"
-    packing = t.batching == "packing"
     max_length = cfg.data.max_input_tokens + cfg.data.max_output_tokens if cfg.data.max_output_tokens else None
     return SFTConfig(
         output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, use_cpu=use_cpu,
@@ -237,7 +237,7 @@ def trainer_arguments(cfg: FinetuneConfig, precision: str, has_dev: bool, output
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         train_sampling_strategy="group_by_length" if t.batching == "length" else "random",
-        packing=packing, packing_strategy="bfd", max_length=max_length, shuffle_dataset=False,
+        packing=False, max_length=max_length, shuffle_dataset=False, torch_compile=t.compile,
         logging_steps=t.logging_steps, logging_first_step=True,
         eval_strategy="steps" if evaluate else "no", eval_steps=e.steps if evaluate else None,
         save_strategy="steps" if t.save_steps > 0 else "no", save_steps=t.save_steps or 500,
@@ -247,6 +247,7 @@ def trainer_arguments(cfg: FinetuneConfig, precision: str, has_dev: bool, output
         optim="adamw_torch_fused" if torch.cuda.is_available() and not use_cpu else "adamw_torch",
         dataloader_num_workers=t.dataloader_workers, ddp_find_unused_parameters=False,
         report_to="none", disable_tqdm=True, save_only_model=False,
+        remove_unused_columns=False,  # packed rows carry position_ids, which TRL's column filter would drop
     )
 
 
@@ -268,6 +269,18 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
                 logs.update({f"eval_{k}": v for k, v in self.generation_metrics().items()})
             super().log(logs, start_time)
 
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            real = inputs.pop("num_real_tokens", None)  # set by PackedCollator; the model must not see it
+            before = getattr(self, "_total_train_tokens", None)
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if real is not None and before is not None and model.training:
+                # TRL counts a batch with position_ids as ONE flattened row (its padding-free layout); ours is
+                # [rows, length], so the tokens/s and train_tokens it reports would be rows times too low
+                self._total_train_tokens = before + int(self.accelerator.gather_for_metrics(real.reshape(1)).sum())
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return result
+
         def generation_metrics(self) -> dict[str, float]:
             from accelerate.utils import gather_object
 
@@ -284,15 +297,33 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                              bias="none", task_type="CAUSAL_LM")
     callbacks: list[Any] = [EarlyStoppingCallback(cfg.eval.early_stop_patience)] if args.load_best_model_at_end else []
+    collator = None
+    if cfg.train.batching == "packing":  # our row packing, not TRL's padding-free one: see finetune/packing.py
+        max_length = cfg.data.max_input_tokens + cfg.data.max_output_tokens
+        train_rows, dev_rows = pack_rows(train_rows, max_length, cfg.seed), pack_rows(dev_rows, max_length, cfg.seed)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        collator = PackedCollator(pad_id, pad_to_multiple_of=max_length if cfg.train.compile else None)
     trainer = RecipeTrainer(
         model=model, args=args, processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
+        data_collator=collator,
     )
+    if args.bf16 or args.fp16:
+        keep_adapter_inputs_in_autocast_dtype(trainer.model)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if show_progress and trainer.is_world_process_zero():
         trainer.add_callback(progress_bar_callback())
     return trainer
+
+
+def keep_adapter_inputs_in_autocast_dtype(model: Any) -> None:
+    """Under bf16/fp16 autocast, stop peft from casting each LoRA input to the float32 adapter dtype: autocast casts it
+    straight back for the matmul, so the result is bit-identical, but the two casts of a full activation per adapted
+    layer cost about a tenth of a 6B LoRA step (docs/BENCHMARKS.md). The adapter weights stay float32."""
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
 
 
 def progress_bar_callback() -> Any:

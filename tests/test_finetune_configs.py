@@ -40,6 +40,17 @@ def test_chatglm3_lora_is_the_seed_recipe() -> None:
     assert (cfg.eval.generate_samples, cfg.eval.max_new_tokens) == (50, 512)
 
 
+def test_chatglm3_lora_fast_is_the_seed_model_with_the_recipe_defaults() -> None:
+    fast = load_finetune_config(CONFIG_DIR / "chatglm3_lora_fast.yaml")
+    seed = load_finetune_config(CONFIG_DIR / "chatglm3_lora.yaml")
+    assert (fast.model.name_or_path, fast.lora.r, fast.lora.alpha, fast.lora.target_modules) == \
+        (seed.model.name_or_path, seed.lora.r, seed.lora.alpha, seed.lora.target_modules)
+    assert (fast.data.max_input_tokens, fast.data.max_output_tokens) == (128, 256)
+    # the measured fast settings (docs/BENCHMARKS.md): 12 packed rows, no LoRA dropout, epochs rather than steps
+    assert (fast.train.batching, fast.train.micro_batch_size, fast.lora.dropout) == ("packing", 12, 0.0)
+    assert (fast.train.max_steps, fast.train.epochs, fast.train.gradient_checkpointing) == (0, 3.0, False)
+
+
 def test_tiny_config_builds_its_own_model_offline() -> None:
     cfg = load_finetune_config("tiny")
     assert (cfg.model.build_tiny, cfg.model.source, cfg.train.device) == ("glm", "local", "cpu")
