@@ -1,8 +1,13 @@
 """Keyword retrieval: jieba tokenisation for Chinese, word tokens for English, and an in-memory BM25 (Okapi).
 
 Tokens are computed once at ingest and stored in the docstore (space-joined), so opening an index only rebuilds the
-inverted lists (no pickle, nothing model-dependent). Chinese text is cut with ``jieba.cut_for_search`` (which also
-emits the shorter words inside long ones, so 磁盘空间 matches 磁盘), English is lower-cased and NFKC-normalised.
+inverted lists (no pickle, nothing model-dependent). Text is NFKC-normalised and lower-cased, then split into runs of
+CJK and of other characters: CJK runs are cut with ``jieba.cut_for_search`` (which also emits the shorter words
+inside long ones, so 磁盘空间 matches 磁盘), other runs into words (``4.3.1``, ``dpkg-reconfigure``, ``v2.24.1`` stay
+whole). jieba only ever sees CJK, so an English word is tokenised the same way in a Chinese and an English chunk.
+
+``TOKENIZER_VERSION`` names this tokenisation; an index records the version its stored tokens were made with, and
+a reader whose version differs re-tokenises the chunk texts in memory instead of mixing two tokenisations.
 """
 
 from __future__ import annotations
@@ -13,16 +18,24 @@ import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from rag.docstore import DocStore
+
 log = logging.getLogger(__name__)
+
+TOKENIZER_VERSION = "jieba-search-v2"  # v1: jieba over whole mixed text (split 4.3.1 and dpkg-reconfigure apart)
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9_.+#-]*[a-z0-9+#]|[a-z0-9]")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_RUNS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+|[^\u3400-\u9fff\uf900-\ufaff]+")
+_LETTER = re.compile(r"[a-z]")
 # Function words that carry no topic; kept short on purpose (over-filtering hurts recall more than it helps).
 STOPWORDS = frozenset(
-    ["的", "了", "是", "在", "和", "与", "及", "或", "也", "就", "都", "而", "并", "被", "把", "从", "对", "为", "以", "于", "之", "其", "这", "那", "个", "一个", "有", "没有", "吗", "呢", "吧", "啊", "我", "你", "他", "她", "它", "我们", "你们", "他们", "什么", "怎么", "如何", "怎样", "哪些", "哪个", "为什么", "可以", "能", "会", "要", "需要", "应该", "请问", "一下", "中", "上", "下", "里", "时", "时候", "a", "an", "the", "of", "to", "in", "on", "for", "and", "or", "is", "are", "was", "were", "be", "been", "it", "this", "that", "these", "those", "with", "as", "by", "at", "from", "how", "what", "which", "who", "why", "do", "does", "did", "can", "could", "should", "i", "you", "we", "they", "my", "your"]
+    ["的", "了", "是", "在", "和", "与", "及", "或", "也", "就", "都", "而", "并", "被", "把", "从", "对", "为", "以", "于", "之", "其", "这", "那", "个", "一个", "有", "没有", "吗", "呢", "吧", "啊", "我", "你", "他", "她", "它", "我们", "你们", "他们", "什么", "怎么", "如何", "怎样", "哪些", "哪个", "为什么", "可以", "能", "会", "要", "需要", "应该", "请问", "一下", "中", "上", "下", "里", "时", "时候", "a", "an", "the", "of", "to", "in", "on", "for", "and", "or", "is", "are", "was", "were", "be", "been", "it", "this", "that", "these", "those", "with", "as", "by", "at", "from", "how", "what", "which", "who", "whom", "whose", "why", "where", "when", "do", "does", "did", "can", "could", "should", "i", "you", "we", "they", "my", "your"]
 )
 
 _jieba_ready = False
@@ -42,19 +55,55 @@ def tokenize(text: str) -> list[str]:
     """Tokens for BM25: jieba search-mode words for CJK runs, lower-cased words for the rest; stopwords dropped."""
     text = unicodedata.normalize("NFKC", text).lower()
     tokens: list[str] = []
-    if _CJK.search(text):
-        jieba = _jieba()
-        for piece in jieba.cut_for_search(text):  # type: ignore[attr-defined]
-            piece = piece.strip()
-            if not piece or piece in STOPWORDS:
-                continue
-            if _CJK.search(piece):
-                tokens.append(piece)
-            else:
-                tokens.extend(w for w in _WORD.findall(piece) if w not in STOPWORDS)
-    else:
-        tokens = [w for w in _WORD.findall(text) if w not in STOPWORDS]
+    for run in _RUNS.findall(text):
+        if _CJK.match(run):
+            for piece in _jieba().cut_for_search(run):  # type: ignore[attr-defined]
+                if piece not in STOPWORDS:
+                    tokens.append(piece)
+        else:
+            tokens.extend(w for w in _WORD.findall(run) if w not in STOPWORDS)
     return tokens
+
+
+def retokenize(texts: Sequence[str]) -> list[str]:
+    """Space-joined tokens of each text with the current tokenizer (what the docstore stores per chunk)."""
+    return [" ".join(tokenize(t)) for t in texts]
+
+
+def _tokens_from_texts(docstore: DocStore, ids: list[int]) -> list[str]:
+    from rag.split import embedding_text  # the text sync tokenised: heading path + chunk text
+
+    chunks = docstore.get_chunks(ids)
+    return retokenize([embedding_text(chunks[i]) for i in ids])
+
+
+def current_tokens(docstore: DocStore) -> tuple[list[int], list[str]]:
+    """(ids, space-joined tokens) of every chunk, made by this ``TOKENIZER_VERSION``.
+
+    The stored tokens are used when the docstore says this version made them; otherwise (an index built by an older
+    release) the chunk texts are re-tokenised in memory, so queries and chunks are always cut the same way. Readers
+    never write: the next ingest stores the new tokens (:func:`store_current_tokens`). Call inside a snapshot.
+    """
+    ids, tokens = docstore.all_tokens()
+    stored = docstore.get_meta("bm25_tokenizer")
+    if stored == TOKENIZER_VERSION or not ids:
+        return ids, tokens
+    log.warning("BM25 tokens of this index were made by %s, not %s: re-tokenising %d chunks in memory "
+                "(the next ingest stores them)", stored or "an unknown tokenizer", TOKENIZER_VERSION, len(ids))
+    return ids, _tokens_from_texts(docstore, ids)
+
+
+def store_current_tokens(docstore: DocStore) -> int:
+    """Re-tokenise every stored chunk with this version and record the version; returns the chunk count.
+
+    Only the tokens change (no re-split, no re-embedding). Call inside a write transaction.
+    """
+    ids, _ = docstore.all_tokens()
+    tokens = _tokens_from_texts(docstore, ids)
+    docstore.conn.executemany("UPDATE chunks SET tokens = ? WHERE id = ?", zip(tokens, ids, strict=True))
+    docstore.set_meta("bm25_tokenizer", TOKENIZER_VERSION)
+    log.info("re-tokenised %d chunks for BM25 (%s)", len(ids), TOKENIZER_VERSION)
+    return len(ids)
 
 
 class BM25:
@@ -93,6 +142,21 @@ class BM25:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def unknown_names(self, query: str, min_chars: int = 3) -> list[str]:
+        """Latin-script query words (names, commands: ``kubernetes``, ``certbot``) that no chunk contains.
+
+        Inside a Chinese question such words are names, and a name the corpus never mentions means the corpus is
+        not about it. In a question without CJK most words are ordinary English; there a word counts only when the
+        corpus knows most of the question's other words (else it is a language gap, e.g. an English question over
+        a Chinese corpus, not a missing topic).
+        """
+        tokens = tokenize(query)
+        latin = {t for t in tokens if _LETTER.search(t)}
+        unknown = {t for t in latin if len(t) >= min_chars and t not in self.postings}
+        if not unknown or (not _CJK.search(query) and 2 * len(unknown) > len(latin)):
+            return []
+        return sorted(unknown)
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
         """(chunk id, score) best first; only chunks sharing at least one token with the query."""

@@ -64,9 +64,14 @@ class EmbedConfig:
 
 @dataclass
 class StoreConfig:
-    """The vector store: FAISS by default (Milvus in the scale-out issue)."""
+    """The vector store: FAISS files in the index folder by default; a Milvus collection for scale-out.
 
-    kind: str = "faiss"
+    ``kind: milvus`` keeps the SQLite docstore as the truth and mirrors its vectors into a Milvus collection
+    (rag/store/milvus.py); an index folder that holds ``store.json`` (written by a milvus sync or ``rag.migrate``)
+    is served from the collection it names.
+    """
+
+    kind: str = "faiss"  # faiss | milvus
     faiss_index: str = "auto"  # auto | flat (exact) | hnsw | hnsw_sq8 | ivf | ivf_sq8 (see rag/store/faiss.py)
     auto_threshold: int = 200_000  # auto: exact flat below this many chunks, auto_large at or above it
     auto_large: str = "ivf_sq8"  # the approximate kind auto picks (measured: docs/BENCHMARKS.md "Retrieval")
@@ -76,7 +81,9 @@ class StoreConfig:
     hnsw_ef_construction: int = 40
     ivf_nlist: int = 0  # 0 = about one list per 1,000 chunks
     ivf_nprobe: int = 16
-    uri: str = ""
+    uri: str = ""  # milvus: a milvus-lite file ending in .db (relative = inside the index folder) or http://host:19530
+    collection: str = ""  # milvus: collection name; empty = "kbqa_" + the index folder's name (sanitised)
+    milvus_index: str = "HNSW"  # milvus: HNSW | IVF_FLAT | FLAT (search params reuse hnsw_ef_search / ivf_nprobe)
 
 
 @dataclass
@@ -94,6 +101,9 @@ class RetrieveConfig:
     rerank_candidates: int = 20
     score_threshold: float = 0.0  # best dense cosine below this -> no hits (the answer side refuses); 0 = off
     bm25_threshold: float = 0.0  # ... and best BM25 score below this (both must fail to refuse)
+    # no hits (so the answer refuses) when the question names a Latin-script word of at least this many characters
+    # (kubernetes, certbot) that no chunk contains: the corpus is not about it (docs/EVAL.md "Refusal"); 0 = off
+    unknown_name_min_chars: int = 3
 
 
 @dataclass

@@ -5,12 +5,14 @@ Layout of ``DIR``::
     manifest.json          format version, embedder, splitter settings, counts (self-description)
     docstore.sqlite        files, chunks (+ BM25 tokens), vectors, meta.generation
     faiss-<G>.index        FAISS over chunk ids, built from docstore generation G
+    store.json             only when served from Milvus: the collection (rag/store/milvus.py); no FAISS file then
     .ingest.lock           held by the one writer (see rag.sync)
 
 Readers never take the lock: they read the generation G from SQLite, load ``faiss-G.index`` if it exists and
 otherwise rebuild the FAISS index in memory from the vectors in SQLite (a writer that crashed before writing the
 FAISS file leaves exactly this state). Before each search the generation is re-read; when a writer has committed
-since, the reader reloads, so deleted files stop being answered at once.
+since, the reader reloads, so deleted files stop being answered at once. A Milvus collection is opened once (it is
+live); its results are checked against the docstore, so ids a writer deleted are never answered.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rag.bm25 import BM25
+from rag.bm25 import BM25, TOKENIZER_VERSION, current_tokens
 from rag.config import RagConfig
 from rag.docstore import DocStore
 from rag.embed import Embedder
 from rag.errors import IndexStateError
+from rag.store import VectorStore, effective_config, external_problems, filter_known, open_external
 from rag.store.faiss import FaissStore
 from rag.types import Chunk, chunk_id
 
@@ -37,7 +40,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DOCSTORE = "docstore.sqlite"
 LOCK = ".ingest.lock"
-BM25_TOKENIZER = "jieba-search-v1"
+BM25_TOKENIZER = TOKENIZER_VERSION  # rag/bm25.py; tokens of another version are re-made
 
 
 def faiss_path(directory: Path, generation: int) -> Path:
@@ -97,10 +100,18 @@ def write_manifest(directory: Path, docstore: DocStore, cfg: RagConfig) -> dict[
     """Write ``manifest.json`` (a human-readable copy of the docstore's description) atomically."""
     manifest = index_info(docstore)
     vectors = manifest["counts"]["vectors"]
-    manifest["store"] = {"kind": cfg.store.kind, "faiss_index": cfg.store.faiss_index,
-                         "faiss_kind": FaissStore.kind_for(cfg.store, vectors) if vectors else None,
-                         "vector_dtype": docstore.vector_dtype if vectors else None,
-                         "file": faiss_path(Path("."), manifest["generation"]).name}
+    store_cfg = effective_config(cfg.store, directory)
+    if store_cfg.kind == "milvus":
+        from rag.store.milvus import DEFAULT_LITE_FILE, collection_name
+
+        manifest["store"] = {"kind": "milvus", "uri": store_cfg.uri or DEFAULT_LITE_FILE,
+                             "collection": collection_name(store_cfg, directory),
+                             "milvus_index": store_cfg.milvus_index, "vector_dtype": docstore.vector_dtype}
+    else:
+        manifest["store"] = {"kind": cfg.store.kind, "faiss_index": cfg.store.faiss_index,
+                             "faiss_kind": FaissStore.kind_for(cfg.store, vectors) if vectors else None,
+                             "vector_dtype": docstore.vector_dtype if vectors else None,
+                             "file": faiss_path(Path("."), manifest["generation"]).name}
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json_atomic(Path(directory) / MANIFEST, manifest)
     return manifest
@@ -118,8 +129,13 @@ def check_embedder(manifest: dict[str, Any], embedder: Embedder | None, director
         )
 
 
-def load_store(docstore: DocStore, directory: Path, cfg: RagConfig, dim: int) -> FaissStore:
-    """The FAISS store for the docstore's current generation: from its file when tagged right, else rebuilt."""
+def load_store(docstore: DocStore, directory: Path, cfg: RagConfig, dim: int) -> VectorStore:
+    """The FAISS store for the docstore's current generation: from its file when tagged right, else rebuilt.
+
+    A folder served from Milvus (``store.kind: milvus`` or its ``store.json``) gets the collection instead."""
+    store_cfg = effective_config(cfg.store, directory)
+    if store_cfg.kind != "faiss":
+        return open_external(docstore, directory, store_cfg, dim)
     with docstore.snapshot():
         generation = docstore.generation
         path = faiss_path(directory, generation)
@@ -149,7 +165,7 @@ class KnowledgeIndex:
         self.embedder = embedder
         self.manifest: dict[str, Any] = {}
         self.generation = -1
-        self.store: FaissStore | None = None
+        self.store: VectorStore | None = None
         self.bm25: BM25 | None = None
         self._lock = threading.RLock()
         self.docstore = DocStore(self.directory / DOCSTORE, readonly=True)
@@ -170,6 +186,8 @@ class KnowledgeIndex:
         return index
 
     def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
         self.docstore.close()
 
     @property
@@ -184,10 +202,10 @@ class KnowledgeIndex:
                 return False
             self.manifest = read_manifest(self.directory, self.docstore)
             info = self.manifest.get("embedder")
-            if self.embedder is not None and info is not None:
-                self.store = load_store(self.docstore, self.directory, self.cfg, int(info["dim"]))
+            if self.embedder is not None and info is not None and not getattr(self.store, "external", False):
+                self.store = load_store(self.docstore, self.directory, self.cfg, int(info["dim"]))  # Milvus: once
             with self.docstore.snapshot():
-                ids, tokens = self.docstore.all_tokens()
+                ids, tokens = current_tokens(self.docstore)
             self.bm25 = BM25(ids, tokens)
             self.generation = generation
             return True
@@ -200,7 +218,8 @@ class KnowledgeIndex:
         vector = self.embedder.embed_query(query)
         with self._lock:
             scores, ids = self.store.search(vector[None, :], k)
-        return [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+            found = [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+            return filter_known(self.docstore, found) if getattr(self.store, "external", False) else found
 
     def search_bm25(self, query: str, k: int) -> list[tuple[int, float]]:
         self.refresh()
@@ -268,7 +287,10 @@ def check_integrity(directory: str | Path) -> list[str]:
         if counted != len(chunk_ids):
             problems.append(f"files table counts {counted} chunks, chunks table holds {len(chunk_ids)}")
         problems.extend(_check_versions(docstore, files))
-        if info is not None:
+        store_cfg = effective_config(RagConfig().store, directory)
+        if info is not None and store_cfg.kind != "faiss":
+            problems.extend(external_problems(docstore, directory, store_cfg, int(info["dim"]), vector_ids))
+        elif info is not None:
             path = faiss_path(directory, generation)
             if path.is_file():
                 store = FaissStore.load(path, int(info["dim"]), RagConfig().store)

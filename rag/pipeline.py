@@ -119,8 +119,8 @@ class QAPipeline:
         stream.standalone_question = standalone
         found = list(hits) if hits is not None else self.retrieve(standalone, **overrides)
         if not found:
-            closest = self.retrieve(standalone, score_threshold=0.0, bm25_threshold=0.0, **{
-                k: v for k, v in overrides.items() if k not in ("score_threshold", "bm25_threshold")})
+            gates_off = {"score_threshold": 0.0, "bm25_threshold": 0.0, "unknown_name_min_chars": 0}
+            closest = self.retrieve(standalone, **{**overrides, **gates_off})
             text = REFUSAL[language]
             stream.answer = Answer(text=text, hits=closest, refused=True, model=model_name)
             yield text

@@ -1,14 +1,16 @@
-"""Retrieval: dense (FAISS), keyword (BM25 over jieba tokens), hybrid fusion, optional reranker, refusal threshold.
+"""Retrieval: dense (FAISS), keyword (BM25 over jieba tokens), hybrid fusion, optional reranker, refusal gates.
 
 Hybrid search takes ``candidates`` from each retriever and fuses the two rankings with reciprocal-rank fusion
 (``sum_r weight_r / (rrf_k + rank_r)``) — robust because it needs no score calibration between cosine and BM25.
-When a threshold is set and the best candidates are all below it, the retriever returns nothing, so the answer side
-can refuse instead of answering from unrelated text.
+The retriever returns nothing, so the answer side refuses instead of answering from unrelated text, when a score
+threshold is set and the best candidates are all below it, or when the question names something the index never
+mentions (a Latin-script word such as ``kubernetes`` in no chunk: ``unknown_name_min_chars``).
 """
 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -56,6 +58,8 @@ def validate(cfg: RetrieveConfig) -> None:
         raise ConfigError(f"retrieve.top_k={cfg.top_k} must be at least 1")
     if cfg.candidates < cfg.top_k:
         raise ConfigError(f"retrieve.candidates={cfg.candidates} must be at least retrieve.top_k={cfg.top_k}")
+    if cfg.unknown_name_min_chars < 0:
+        raise ConfigError(f"retrieve.unknown_name_min_chars={cfg.unknown_name_min_chars} must be 0 (off) or more")
 
 
 def _normalised(scores: dict[int, float]) -> dict[int, float]:
@@ -127,11 +131,24 @@ class Retriever:
             for i, score in ranking
             if i in chunks  # a writer may have deleted it since the ranking was computed
         ]
+        if cfg.unknown_name_min_chars > 0 and hits:
+            unknown = self.unknown_names(query, hits, cfg.unknown_name_min_chars)
+            if unknown:
+                log.info("no hits: the index never mentions %s", ", ".join(unknown))
+                return []
         if self.reranker is not None and hits:
             scores = self.reranker.score(query, [h.chunk.text for h in hits])
             hits = [replace(h, score=s, rerank_score=s) for h, s in zip(hits, scores, strict=True)]
             hits.sort(key=lambda h: -h.score)
         return hits[:top_k]
+
+    def unknown_names(self, query: str, hits: list[Hit], min_chars: int) -> list[str]:
+        """The query's Latin-script names (>= ``min_chars``) found in no chunk of the index nor in ``hits``."""
+        bm25 = self.index.bm25
+        if bm25 is None:
+            return []
+        texts = [unicodedata.normalize("NFKC", h.chunk.text).lower() for h in hits]
+        return [w for w in bm25.unknown_names(query, min_chars) if not any(w in t for t in texts)]
 
     @staticmethod
     def _below_threshold(dense: list[tuple[int, float]], bm25: list[tuple[int, float]], cfg: RetrieveConfig,

@@ -7,8 +7,10 @@ What happens on ``sync_folder``:
 4. commit each group of files in one SQLite transaction (old chunks out, new chunks + vectors in), so a crash
    keeps every finished group and loses nothing older; ``--rebuild`` runs as a single transaction instead;
 5. remove the chunks of deleted files (unless asked to keep them);
-6. write the FAISS file for the new generation (temp file + ``os.replace``) and the manifest.
-A kill -9 anywhere leaves SQLite at the last commit; a missing or stale FAISS file is rebuilt from SQLite on open.
+6. write the FAISS file for the new generation (temp file + ``os.replace``) and the manifest; with
+   ``store.kind: milvus`` apply the same diff to the collection instead and record the generation in it.
+A kill -9 anywhere leaves SQLite at the last commit; a missing or stale FAISS file is rebuilt from SQLite on open, and
+a collection that reflects another generation is reconciled with SQLite by the next sync.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
-from rag.bm25 import tokenize
+from rag.bm25 import store_current_tokens, tokenize
 from rag.config import RagConfig
 from rag.docstore import DocStore, FileRecord
 from rag.embed import Embedder
 from rag.errors import IndexStateError, RagError
-from rag.index import BM25_TOKENIZER, DOCSTORE, FORMAT_VERSION, LOCK, faiss_path, load_store, write_manifest
+from rag.index import BM25_TOKENIZER, DOCSTORE, FORMAT_VERSION, LOCK, faiss_path, write_manifest
 from rag.load import discover_files, parse_files
 from rag.split import embedding_text, split_documents
+from rag.store import effective_config, sync_external
 from rag.store.faiss import FaissStore
 from rag.types import Chunk, ParsedFile
 
@@ -201,7 +204,7 @@ def _prepare(ds: DocStore, cfg: RagConfig, embedder: Embedder | None, directory:
                 f"index {directory} was built with embedder {have!r}, this run uses {want!r}; "
                 "re-embed everything with --rebuild, or set embed.model to the index's model"
             )
-    return fresh or rebuild or ds.get_json("split") != asdict(cfg.split) or ds.get_meta("bm25_tokenizer") != BM25_TOKENIZER
+    return fresh or rebuild or ds.get_json("split") != asdict(cfg.split)
 
 
 def sync_folder(
@@ -245,6 +248,9 @@ def sync_folder(
         resplit = _prepare(ds, cfg, embedder, directory, rebuild)
         start_generation = ds.generation
         state = _Sync(ds, cfg, embedder, report, progress, single_transaction=rebuild)
+        if not resplit and ds.get_meta("bm25_tokenizer") != BM25_TOKENIZER:
+            with state.tx():  # another BM25 tokenizer made the stored tokens: re-make them (chunks, vectors stay)
+                store_current_tokens(ds)
         if rebuild:
             stack.enter_context(ds.transaction())
             ds.conn.execute("DELETE FROM chunks")
@@ -361,6 +367,13 @@ def _write_store(ds: DocStore, cfg: RagConfig, directory: Path, dim: int, state:
     must go; otherwise the store is rebuilt from the vectors in SQLite. Added vectors are rounded to the docstore's
     vector dtype first, so both ways give the same index.
     """
+    store_cfg = effective_config(cfg.store, directory)
+    if store_cfg.kind != "faiss":  # Milvus: the collection takes the diff; FAISS files of earlier runs go
+        sync_external(ds, store_cfg, directory, dim, state.removed_ids, state.added_ids, state.added_vectors,
+                      start_generation, rebuild)
+        for stale in directory.glob("faiss-*.index*"):
+            stale.unlink(missing_ok=True)
+        return
     generation = ds.generation
     target = faiss_path(directory, generation)
     if not target.is_file():
@@ -381,10 +394,9 @@ def _write_store(ds: DocStore, cfg: RagConfig, directory: Path, dim: int, state:
                         store = None
             except (RuntimeError, ValueError):
                 store = None
-        if store is None:
-            store = load_store(ds, directory, cfg, dim) if not target.is_file() else None
-        if store is not None:
-            store.save(target)
+        if store is None:  # rebuilt from SQLite (what a reader would do without the file)
+            store = FaissStore.build(dim, cfg.store, *ds.all_vectors(dim))
+        store.save(target)
     for stale in directory.glob("faiss-*.index*"):
         if stale.name != target.name:
             stale.unlink(missing_ok=True)

@@ -59,3 +59,34 @@ def test_ingest_e2e_bench_smoke(tmp_path: Path) -> None:
     assert set(runs) == {"scratch", "unchanged", "one_changed"}
     assert runs["scratch"]["parsed_new_or_updated"] == 4 and runs["unchanged"]["parsed_new_or_updated"] == 0
     assert runs["one_changed"]["parsed_new_or_updated"] == 1 and runs["scratch"]["chunks_total"] > 0
+
+
+def test_milvus_vs_faiss_bench_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("pymilvus", reason="pymilvus not installed: pip install -r requirements-extra.txt")
+    pytest.importorskip("milvus_lite", reason="milvus-lite not installed: pip install -r requirements-extra.txt")
+    lines = run_script("milvus_vs_faiss.py", "--n", "2000", "--dim", "32", "--clusters", "20", "--queries", "30",
+                       "--out", str(tmp_path / "m.jsonl"))
+    rows = {row["index"]: row for row in lines if "index" in row}
+    assert set(rows) == {"faiss_flat", "faiss_auto", "faiss_auto_large", "milvus_lite_hnsw", "milvus_lite_ivf_flat"}
+    for row in rows.values():
+        assert {"n", "build_s", "p50_ms", "p99_ms", "recall@10"} <= set(row) and row["n"] == 2000
+        assert 0.0 <= row["recall@10"] <= 1.0 and row["p99_ms"] >= row["p50_ms"] > 0
+    assert rows["faiss_flat"]["recall@10"] == 1.0 and rows["faiss_auto"]["kind"] == "flat"
+    assert rows["milvus_lite_hnsw"]["recall@10"] >= 0.9  # exact neighbours found through the collection
+    assert set(lines[-1]["p50_vs_faiss_flat"]) == set(rows)
+
+
+def test_train_speed_bench_smoke() -> None:
+    """Tiny shape on CPU: the naive loop and the recipe's trainer both run, and the recipe's packed first batch has
+    the loss of its conversations run one at a time."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "train_speed.py"), "--small", "--steps", "3",
+                           "--warmup", "1", "--rows", "48", "--variants", "naive;recipe"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    naive, recipe, summary = lines
+    assert "error" not in naive and "error" not in recipe, lines
+    assert recipe["batching"] == "packing" and recipe["micro_batch_size"] == 12 and recipe["lora_dropout"] == 0.0
+    assert recipe["packing_check"]["sequences"] > recipe["micro_batch_size"]  # several conversations per row
+    assert recipe["packing_check"]["abs_diff"] < 1e-4
+    assert summary["summary"] and summary["speedup"] > 0

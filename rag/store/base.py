@@ -28,4 +28,7 @@ class VectorStore(Protocol):
         """All ids held (int64, any order)."""
 
     def save(self, path: Path) -> None:
-        """Persist atomically to ``path`` (write a temp file, then rename)."""
+        """Persist atomically to ``path`` (write a temp file, then rename); a server-side store flushes instead."""
+
+    def close(self) -> None:
+        """Release connections (a no-op for in-memory stores)."""

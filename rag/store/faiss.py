@@ -208,6 +208,9 @@ class FaissStore:
                  for i in range(lists.nlist) if lists.list_size(i)]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
+    def close(self) -> None:
+        """Nothing to release: the index is an in-memory object (the protocol's hook for server-backed stores)."""
+
     def save(self, path: Path) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
