@@ -131,6 +131,7 @@ class LLMConfig:
     hub_timeout_s: float = 1800.0
     openai_base_url: str = ""  # for backend: openai
     openai_api_key_env: str = "OPENAI_API_KEY"
+    extractive_min_coverage: float = 0.1  # extractive backend: share of the question's tokens the best sentence needs
 
 
 @dataclass

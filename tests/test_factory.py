@@ -29,3 +29,13 @@ def test_hf_backend_raises_when_model_missing(tmp_path) -> None:  # type: ignore
 def test_unknown_backend() -> None:
     with pytest.raises(ConfigError, match="llm.backend='gpt' is not one of auto, hf, openai, extractive"):
         load_chat_model(replace(LLMConfig(), backend="gpt"))
+
+
+def test_extractive_min_coverage_comes_from_the_config() -> None:
+    from rag.llm.extractive import ExtractiveModel
+
+    model = load_chat_model(replace(LLMConfig(), backend="extractive", extractive_min_coverage=0.35)).model
+    assert isinstance(model, ExtractiveModel) and model.min_coverage == 0.35
+    assert LLMConfig().extractive_min_coverage == 0.1  # chosen on the tune split (docs/EVAL.md)
+    with pytest.raises(ValueError, match=r"llm.extractive_min_coverage\) must be between 0 and 1"):
+        load_chat_model(replace(LLMConfig(), backend="extractive", extractive_min_coverage=1.5))

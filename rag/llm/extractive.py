@@ -48,6 +48,8 @@ class ExtractiveModel:
 
     def __init__(self, max_sentences: int = 3, max_chars: int = 300, min_coverage: float = 0.2,
                  piece_chars: int = 8) -> None:
+        if not 0.0 <= min_coverage <= 1.0:
+            raise ValueError(f"min_coverage={min_coverage} (llm.extractive_min_coverage) must be between 0 and 1")
         if max_sentences < 1 or max_chars < 10:
             raise ValueError(f"max_sentences={max_sentences} must be ≥ 1 and max_chars={max_chars} ≥ 10")
         self.max_sentences, self.max_chars = max_sentences, max_chars

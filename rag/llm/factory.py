@@ -38,7 +38,7 @@ def load_chat_model(cfg: LLMConfig) -> LoadedModel:
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"llm.backend={cfg.backend!r} is not one of {', '.join(BACKENDS)}")
     if cfg.backend == "extractive":
-        return LoadedModel(ExtractiveModel())
+        return LoadedModel(ExtractiveModel(min_coverage=cfg.extractive_min_coverage))
     if cfg.backend == "openai":
         from rag.llm.openai import OpenAIChatModel  # type: ignore[import-not-found]
 
@@ -52,4 +52,4 @@ def load_chat_model(cfg: LLMConfig) -> LoadedModel:
         if cfg.backend == "hf":
             raise
         log.warning("%s; answering extractively", exc)
-        return LoadedModel(ExtractiveModel(), fallback_reason=str(exc))
+        return LoadedModel(ExtractiveModel(min_coverage=cfg.extractive_min_coverage), fallback_reason=str(exc))
