@@ -75,11 +75,12 @@ class Bench:
             torch.cuda.synchronize()
 
 
-def build_model(shape: dict[str, int], device: torch.device, dtype: torch.dtype) -> Any:
-    """Random weights initialised where they live (no CPU copy of 12 GB)."""
+def build_model(shape: dict[str, int], device: torch.device, dtype: torch.dtype, attn: str = "sdpa") -> Any:
+    """Random weights initialised where they live (no CPU copy of 12 GB), in eval mode."""
     from transformers import GlmConfig, GlmForCausalLM
 
-    config = GlmConfig(**shape, partial_rotary_factor=0.5, attention_bias=True, rms_norm_eps=1e-5, pad_token_id=0)
+    config = GlmConfig(**shape, partial_rotary_factor=0.5, attention_bias=True, rms_norm_eps=1e-5, pad_token_id=0,
+                       attn_implementation=attn)
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

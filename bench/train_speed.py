@@ -40,9 +40,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.decode import CHATGLM3_6B, build_model  # noqa: E402  (the same random ChatGLM3-6B-shaped model)
 
-CHATGLM3_6B = {"vocab_size": 65024, "hidden_size": 4096, "intermediate_size": 13696, "num_hidden_layers": 28,
-               "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128, "max_position_embeddings": 8192}
 SMALL = {"vocab_size": 1024, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "max_position_embeddings": 1024}
 MIX = ((0.5, (20, 60), (50, 150)), (0.3, (40, 128), (100, 256)), (0.2, (100, 128), (200, 256)))
@@ -63,24 +62,6 @@ def data_mix(n: int, vocab: int, seed: int) -> list[dict[str, list[int]]]:
         ids = [rng.randrange(10, vocab) for _ in range(prompt + answer)]
         rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
     return rows
-
-
-def build_model(shape: dict[str, int], device: Any, dtype: Any, attn: str) -> Any:
-    """Random weights initialised where they live (no CPU copy of 12 GB)."""
-    import torch
-    from transformers import GlmConfig, GlmForCausalLM
-
-    config = GlmConfig(**shape, partial_rotary_factor=0.5, attention_bias=True, rms_norm_eps=1e-5, pad_token_id=0,
-                       attn_implementation=attn)
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = GlmForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model
 
 
 def params_of(shape: dict[str, int]) -> int:
