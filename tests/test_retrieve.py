@@ -62,3 +62,50 @@ def test_langchain_adapter(retriever: Retriever) -> None:
     docs = KnowledgeBaseRetriever(retriever=retriever, k=2).invoke("打印机驱动怎么装")
     assert len(docs) == 2
     assert docs[0].metadata["source"] == "运维/打印机.txt" and "驱动" in docs[0].page_content
+
+
+class _PreferSource:
+    """A stand-in reranker: scores 1.0 for texts containing ``marker``; records what it was asked."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker, self.calls = marker, []  # type: ignore[var-annotated]
+
+    def score(self, query: str, texts: list[str]) -> list[float]:
+        self.calls.append((query, len(texts)))
+        return [1.0 if self.marker in t else 0.0 for t in texts]
+
+
+def test_reranker_reorders_the_candidates_and_sets_rerank_scores(corpus: Path, cfg: RagConfig) -> None:
+    sync_folder(corpus, cfg, HashEmbedder())
+    index = KnowledgeIndex.open(cfg.index.dir, cfg, HashEmbedder())
+    plain = Retriever(index, replace(cfg.retrieve, top_k=3)).search("年假需要提前几天申请")
+    assert plain[0].chunk.source == "hr/年假.md"
+    stub = _PreferSource("WireGuard")
+    reranked = Retriever(index, replace(cfg.retrieve, top_k=3, rerank_candidates=10), reranker=stub)
+    hits = reranked.search("年假需要提前几天申请")
+    assert len(hits) <= 3 and stub.calls and stub.calls[0][1] > 3  # it saw more candidates than it returns
+    assert all(h.rerank_score is not None and h.score == h.rerank_score for h in hits)
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+    assert "WireGuard" in hits[0].chunk.text  # the reranker's favourite (a candidate here) leads, not 年假.md
+
+
+def test_cross_encoder_reranker_loads_a_local_folder_and_scores(tmp_path: Path) -> None:
+    import shutil
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from rag.config import EmbedConfig
+    from rag.retrieve import CrossEncoderReranker
+    from tests.test_embed import build_tiny_st
+
+    st = build_tiny_st(tmp_path / "st")  # its root holds a BERT config and a WordPiece tokenizer
+    folder = tmp_path / "tiny-reranker"
+    config = BertConfig.from_pretrained(str(st), num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(str(folder))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (st / name).is_file():
+            shutil.copy(st / name, folder / name)
+    reranker = CrossEncoderReranker(str(folder), EmbedConfig(source="local"))
+    scores = reranker.score("年假 申请", ["年假需要提前三天申请", "VPN 网关地址", "食堂开放时间"])
+    assert len(scores) == 3 and all(isinstance(s, float) for s in scores)
+    assert scores == reranker.score("年假 申请", ["年假需要提前三天申请", "VPN 网关地址", "食堂开放时间"])
