@@ -58,14 +58,20 @@ class Question:
 def read_questions(path: str | Path, split: str | None = None) -> list[Question]:
     """Read a questions file; a malformed line is an error naming its line number."""
     questions = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            question = Question(str(row["id"]), str(row["question"]), tuple(row.get("evidence") or ()),
+            evidence = row.get("evidence") or ()
+            if isinstance(evidence, str):  # one string, not a list: tuple() would make every character evidence
+                evidence = (evidence,)
+            if any(not isinstance(e, str) or not normalise(e) for e in evidence):
+                raise RagError(f"{path}:{number}: evidence must be non-blank strings (a blank one matches any chunk); "
+                               f"use \"evidence\": [] for a question the corpus cannot answer")
+            question = Question(str(row["id"]), str(row["question"]), tuple(evidence),
                                 str(row.get("source") or ""), str(row.get("split") or ""))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise RagError(f"{path}:{number}: not a question object ({exc})") from exc
         if split is None or question.split == split:
             questions.append(question)

@@ -70,3 +70,16 @@ def test_bad_questions_file_names_the_line(tmp_path: Path) -> None:
     bad.write_text('{"id": "a", "question": "x", "evidence": []}\n{"question": "no id"}\n', encoding="utf-8")
     with pytest.raises(RagError, match=r"bad.jsonl:2: not a question object"):
         rag_eval.read_questions(bad)
+
+
+def test_questions_file_variants_read_safely(tmp_path: Path) -> None:
+    """A BOM, one evidence string instead of a list, and blank evidence (which would match every chunk)."""
+    path = tmp_path / "q.jsonl"
+    rows = [{"id": 1, "question": "年假几天？", "evidence": "提前三天"}, {"id": "u", "question": "食堂几点开？"}]
+    path.write_text("\ufeff" + "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    first, second = rag_eval.read_questions(path)
+    assert first.evidence == ("提前三天",) and first.id == "1" and first.answerable
+    assert second.evidence == () and not second.answerable
+    path.write_text(json.dumps({"id": "b", "question": "x", "evidence": ["ok", " \n"]}) + "\n", encoding="utf-8")
+    with pytest.raises(RagError, match=r"q.jsonl:1: evidence must be non-blank strings"):
+        rag_eval.read_questions(path)
