@@ -1,0 +1,70 @@
+"""The chat page's sidebar: this session's knowledge base, retrieval settings and adapter, as a :class:`Session`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from rag import kb
+from rag.config import RagConfig
+from rag.errors import RagError
+from rag.llm.factory import LoadedModel
+from rag.retrieve import Retriever
+from rag.ui_text import tr
+from rag.webui.state import AdapterRow, ConfigKey, Session, get_retriever, warn_if_exposed
+
+
+def open_retriever(source: ConfigKey, index_dir: str, lang: str) -> tuple[Retriever | None, str]:
+    try:
+        with st.spinner(tr(lang, "loading_index")):
+            return get_retriever(source, index_dir), ""
+    except RagError as exc:
+        return None, str(exc)
+
+
+def sidebar(lang: str, cfg: RagConfig, settings: kb.AppSettings, source: ConfigKey, loaded: LoadedModel,
+            adapters: list[AdapterRow]) -> tuple[Session, Retriever | None, str]:
+    bar = st.sidebar
+    if bar.button(tr(lang, "new_chat"), width="stretch", key="new_chat", icon=":material/add_comment:"):
+        st.session_state["turns"] = []
+
+    bar.subheader(tr(lang, "sb_kb"))
+    configured = str(Path(cfg.index.dir))
+    options = kb.list_indexes(settings.indexes_root or Path(cfg.index.dir).parent, always=configured)
+    if st.session_state.get("index_dir") not in options:
+        st.session_state["index_dir"] = configured
+    index_dir = bar.selectbox(tr(lang, "index_label"), options, key="index_dir", format_func=lambda p: Path(p).name)
+    retriever, error = open_retriever(source, index_dir, lang)
+    if retriever is not None:
+        stats = retriever.index.stats()
+        bar.caption(tr(lang, "index_counts", files=stats.get("files", 0), chunks=stats.get("chunks", 0)) + "  \n"
+                    + tr(lang, "embedder_caption", embedder=stats["embedder"]))
+
+    bar.subheader(tr(lang, "sb_retrieval"))
+    bar.caption(tr(lang, "sb_retrieval_note"))
+    top_k = bar.slider(tr(lang, "top_k"), 1, 20, value=cfg.retrieve.top_k, key="top_k")
+    dense_ok = retriever is None or retriever.index.dense_enabled
+    hybrid = bar.toggle(tr(lang, "hybrid"), value=cfg.retrieve.mode != "dense", key="hybrid",
+                        help=tr(lang, "hybrid_help"), disabled=not dense_ok)
+    if not dense_ok:
+        bar.caption(tr(lang, "hybrid_unavailable"))
+    mode = "bm25" if not dense_ok else "hybrid" if hybrid else "dense"
+    threshold = bar.slider(tr(lang, "threshold"), 0.0, 1.0, value=float(cfg.retrieve.score_threshold), step=0.05,
+                           key="threshold", help=tr(lang, "threshold_help"))
+
+    bar.subheader(tr(lang, "sb_model"))
+    info = loaded.model.info()
+    bar.caption(f"`{info.model_id}` · {info.backend}" + (f" · {info.device}" if info.device else ""))
+    usable = [row.name for row in adapters if row.usable]
+    choices = ["", *usable]
+    if st.session_state.get("adapter") not in choices:
+        st.session_state["adapter"] = cfg.llm.adapter if cfg.llm.adapter in usable else ""
+    adapter = bar.selectbox(tr(lang, "adapter_label"), choices, key="adapter", disabled=not usable,
+                            format_func=lambda name: name or tr(lang, "base_option"))
+    compare = bar.toggle(tr(lang, "compare"), key="compare", disabled=not adapter, help=tr(lang, "compare_help"))
+    if usable and not adapter:
+        bar.caption(tr(lang, "compare_needs_adapter"))
+    warn_if_exposed(settings, lang)
+    session = Session(lang, index_dir, int(top_k), mode, float(threshold), adapter or "", bool(compare and adapter))
+    return session, retriever, error

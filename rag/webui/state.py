@@ -1,0 +1,198 @@
+"""What the chat page shares between sessions and what each session keeps.
+
+The model, the retrievers, the embedder, the generation queue and the adapter catalogue are loaded once per process
+(``st.cache_resource``) and shared by every browser session. Each session keeps its conversation (:class:`Turn`) and
+its sidebar choices (:class:`Session`) in ``st.session_state``; :func:`password_ok` is the optional login form.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from rag import kb
+from rag.config import RagConfig
+from rag.errors import RagError
+from rag.gate import GenerationGate
+from rag.llm.base import ChatModel
+from rag.llm.factory import LoadedModel
+from rag.retrieve import Retriever
+from rag.types import Answer
+from rag.ui_text import tr
+
+ConfigKey = tuple[str, tuple[str, ...]]
+NEEDS_LLM = "__needs_llm__"  # adapter reason: the extractive backend cannot use adapters (shown translated)
+WRONG_PASSWORD_DELAY_S = 1.0
+
+
+# --- shared by every session of this process ------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def get_model(source: ConfigKey) -> LoadedModel:
+    """The answering model; when the configured one cannot load, the extractive fallback and the reason."""
+    from rag.llm.extractive import ExtractiveModel
+    from rag.llm.factory import load_chat_model
+
+    cfg = kb.load_app_config(source)
+    try:
+        return load_chat_model(cfg.llm)
+    except (RagError, ImportError) as exc:  # llm.backend=hf / openai named explicitly and not available
+        return LoadedModel(ExtractiveModel(), fallback_reason=str(exc))
+
+
+@st.cache_resource(show_spinner=False)
+def get_retriever(source: ConfigKey, index_dir: str) -> Retriever:
+    """A retriever over ``index_dir`` (raises IndexStateError when there is no index there: not cached)."""
+    from rag.index import KnowledgeIndex
+
+    cfg = kb.load_app_config(source)
+    return Retriever(KnowledgeIndex.open(index_dir, cfg), cfg.retrieve)
+
+
+@st.cache_resource(show_spinner=False)
+def get_embedder(source: ConfigKey) -> Any:
+    """The configured embedder, for building an index that does not exist yet."""
+    from rag.embed import load_embedder
+
+    return load_embedder(kb.load_app_config(source).embed)
+
+
+@st.cache_resource(show_spinner=False)
+def get_gate(slots: int) -> GenerationGate:
+    return GenerationGate(slots)
+
+
+@dataclass(frozen=True)
+class AdapterRow:
+    """An adapter as the page shows it."""
+
+    name: str
+    usable: bool
+    reason: str  # "" when usable; NEEDS_LLM is shown translated
+    metadata: Any  # rag.adapters.AdapterMetadata or None
+
+
+class AdapterCatalog:
+    """The adapters under ``llm.adapters_dir`` as this process's model sees them; usable ones are loaded onto it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: list[AdapterRow] | None = None
+        self.error = ""
+
+    def rows(self, model: ChatModel, cfg: RagConfig) -> list[AdapterRow]:
+        with self._lock:
+            if self._rows is None:
+                self._rows = self._scan(model, cfg)
+            return self._rows
+
+    def rescan(self, model: ChatModel, cfg: RagConfig) -> None:
+        with self._lock:
+            self._rows = self._scan(model, cfg)
+
+    def _scan(self, model: ChatModel, cfg: RagConfig) -> list[AdapterRow]:
+        self.error = ""
+        try:
+            from rag import adapters as registry
+        except ImportError as exc:
+            self.error = str(exc)
+            return []
+        try:
+            if model.info().backend == "hf" and hasattr(model, "load_adapter"):
+                infos = registry.load_usable_adapters(model, cfg.llm.adapters_dir, cfg.llm.cache_dir)  # type: ignore[arg-type]
+                return [AdapterRow(i.name, i.usable, i.reason, i.metadata) for i in infos]
+            return [AdapterRow(i.name, False, i.reason or NEEDS_LLM, i.metadata)
+                    for i in registry.list_adapters(cfg.llm.adapters_dir)]
+        except (RagError, OSError, ValueError) as exc:
+            self.error = str(exc)
+            return []
+
+
+@st.cache_resource(show_spinner=False)
+def get_catalog(source: ConfigKey) -> AdapterCatalog:
+    return AdapterCatalog()
+
+
+# --- one session ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Turn:
+    """One question and its answer (in compare mode ``answer`` is the adapter's and ``base`` the base model's)."""
+
+    id: str
+    question: str
+    answer: Answer
+    quotes: dict[int, str]
+    adapter: str  # "" = the base model
+    index: str
+    base: Answer | None = None
+    base_quotes: dict[int, str] = field(default_factory=dict)
+    rating: str = ""
+    correction_saved: bool = False
+
+
+@dataclass(frozen=True)
+class Session:
+    """This browser session's choices (sidebar)."""
+
+    lang: str
+    index_dir: str
+    top_k: int
+    mode: str
+    threshold: float
+    adapter: str  # "" = base model
+    compare: bool
+
+    def retrieval(self) -> dict[str, Any]:
+        return {"top_k": self.top_k, "mode": self.mode, "score_threshold": self.threshold}
+
+
+def turns() -> list[Turn]:
+    return st.session_state.setdefault("turns", [])
+
+
+def secrets() -> dict[str, Any]:
+    try:
+        if not st.secrets.load_if_toml_exists():
+            return {}
+        return {key: st.secrets[key] for key in st.secrets}
+    except Exception:  # a broken secrets.toml must not take the page down; the settings fall back to env/defaults
+        return {}
+
+
+def same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+# --- access ---------------------------------------------------------------------------------------------------------
+
+
+def password_ok(password: str, lang: str) -> bool:
+    """True once this session typed ``password``; until then draws the login form."""
+    if st.session_state.get("authed"):
+        return True
+    st.title(tr(lang, "password_title"))
+    with st.form("login"):
+        typed = st.text_input(tr(lang, "password_label"), type="password")
+        submitted = st.form_submit_button(tr(lang, "password_button"), type="primary")
+    if submitted:
+        if hmac.compare_digest(typed.encode("utf-8"), password.encode("utf-8")):
+            st.session_state["authed"] = True
+            st.rerun()
+        time.sleep(WRONG_PASSWORD_DELAY_S)  # slows down guessing from one session
+        st.error(tr(lang, "password_wrong"))
+    return False
+
+
+def warn_if_exposed(settings: kb.AppSettings, lang: str) -> None:
+    address = str(st.get_option("server.address") or "")
+    if not settings.password and address not in ("127.0.0.1", "localhost", "::1"):
+        st.sidebar.warning(tr(lang, "exposed_warning", address=address or "0.0.0.0"), icon=":material/warning:")
