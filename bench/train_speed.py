@@ -1,4 +1,4 @@
-"""LoRA training throughput: the finetune recipe (``finetune.train``'s TRL trainer) vs a naive transformers + peft loop.
+"""LoRA training throughput: the finetune recipe (``finetune.trainer``'s TRL trainer) vs a naive transformers + peft loop.
 
 ChatGLM3-6B's shape as transformers' native ``GlmForCausalLM`` (6.24 B parameters), random bf16 weights made on the
 GPU, LoRA r 8 / alpha 32 on every linear layer of the blocks (q, k, v, o, gate_up, down). Both sides train on the
@@ -13,7 +13,7 @@ Modes, each in its own child process (clean peak-memory figures; an out-of-memor
 
     naive    the seed's configuration done by hand: batch 1 (one conversation per step), eager attention, plain
              ``torch.optim.AdamW``, LoRA dropout 0.1, no packing
-    recipe   ``finetune.train.trainer_arguments`` + ``make_trainer`` exactly as ``python -m finetune train`` builds them
+    recipe   ``finetune.trainer.trainer_arguments`` + ``make_trainer`` exactly as ``python -m finetune train`` builds them
              from ``configs/finetune/chatglm3_lora_fast.yaml`` (the seed's model, LoRA shape and lengths with the
              recipe's defaults: 12 packed rows of 384 tokens, no LoRA dropout, SDPA attention, bf16 autocast, fused
              AdamW); a variant ``recipe:key=value,...`` overrides any key, e.g. ``recipe:lora.dropout=0.1``
@@ -136,7 +136,7 @@ def recipe_parts(args: argparse.Namespace, shape: dict[str, int], device: Any, d
     from finetune.config import load_finetune_config
     from finetune.templates import get_template
     from finetune.tiny import build_tokenizer
-    from finetune.train import make_trainer, trainer_arguments
+    from finetune.trainer import make_trainer, trainer_arguments
 
     overrides = [f"train.max_steps={args.steps}", "train.logging_steps=1", "train.save_steps=0", "eval.steps=0",
                  "output.register=false", *args.set]

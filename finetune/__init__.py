@@ -4,6 +4,7 @@
 data (plus AdvertiseGen, counselling and the app's feedback), trains a LoRA with the chat template code the app
 serves with, and registers ``adapters/<name>/`` (peft safetensors + ``rag_adapter.json``), which the app lists at once.
 Also ``eval`` (BLEU-4 / ROUGE-1/2/L), ``merge``, ``infer`` (base vs adapter), ``convert-data`` and
-``make-tiny-model``. Modules: config, data, templates, train (the recipe), evaluate, merge, infer, tiny.
+``make-tiny-model``. Modules: config, formats + data, templates, train (the recipe) + trainer + reports, packing,
+evaluate, merge, infer, tiny.
 Importing the package loads no model library.
 """

@@ -103,7 +103,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from finetune.data import check, load_conversations, resolve_dataset, to_jsonl_record
+    from finetune.data import check, load_conversations, to_jsonl_record
+    from finetune.formats import resolve_dataset
 
     spec = resolve_dataset(args.input, args.dataset_dir, args.format)
     result = check(load_conversations([spec], args.system, args.feedback_context),

@@ -23,7 +23,8 @@ from rag.config import RagConfig, StoreConfig, load_config
 from rag.docstore import DocStore
 from rag.errors import ConfigError, IndexStateError
 from rag.index import DOCSTORE, read_manifest, write_manifest
-from rag.store.milvus import MilvusStore, fill, is_server_uri, write_binding
+from rag.store.milvus import MilvusStore, is_server_uri
+from rag.store.milvus_sync import fill, write_binding
 from rag.sync import writer_lock
 
 

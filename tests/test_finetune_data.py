@@ -14,12 +14,11 @@ import pytest
 from finetune.__main__ import main
 from finetune.data import (
     DataError,
-    DatasetSpec,
     check,
     load_conversations,
-    resolve_dataset,
     split_dev,
 )
+from finetune.formats import DatasetSpec, resolve_dataset
 from rag.config import REPO_ROOT
 from rag.errors import ConfigError
 from rag.types import Message

@@ -282,11 +282,10 @@ def test_recipe_defaults_give_the_loss_curve_of_a_naive_loop(work: Path) -> None
     from finetune.train import (
         find_base_model,
         load_splits,
-        make_trainer,
         pick_template,
         tokenize_all,
-        trainer_arguments,
     )
+    from finetune.trainer import make_trainer, trainer_arguments
 
     cfg = load_finetune_config("tiny", [*common(work, "naive-vs-recipe"), "train.max_steps=6", "train.logging_steps=1",
                                         "train.batching=packing", "train.micro_batch_size=12", "lora.dropout=0",

@@ -19,7 +19,8 @@ pytest.importorskip("pymilvus", reason="pymilvus not installed: pip install -r r
 pytest.importorskip("milvus_lite", reason="milvus-lite not installed: pip install -r requirements-extra.txt")
 
 from rag.migrate import migrate_to_milvus, parse_target
-from rag.store.milvus import BINDING_FILE, MilvusStore
+from rag.store.milvus import MilvusStore
+from rag.store.milvus_sync import BINDING_FILE
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent

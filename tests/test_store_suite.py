@@ -29,8 +29,9 @@ from rag.sync import sync_folder
 pymilvus = pytest.importorskip("pymilvus", reason="pymilvus not installed: pip install -r requirements-extra.txt")
 pytest.importorskip("milvus_lite", reason="milvus-lite not installed: pip install -r requirements-extra.txt")
 
-from rag.store import milvus  # noqa: E402  (after the skip: the module itself imports pymilvus lazily)
-from rag.store.milvus import BINDING_FILE, MilvusStore  # noqa: E402
+from rag.store import milvus, milvus_sync  # noqa: E402  (after the skip: the module itself imports pymilvus lazily)
+from rag.store.milvus import MilvusStore  # noqa: E402
+from rag.store.milvus_sync import BINDING_FILE  # noqa: E402
 
 pytestmark = pytest.mark.integration
 DIM = 32
@@ -148,7 +149,7 @@ def test_uri_and_collection_rules(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^store.collection='9-bad' is not a legal Milvus name"):
         milvus.collection_name(StoreConfig(collection="9-bad"), index_dir)
     with pytest.raises(ConfigError, match=r"^store.kind='chroma' is not one of faiss, milvus$"):
-        milvus.effective_config(StoreConfig(kind="chroma"), index_dir)
+        milvus_sync.effective_config(StoreConfig(kind="chroma"), index_dir)
     with pytest.raises(ConfigError, match=r"^store.milvus_index='DISKANN' is not one of HNSW, IVF_FLAT, FLAT$"):
         MilvusStore.connect(milvus_cfg(tmp_path, milvus_index="DISKANN"), tmp_path, DIM, create=True)
 
@@ -182,7 +183,7 @@ def sources_of(index: KnowledgeIndex, query: str, k: int = 20) -> set[str]:
 
 
 def collection_ids(directory: Path, cfg: RagConfig) -> set[int]:
-    store = MilvusStore.connect(milvus.effective_config(cfg.store, directory), directory, HashEmbedder().dim,
+    store = MilvusStore.connect(milvus_sync.effective_config(cfg.store, directory), directory, HashEmbedder().dim,
                                 create=False)
     try:
         return set(store.ids().tolist())
@@ -242,7 +243,7 @@ def test_crash_between_docstore_commit_and_collection_update_is_reconciled(
     def crash(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt("killed after the docstore commit")
 
-    monkeypatch.setattr(milvus, "sync_collection", crash)
+    monkeypatch.setattr(milvus_sync, "sync_collection", crash)
     monkeypatch.setattr("rag.store.sync_collection", crash)
     with pytest.raises(KeyboardInterrupt):
         sync_folder(corpus, mcfg, HashEmbedder())
@@ -265,7 +266,7 @@ def test_collection_edited_behind_the_index_back_is_reconciled(corpus: Path, mcf
     after each sync catches it (check_integrity diffs every id)."""
     directory = Path(mcfg.index.dir)
     sync_folder(corpus, mcfg, HashEmbedder())
-    store = MilvusStore.connect(milvus.effective_config(mcfg.store, directory), directory, HashEmbedder().dim,
+    store = MilvusStore.connect(milvus_sync.effective_config(mcfg.store, directory), directory, HashEmbedder().dim,
                                 create=False)
     try:
         some = sorted(store.ids().tolist())[:2]

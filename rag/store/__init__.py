@@ -2,7 +2,7 @@
 
 The index and sync modules ask this package which backend serves a folder (:func:`effective_config`) and, for an
 external one (Milvus), delegate to the helpers below; the Milvus code itself (and pymilvus, imported lazily) stays in
-:mod:`rag.store.milvus`.
+:mod:`rag.store.milvus` (the store) and :mod:`rag.store.milvus_sync` (keeping it in line with the docstore).
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ import numpy as np
 from rag.config import StoreConfig
 from rag.docstore import DocStore
 from rag.store.base import VectorStore
-from rag.store.milvus import effective_config, integrity_problems, known_ids, open_for_reading, sync_collection
+from rag.store.milvus_sync import (
+    effective_config,
+    integrity_problems,
+    known_ids,
+    open_for_reading,
+    sync_collection,
+)
 
 __all__ = ["VectorStore", "effective_config", "external_problems", "filter_known", "open_external", "sync_external"]
 

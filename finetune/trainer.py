@@ -1,0 +1,211 @@
+"""The trainer the recipe hands its tokenized rows to: TRL's ``SFTTrainer`` configured from a :class:`FinetuneConfig`.
+
+Kept apart from :mod:`finetune.train` so the recipe stays a short top-to-bottom read while the library plumbing lives
+here: the ``SFTConfig`` mapping of ``train.*`` / ``eval.*``, the trainer subclass that adds BLEU/ROUGE of greedy answers
+to each evaluation and counts packed tokens correctly, the tqdm bar with tokens/s, and the run-time helpers (resume
+checkpoint, CPU thread count). ``bench/train_speed.py`` builds its trainer through the same two functions, so the
+benchmark measures exactly what ``python -m finetune train`` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from finetune.config import FinetuneConfig
+from finetune.data import Conversation
+from finetune.evaluate import generate_answers, score
+from finetune.packing import PackedCollator, pack_rows
+from finetune.templates import ChatTemplate
+from rag.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def trainer_arguments(cfg: FinetuneConfig, precision: str, has_dev: bool, output_dir: Path) -> Any:
+    """The ``SFTConfig`` for ``cfg`` (a ``TrainingArguments`` with TRL's packing options)."""
+    import torch
+    from trl import SFTConfig
+
+    t, e = cfg.train, cfg.eval
+    evaluate = e.steps > 0 and has_dev
+    early_stop = evaluate and e.early_stop_patience > 0
+    metric = "eval_loss" if e.early_stop_metric == "loss" else f"eval_{e.early_stop_metric}"
+    use_cpu = t.device == "cpu"
+    max_length = cfg.data.max_input_tokens + cfg.data.max_output_tokens if cfg.data.max_output_tokens else None
+    return SFTConfig(
+        output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, use_cpu=use_cpu,
+        max_steps=t.max_steps if t.max_steps > 0 else -1, num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.micro_batch_size, per_device_eval_batch_size=e.batch_size,
+        gradient_accumulation_steps=t.grad_accum_steps, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+        lr_scheduler_type="constant_with_warmup" if t.lr_scheduler == "constant" else t.lr_scheduler,
+        warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio, max_grad_norm=t.max_grad_norm,
+        bf16=precision == "bf16", fp16=precision == "fp16",
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        train_sampling_strategy="group_by_length" if t.batching == "length" else "random",
+        packing=False, max_length=max_length, shuffle_dataset=False, torch_compile=t.compile,
+        logging_steps=t.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if evaluate else "no", eval_steps=e.steps if evaluate else None,
+        save_strategy="steps" if t.save_steps > 0 else "no", save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit or None,
+        load_best_model_at_end=early_stop, metric_for_best_model=metric if early_stop else None,
+        greater_is_better=e.early_stop_metric != "loss" if early_stop else None,
+        optim="adamw_torch_fused" if torch.cuda.is_available() and not use_cpu else "adamw_torch",
+        dataloader_num_workers=t.dataloader_workers, ddp_find_unused_parameters=False,
+        report_to="none", disable_tqdm=True, save_only_model=False,
+        remove_unused_columns=False,  # packed rows carry position_ids, which TRL's column filter would drop
+    )
+
+
+def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: ChatTemplate, args: Any,
+                 train_rows: list[dict[str, list[int]]], dev_rows: list[dict[str, list[int]]],
+                 generation_sample: Sequence[Conversation], show_progress: bool) -> Any:
+    """TRL's SFTTrainer on already-tokenized rows (labels made by our templates), with LoRA from ``cfg.lora``."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback
+    from trl import SFTTrainer
+
+    class RecipeTrainer(SFTTrainer):  # type: ignore[misc]
+        """Adds BLEU-4 / ROUGE of greedy answers to every evaluation's metrics. Done in ``log`` because the eval
+        metrics dict is logged first and then handed, the same object, to early stopping and best-model tracking."""
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "eval_loss" in logs and generation_sample:
+                logs.update({f"eval_{k}": v for k, v in self.generation_metrics().items()})
+            super().log(logs, start_time)
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            real = inputs.pop("num_real_tokens", None)  # set by PackedCollator; the model must not see it
+            before = getattr(self, "_total_train_tokens", None)
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if real is not None and before is not None and model.training:
+                # TRL counts a batch with position_ids as ONE flattened row (its padding-free layout); ours is
+                # [rows, length], so the tokens/s and train_tokens it reports would be rows times too low
+                self._total_train_tokens = before + int(self.accelerator.gather_for_metrics(real.reshape(1)).sum())
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return result
+
+        def generation_metrics(self) -> dict[str, float]:
+            from accelerate.utils import gather_object
+
+            rank, world = self.accelerator.process_index, self.accelerator.num_processes
+            shard = list(generation_sample)[rank::world]
+            model = self.accelerator.unwrap_model(self.model)
+            answers = generate_answers(model, tokenizer, template, shard, cfg.eval.max_new_tokens,
+                                       cfg.eval.generate_batch_size)
+            pairs = gather_object([(a, c.messages[-1].content) for a, c in zip(answers, shard, strict=True)])
+            return score([p for p, _ in pairs], [r for _, r in pairs])
+
+    lora = cfg.lora
+    targets: Any = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                             bias="none", task_type="CAUSAL_LM")
+    callbacks: list[Any] = [EarlyStoppingCallback(cfg.eval.early_stop_patience)] if args.load_best_model_at_end else []
+    collator = None
+    if cfg.train.batching == "packing":  # our row packing, not TRL's padding-free one: see finetune/packing.py
+        max_length = cfg.data.max_input_tokens + cfg.data.max_output_tokens
+        train_rows, dev_rows = pack_rows(train_rows, max_length, cfg.seed), pack_rows(dev_rows, max_length, cfg.seed)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        collator = PackedCollator(pad_id, pad_to_multiple_of=max_length if cfg.train.compile else None)
+    trainer = RecipeTrainer(
+        model=model, args=args, processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
+        train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
+        data_collator=collator,
+    )
+    if args.bf16 or args.fp16:
+        keep_adapter_inputs_in_autocast_dtype(trainer.model)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if show_progress and trainer.is_world_process_zero():
+        trainer.add_callback(progress_bar_callback())
+    return trainer
+
+
+def keep_adapter_inputs_in_autocast_dtype(model: Any) -> None:
+    """Under bf16/fp16 autocast, stop peft from casting each LoRA input to the float32 adapter dtype: autocast casts it
+    straight back for the matmul, so the result is bit-identical, but the two casts of a full activation per adapted
+    layer cost about a tenth of a 6B LoRA step (docs/BENCHMARKS.md). The adapter weights stay float32."""
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
+
+
+def progress_bar_callback() -> Any:
+    """A tqdm bar over optimizer steps showing the last logged loss and the tokens/s since the previous log."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class ProgressBar(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.bar: Any = None
+            self.last = (0.0, 0)  # (time, tokens) at the previous log
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step", dynamic_ncols=True)
+            self.last = (time.perf_counter(), 0)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            logs = logs or {}
+            if self.bar is None:
+                return
+            if "loss" in logs:
+                now, tokens = time.perf_counter(), int(logs.get("num_tokens", 0))
+                rate = (tokens - self.last[1]) / max(now - self.last[0], 1e-9) if self.last[1] else 0.0
+                self.last = (now, tokens)
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
+            if "eval_loss" in logs:
+                shown = {k.removeprefix("eval_"): round(float(v), 4) for k, v in logs.items()
+                         if k in ("eval_loss", "eval_bleu-4", "eval_rouge-l")}
+                self.bar.write(f"step {state.global_step}: eval {shown}")
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.bar.close()
+
+    return ProgressBar()
+
+
+# --- running it ---------------------------------------------------------------------------------------------------
+
+
+def resume_checkpoint(setting: str, output_dir: Path, last_checkpoint: Any) -> Path | None:
+    """``train.resume``: "" -> None, ``auto`` -> the newest ``checkpoint-N`` in ``output_dir`` (None if there is
+    none), else that folder (which must exist)."""
+    if not setting:
+        if output_dir.is_dir() and last_checkpoint(str(output_dir)):
+            logger.warning("%s holds checkpoints; train.resume=auto continues from the newest", output_dir)
+        return None
+    if setting == "auto":
+        found = last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if found is None:
+            logger.info("train.resume=auto: no checkpoint in %s, starting fresh", output_dir)
+        return Path(found) if found else None
+    path = Path(setting).expanduser()
+    if not (path / "trainer_state.json").is_file():
+        raise ConfigError(f"train.resume={setting} is not a checkpoint folder (no trainer_state.json); use "
+                          f"train.resume=auto or a {output_dir}/checkpoint-N folder")
+    return path
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run with ``count`` torch CPU threads (0 = leave as is). A tiny model's ops are too small to split: on a busy
+    2-core machine two threads made the tiny run 7x slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
