@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from rag.cli import add_config_args, config_from_args, run_cli, table
@@ -61,15 +62,20 @@ def main(args: argparse.Namespace) -> int:
     finally:
         for bar in bars.values():
             bar.close()
-    changed = [f for f in report.files if f.status != "unchanged"]
+    changed = [f for f in report.files if f.status not in ("unchanged", "skipped")]
     if changed:
         rows = [[f.status, f.chunks, f.pages or "", f"{f.seconds:.2f}" if f.seconds else "", f.source,
                  f"{f.error_kind}: {f.error}" if f.error_kind else ""] for f in changed]
         print(table(rows, ["status", "chunks", "pages", "sec", "file", "reason"]))
+    skipped = Counter(Path(f.source).suffix.lower() or "(no suffix)" for f in report.files if f.status == "skipped")
+    if skipped:
+        kinds = ", ".join(f"{suffix} ×{n}" for suffix, n in skipped.most_common())
+        print(f"skipped {sum(skipped.values())} files of types the loader does not read: {kinds}"
+              f"{' (each is listed in the --json-report)' if args.json_report else ''}")
     totals = report.totals()
     print(
         f"{totals['files']} files: {totals['new']} new, {totals['updated']} updated, {totals['unchanged']} unchanged, "
-        f"{totals['failed']} failed, {totals['deleted']} deleted, {totals['kept']} kept | "
+        f"{totals['failed']} failed, {totals['skipped']} skipped, {totals['deleted']} deleted, {totals['kept']} kept | "
         f"{totals['pages_parsed']} pages parsed, {totals['chunks_indexed']} chunks indexed in {totals['seconds']} s "
         f"({totals['chunks_per_s']} chunks/s) | index: {report.index_dir} (generation {report.generation})"
     )

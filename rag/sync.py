@@ -49,7 +49,11 @@ ProgressFn = Callable[[str, int, int], None]  # (stage: hash | parse | embed, do
 
 @dataclass
 class FileReport:
-    """What an ingest did with one file. status: new | updated | unchanged | failed | deleted | kept."""
+    """What an ingest did with one file. status: new | updated | unchanged | failed | skipped | deleted | kept.
+
+    ``skipped`` = a file type the loader does not read (images, stylesheets next to HTML pages ...): not an error,
+    but still listed so the user can see what was left out. The docstore records it like a failure (error_kind
+    ``unsupported``), so it is not re-read until it changes."""
 
     source: str
     status: str
@@ -76,7 +80,7 @@ class IngestReport:
         return sum(1 for f in self.files if f.status == status)
 
     def totals(self) -> dict[str, Any]:
-        statuses = ("new", "updated", "unchanged", "failed", "deleted", "kept")
+        statuses = ("new", "updated", "unchanged", "failed", "skipped", "deleted", "kept")
         return {
             "files": len(self.files),
             **{s: self.count(s) for s in statuses},
@@ -278,8 +282,9 @@ def sync_folder(
                         ds.put_file(FileRecord(**{**asdict(old), "status": "ok"}))
                 report.files.append(FileReport(source, "unchanged", chunks=old.chunks, pages=old.pages))
             elif old is not None and old.sha256 == sha and old.status == "failed" and not retry_failed and not resplit:
-                report.files.append(FileReport(source, "failed", error_kind=old.error_kind,
-                                               error=f"{old.error} (unchanged since the last ingest; --retry-failed re-parses it)"))
+                status = "skipped" if old.error_kind == "unsupported" else "failed"
+                note = "" if status == "skipped" else " (unchanged since the last ingest; --retry-failed re-parses it)"
+                report.files.append(FileReport(source, status, error_kind=old.error_kind, error=old.error + note))
             else:
                 todo.append((path, source, record))
 
@@ -355,7 +360,8 @@ def _record_failure(state: _Sync, parsed: ParsedFile, record: FileRecord, old: F
                            "chunks": kept, "seconds": parsed.seconds})
     with state.tx():
         state.ds.put_file(failed)
-    state.report.files.append(FileReport(parsed.source, "failed", kept, 0, parsed.seconds, parsed.error_kind, error))
+    status = "skipped" if parsed.error_kind == "unsupported" else "failed"
+    state.report.files.append(FileReport(parsed.source, status, kept, 0, parsed.seconds, parsed.error_kind, error))
 
 
 def _write_store(ds: DocStore, cfg: RagConfig, directory: Path, dim: int, state: _Sync, start_generation: int,
