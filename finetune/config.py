@@ -19,6 +19,7 @@ SEED_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_pr
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant")
 BATCHING = ("padded", "length", "packing")
+FSDP_MODES = ("", "full_shard", "shard_grad_op")
 ON_BAD_RECORD = ("error", "skip")
 TINY_ARCHS = ("", "glm", "qwen2", "llama")
 
@@ -85,6 +86,8 @@ class TrainSection:
     precision: str = "auto"  # auto (bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU) | bf16 | fp16 | fp32
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the model (CUDA; with packing every batch is padded to one shape)
+    fsdp: str = ""  # "" = DDP (each GPU holds the whole model) | full_shard | shard_grad_op: FSDP, for models that
+    #                 do not fit one GPU; needs several processes (accelerate launch / torchrun)
     batching: str = "packing"  # packing (rows of whole conversations, no padding) | length (group similar lengths) |
     #                            padded (random order, the seed's)
     device: str = "auto"  # auto | cpu (a CUDA machine still trains on CPU); multi-GPU: accelerate launch / torchrun
@@ -150,6 +153,7 @@ def check(cfg: FinetuneConfig) -> FinetuneConfig:
     _one_of("train.precision", cfg.train.precision, PRECISIONS)
     _one_of("train.lr_scheduler", cfg.train.lr_scheduler, SCHEDULERS)
     _one_of("train.batching", cfg.train.batching, BATCHING)
+    _one_of("train.fsdp", cfg.train.fsdp, FSDP_MODES)
     _one_of("data.on_bad_record", cfg.data.on_bad_record, ON_BAD_RECORD)
     _one_of("data.feedback_context", cfg.data.feedback_context, ("quotes", "none"))
     _one_of("model.build_tiny", cfg.model.build_tiny, TINY_ARCHS)

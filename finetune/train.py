@@ -32,7 +32,7 @@ from finetune.data import Conversation, check, load_conversations, split_dev
 from finetune.formats import resolve_dataset
 from finetune.reports import register_adapter, summarize, training_facts, write_reports
 from finetune.templates import ChatTemplate, detect_template, get_template, tokenize_conversation
-from finetune.trainer import make_trainer, resume_checkpoint, torch_threads, trainer_arguments
+from finetune.trainer import check_fsdp_possible, make_trainer, resume_checkpoint, torch_threads, trainer_arguments
 from rag import hub
 from rag.e5build import cache_root
 from rag.errors import ConfigError, ModelUnavailableError
@@ -219,6 +219,8 @@ def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
 
     set_seed(cfg.seed)
     output_dir = cfg.output_path
+    if cfg.train.fsdp:
+        check_fsdp_possible(cfg.train.fsdp)  # before minutes of data and model loading
 
     # 1. data: every record -> a validated conversation; a held-out dev split
     train_conversations, dev_conversations, dataset = load_splits(cfg)
@@ -267,6 +269,8 @@ def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() and not use_cpu else 0.0
         facts = {"run": cfg.name, "base_model": base.model_id, "base_origin": base.origin, "template": template.name,
                  "precision": precision, "processes": trainer.accelerator.num_processes,
+                 "parallelism": ("fsdp" if trainer.is_fsdp_enabled else
+                                 "ddp" if trainer.accelerator.num_processes > 1 else "single"),
                  "seconds": round(seconds, 1), "steps": trainer.state.global_step,
                  "tokens_per_second": round(metrics.get("train_tokens", 0.0) / max(seconds, 1e-9), 1),
                  "peak_gpu_memory_gib": round(peak, 2), "train_examples": len(train_data.rows),

@@ -57,9 +57,37 @@ def trainer_arguments(cfg: FinetuneConfig, precision: str, has_dev: bool, output
         greater_is_better=e.early_stop_metric != "loss" if early_stop else None,
         optim="adamw_torch_fused" if torch.cuda.is_available() and not use_cpu else "adamw_torch",
         dataloader_num_workers=t.dataloader_workers, ddp_find_unused_parameters=False,
+        **fsdp_arguments(t.fsdp),
         report_to="none", disable_tqdm=True, save_only_model=False,
         remove_unused_columns=False,  # packed rows carry position_ids, which TRL's column filter would drop
     )
+
+
+def fsdp_arguments(mode: str) -> dict[str, Any]:
+    """``train.fsdp`` -> the Trainer's FSDP arguments: shard every decoder layer (found by the model's own
+    ``_no_split_modules``), keep the original parameters so that only the LoRA weights train, and gather the full
+    adapter state on rank 0 when saving. Empty -> plain DDP."""
+    if not mode:
+        return {}
+    check_fsdp_possible(mode)
+    return {"fsdp": f"{mode} auto_wrap",
+            "fsdp_config": {"use_orig_params": True, "sync_module_states": True, "cpu_ram_efficient_loading": False,
+                            "state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": False}}
+
+
+def check_fsdp_possible(mode: str) -> None:
+    """accelerate shards only over CUDA GPUs: on CPU, or with one process, ``train.fsdp`` would silently fall back to
+    DDP or a single process holding the whole model, so say so before loading anything."""
+    import torch
+    from accelerate import PartialState
+
+    processes = PartialState().num_processes
+    if not torch.cuda.is_available() or processes < 2:
+        where = "no CUDA GPU" if not torch.cuda.is_available() else "1 process"
+        raise ConfigError(f"train.fsdp={mode} shards the model over several CUDA GPUs, one process each "
+                          f"(accelerate launch -m finetune train ... or torchrun --nproc_per_node N ...); here there "
+                          f"is {where}. Leave train.fsdp empty (DDP / one GPU), or use "
+                          f"train.gradient_checkpointing=true and a smaller train.micro_batch_size to fit one GPU")
 
 
 def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: ChatTemplate, args: Any,

@@ -45,8 +45,8 @@ def environment(cache: Path) -> dict[str, str]:
     return env
 
 
-def run(work: Path, name: str, processes: int, micro_batch: int) -> Path:
-    overrides = [*RECIPE, f"name={name}", f"train.micro_batch_size={micro_batch}",
+def run(work: Path, name: str, processes: int, micro_batch: int, extra: tuple[str, ...] = ()) -> Path:
+    overrides = [*RECIPE, *extra, f"name={name}", f"train.micro_batch_size={micro_batch}",
                  f"output.adapters_dir={work / 'adapters' / name}", f"train.output_dir={work / 'runs'}/{{name}}"]
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
                 if processes > 1 else [sys.executable])
@@ -71,7 +71,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     ddp = run(tmp_path, "ddp", processes=2, micro_batch=1)
 
     report = json.loads((ddp / "metrics.json").read_text(encoding="utf-8"))
-    assert report["processes"] == 2 and report["steps"] == STEPS
+    assert report["processes"] == 2 and report["steps"] == STEPS and report["parallelism"] == "ddp"
     assert json.loads((single / "metrics.json").read_text(encoding="utf-8"))["processes"] == 1
     one, two = losses(single), losses(ddp)
     assert sorted(one) == sorted(two) == list(range(1, STEPS + 1)), (one, two)
@@ -85,3 +85,26 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     assert sorted(p.name for p in (adapters / "ddp").iterdir()) == [
         "README.md", "adapter_config.json", "adapter_model.safetensors", "rag_adapter.json"]
     assert json.loads((adapters / "ddp" / "rag_adapter.json").read_text(encoding="utf-8"))["training"]["steps"] == STEPS
+
+
+def test_fsdp_is_refused_where_it_cannot_shard_and_maps_to_trainer_arguments() -> None:
+    """accelerate shards only over CUDA GPUs: on CPU or with one process ``train.fsdp`` would quietly run as DDP (this
+    was seen: the 2-process CPU run reported "ddp"), so it is an error naming what to do. Where it can run (2+ GPUs,
+    not available here) it becomes the Trainer's FSDP arguments."""
+    from unittest import mock
+
+    from finetune.config import load_finetune_config
+    from finetune.trainer import fsdp_arguments
+    from rag.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.fsdp=full_shard shards the model over several CUDA GPUs.*here "
+                                          r"there is no CUDA GPU"):
+        fsdp_arguments("full_shard")
+    with pytest.raises(ConfigError, match=r"train.fsdp='zero3' is not one of '', 'full_shard', 'shard_grad_op'"):
+        load_finetune_config("tiny", ["train.fsdp=zero3"])
+    assert fsdp_arguments("") == {}
+    with mock.patch("finetune.trainer.check_fsdp_possible") as check:  # as on 2+ GPUs
+        args = fsdp_arguments("full_shard")
+    check.assert_called_once_with("full_shard")
+    assert args["fsdp"] == "full_shard auto_wrap"
+    assert args["fsdp_config"]["use_orig_params"] and args["fsdp_config"]["state_dict_type"] == "FULL_STATE_DICT"
