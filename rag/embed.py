@@ -26,8 +26,7 @@ import logging
 import re
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,21 +36,7 @@ import numpy as np
 from rag import hub
 from rag.config import EmbedConfig
 from rag.e5build import ME5_NAME, is_complete, me5_small_path, read_build_info
-from rag.embed_direct import (
-    _POOLS,
-    _PROBES,
-    DIRECT_BATCH,
-    DIRECT_MIN_TEXTS,
-    DIRECT_MODES,
-    DirectPlan,
-    Encoded,
-    _encode_in_worker,
-    _encode_texts,
-    _in_order,
-    _init_worker,
-    _pad,
-    direct_plan,
-)
+from rag.embed_direct import _POOLS, DIRECT_MODES, DirectPathMixin, DirectPlan, _init_worker
 from rag.errors import ConfigError, IndexStateError, ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -139,9 +124,11 @@ class HashEmbedder:
 
 
 _MODELS: dict[tuple[str, str, int], Any] = {}
-_MODELS_LOCK = threading.Lock()
+_MODELS_LOCK = threading.Lock()  # guards _MODELS and embed_direct._POOLS
+
+
 def _pick_device(device: str) -> str:
-    from rag.llm.hf import pick_device  # torch is imported inside it, only when called
+    from rag.llm.hf_load import pick_device  # torch is imported inside it, only when called
 
     try:
         return pick_device(device)
@@ -176,7 +163,7 @@ def _folder_revision(path: Path) -> str:
     return "local:" + digest.hexdigest()[:12]
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(DirectPathMixin):
     """A sentence-transformers model from a local folder; prefixes applied, rows always L2-normalised."""
 
     def __init__(self, path: Path, *, name: str, revision: str = "", query_prefix: str | None = None,
@@ -243,78 +230,7 @@ class SentenceTransformerEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         return self._encode([text], self.query_prefix)[0]
 
-    # --- the direct path (module docstring) -------------------------------------------------------------------------
-
-    def _direct_batch(self) -> int:
-        """Texts per forward: ``DIRECT_BATCH`` on a GPU; ``embed.batch_size`` elsewhere (activations in RAM)."""
-        return max(DIRECT_BATCH, self.batch_size) if self.device.startswith("cuda") else self.batch_size
-
-    def _workers(self) -> int:
-        # a thread by default: on an H100 it fed the GPU as well as 4 processes (95 % of the raw forward) without
-        # their start-up (seconds: each imports the main module) or their threads competing with kernel launches
-        return max(1, self.tokenize_workers)
-
-    def _direct_ready(self, n_texts: int) -> bool:
-        """Whether these texts take the direct path; the first time, build the plan and run the self-check."""
-        if self.direct == "off" or n_texts == 0 or self._plan_failure:
-            return False
-        if self.direct == "auto" and not (self.device.startswith("cuda") and n_texts >= DIRECT_MIN_TEXTS):
-            return False
-        with self._plan_lock:
-            if self._plan is None and not self._plan_failure:
-                try:
-                    plan, why = direct_plan(self.model, self.passage_prefix)
-                    if plan is not None:
-                        self._plan = plan
-                        why = self._self_check()
-                except Exception as exc:  # a model layout this code does not know
-                    why = f"{type(exc).__name__}: {exc}"
-                if why:
-                    self._plan, self._plan_failure = None, why
-                    logger.warning("embedder %s: the direct ingest path cannot reproduce this model (%s); using "
-                                   "SentenceTransformer.encode", self.name, why)
-        return self._plan is not None
-
-    def _self_check(self) -> str:
-        """"" when the direct path gives the model's own token ids and vectors (cosine >= 0.999) on the probes."""
-        assert self._plan is not None
-        probes = [*_PROBES, "磁盘 disk " * self._plan.spec.max_length]  # truncated
-        if hasattr(self.model, "preprocess"):
-            want = self.model.preprocess(probes, prompt=self.passage_prefix)
-        else:  # sentence-transformers < 6
-            want = self.model.tokenize([self.passage_prefix + t for t in probes])
-        got = _pad([_encode_texts(self._plan.tokenizer, [self.passage_prefix + t for t in probes], False)], self._plan.pad_id,
-                   0, self._plan.left_padding)
-        if not np.array_equal(want["input_ids"].numpy(), got[0]):
-            return "its tokenizer gives other token ids"
-        cosine = np.sum(self._encode(probes, self.passage_prefix) *
-                        self._embed_direct(probes, self.passage_prefix, None, workers=1), axis=1)
-        return "" if cosine.min() >= 0.999 else f"vectors differ (cosine {cosine.min():.4f})"
-
-    def _tokenized(self, jobs: list[list[str]], workers: int) -> Iterator[Encoded]:
-        """Each job's encoding, in order: from a pool of ``workers`` processes, or one background thread."""
-        assert self._plan is not None
-        spec, done = self._plan.spec, 0
-        if workers > 1 and len(jobs) > 1:
-            from concurrent.futures.process import BrokenProcessPool
-
-            pool = self._pool(workers)
-            try:
-                for encoded in _in_order(lambda job: pool.submit(_encode_in_worker, job), jobs, 2 * workers):
-                    yield encoded
-                    done += 1
-                return
-            except (BrokenProcessPool, OSError) as exc:  # a worker died or could not start
-                logger.warning("tokeniser processes failed (%s); tokenising in this process", exc)
-                _POOLS.pop(self._pool_key(workers), None)
-        tokenizer = self._plan.tokenizer
-        with ThreadPoolExecutor(1, thread_name_prefix="embed-tokenize") as thread:  # Rust encodes without the GIL
-            yield from _in_order(lambda job: thread.submit(_encode_texts, tokenizer, job, spec.type_ids),
-                                 jobs[done:], 2)
-
-    def _pool_key(self, workers: int) -> tuple[str, str, int, int]:
-        assert self._plan is not None
-        return str(self.path), self.device, self._plan.spec.max_length, workers
+    # --- the direct path (module docstring; the rest of it is rag.embed_direct.DirectPathMixin) ---------------------
 
     def _pool(self, workers: int) -> Any:
         """The tokeniser processes of this model (started once per process, on first use; spawn, not fork: CUDA)."""
@@ -328,60 +244,6 @@ class SentenceTransformerEmbedder:
                 _POOLS[key] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                   initializer=_init_worker, initargs=(self._plan.spec,))
             return _POOLS[key]
-
-    def _embed_direct(self, texts: list[str], prefix: str, progress: Progress | None,
-                      workers: int | None = None) -> np.ndarray:
-        import torch
-
-        assert self._plan is not None
-        plan, workers = self._plan, workers or self._workers()
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # batches of similar lengths: little padding
-        size = self._direct_batch()
-        batches = [order[s : s + size] for s in range(0, len(texts), size)]
-        split = workers if len(batches) < workers else 1  # few batches: tokenise each one in pieces, in parallel
-        jobs = [[prefix + texts[i] for i in piece] for rows in batches
-                for piece in np.array_split(rows, min(split, len(rows)))]
-        encoded = self._tokenized(jobs, workers)
-        vectors = torch.empty(len(texts), self.dim, device=self.device)  # float32, rows in `order`
-        done = 0
-        with torch.inference_mode():
-            for rows in batches:
-                parts = [next(encoded) for _ in range(min(split, len(rows)))]
-                vectors[done : done + len(rows)] = self._forward(plan, *_pad(parts, plan.pad_id, plan.pad_type_id,
-                                                                             plan.left_padding))
-                done += len(rows)
-                if progress is not None:
-                    progress(done)
-        out = np.empty((len(texts), self.dim), np.float32)
-        out[order] = vectors.cpu().numpy()  # the one device-to-host copy
-        return out
-
-    def _forward(self, plan: DirectPlan, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None = None) -> Any:
-        """One padded batch -> [rows, dim] float32 unit vectors, on the device (no host sync on the way)."""
-        import torch
-
-        def device(array: np.ndarray) -> torch.Tensor:
-            tensor = torch.from_numpy(array)
-            if self.device.startswith("cuda"):
-                tensor = tensor.pin_memory()  # a pinned source copies asynchronously: the host runs ahead
-            return tensor.to(self.device, non_blocking=True)
-
-        inputs = {"input_ids": device(ids)}
-        full = bool(mask.all())  # no padding: no mask (transformers would check that on the GPU, a sync)
-        if not full:
-            inputs["attention_mask"] = device(mask.astype(np.int64))
-        if types is not None:
-            inputs["token_type_ids"] = device(types)
-        hidden = plan.encoder(**inputs).last_hidden_state  # [rows, width, hidden]
-        if plan.pooling == "cls":  # the first real token (sentence-transformers' choice, left padding included)
-            first = inputs["attention_mask"].argmax(1) if plan.left_padding and not full else 0
-            pooled = hidden[torch.arange(len(ids), device=hidden.device), first].float()
-        elif full:
-            pooled = hidden.sum(1, dtype=torch.float32) / hidden.shape[1]
-        else:
-            weights = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1, dtype=torch.float32) / weights.sum(1, dtype=torch.float32)
-        return torch.nn.functional.normalize(pooled, dim=-1)
 
     def describe(self) -> dict[str, Any]:
         return _describe(self, "sentence-transformers", path=str(self.path), origin=self.origin,

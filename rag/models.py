@@ -65,7 +65,7 @@ def gpus() -> list[str]:
 
 def _template_of(folder: Path) -> str:
     """The chat template the model in ``folder`` would use, or "" when that cannot be told without loading it."""
-    from rag.llm.hf import chat_template_for
+    from rag.llm.hf_load import chat_template_for
 
     try:
         from transformers import AutoTokenizer
@@ -167,7 +167,7 @@ def download_model(model: str, cfg: RagConfig, source: str, revision: str, cache
     if (folder / "modules.json").is_file():  # a sentence-transformers model
         return folder, f"embed.model={folder}"
     if _is_chatglm3(folder):
-        from rag.llm.hf import native_folder
+        from rag.llm.hf_load import native_folder
 
         print(f"converting the ChatGLM3 checkpoint in {folder} to native GLM (once) ...", file=sys.stderr)
         folder = native_folder(folder, cache_dir)

@@ -22,7 +22,7 @@ import torch
 from rag import hub
 from rag.config import LLMConfig
 from rag.errors import ConfigError, ModelUnavailableError, RagError
-from rag.llm import hf
+from rag.llm import hf, hf_load
 from rag.llm.base import GenerationConfig
 from rag.llm.hf import GPUOutOfMemoryError, HFChatModel, PromptTooLongError
 from rag.types import Message
@@ -358,10 +358,10 @@ def test_quantization_needs_bitsandbytes_and_cuda(monkeypatch: pytest.MonkeyPatc
     assert hf.quantization_config("", "cpu", torch.float32) is None
     with pytest.raises(ConfigError, match=r"^llm.quantization='3bit' is not one of '', 4bit, 8bit$"):
         hf.quantization_config("3bit", "cuda", torch.float16)
-    monkeypatch.setattr(hf.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(hf_load.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"^llm.quantization=4bit needs bitsandbytes: pip install bitsandbytes"):
         hf.quantization_config("4bit", "cuda", torch.float16)
-    monkeypatch.setattr(hf.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(hf_load.importlib.util, "find_spec", lambda name: object())
     with pytest.raises(ConfigError, match=r"^llm.quantization=8bit needs a CUDA GPU, but the model runs on cpu"):
         hf.quantization_config("8bit", "cpu", torch.float32)
     if not torch.cuda.is_available():

@@ -21,185 +21,35 @@ Batch-1 decoding of a 6 B model is bound by reading the weights once per token (
 The layer math reuses the model's own modules (norms, rotary embedding and ``apply_rotary_pos_emb``, activation), so
 ``logits`` match the model's forward within bf16 rounding. On CPU, and for other model types, it falls back to
 ``model.generate`` (``backend="hf"``); ``backend="eager"`` runs the same step without a graph (any device, for tests).
+
+The decode attention kernels live in :mod:`rag.llm.fastgen_attention`, the compiled element-wise ops and the LoRA
+fusion in :mod:`rag.llm.fastgen_ops`; this module is the generator: static cache, layer walk, graphs, sampling.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-try:
-    import triton
-    import triton.language as tl
-
-    _HAS_TRITON = True
-except ImportError:  # CPU installs
-    _HAS_TRITON = False
-
-logger = logging.getLogger(__name__)
+from rag.llm.fastgen_attention import _HAS_TRITON as _HAS_TRITON
+from rag.llm.fastgen_attention import SPLIT, _sdpa_decode, _triton_ok, decode_attention
+from rag.llm.fastgen_ops import (
+    STANDARD_NORMS,
+    _add_rms_norm,
+    _compiled,
+    _gated,
+    _lora_mm,
+    _lora_sum,
+    _rms_norm,
+    fuse_lora,
+)
 
 SUPPORTED_MODEL_TYPES = ("glm", "llama", "qwen2", "mistral")
 BACKENDS = ("auto", "graph", "eager", "hf")
-SPLIT = 256  # cache positions per attention program; max_len is rounded up to a multiple of it
-
-if _HAS_TRITON:
-
-    @triton.jit
-    def _attn_split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, scale, stride_qb, stride_qh, stride_kb,
-                           stride_kh, stride_kn, GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-                           BLOCK_N: tl.constexpr, SPLIT_N: tl.constexpr):
-        # program (row b, kv head h, split s): the GROUP query heads of h against cache positions [s*SPLIT_N, ...]
-        b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        pos = tl.load(pos_ptr + b)  # newest filled position of row b
-        start = s * SPLIT_N
-        if start <= pos:  # splits past the filled part do nothing; the combine kernel skips them
-            g = tl.arange(0, GP)
-            d = tl.arange(0, D)
-            q = tl.load(q_ptr + b * stride_qb + (h * GROUP + g)[:, None] * stride_qh + d[None, :],
-                        mask=(g < GROUP)[:, None], other=0.0)  # [GP, D]
-            kv = k_ptr + b * stride_kb + h * stride_kh
-            vv = v_ptr + b * stride_kb + h * stride_kh
-            m_i = tl.full([GP], float("-inf"), tl.float32)
-            l_i = tl.zeros([GP], tl.float32)
-            acc = tl.zeros([GP, D], tl.float32)
-            for n0 in range(0, SPLIT_N, BLOCK_N):
-                n = start + n0 + tl.arange(0, BLOCK_N)
-                valid = n <= pos
-                kt = tl.load(kv + n[None, :] * stride_kn + d[:, None], mask=valid[None, :], other=0.0)  # [D, BN]
-                scores = tl.where(valid[None, :], tl.dot(q, kt) * scale, float("-inf"))  # [GP, BN]
-                m_new = tl.maximum(m_i, tl.max(scores, 1))
-                p = tl.exp(scores - m_new[:, None])
-                alpha = tl.exp(m_i - m_new)
-                v = tl.load(vv + n[:, None] * stride_kn + d[None, :], mask=valid[:, None], other=0.0)  # [BN, D]
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                m_i = m_new
-            row = ((b * tl.num_programs(1) + h) * tl.num_programs(2) + s) * GP + g
-            tl.store(o_ptr + row[:, None] * D + d[None, :], acc)
-            tl.store(ml_ptr + row * 2, m_i)
-            tl.store(ml_ptr + row * 2 + 1, l_i)
-
-    @triton.jit
-    def _attn_combine_kernel(o_ptr, ml_ptr, pos_ptr, out_ptr, n_splits, stride_ob, stride_oh,
-                             GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, SPLIT_N: tl.constexpr):
-        b, h = tl.program_id(0), tl.program_id(1)
-        pos = tl.load(pos_ptr + b)
-        g = tl.arange(0, GP)
-        d = tl.arange(0, D)
-        m_all = tl.full([GP], float("-inf"), tl.float32)
-        l_all = tl.zeros([GP], tl.float32)
-        acc = tl.zeros([GP, D], tl.float32)
-        for s in range(0, pos // SPLIT_N + 1):  # only the splits the first kernel wrote
-            row = ((b * tl.num_programs(1) + h) * n_splits + s) * GP + g
-            m_s = tl.load(ml_ptr + row * 2)
-            l_s = tl.load(ml_ptr + row * 2 + 1)
-            m_new = tl.maximum(m_all, m_s)
-            a = tl.exp(m_all - m_new)
-            c = tl.exp(m_s - m_new)
-            acc = acc * a[:, None] + tl.load(o_ptr + row[:, None] * D + d[None, :]) * c[:, None]
-            l_all = l_all * a + l_s * c
-            m_all = m_new
-        out = acc / l_all[:, None]
-        tl.store(out_ptr + b * stride_ob + (h * GROUP + g)[:, None] * stride_oh + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
-
-
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """One new query per row against its cache: q [B, Hq, D], caches [>=B, Hkv, L, D], positions [B] -> [B, Hq, D].
-
-    Row b attends to cache positions 0..positions[b] (inclusive); L must be a multiple of ``SPLIT``.
-    """
-    q = q.contiguous()
-    batch, heads, dim = q.shape
-    kv_heads, length = k_cache.shape[1], k_cache.shape[2]
-    group = heads // kv_heads
-    padded = max(16, triton.next_power_of_2(group))  # tl.dot needs >= 16 rows
-    splits = length // SPLIT
-    partial = torch.empty(batch, kv_heads, splits, padded, dim, device=q.device, dtype=torch.float32)
-    max_and_sum = torch.empty(batch, kv_heads, splits, padded, 2, device=q.device, dtype=torch.float32)
-    out = torch.empty_like(q)
-    _attn_split_kernel[(batch, kv_heads, splits)](
-        q, k_cache, v_cache, positions, partial, max_and_sum, scale, q.stride(0), q.stride(1), k_cache.stride(0),
-        k_cache.stride(1), k_cache.stride(2), GROUP=group, GP=padded, D=dim, BLOCK_N=64, SPLIT_N=SPLIT)
-    _attn_combine_kernel[(batch, kv_heads)](partial, max_and_sum, positions, out, splits, out.stride(0), out.stride(1),
-                                            GROUP=group, GP=padded, D=dim, SPLIT_N=SPLIT)
-    return out
-
-
-def _sdpa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
-                 scale: float) -> torch.Tensor:
-    """Reference / fallback for :func:`decode_attention`: SDPA over the whole cache with a per-row mask."""
-    batch, heads, dim = q.shape
-    kv_heads, length = k_cache.shape[1], k_cache.shape[2]
-    mask = torch.arange(length, device=q.device)[None, :] <= positions[:, None]  # [B, L]
-    # query heads j*g..j*g+g-1 share kv head j (HF repeat_kv order): fold them into SDPA's query-length axis
-    out = F.scaled_dot_product_attention(q.reshape(batch, kv_heads, heads // kv_heads, dim), k_cache[:batch],
-                                         v_cache[:batch], attn_mask=mask[:, None, None, :], scale=scale)
-    return out.reshape(batch, heads, dim)
-
-
-def _triton_ok(dtype: torch.dtype, device: torch.device, heads: int, kv_heads: int, dim: int) -> bool:
-    """Use the Triton kernel only where it exists, fits, and agrees with SDPA on random data here."""
-    if not (_HAS_TRITON and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-            and dim >= 16 and dim & (dim - 1) == 0):
-        return False
-    try:
-        q = torch.randn(3, heads, dim, device=device, dtype=dtype)
-        k, v = (torch.randn(4, kv_heads, 2 * SPLIT, dim, device=device, dtype=dtype) for _ in range(2))
-        pos = torch.tensor([0, SPLIT - 1, 2 * SPLIT - 7], device=device)
-        got, ref = decode_attention(q, k, v, pos, dim**-0.5), _sdpa_decode(q, k, v, pos, dim**-0.5)
-        error = float((got.float() - ref.float()).abs().max())
-    except Exception as exc:  # no compiler, unsupported GPU, ...
-        logger.warning("Triton decode attention unavailable (%s); using SDPA over the whole cache", exc)
-        return False
-    if error > 2e-2:
-        logger.warning("Triton decode attention differs from SDPA by %.3g; using SDPA", error)
-    return error <= 2e-2
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HF's ``LlamaRMSNorm`` / ``GlmRMSNorm`` / ``Qwen2RMSNorm`` forward as a function: compiled once, not per layer."""
-    h = x.float()
-    return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def _add_rms_norm(hidden: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
-                  eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    hidden = hidden + delta  # the residual add, fused with the next norm
-    return hidden, _rms_norm(hidden, weight, eps)
-
-
-def _lora_mm(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """bias + B(A x) for x [M, in], A [r, in], B [out, r] as two GEMMs in the adapter's dtype (prefill: M is large)."""
-    return torch.addmm(bias, x.to(a.dtype) @ a.t(), b.t()).to(x.dtype)
-
-
-def _lora_sum(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """The same as two float32 reductions: compiled, they beat cuBLAS's GEMMs of width r at M = 1 (3 vs 6 us)."""
-    low = (x.float()[:, None, :] * a.float()[None]).sum(-1)  # [M, r]
-    return (bias.float() + (low[:, None, :] * b.float()[None]).sum(-1)).to(x.dtype)  # [M, out]
-
-
-def _gated(act: Callable[[torch.Tensor], torch.Tensor], gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return up * act(gate)
-
-
-STANDARD_NORMS = ("GlmRMSNorm", "LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
-_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
-
-
-def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """One ``torch.compile`` wrapper per function per process (generators and layers share its compiled code)."""
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=False)
-    return _COMPILED[fn]
 
 
 class FastGenerator:
@@ -290,32 +140,8 @@ class FastGenerator:
         return ("base",)
 
     def _fused_lora(self, modules: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """For peft LoRA linears sharing one input: (A [sum r, in], scaled block-diagonal B [sum out, sum r], bias)."""
-        if not self.fuse_lora or not all(isinstance(getattr(m, "base_layer", None), nn.Linear) and hasattr(m, "lora_A")
-                                         for m in modules):
-            return None
-        pieces = []
-        for m in modules:
-            if m.disable_adapters or m.merged or getattr(m, "fan_in_fan_out", False):
-                return None
-            for name in (a for a in m.active_adapters if a in m.lora_A):
-                if name in getattr(m, "lora_variant", {}) or getattr(m, "use_dora", {}).get(name) or \
-                        m.lora_B[name].bias is not None:
-                    return None  # DoRA & co.: let peft run it
-                pieces.append((m, m.lora_A[name].weight, m.lora_B[name].weight * m.scaling[name]))
-        if not pieces:
-            return None
-        bases = [m.base_layer for m in modules]
-        offsets = {id(m): sum(b.out_features for b in bases[:i]) for i, m in enumerate(modules)}
-        a_cat = torch.cat([a for _, a, _ in pieces])  # peft keeps adapters in float32 by default, and so do we
-        b_block = a_cat.new_zeros(sum(b.out_features for b in bases), a_cat.shape[0])
-        col = 0
-        for m, a, b in pieces:
-            b_block[offsets[id(m)] : offsets[id(m)] + b.shape[0], col : col + a.shape[0]] = b
-            col += a.shape[0]
-        bias = torch.cat([b.bias.to(a_cat.dtype) if b.bias is not None else a_cat.new_zeros(b.out_features)
-                          for b in bases])
-        return a_cat, b_block, bias
+        """For peft LoRA linears sharing one input: the fused weights (:func:`rag.llm.fastgen_ops.fuse_lora`)."""
+        return fuse_lora(modules) if self.fuse_lora else None
 
     def _linears(self, fns: dict[str, Any], modules: Sequence[Any], x: torch.Tensor) -> list[torch.Tensor]:
         """``[m(x) for m in modules]``, with unmerged LoRA as 2 small GEMMs for the group + the bases' own GEMMs."""
