@@ -52,6 +52,9 @@ except ImportError:
 if not CHROMIUM.is_file():
     pytest.skip(f"{CHROMIUM} is missing: run `make browser-deps` (apt-get install -y chromium fonts-wqy-microhei)",
                 allow_module_level=True)
+# every expect() without its own timeout waits up to 15 s, not Playwright's 5 s: a 2-core CI machine running a
+# Streamlit server, Chromium and the tests at once sometimes needs more than 5 s for a rerun
+expect.set_options(timeout=15_000)
 
 
 @dataclass

@@ -309,7 +309,7 @@ def test_upload_limit_is_enforced(browser: Any, limited_server: PageServer, tmp_
 
     page.route("**/_stcore/upload_file/**", swap_body)
     uploader.set_input_files(str(small))
-    expect(page.get_by_role("button", name=f"Remove {small.name}")).to_be_visible()
+    expect(page.get_by_role("button", name=f"Remove {small.name}")).to_be_visible(timeout=TIMEOUT_MS)
     save = page.get_by_role("button", name="保存并重新索引")
     expect(save).to_be_enabled(timeout=TIMEOUT_MS)  # the server holds the (swapped) upload
     save.click()
