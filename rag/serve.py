@@ -260,6 +260,9 @@ def main(args: argparse.Namespace) -> int:
     pipeline, fallback = open_pipeline(cfg, args.index)
     if fallback:
         print(f"note: {fallback} — answering extractively", file=sys.stderr)
+    from rag.llm.factory import start_warm_up
+
+    start_warm_up(pipeline.model, cfg.llm.adapter)  # the fast decoder's capture, before the first request
     api_key = os.environ.get(API_KEY_ENV) or None
     if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} without ${API_KEY_ENV}: anyone who can reach it can query the "

@@ -547,6 +547,29 @@ def test_fast_decode_on_gpu_matches_generate_with_adapters(models_dir: Path) -> 
         assert fast.generate(prompt, adapter=name) == off.generate(prompt, adapter=name)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_warm_up_on_gpu_captures_the_graph_before_the_first_request(models_dir: Path) -> None:
+    from rag.llm.factory import start_warm_up
+
+    folder = build_tiny_chat_model(models_dir / "gpu-warm", "glm", seed=2)
+    config = {"model": str(folder), "device": "cuda", "dtype": "float32", "max_new_tokens": 24}
+    cold, warm = HFChatModel.load(LLMConfig(**config)), HFChatModel.load(LLMConfig(**config))
+    thread = start_warm_up(warm)
+    assert thread is not None
+    thread.join(timeout=300)
+    assert (None, False) in warm._fast_warm and warm.info().extra["fast_decode"].startswith("graph")
+    prompt = talkative(cold)
+    started = time.perf_counter()
+    cold_text = cold.generate(prompt)  # builds and captures inside the first request
+    cold_s = time.perf_counter() - started
+    started = time.perf_counter()
+    warm_text = warm.generate(prompt)
+    warm_s = time.perf_counter() - started
+    assert warm_text == cold_text != ""
+    assert warm_s < cold_s / 2, (warm_s, cold_s)
+
+
 # --- ChatGLM3: converted to native GLM, finetune_demo adapters converted too ---------------------------------------
 
 
@@ -581,3 +604,24 @@ def test_chatglm3_checkpoint_loads_natively_with_a_finetune_demo_adapter(tmp_pat
                                        adapters_dir=str(adapters_dir)))  # llm.adapter: loaded with the base
     assert again.adapters == ("demo",) and again.generate(prompt) == base
     assert [p for p in offline.iterdir() if p.name.startswith("chatglm3-tiny-native-")] == native  # not reconverted
+
+
+def test_warm_up_builds_the_fast_decoder_before_the_first_request(tiny_llama: Path, chat: HFChatModel) -> None:
+    """``warm_up`` (started in the background by the app and rag.serve) builds the fast decoder and its greedy step
+    through the request queue; the first real request then finds it warm and answers as generate does. Where
+    requests would not use it (fast_decode off, or CPU with auto) it does nothing."""
+    from rag.llm.factory import start_warm_up
+
+    on = load(tiny_llama, fast_decode="on")
+    assert on.info().extra["fast_decode"] == "on" and not on._fast_warm  # nothing built at load
+    thread = start_warm_up(on)
+    assert thread is not None
+    thread.join(timeout=120)
+    assert not thread.is_alive() and (None, False) in on._fast_warm
+    assert on.info().extra["fast_decode"] != "on"  # the decoder exists (its backend is named)
+    assert on.warm_up() is False  # already warm: no second capture
+    prompt = talkative(chat)
+    assert list(on.stream(prompt)) == list(chat.stream(prompt))
+    for idle in (load(tiny_llama, fast_decode="off"), load(tiny_llama)):  # off; auto on CPU
+        assert idle.warm_up() is False and idle._fast is None
+    assert start_warm_up(object()) is None  # backends without a fast decoder (extractive, openai)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from rag.config import LLMConfig
 from rag.errors import ConfigError, ModelUnavailableError
@@ -53,3 +56,25 @@ def load_chat_model(cfg: LLMConfig) -> LoadedModel:
             raise
         log.warning("%s; answering extractively", exc)
         return LoadedModel(ExtractiveModel(min_coverage=cfg.extractive_min_coverage), fallback_reason=str(exc))
+
+
+def start_warm_up(model: Any, adapter: str = "") -> threading.Thread | None:
+    """Warm the model's fast decoder in a background thread (``HFChatModel.warm_up``: the CUDA-graph capture the
+    first request would otherwise wait ~15 s for), for ``adapter`` ("" = the base model) when it is loaded. Requests
+    that arrive meanwhile queue behind it as behind any answer. None when the backend has nothing to warm."""
+    warm = getattr(model, "warm_up", None)
+    if warm is None:
+        return None
+    target = adapter if adapter and adapter in getattr(model, "adapters", ()) else None
+
+    def run() -> None:
+        started = time.perf_counter()
+        try:
+            if warm(target):
+                log.info("fast decoder warmed in %.1f s", time.perf_counter() - started)
+        except Exception as exc:  # a warm-up failure is the first request's to report, with its own fallback
+            log.warning("warm-up failed (%s: %s); the first request will try again", type(exc).__name__, exc)
+
+    thread = threading.Thread(target=run, name="kbqa-warm-up", daemon=True)
+    thread.start()
+    return thread

@@ -38,13 +38,15 @@ WRONG_PASSWORD_DELAY_S = 1.0
 def get_model(source: ConfigKey) -> LoadedModel:
     """The answering model; when the configured one cannot load, the extractive fallback and the reason."""
     from rag.llm.extractive import ExtractiveModel
-    from rag.llm.factory import load_chat_model
+    from rag.llm.factory import load_chat_model, start_warm_up
 
     cfg = kb.load_app_config(source)
     try:
-        return load_chat_model(cfg.llm)
+        loaded = load_chat_model(cfg.llm)
     except (RagError, ImportError) as exc:  # llm.backend=hf / openai named explicitly and not available
         return LoadedModel(ExtractiveModel(), fallback_reason=str(exc))
+    start_warm_up(loaded.model, cfg.llm.adapter)  # the fast decoder's capture, before the first question
+    return loaded
 
 
 @st.cache_resource(show_spinner=False)
