@@ -290,4 +290,6 @@ def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
         })
         logger.info("adapter %s written to %s", cfg.adapter_name, adapter_dir)
     trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.num_processes > 1:  # a clean gloo/NCCL shutdown: exiting with the group alive aborted a
+        trainer.accelerator.end_training()    # rank now and then ("terminate called without an active exception")
     return RunResult(adapter_dir, output_dir, metrics)
