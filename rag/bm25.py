@@ -106,6 +106,24 @@ def store_current_tokens(docstore: DocStore) -> int:
     return len(ids)
 
 
+_NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
+
+
+def _name_like_words(text: str) -> list[str]:
+    """Words of an English sentence that look like names rather than vocabulary: capitalised but not the first
+    word of a sentence, upper case after the first letter, or holding a digit or inner punctuation."""
+    names = []
+    sentence_start = True
+    for match in _NAME_WORD.finditer(text):
+        word = match.group()
+        before = text[: match.start()].rstrip()
+        sentence_start = not before or before[-1] in ".?!:;\"'(" or before.endswith(("...",))
+        if (any(c.isdigit() for c in word) or any(c in "_./+-" for c in word)
+                or any(c.isupper() for c in word[1:]) or (word[0].isupper() and not sentence_start)):
+            names.append(word)
+    return names
+
+
 class BM25:
     """Okapi BM25 over pre-tokenised documents, with inverted lists in numpy arrays.
 
@@ -147,16 +165,21 @@ class BM25:
         """Latin-script query words (names, commands: ``kubernetes``, ``certbot``) that no chunk contains.
 
         Inside a Chinese question such words are names, and a name the corpus never mentions means the corpus is
-        not about it. In a question without CJK most words are ordinary English; there a word counts only when the
-        corpus knows most of the question's other words (else it is a language gap, e.g. an English question over
-        a Chinese corpus, not a missing topic).
+        not about it. In a question without CJK most words are ordinary English, and a paraphrase ("alter" for the
+        documents' "change") is no sign of a missing topic, so only name-like words count there (capitalised inside
+        the sentence, mixed case, with a digit or inner ``-_./+``: ``WireGuard``, ``OpenRC``, ``gp5``), and only
+        when the corpus knows most of the question's other words (else it is a language gap, e.g. an English
+        question over a Chinese corpus).
         """
         tokens = tokenize(query)
         latin = {t for t in tokens if _LETTER.search(t)}
         unknown = {t for t in latin if len(t) >= min_chars and t not in self.postings}
-        if not unknown or (not _CJK.search(query) and 2 * len(unknown) > len(latin)):
+        if not unknown or _CJK.search(query):
+            return sorted(unknown)
+        if 2 * len(unknown) > len(latin):
             return []
-        return sorted(unknown)
+        names = {t for word in _name_like_words(query) for t in tokenize(word)}
+        return sorted(unknown & names)
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
         """(chunk id, score) best first; only chunks sharing at least one token with the query."""
