@@ -325,3 +325,21 @@ def test_recipe_defaults_give_the_loss_curve_of_a_naive_loop(work: Path) -> None
         plain.append(total / sum(counts))
     assert len(recipe) == 6 and plain[-1] < plain[0] * 0.8, plain
     assert recipe == pytest.approx(plain, rel=1e-4), (recipe, plain)
+
+
+def test_out_of_memory_becomes_advice_not_a_traceback(work: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A CUDA out-of-memory error in training (simulated: this machine has no GPU) ends the CLI with one line
+    naming the settings that lower memory: half the micro-batch with twice the accumulation, checkpointing, dropout."""
+    from transformers import Trainer
+
+    def oom(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train", oom)
+    code = main(["train", "tiny", *common(work, "oom"), "train.max_steps=2", "train.micro_batch_size=8",
+                 "lora.dropout=0.1", "eval.steps=0", "output.register=false", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and err.startswith("error: the GPU ran out of memory training with train.micro_batch_size=8")
+    assert "train.micro_batch_size=4 train.grad_accum_steps=2 (the same batch)" in err
+    assert "train.gradient_checkpointing=true" in err and "lora.dropout=0" in err and "train.resume=auto" in err
