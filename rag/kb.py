@@ -9,32 +9,40 @@
 - **Feedback** is appended to a JSONL file (one :class:`FeedbackRecord` a line, under a file lock) that
   ``finetune/`` turns into training data; a record re-sent for the same answer (a correction added later) has the
   same ``id``, and the last record of an id wins.
+
+Uploads and deletes live in :mod:`rag.uploads`, feedback in :mod:`rag.feedback`; both are re-exported here, so
+the page and the tests keep one entry point (``rag.kb``) for everything they do to a knowledge base.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
-import json
 import logging
 import os
-import re
 import shlex
-import time
-import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
-from rag.config import LoadConfig, RagConfig, load_config
+from rag.config import RagConfig, load_config
 from rag.docstore import DocStore, FileRecord
 from rag.embed import Embedder
-from rag.errors import ConfigError, RagError
+from rag.errors import ConfigError
+from rag.feedback import RATINGS as RATINGS
+from rag.feedback import FeedbackCitation as FeedbackCitation
+from rag.feedback import FeedbackRecord as FeedbackRecord
+from rag.feedback import append_feedback as append_feedback
+from rag.feedback import now_iso as now_iso
+from rag.feedback import read_feedback as read_feedback
 from rag.index import DOCSTORE
 from rag.sync import IngestReport, ProgressFn, sync_folder
+from rag.uploads import MAX_NAME_CHARS as MAX_NAME_CHARS
+from rag.uploads import SavedUpload as SavedUpload
+from rag.uploads import UploadError as UploadError
+from rag.uploads import delete_document as delete_document
+from rag.uploads import safe_filename as safe_filename
+from rag.uploads import save_upload as save_upload
+from rag.uploads import upload_suffixes as upload_suffixes
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +52,6 @@ ENV_PASSWORD = "KBQA_PASSWORD"
 ENV_MAX_UPLOAD_MB = "KBQA_MAX_UPLOAD_MB"
 ENV_FEEDBACK = "KBQA_FEEDBACK"
 ENV_INDEXES = "KBQA_INDEXES"
-MAX_NAME_CHARS = 100  # of the stem; the suffix is kept whole
-_RESERVED = re.compile(r'[<>:"/\\|?*]')  # not allowed in file names on at least one common system
-_WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
-                              *(f"lpt{i}" for i in range(1, 10))})
 
 
 @dataclass(frozen=True)
@@ -159,222 +163,3 @@ def reindex(folder: str | Path, cfg: RagConfig, index_dir: str | Path, embedder:
     ingest is writing to the index or the embedder does not match it."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     return sync_folder(folder, cfg, embedder, index_dir=index_dir, progress=progress)
-
-
-# --- uploads and deletes --------------------------------------------------------------------------------------------
-
-
-class UploadError(RagError):
-    """An upload was refused. ``kind``: too_large | unsupported | empty | bad_name | outside (for UI messages)."""
-
-    def __init__(self, kind: str, name: str, message: str) -> None:
-        super().__init__(message)
-        self.kind, self.name = kind, name
-
-
-@dataclass(frozen=True)
-class SavedUpload:
-    """Where an upload went. status: new | replaced | renamed (a different file had the name) | unchanged."""
-
-    source: str  # path relative to the knowledge folder, "/" separated
-    path: Path
-    status: str
-    size: int
-
-
-def upload_suffixes(cfg: LoadConfig) -> list[str]:
-    """File suffixes (with the dot) that an ingest can parse here, so the only ones worth uploading."""
-    from rag.load import SUPPORTED_SUFFIXES, UNSTRUCTURED_SUFFIXES
-
-    suffixes = set(SUPPORTED_SUFFIXES)
-    if cfg.use_unstructured and importlib.util.find_spec("unstructured") is not None:
-        suffixes |= UNSTRUCTURED_SUFFIXES
-    return sorted(suffixes)
-
-
-def safe_filename(name: str, suffixes: list[str]) -> str:
-    """A file name safe to create in the knowledge folder, from a name a browser sent.
-
-    Keeps only the last path component (``/`` or ``\\``), removes control and reserved characters, leading dots and
-    surrounding blanks, cuts the stem to ``MAX_NAME_CHARS``, lower-cases the suffix, and keeps CJK as it is.
-
-    Raises:
-        UploadError: ``bad_name`` when nothing usable is left, ``unsupported`` for a suffix not in ``suffixes``.
-    """
-    base = unicodedata.normalize("NFC", re.split(r"[\\/]", name)[-1])
-    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C")  # control, format, unassigned
-    base = " ".join(_RESERVED.sub("_", base).split()).rstrip(" .")
-    stem, dot, suffix = base.rpartition(".")  # before the leading dots go: ".md" is a name without a stem
-    if not dot:
-        stem, suffix = base, ""
-    suffix = "." + suffix.lower() if suffix else ""
-    stem = stem.strip(" .")[:MAX_NAME_CHARS].rstrip(" .")
-    if suffix not in suffixes:
-        shown = suffix or "(none)"
-        raise UploadError("unsupported", name, f"{name}: file type {shown} cannot be indexed; "
-                                               f"supported: {' '.join(suffixes)}")
-    if not stem:
-        raise UploadError("bad_name", name, f"{name!r} has no usable file name; rename it and upload again")
-    if stem.split(".")[0].lower() in _WINDOWS_DEVICES:
-        stem = "_" + stem
-    return stem + suffix
-
-
-def _inside(folder: Path, path: Path) -> bool:
-    return path.resolve().is_relative_to(folder.resolve())
-
-
-def _free_name(folder: Path, name: str) -> Path:
-    stem, suffix = os.path.splitext(name)
-    for number in range(2, 10_000):
-        candidate = folder / f"{stem} ({number}){suffix}"
-        if not candidate.exists():
-            return candidate
-    raise UploadError("bad_name", name, f"too many files called {name} in {folder}")
-
-
-def save_upload(folder: str | Path, name: str, data: bytes, max_bytes: int, suffixes: list[str],
-                replace: bool = False) -> SavedUpload:
-    """Save an uploaded file in the top level of the knowledge ``folder`` (never anywhere else).
-
-    Args:
-        folder: the knowledge folder.
-        name: the file name as the browser sent it (sanitised here).
-        data: the file's bytes.
-        max_bytes: the size limit.
-        suffixes: allowed suffixes (:func:`upload_suffixes`).
-        replace: overwrite a different file of the same name; else save as ``name (2).ext``.
-
-    Raises:
-        UploadError: too large, empty, unsupported type, or an unusable name.
-    """
-    folder = Path(folder)
-    if len(data) > max_bytes:
-        raise UploadError("too_large", name, f"{name} is {len(data) / 2**20:.1f} MB, over the upload limit of "
-                                             f"{max_bytes / 2**20:.0f} MB")
-    if not data:
-        raise UploadError("empty", name, f"{name} is empty")
-    safe = safe_filename(name, suffixes)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / safe
-    status = "new"
-    if target.is_symlink() or (target.exists() and not target.is_file()):
-        target, status = _free_name(folder, safe), "renamed"
-    elif target.exists():
-        if target.read_bytes() == data:
-            return SavedUpload(target.name, target, "unchanged", len(data))
-        if replace:
-            status = "replaced"
-        else:
-            target, status = _free_name(folder, safe), "renamed"
-    if not _inside(folder, target.parent) or target.parent.resolve() != folder.resolve():
-        raise UploadError("outside", name, f"{name} would be saved outside {folder}")
-    tmp = folder / f".upload-{os.getpid()}-{time.monotonic_ns()}.part"  # hidden: never picked up by an ingest
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    log.info("saved upload %s (%d bytes, %s)", target, len(data), status)
-    return SavedUpload(target.name, target, status, len(data))
-
-
-def delete_document(folder: str | Path, source: str) -> bool:
-    """Delete the file ``source`` (relative to the knowledge ``folder``); False when it was already gone.
-
-    The index keeps its chunks until the next :func:`reindex`, which removes them.
-
-    Raises:
-        RagError: ``source`` points outside the folder, or is not a file.
-    """
-    folder = Path(folder)
-    path = folder / source
-    try:  # a NUL byte or an over-long name: the OS refuses it, and so do we, with our own error
-        if Path(source).is_absolute() or ".." in Path(source).parts or not _inside(folder, path.parent):
-            raise RagError(f"{source!r} is not a document inside {folder}")
-        if not path.exists() and not path.is_symlink():
-            return False
-        if not path.is_file() and not path.is_symlink():
-            raise RagError(f"{source!r} is not a file")
-        path.unlink()
-    except (OSError, ValueError) as exc:
-        raise RagError(f"{source!r} cannot be deleted: {exc}") from None
-    log.info("deleted document %s", path)
-    return True
-
-
-# --- feedback -------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FeedbackCitation:
-    number: int
-    source: str
-    page: int | None
-    quote: str
-
-
-@dataclass(frozen=True)
-class FeedbackRecord:
-    """One line of ``feedback.jsonl``: a rated answer, with the user's correction if they wrote one.
-
-    Attributes:
-        time: ISO 8601 local time with offset.
-        question: what the user asked.
-        answer: the answer shown (citations as ``[n]``).
-        rating: ``up`` or ``down``.
-        correction: what the answer should have said ("" if none).
-        citations: the answer's citations with the supporting sentence.
-        model: the model that answered (``model_id + adapter``).
-        adapter: the LoRA adapter ("" = the base model).
-        id: the answer's id; a later record with the same id replaces the earlier.
-        index: the index folder the answer came from.
-    """
-
-    time: str
-    question: str
-    answer: str
-    rating: str
-    correction: str = ""
-    citations: list[FeedbackCitation] = field(default_factory=list)
-    model: str = ""
-    adapter: str = ""
-    id: str = ""
-    index: str = ""
-
-
-RATINGS = ("up", "down")
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def append_feedback(path: str | Path, record: FeedbackRecord) -> None:
-    """Append ``record`` as one JSON line (UTF-8, not ASCII-escaped), safely across threads and processes."""
-    if record.rating not in RATINGS:
-        raise ValueError(f"rating={record.rating!r} must be one of {', '.join(RATINGS)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(dataclasses.asdict(record), ensure_ascii=False) + "\n"
-    with FileLock(str(path) + ".lock"), open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def read_feedback(path: str | Path) -> list[dict[str, Any]]:
-    """The feedback records in ``path``, the last one per id (records without an id all kept), oldest first."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    latest: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            record = json.loads(line)
-            latest.pop(record.get("id") or f"#{number}", None)  # re-insert: the order is the last write's
-            latest[record.get("id") or f"#{number}"] = record
-    return list(latest.values())

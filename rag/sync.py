@@ -9,6 +9,7 @@ What happens on ``sync_folder``:
 5. remove the chunks of deleted files (unless asked to keep them);
 6. write the FAISS file for the new generation (temp file + ``os.replace``) and the manifest; with
    ``store.kind: milvus`` apply the same diff to the collection instead and record the generation in it.
+   (:mod:`rag.sync_store`; the report types are in :mod:`rag.ingest_report`, re-exported here.)
 A kill -9 anywhere leaves SQLite at the last commit; a missing or stale FAISS file is rebuilt from SQLite on open, and
 a collection that reflects another generation is reconciled with SQLite by the next sync.
 """
@@ -22,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any
@@ -35,64 +36,17 @@ from rag.config import RagConfig
 from rag.docstore import DocStore, FileRecord
 from rag.embed import Embedder
 from rag.errors import IndexStateError, RagError
-from rag.index import BM25_TOKENIZER, DOCSTORE, FORMAT_VERSION, LOCK, faiss_path, write_manifest
+from rag.index import BM25_TOKENIZER, DOCSTORE, FORMAT_VERSION, LOCK, write_manifest
+from rag.ingest_report import FileReport as FileReport
+from rag.ingest_report import IngestReport as IngestReport
 from rag.load import discover_files, parse_files
 from rag.split import embedding_text, split_documents
-from rag.store import effective_config, sync_external
-from rag.store.faiss import FaissStore
+from rag.sync_store import write_store
 from rag.types import Chunk, ParsedFile
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]  # (stage: hash | parse | embed, done, total)
-
-
-@dataclass
-class FileReport:
-    """What an ingest did with one file. status: new | updated | unchanged | failed | skipped | deleted | kept.
-
-    ``skipped`` = a file type the loader does not read (images, stylesheets next to HTML pages ...): not an error,
-    but still listed so the user can see what was left out. The docstore records it like a failure (error_kind
-    ``unsupported``), so it is not re-read until it changes."""
-
-    source: str
-    status: str
-    chunks: int = 0
-    pages: int = 0
-    seconds: float = 0.0
-    error_kind: str | None = None
-    error: str = ""
-
-
-@dataclass
-class IngestReport:
-    """The per-file table and totals of one ingest."""
-
-    index_dir: str
-    embedder: str
-    files: list[FileReport] = field(default_factory=list)
-    seconds: float = 0.0
-    chunks_indexed: int = 0
-    pages_parsed: int = 0
-    generation: int = 0
-
-    def count(self, status: str) -> int:
-        return sum(1 for f in self.files if f.status == status)
-
-    def totals(self) -> dict[str, Any]:
-        statuses = ("new", "updated", "unchanged", "failed", "skipped", "deleted", "kept")
-        return {
-            "files": len(self.files),
-            **{s: self.count(s) for s in statuses},
-            "pages_parsed": self.pages_parsed,
-            "chunks_indexed": self.chunks_indexed,
-            "seconds": round(self.seconds, 2),
-            "chunks_per_s": round(self.chunks_indexed / self.seconds, 1) if self.seconds > 0 else 0.0,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index_dir": self.index_dir, "embedder": self.embedder, "generation": self.generation,
-                "totals": self.totals(), "files": [asdict(f) for f in self.files]}
 
 
 def file_sha256(path: Path) -> str:
@@ -301,7 +255,8 @@ def sync_folder(
         ds = DocStore(directory / DOCSTORE, vector_dtype=cfg.store.vector_dtype)
         try:
             if embedder is not None:
-                _write_store(ds, cfg, directory, embedder.dim, state, start_generation, rebuild)
+                write_store(ds, cfg, directory, embedder.dim, state.removed_ids, state.added_ids, state.added_vectors,
+                            start_generation, rebuild)
             write_manifest(directory, ds, cfg)
             report.generation = ds.generation
         finally:
@@ -362,47 +317,3 @@ def _record_failure(state: _Sync, parsed: ParsedFile, record: FileRecord, old: F
         state.ds.put_file(failed)
     status = "skipped" if parsed.error_kind == "unsupported" else "failed"
     state.report.files.append(FileReport(parsed.source, status, kept, 0, parsed.seconds, parsed.error_kind, error))
-
-
-def _write_store(ds: DocStore, cfg: RagConfig, directory: Path, dim: int, state: _Sync, start_generation: int,
-                 rebuild: bool) -> None:
-    """Write faiss-<G>.index for the committed generation G, incrementally when possible; drop older files.
-
-    Incremental = the previous generation's file, edited in place, when its kind is still the one ``store`` settings
-    pick for the new size (``auto`` switches flat -> approximate at ``store.auto_threshold``) and it can remove what
-    must go; otherwise the store is rebuilt from the vectors in SQLite. Added vectors are rounded to the docstore's
-    vector dtype first, so both ways give the same index.
-    """
-    store_cfg = effective_config(cfg.store, directory)
-    if store_cfg.kind != "faiss":  # Milvus: the collection takes the diff; FAISS files of earlier runs go
-        sync_external(ds, store_cfg, directory, dim, state.removed_ids, state.added_ids, state.added_vectors,
-                      start_generation, rebuild)
-        for stale in directory.glob("faiss-*.index*"):
-            stale.unlink(missing_ok=True)
-        return
-    generation = ds.generation
-    target = faiss_path(directory, generation)
-    if not target.is_file():
-        old_file = faiss_path(directory, start_generation)
-        store: FaissStore | None = None
-        if not rebuild and old_file.is_file():
-            try:
-                store = FaissStore.load(old_file, dim, cfg.store)
-                count = ds.count_vectors()
-                if store.kind != FaissStore.kind_for(cfg.store, count) or (state.removed_ids and not store.supports_remove):
-                    store = None
-                else:
-                    store.remove(np.asarray(state.removed_ids, dtype=np.int64))
-                    if state.added_vectors:
-                        store.add(np.asarray(state.added_ids, dtype=np.int64),
-                                  ds.round_vectors(np.concatenate(state.added_vectors)))
-                    if len(store) != count:
-                        store = None
-            except (RuntimeError, ValueError):
-                store = None
-        if store is None:  # rebuilt from SQLite (what a reader would do without the file)
-            store = FaissStore.build(dim, cfg.store, *ds.all_vectors(dim))
-        store.save(target)
-    for stale in directory.glob("faiss-*.index*"):
-        if stale.name != target.name:
-            stale.unlink(missing_ok=True)
