@@ -113,11 +113,10 @@ def _name_like_words(text: str) -> list[str]:
     """Words of an English sentence that look like names rather than vocabulary: capitalised but not the first
     word of a sentence, upper case after the first letter, or holding a digit or inner punctuation."""
     names = []
-    sentence_start = True
     for match in _NAME_WORD.finditer(text):
         word = match.group()
         before = text[: match.start()].rstrip()
-        sentence_start = not before or before[-1] in ".?!:;\"'(" or before.endswith(("...",))
+        sentence_start = not before or before[-1] in ".?!:;\"'("
         if (any(c.isdigit() for c in word) or any(c in "_./+-" for c in word)
                 or any(c.isupper() for c in word[1:]) or (word[0].isupper() and not sentence_start)):
             names.append(word)

@@ -16,7 +16,6 @@ the page and the tests keep one entry point (``rag.kb``) for everything they do 
 
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 from collections.abc import Mapping
@@ -43,8 +42,6 @@ from rag.uploads import delete_document as delete_document
 from rag.uploads import safe_filename as safe_filename
 from rag.uploads import save_upload as save_upload
 from rag.uploads import upload_suffixes as upload_suffixes
-
-log = logging.getLogger(__name__)
 
 ENV_CONFIG = "KBQA_CONFIG"  # path of the RAG config YAML (default configs/rag/default.yaml)
 ENV_OVERRIDES = "KBQA_OVERRIDES"  # space-separated key=value overrides (shell quoting allowed)

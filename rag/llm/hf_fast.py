@@ -12,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from rag.errors import ConfigError, RagError
 from rag.llm.base import GenerationConfig
 from rag.llm.hf_load import _is_oom, _release_memory
+from rag.types import Message
 
 logger = logging.getLogger("rag.llm.hf")  # the records belong to HFChatModel, whose methods these are
 
@@ -48,6 +51,10 @@ class FastDecodeMixin:
     def _adapter_scope(self, adapter: str | None) -> contextlib.AbstractContextManager[Any]:
         raise NotImplementedError
 
+    def stream(self, messages: Sequence[Message], gen: GenerationConfig | None = None, adapter: str | None = None,
+               context: Sequence[Any] = ()) -> Iterator[str]:
+        raise NotImplementedError
+
     def _run_generate(self, ids: list[int], gen: GenerationConfig, adapter: str | None, streamer: Any,
                       cancel: threading.Event, failure: list[BaseException]) -> None:
         raise NotImplementedError
@@ -71,14 +78,10 @@ class FastDecodeMixin:
         (a 2-token answer), so that the first user does not wait for it (~15 s for a 6B model on an H100). Returns
         whether anything was warmed: False when requests would not use the fast decoder (CPU, ``fast_decode=off``,
         a quantized model, or it already failed once)."""
-        from dataclasses import replace
-
-        from rag.types import Message
-
         gen = replace(self.default_gen, max_new_tokens=2, temperature=0.0, repetition_penalty=1.0)
         if not self._uses_fast(gen) or (adapter, False) in self._fast_warm:
             return False
-        for _ in self.stream([Message(role="user", content="你好")], gen, adapter):  # type: ignore[attr-defined]
+        for _ in self.stream([Message(role="user", content="你好")], gen, adapter):
             pass
         return (adapter, False) in self._fast_warm
 
