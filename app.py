@@ -2,10 +2,10 @@
 
     streamlit run app.py --server.address 127.0.0.1      (or: make app)
 
-UI only: answering is :mod:`rag.pipeline`, knowledge-base chores are :mod:`rag.kb`, the queue is :mod:`rag.gate`,
-the words are :mod:`rag.ui_text`. Config: ``KBQA_CONFIG`` (YAML path, default ``configs/rag/default.yaml``) and
+UI only: answering is :mod:`rag.answer.pipeline`, knowledge-base chores are :mod:`rag.webui.kb`, the queue is :mod:`rag.answer.gate`,
+the words are :mod:`rag.webui.text`. Config: ``KBQA_CONFIG`` (YAML path, default ``configs/rag/default.yaml``) and
 ``KBQA_OVERRIDES`` (``key=value`` words); page settings (password, upload limit, feedback file) from the
-environment or ``.streamlit/secrets.toml`` (see :class:`rag.kb.AppSettings`).
+environment or ``.streamlit/secrets.toml`` (see :class:`rag.webui.kb.AppSettings`).
 
 The model, the indexes and the queue are loaded once per process (``st.cache_resource``) and shared by every browser
 session; each session keeps its own conversation and retrieval settings in ``st.session_state``.
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from rag import kb
-from rag.errors import RagError
-from rag.ui_text import CSS, LANGUAGES, TEXT, tr
+from rag.core.errors import RagError
+from rag.webui import kb
 from rag.webui.chat import chat_view
 from rag.webui.kb_page import kb_view
 from rag.webui.model_page import model_view
 from rag.webui.sidebar import sidebar
 from rag.webui.state import get_catalog, get_model, password_ok, secrets
+from rag.webui.text import CSS, LANGUAGES, TEXT, tr
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from rag.cli import add_config_args, config_from_args, run_cli, table
+from rag.cli.common import add_config_args, config_from_args, run_cli, table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from rag.embed import load_embedder
-    from rag.sync import sync_folder
+    from rag.embed.embedder import load_embedder
+    from rag.index.sync import sync_folder
 
     cfg = config_from_args(args)
     embedder = load_embedder(cfg.embed)

@@ -6,9 +6,9 @@ the last line is the summary with the ratios. Stages run in order of importance 
 
     python bench/decode.py                 # full shape, needs a CUDA GPU with ~20 GB
     python bench/decode.py --small         # tiny shape; runs on CPU in seconds (eager step instead of a graph)
-    python bench/decode.py --serve         # end to end through rag.llm.hf.HFChatModel.stream: fast_decode auto vs off
+    python bench/decode.py --serve         # end to end through rag.llm.hf.model.HFChatModel.stream: fast_decode auto vs off
 
-``--serve`` puts the same model in two :class:`rag.llm.hf.HFChatModel` (built directly, no hub) with a ChatGLM3-style
+``--serve`` puts the same model in two :class:`rag.llm.hf.model.HFChatModel` (built directly, no hub) with a ChatGLM3-style
 tokenizer made here (ChatGLM3's special tokens, then one token per CJK character up to the 65,024 ids, so every
 streamed character is one token) and times the streamed answer as the app gets it: the chat template, the FIFO
 queue, the worker thread and the incremental detokenisation included.
@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from rag.llm.fastgen import FastGenerator
-from rag.types import Message
+from rag.core.types import Message
+from rag.llm.fastgen.generator import FastGenerator
 
 CHATGLM3_6B = {"vocab_size": 65024, "hidden_size": 4096, "intermediate_size": 13696, "num_hidden_layers": 28,
                "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128, "max_position_embeddings": 8192}
@@ -115,7 +115,7 @@ CJK_RANGES = ((0x4E00, 0xA000), (0x3400, 0x4DC0), (0x20000, 0x2A6E0))  # 70,304 
 
 
 def chat_tokenizer(vocab_size: int) -> Any:
-    """ChatGLM3's special tokens, then one token per CJK character up to ``vocab_size`` ids (rag.templates detects
+    """ChatGLM3's special tokens, then one token per CJK character up to ``vocab_size`` ids (rag.models.templates detects
     the chatglm3 template from the specials); decoding concatenates, so a streamed character is one token."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -155,7 +155,7 @@ def serve(b: Bench, model: Any, args: argparse.Namespace, vocab: int, skip: set[
     """End-to-end streaming through HFChatModel: fast_decode auto (FastGenerator) vs off (TextIteratorStreamer +
     generate), same model, same process."""
     from rag.llm.base import GenerationConfig
-    from rag.llm.hf import HFChatModel
+    from rag.llm.hf.model import HFChatModel
 
     tokenizer = chat_tokenizer(vocab)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id]

@@ -10,8 +10,8 @@ bert-base-chinese). One JSON line per measurement, each naming the device; the l
 Rows: ``raw_forward`` (pre-tokenised ids already on the GPU, encoder forward only), ``tokenize`` (CPU only),
 ``st_encode`` (``SentenceTransformer.encode``), ``encode_path`` (``SentenceTransformerEmbedder.embed_documents`` with
 ``direct="off"``: what ingest ran before the direct path), and per ``--workers`` value ``direct_workers_N``: the
-direct path (``rag.embed``'s module docstring) as ingest runs it on CUDA, cold (first call: tokeniser processes
-start, self-check), warm (median of 3 calls over all chunks), in ``rag.sync``'s calls of 128 texts, and its
+direct path (``rag.embed.embedder``'s module docstring) as ingest runs it on CUDA, cold (first call: tokeniser processes
+start, self-check), warm (median of 3 calls over all chunks), in ``rag.index.sync``'s calls of 128 texts, and its
 tokenisation alone; with the lowest cosine of its vectors against ``encode_path``'s. ``--sketches`` adds the earlier
 sketches (``pipelined``, ``pipelined_raw``, ``multiprocess``).
 """
@@ -217,7 +217,7 @@ def main() -> None:
     import sentence_transformers
     import transformers
 
-    from rag.embed import SentenceTransformerEmbedder
+    from rag.embed.embedder import SentenceTransformerEmbedder
 
     tmp = Path(tempfile.mkdtemp(prefix="embed-bench-"))
     try:

@@ -6,7 +6,7 @@ for recall@10, in the same run.
 
 One JSON line per store: {index, n, dim, build_s, p50_ms, p99_ms, recall@10, ...}; latency is one query per call
 (batch 1, k=10), excluding query embedding; for Milvus it includes the gRPC round trip to the in-process milvus-lite
-server, which is what the app pays. ``build_s`` for Milvus = insert (in 2,000-row batches, as ``rag.migrate`` does) +
+server, which is what the app pays. ``build_s`` for Milvus = insert (in 2,000-row batches, as ``rag.cli.migrate`` does) +
 flush (seals segments and builds the index). The last line is a summary.
 
     nice -n 10 .venv/bin/python bench/milvus_vs_faiss.py --n 100000           # ~5 min on 2 cores
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from retrieval import clustered, emit, latencies_ms, recall_at  # the house generator and timing loop
 
-from rag.config import StoreConfig
+from rag.core.config import StoreConfig
 from rag.store.faiss import FaissStore
 
 

@@ -4,7 +4,7 @@ For each PDF under ``--corpus`` (default ``data/dev_corpus``; ``bash scripts/get
 
 * ``raw``: ``pypdfium2.PdfDocument`` + ``get_textpage().get_text_bounded()`` per page, in this process (the naive
   baseline: what the loader itself calls, without anything around it);
-* ``loader``: ``rag.load.parse_files`` (a worker process, page records, ``normalize_text`` cleaning), wall time
+* ``loader``: ``rag.ingest.load.parse_files`` (a worker process, page records, ``normalize_text`` cleaning), wall time
   including the worker's start, and the worker's own parse time (``parse_s``, the steady-state figure).
 
 One JSON line per file (best of ``--repeat`` runs each), then a summary over all files: pages/s, the loader/raw ratio
@@ -28,8 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rag.config import LoadConfig
-from rag.load import parse_files
+from rag.core.config import LoadConfig
+from rag.ingest.load import parse_files
 
 START = time.perf_counter()
 CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef"
@@ -52,7 +52,7 @@ def dirt(texts: list[str]) -> dict[str, int]:
 
 def raw_pdfium(path: Path) -> list[str]:
     """The raw parser call: pypdfium2 page text, in this process, without the worker or any cleaning."""
-    from rag.parsers import _pdf_pages_pdfium
+    from rag.ingest.parsers.pdf import _pdf_pages_pdfium
 
     return _pdf_pages_pdfium(path)
 

@@ -9,7 +9,7 @@ run: it gives the ground truth for recall@10 and its own latency.
 One JSON line per (index, search setting): {index, n, build_s, p50_ms, p99_ms, recall@10, disk_bytes_per_chunk,
 ram_bytes_per_chunk, ...}; latency is one query per call (batch 1), excluding query embedding, with FAISS's OpenMP
 threads as the machine has. Bytes per chunk = the FAISS file + the vector's row in SQLite (measured on a sample
-written through ``rag.docstore.DocStore``, float16 unless ``--vector-dtype float32``). The last line is a summary.
+written through ``rag.index.docstore.DocStore``, float16 unless ``--vector-dtype float32``). The last line is a summary.
 
     .venv/bin/python bench/retrieval.py --size 100000                 # CPU CI size, ~3 min on 2 cores
     .venv/bin/python bench/retrieval.py --size 1000000 --deadline-s 2400
@@ -33,8 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rag.config import StoreConfig
-from rag.docstore import DocStore
+from rag.core.config import StoreConfig
+from rag.index.docstore import DocStore
 from rag.store.faiss import FaissStore
 
 START = time.perf_counter()

@@ -134,9 +134,9 @@ def recipe_parts(args: argparse.Namespace, shape: dict[str, int], device: Any, d
     from transformers import TrainerCallback
 
     from finetune.config import load_finetune_config
-    from finetune.templates import get_template
     from finetune.tiny import build_tokenizer
     from finetune.trainer import make_trainer, trainer_arguments
+    from rag.models.templates import get_template
 
     overrides = [f"train.max_steps={args.steps}", "train.logging_steps=1", "train.save_steps=0", "eval.steps=0",
                  "output.register=false", *args.set]

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from rag.cli import run_cli
+from rag.cli.common import run_cli
 
 
 @contextlib.contextmanager
@@ -103,8 +103,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from finetune.data import check, load_conversations, to_jsonl_record
-    from finetune.formats import resolve_dataset
+    from finetune.data.formats import resolve_dataset
+    from finetune.data.load import check, load_conversations, to_jsonl_record
 
     spec = resolve_dataset(args.input, args.dataset_dir, args.format)
     result = check(load_conversations([spec], args.system, args.feedback_context),

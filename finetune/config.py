@@ -1,6 +1,6 @@
 """The recipe's typed config: ``configs/finetune/*.yaml`` + dotted ``key=value`` overrides (``lora.r=16``).
 
-Loaded with :func:`rag.config.load_typed`, so unknown keys are an error listing the valid ones and values are
+Loaded with :func:`rag.core.config.load_typed`, so unknown keys are an error listing the valid ones and values are
 type-checked, exactly like the app's own config. :func:`check` then validates the combinations a type can't
 (a scheduler name, eval steps that the save steps must be a multiple of ...), with the fix in the message.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rag.adapters import is_safe_name
-from rag.config import REPO_ROOT, load_typed
-from rag.errors import ConfigError
+from rag.core.config import REPO_ROOT, load_typed
+from rag.core.errors import ConfigError
+from rag.models.adapters import is_safe_name
 
 CONFIG_DIR = REPO_ROOT / "configs" / "finetune"
 SEED_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"]  # every linear of native GLM

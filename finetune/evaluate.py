@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rag.errors import ConfigError
+from rag.core.errors import ConfigError
 
 METRICS = ("bleu-4", "rouge-1", "rouge-2", "rouge-l")
 _INSTALL = "pip install nltk==3.10.4 rouge-chinese==1.0.3 jieba==0.42.1 (the finetune lines of requirements.txt)"
@@ -89,8 +89,8 @@ def generate_answers(model: Any, tokenizer: Any, template: Any, conversations: S
     Args:
         model: a causal LM (a peft model answers with its active adapter).
         tokenizer: its tokenizer.
-        template: the :class:`rag.templates.ChatTemplate`.
-        conversations: :class:`finetune.data.Conversation` objects; the last turn (the reference) is not shown.
+        template: the :class:`rag.models.templates.ChatTemplate`.
+        conversations: :class:`finetune.data.load.Conversation` objects; the last turn (the reference) is not shown.
         max_new_tokens: answer length limit.
         batch_size: prompts generated together.
     """
@@ -136,10 +136,11 @@ def evaluate_config(cfg: Any, adapter: str = "", samples: int = 0, output: str |
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from finetune.base_model import find_base_model, pick_template
+    from finetune.data.load import load_splits
     from finetune.merge import base_for, locate_adapter
-    from finetune.train import find_base_model, load_splits, pick_template
-    from rag.adapters import prepare_adapter
-    from rag.llm.hf import pick_device, pick_dtype
+    from rag.core.device import pick_device, pick_dtype
+    from rag.llm.adapters import prepare_adapter
 
     _, dev, _ = load_splits(cfg)
     if not dev:

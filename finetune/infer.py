@@ -1,6 +1,6 @@
 """Base vs adapter answers side by side: ``python -m finetune infer --adapter NAME --prompt "…"`` (or ``--prompts F``).
 
-Done the way the app answers: the model is loaded by :meth:`rag.llm.hf.HFChatModel.load` (same resolution, ChatGLM3
+Done the way the app answers: the model is loaded by :meth:`rag.llm.hf.model.HFChatModel.load` (same resolution, ChatGLM3
 conversion, template and stop tokens), the adapter is checked and loaded by the app's registry, and both answers are
 greedy from the same prompt ids; the base answer runs with the adapter disabled on the same weights, so any
 difference is the adapter's. (The seed's inference_hf.py loaded two models with different prompts.)
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rag.errors import ConfigError
-from rag.types import Message
+from rag.core.errors import ConfigError
+from rag.core.types import Message
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,9 @@ def compare(adapter: str, prompts: Sequence[str], adapters_dir: str = "adapters"
         ConfigError / ModelUnavailableError / RagError: the adapter or the base can't be used (one line).
     """
     from finetune.merge import locate_adapter
-    from rag.config import LLMConfig
+    from rag.core.config import LLMConfig
     from rag.llm.base import GenerationConfig
-    from rag.llm.hf import HFChatModel
+    from rag.llm.hf.model import HFChatModel
 
     info = locate_adapter(adapter, adapters_dir)
     assert info.metadata is not None

@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rag import hub
-from rag.adapters import AdapterInfo, check_adapter, find_adapter, prepare_adapter
-from rag.errors import ConfigError
-from rag.templates import detect_template
+from rag.core.errors import ConfigError
+from rag.llm.adapters import prepare_adapter
+from rag.models import hub
+from rag.models.adapters import AdapterInfo, check_adapter, find_adapter
+from rag.models.templates import detect_template
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def base_for(info: AdapterInfo, base: str = "", source: str = "auto", cache_dir:
     adapter against it with the app's rules (same model id and revision, same chat template)."""
     from transformers import AutoTokenizer
 
-    from rag.llm.hf import native_folder
+    from rag.llm.hf.load import native_folder
 
     assert info.metadata is not None
     model_id = base or info.metadata.base_model

@@ -13,7 +13,7 @@ compute is spent on padding. Each conversation's ``position_ids`` restart at 0; 
 a block-diagonal causal mask (SDPA, eager) or variable-length spans (flash attention), so no token sees another
 conversation, and the first label of each conversation is masked because the token before it belongs to the
 previous one. The loss over a packed row therefore equals the loss over the same conversations one at a time
-(tests/test_finetune_train.py checks it against padded batches; bench/train_speed.py on the GPU shape).
+(tests/integration/test_finetune_train.py checks it against padded batches; bench/train_speed.py on the GPU shape).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ app's registry.
 
 Separate from the recipe (:mod:`finetune.train`) because none of it touches the trainer: it reads the log history and
 the config, and writes files. The adapter is written atomically and with its ``rag_adapter.json``
-(:func:`rag.adapters.write_metadata`), because the app lists the registry folder while a run may be writing into it.
+(:func:`rag.models.adapters.write_metadata`), because the app lists the registry folder while a run may be writing into it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import FinetuneConfig
-from rag.adapters import write_metadata
+from rag.models.adapters import write_metadata
 
 logger = logging.getLogger(__name__)
 

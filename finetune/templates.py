@@ -1,8 +1,8 @@
-"""Chat templates for training: :mod:`rag.templates` (the very code that builds the app's prompts) plus what only
+"""Chat templates for training: :mod:`rag.models.templates` (the very code that builds the app's prompts) plus what only
 training needs: turning a conversation into ``input_ids`` / ``labels`` within the token budget.
 
 Labels are -100 everywhere except each assistant turn's tokens and the token that ends the turn (see
-:mod:`rag.templates` for how each family ends a turn). Because the ids come from ``encode_for_training``, which checks
+:mod:`rag.models.templates` for how each family ends a turn). Because the ids come from ``encode_for_training``, which checks
 that the prompt before every assistant turn equals ``encode(..., add_generation_prompt=True)``, the model is trained
 on exactly the ids it is served with. Packing (several examples in one row, :mod:`finetune.packing`) restarts the
 position ids per example, so no attention crosses examples (transformers builds the block-diagonal mask from them).
@@ -14,11 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rag.templates import IGNORE_INDEX, TEMPLATES, ChatTemplate, detect_template, get_template
-from rag.types import Message
-
-__all__ = ["IGNORE_INDEX", "TEMPLATES", "ChatTemplate", "TokenizedExample", "detect_template", "get_template",
-           "last_answer_start", "prompt_ids", "tokenize_conversation", "trained_spans"]
+from rag.core.types import Message
+from rag.models.templates import IGNORE_INDEX, ChatTemplate
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 ``?``) on the shipped sample datasets with the chat template's special tokens and Jinja, then saves a random
 ``glm`` / ``qwen2`` / ``llama`` causal LM (hidden 64, 2 layers, 4 heads / 2 kv heads, about 0.5 M parameters) next
 to it. Weights use std 0.2 rather than 0.02 so that a few dozen LoRA steps visibly move the loss. Every template
-detects as itself (the tokenizer carries ``rag.templates``' Jinja), so the app serves the model with the same
+detects as itself (the tokenizer carries ``rag.models.templates``' Jinja), so the app serves the model with the same
 template the recipe trains with. Command line: ``python -m finetune make-tiny-model DIR [--arch glm]``.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rag.config import REPO_ROOT
-from rag.templates import get_template
+from rag.core.config import REPO_ROOT
+from rag.models.templates import get_template
 
 SAMPLES_DIR = REPO_ROOT / "finetune" / "samples"
 ARCHS = ("glm", "qwen2", "llama")

@@ -20,37 +20,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.config import FinetuneConfig, ModelSection
-from finetune.data import Conversation, check, load_conversations, split_dev
-from finetune.formats import resolve_dataset
+from finetune.base_model import find_base_model, pick_template
+from finetune.config import FinetuneConfig
+from finetune.data.load import Conversation, load_splits
 from finetune.reports import register_adapter, summarize, training_facts, write_reports
-from finetune.templates import ChatTemplate, detect_template, get_template, tokenize_conversation
+from finetune.templates import tokenize_conversation
 from finetune.trainer import check_fsdp_possible, make_trainer, resume_checkpoint, torch_threads, trainer_arguments
-from rag import hub
-from rag.e5build import cache_root
-from rag.errors import ConfigError, ModelUnavailableError, RagError
+from rag.core.errors import ConfigError, RagError
+from rag.models.templates import ChatTemplate
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class BaseModel:
-    """The base model as the app will see it: ``model_id`` is what rag_adapter.json records (compared with the app's
-    ``llm.model`` through :func:`rag.hub.canonical_model_id`); ``folder`` is what is loaded (a native copy for
-    ChatGLM3)."""
-
-    model_id: str
-    revision: str
-    folder: Path
-    origin: str
 
 
 @dataclass
@@ -78,70 +65,12 @@ class RunResult:
 # --- base model ---------------------------------------------------------------------------------------------------
 
 
-def recorded_model_id(name_or_path: str, folder: Path) -> str:
-    """The base model id to record: a hub-style name as given (that is what the app's ``llm.model`` holds), else the
-    id the local folder says it came from, else its absolute path."""
-    if hub.is_hub_id(name_or_path):
-        return name_or_path
-    return hub.folder_model_id(folder) or str(Path(name_or_path).expanduser().resolve())
 
 
-def find_base_model(cfg: ModelSection) -> BaseModel:
-    """Resolve the base model like the app does (local folder -> caches -> hubs), building the tiny random model when
-    ``model.build_tiny`` is set and it is missing, and convert a ChatGLM3 checkpoint to native GLM once."""
-    from accelerate import PartialState
-
-    from rag.llm.hf import native_folder
-
-    def resolve() -> tuple[Path, str]:
-        return hub.resolve_model(cfg.name_or_path, revision=cfg.revision, source=cfg.source,
-                                 modelscope_id=cfg.modelscope_id, cache_dir=cfg.cache_dir,
-                                 timeout_s=cfg.hub_timeout_s, kind="base model", section="model")
-
-    with PartialState().main_process_first():  # one process downloads / converts / builds, the others then reuse it
-        try:
-            path, origin = resolve()
-        except ModelUnavailableError:
-            if not cfg.build_tiny:
-                raise
-            path, origin = build_tiny_base(cfg), f"tiny random {cfg.build_tiny} model built by the recipe"
-        folder = native_folder(path, cfg.cache_dir)
-    return BaseModel(recorded_model_id(cfg.name_or_path, path), cfg.revision, folder, origin)
 
 
-def build_tiny_base(cfg: ModelSection) -> Path:
-    """Build the tiny model where :func:`rag.hub.resolve_model` will find it next time: ``<cache>/<org>--<name>`` for
-    a hub-style name (``kbqa/tiny-glm``), else the folder named."""
-    from finetune.tiny import build_tiny_model
-
-    name = cfg.name_or_path
-    target = (cache_root(cfg.cache_dir) / hub.cache_folder_name(name) if hub.is_hub_id(name) and "/" in name
-              else Path(name).expanduser())
-    if target.exists():
-        raise ConfigError(f"{target} exists but holds no model; remove it, or point model.name_or_path elsewhere")
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    template = "" if cfg.template == "auto" else cfg.template
-    build_tiny_model(partial, cfg.build_tiny, template)
-    os.replace(partial, target)
-    logger.info("built tiny %s model at %s", cfg.build_tiny, target)
-    return target
 
 
-def pick_template(setting: str, tokenizer: Any) -> ChatTemplate:
-    """``auto``: the template the app will detect for this tokenizer; a name is checked against the tokenizer."""
-    detected = detect_template(tokenizer)
-    if setting == "auto":
-        if detected is None:
-            raise ConfigError("model.template=auto could not tell the chat template from the tokenizer; set "
-                              "model.template to one of chatglm3, chatml, glm4, llama3")
-        return get_template(detected)
-    template = get_template(setting)
-    template.check_tokenizer(tokenizer)
-    if detected is not None and detected != setting:
-        logger.warning("model.template=%s but the app will detect %s for this tokenizer and refuse the adapter",
-                       setting, detected)
-    return template
 
 
 def pick_precision(setting: str, use_cpu: bool) -> str:
@@ -173,22 +102,6 @@ def check_targets(model: Any, targets: Sequence[str]) -> None:
 # --- data ---------------------------------------------------------------------------------------------------------
 
 
-def load_splits(cfg: FinetuneConfig) -> tuple[list[Conversation], list[Conversation], dict[str, Any]]:
-    """(train, dev, description for rag_adapter.json) from ``cfg.data``."""
-    data = cfg.data
-
-    def read(names: Sequence[str], max_samples: int) -> Any:
-        specs = [resolve_dataset(name, data.dataset_dir, data.format) for name in names]
-        return check(load_conversations(specs, data.system, data.feedback_context, max_samples), data.on_bad_record)
-
-    loaded = read(data.datasets, data.max_samples)
-    if data.dev_datasets:
-        train, dev = loaded.conversations, read(data.dev_datasets, 0).conversations
-    else:
-        train, dev = split_dev(loaded.conversations, data.dev_ratio, data.dev_max_samples, cfg.seed)
-    described = {"dataset": ",".join(data.datasets), "dataset_sha256": loaded.sha256(),
-                 "dataset_files": [str(p) for p in loaded.files], "bad_records_skipped": len(loaded.bad)}
-    return train, dev, described
 
 
 def tokenize_all(conversations: Sequence[Conversation], template: ChatTemplate, tokenizer: Any,

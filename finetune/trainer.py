@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import FinetuneConfig
-from finetune.data import Conversation
+from finetune.data.load import Conversation
 from finetune.evaluate import generate_answers, score
 from finetune.packing import PackedCollator, pack_rows
-from finetune.templates import ChatTemplate
-from rag.errors import ConfigError
+from rag.core.errors import ConfigError
+from rag.models.templates import ChatTemplate
 
 logger = logging.getLogger(__name__)
 

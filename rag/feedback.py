@@ -3,7 +3,7 @@
 The chat page appends a record per thumbs up/down (and again when the user adds a correction, with the same ``id``:
 the last record of an id wins). ``finetune/`` turns the file into training data, so the record's fields are a
 contract between the two; they live in one small module that both sides can read without the rest of
-:mod:`rag.kb`. Every name stays importable from :mod:`rag.kb`.
+:mod:`rag.webui.kb`. Every name stays importable from :mod:`rag.webui.kb`.
 """
 
 from __future__ import annotations

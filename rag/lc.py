@@ -8,7 +8,7 @@ from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
 
-from rag.types import Hit
+from rag.core.types import Hit
 
 
 def hit_to_langchain(hit: Hit) -> LCDocument:

@@ -1,7 +1,7 @@
 """Build a folder of valid and hostile files for loader tests (reused by ingest / index tests).
 
 ``make_broken_corpus(folder)`` writes every file and returns ``{relative path: expected kind}``, where the kind is
-``"ok"`` or the :class:`rag.errors.LoadError` kind that ``rag.load`` must report. The expectations hold for
+``"ok"`` or the :class:`rag.core.errors.LoadError` kind that ``rag.ingest.load`` must report. The expectations hold for
 :func:`corpus_load_config` (``max_file_mb`` below ``big_mb``, so the big single-line file is ``too_large``).
 
 Everything is generated here, offline, with no font or model files: the PDFs are written by hand (a standard Type1
@@ -18,7 +18,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from rag.config import LoadConfig
+from rag.core.config import LoadConfig
 
 # Files that exist in the corpus but that discover_files must NOT return (hidden, or a link out of the folder).
 NOT_DISCOVERED = (".secret.txt", ".hidden_dir/inside.md", "outside_link.txt")
@@ -44,7 +44,7 @@ def make_broken_corpus(folder: Path, big_mb: int = 50) -> dict[str, str]:
     Args:
         folder: where to write (created if missing).
         big_mb: size of ``big_single_line.txt`` (one 50 MB line by default; 0 leaves it out). It is expected to be
-            ``too_large`` under :func:`corpus_load_config`; ``tests/test_load.py`` separately parses a big single
+            ``too_large`` under :func:`corpus_load_config`; ``tests/integration/test_load.py`` separately parses a big single
             line with a raised ``max_file_mb`` and checks it finishes in bounded time.
 
     Returns:
@@ -97,7 +97,7 @@ def make_broken_corpus(folder: Path, big_mb: int = 50) -> dict[str, str]:
 
 
 def make_hanging_file(folder: Path, name: str = "hang__sleep__.txt") -> Path:
-    """A valid text file whose parse sleeps forever in a worker when ``rag.load.TEST_HOOKS_ENV`` is set to ``1``.
+    """A valid text file whose parse sleeps forever in a worker when ``rag.ingest.load.TEST_HOOKS_ENV`` is set to ``1``.
 
     Other hooks by name: ``__hog__`` allocates until the worker's memory cap, ``__crash__`` aborts the worker.
     """

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.config import RagConfig, load_config
+from rag.core.config import RagConfig, load_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("KBQA_OFFLINE", "1")

@@ -3,7 +3,7 @@
 API (every builder writes under the folder it is given and returns what it built):
 
 - ``build_tokenizer(tmp, kind)`` -> ``PreTrainedTokenizerFast``: byte-level BPE (vocab ~2,000) trained on
-  ``TRAINING_LINES`` with the special tokens of chat template ``kind`` (a ``rag.templates`` name: chatglm3, chatml,
+  ``TRAINING_LINES`` with the special tokens of chat template ``kind`` (a ``rag.models.templates`` name: chatglm3, chatml,
   glm4, llama3) and that template as ``chat_template``. No NFKC normaliser (it would turn ``？`` into ``?``).
 - ``build_sentencepiece_chatglm3(tmp)`` -> path of a ``tokenizer.model``: sentencepiece BPE (vocab ~1,000, byte
   fallback, identity normalisation, whitespace kept) standing in for ChatGLM3's; ``\\n`` falls back to ``<0x0A>`` as
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from rag.templates import get_template
+from rag.models.templates import get_template
 
 ZH_LINES = [
     "服务器磁盘空间不足时，先用 df -h 查看各分区的使用率，再用 du -sh 找出占用最大的目录。",

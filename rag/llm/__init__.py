@@ -1,5 +1,2 @@
-"""Chat model backends behind one protocol: transformers + peft (local), OpenAI-compatible servers, extractive."""
-
-from rag.llm.base import ChatModel, GenerationConfig, ModelInfo
-
-__all__ = ["ChatModel", "GenerationConfig", "ModelInfo"]
+"""Chat model backends behind one protocol (:mod:`rag.llm.base`): transformers + peft (:mod:`rag.llm.hf`), ChatGLM3
+conversion (:mod:`rag.llm.glm`), the CUDA-graph decoder (:mod:`rag.llm.fastgen`), OpenAI-compatible servers."""

@@ -6,8 +6,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rag.config import LLMConfig
-from rag.types import Hit, Message
+from rag.core.config import LLMConfig
+from rag.core.types import Hit, Message
 
 
 @dataclass(frozen=True)

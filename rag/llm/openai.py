@@ -1,4 +1,4 @@
-"""A chat model behind any OpenAI-compatible chat-completions server (vLLM, our own ``rag.serve``, others).
+"""A chat model behind any OpenAI-compatible chat-completions server (vLLM, our own ``rag.cli.serve``, others).
 
 Requests go through ``httpx`` directly (the ``openai`` package is not needed at run time) and stream as server-sent
 events: ``data: {chunk}`` lines, then ``data: [DONE]``. A LoRA adapter is addressed as a model name, the way vLLM
@@ -8,7 +8,7 @@ base model ``llm.model``, ``adapter="law-qa"`` for the model ``law-qa``.
 Connection failures, HTTP 429 and 5xx are retried with exponential backoff, but only before the first piece of text
 was yielded: once the caller has shown text, a retry would repeat or contradict it, so a later failure is an error.
 The API key is read from the environment variable named by ``llm.openai_api_key_env`` and is never logged.
-When the server is ``rag.serve``, each request asks it for raw chat (``"kbqa": {"rag": false}``): the prompt already
+When the server is ``rag.cli.serve``, each request asks it for raw chat (``"kbqa": {"rag": false}``): the prompt already
 holds this instance's retrieved passages.
 """
 
@@ -26,11 +26,11 @@ from typing import Any
 
 import httpx
 
-from rag.cite import CJK
-from rag.config import LLMConfig
-from rag.errors import ConfigError, RagError
+from rag.core.config import LLMConfig
+from rag.core.errors import ConfigError, RagError
+from rag.core.text import CJK
+from rag.core.types import Hit, Message
 from rag.llm.base import GenerationConfig, ModelInfo
-from rag.types import Hit, Message
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ RETRIES = 3  # extra attempts after the first, before any text was yielded
 BACKOFF_S = 0.25  # first wait; doubles each retry (0.25, 0.5, 1 s)
 MAX_RETRY_AFTER_S = 10.0  # cap on a 429/503 Retry-After header we honour
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-KBQA_OWNER = "kbqa"  # the owned_by of rag.serve's models: such a server is asked for raw chat
+KBQA_OWNER = "kbqa"  # the owned_by of rag.cli.serve's models: such a server is asked for raw chat
 _WORD = re.compile(r"[^\W_]+")
 
 
@@ -195,7 +195,7 @@ class OpenAIChatModel:
         return [str(m["id"]) for m in self._served_models()]
 
     def _is_kbqa(self) -> bool:
-        """Whether the server is ``rag.serve`` (its models are owned by ``kbqa``); a server without /models is not."""
+        """Whether the server is ``rag.cli.serve`` (its models are owned by ``kbqa``); a server without /models is not."""
         try:
             return any(m.get("owned_by") == KBQA_OWNER for m in self._served_models())
         except _HTTPError:

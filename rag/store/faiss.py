@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from rag.config import StoreConfig
-from rag.errors import ConfigError
+from rag.core.config import StoreConfig
+from rag.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

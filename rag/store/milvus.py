@@ -16,7 +16,7 @@ Why metric IP: the vectors are L2-normalised (IP = cosine) and IP scores equal F
 ``retrieve.score_threshold`` means the same on both backends.
 
 The collection's settings (uri, name) and the store itself are here; keeping the collection in line with the
-docstore, and the folder's ``store.json`` that says which collection serves it, are in :mod:`rag.store.milvus_sync`.
+docstore, and the folder's ``store.json`` that says which collection serves it, are in :mod:`rag.index.milvus_sync`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from rag.config import StoreConfig
-from rag.errors import ConfigError, IndexStateError
+from rag.core.config import StoreConfig
+from rag.core.errors import ConfigError, IndexStateError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class MilvusStore:
     def connect(cls, cfg: StoreConfig, directory: Path, dim: int, *, create: bool, recreate: bool = False,
                 exist_ok: bool = True) -> MilvusStore:
         """Open the collection for ``directory``; create it (empty) when ``create``; drop it first when ``recreate``;
-        refuse an existing one unless ``exist_ok`` (``rag.migrate`` without ``--overwrite``).
+        refuse an existing one unless ``exist_ok`` (``rag.cli.migrate`` without ``--overwrite``).
 
         Raises:
             ConfigError: bad ``store.*`` settings or pymilvus missing.

@@ -1,7 +1,7 @@
 """The chat view: ask through the generation queue, stream the answer(s), show the cited sources and take feedback.
 
-Answering is :mod:`rag.pipeline`; in compare mode the base model and the session's adapter answer side by side from
-one numbered context. Ratings and corrections go to the feedback file (:func:`rag.kb.append_feedback`).
+Answering is :mod:`rag.answer.pipeline`; in compare mode the base model and the session's adapter answer side by side from
+one numbered context. Ratings and corrections go to the feedback file (:func:`rag.feedback.append_feedback`).
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ from typing import Any
 
 import streamlit as st
 
-from rag import kb
-from rag.config import RagConfig
-from rag.errors import RagError
-from rag.gate import GateTimeout
-from rag.llm.factory import LoadedModel
-from rag.retrieve import Retriever
-from rag.types import Answer, Citation, Hit, Message
-from rag.ui_text import html_text, link_citations, passage_html, source_card, tr
+from rag import feedback
+from rag.answer.backend import LoadedModel
+from rag.answer.gate import GateTimeout
+from rag.answer.retrieve import Retriever
+from rag.core.config import RagConfig
+from rag.core.errors import RagError
+from rag.core.types import Answer, Citation, Hit, Message
+from rag.webui import kb
 from rag.webui.kb_page import run_reindex
 from rag.webui.state import ConfigKey, Session, Turn, get_gate, same_path, turns
+from rag.webui.text import html_text, link_citations, passage_html, source_card, tr
 
 log = logging.getLogger("kbqa.app")
 GATE_TIMEOUT_S = 600.0  # a user waits at most this long in the generation queue
@@ -97,10 +98,10 @@ def render_sources(turn: Turn, lang: str) -> None:
             st.markdown("<br>".join(lines), unsafe_allow_html=True)
 
 
-def feedback_record(turn: Turn, rating: str, correction: str = "") -> kb.FeedbackRecord:
-    citations = [kb.FeedbackCitation(c.number, c.chunk.source, c.chunk.page, turn.quotes.get(c.number, ""))
+def feedback_record(turn: Turn, rating: str, correction: str = "") -> feedback.FeedbackRecord:
+    citations = [feedback.FeedbackCitation(c.number, c.chunk.source, c.chunk.page, turn.quotes.get(c.number, ""))
                  for c in turn.answer.citations]
-    return kb.FeedbackRecord(time=kb.now_iso(), question=turn.question, answer=turn.answer.text, rating=rating,
+    return feedback.FeedbackRecord(time=feedback.now_iso(), question=turn.question, answer=turn.answer.text, rating=rating,
                              correction=correction, citations=citations, model=turn.answer.model,
                              adapter=turn.adapter, id=turn.id, index=turn.index)
 
@@ -113,7 +114,7 @@ def on_rate(turn_id: str, path: str) -> None:
     turn.rating = "" if value is None else "up" if value == 1 else "down"
     if turn.rating:
         try:
-            kb.append_feedback(path, feedback_record(turn, turn.rating))
+            feedback.append_feedback(path, feedback_record(turn, turn.rating))
         except OSError as exc:
             st.toast(str(exc))
 
@@ -129,7 +130,7 @@ def render_feedback(turn: Turn, lang: str, settings: kb.AppSettings) -> None:
                                 placeholder=tr(lang, "correction_placeholder"), height=90)
             if st.form_submit_button(tr(lang, "correction_submit")) and text.strip():
                 try:
-                    kb.append_feedback(settings.feedback_path, feedback_record(turn, "down", text.strip()))
+                    feedback.append_feedback(settings.feedback_path, feedback_record(turn, "down", text.strip()))
                     turn.correction_saved = True
                 except OSError as exc:
                     st.error(str(exc))
@@ -177,7 +178,7 @@ def stream_answer(pipeline: Any, question: str, history: list[Message], session:
 
 def ask(question: str, session: Session, cfg: RagConfig, retriever: Retriever, loaded: LoadedModel,
         settings: kb.AppSettings) -> None:
-    from rag.pipeline import QAPipeline
+    from rag.answer.pipeline import QAPipeline
 
     lang = session.lang
     pipeline = QAPipeline(retriever, loaded.model, cfg)

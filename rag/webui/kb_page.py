@@ -1,6 +1,6 @@
 """The knowledge-base view: upload documents, list and delete them, re-index the folder and show the sync report.
 
-The chores themselves are :mod:`rag.kb`; only the session's configured index (``index.dir``) is managed here, other
+The chores themselves are :mod:`rag.webui.kb`; only the session's configured index (``index.dir``) is managed here, other
 indexes are shown read-only.
 """
 
@@ -10,13 +10,13 @@ import math
 
 import streamlit as st
 
-from rag import kb
-from rag.config import RagConfig
-from rag.errors import RagError
-from rag.retrieve import Retriever
-from rag.sync import IngestReport
-from rag.ui_text import TEXT, tr
+from rag.answer.retrieve import Retriever
+from rag.core.config import RagConfig
+from rag.core.errors import RagError
+from rag.index.report import IngestReport
+from rag.webui import kb, uploads
 from rag.webui.state import ConfigKey, Session, get_embedder, same_path
+from rag.webui.text import TEXT, tr
 
 PROGRESS_SPANS = {"hash": (0.0, 0.1), "parse": (0.1, 0.6), "embed": (0.6, 1.0)}  # share of the bar per sync stage
 
@@ -65,14 +65,14 @@ def show_report(report: IngestReport, lang: str) -> None:
     }, hide_index=True, width="stretch")
 
 
-def upload_message(lang: str, error: kb.UploadError, mb: float, suffixes: list[str]) -> str:
+def upload_message(lang: str, error: uploads.UploadError, mb: float, suffixes: list[str]) -> str:
     return tr(lang, f"upload_{error.kind}", name=error.name, mb=f"{mb:g}", types=" ".join(suffixes))
 
 
 def upload_panel(session: Session, cfg: RagConfig, retriever: Retriever | None, settings: kb.AppSettings,
                  source: ConfigKey) -> None:
     lang = session.lang
-    suffixes = kb.upload_suffixes(cfg.load)
+    suffixes = uploads.upload_suffixes(cfg.load)
     st.markdown(f"#### {tr(lang, 'upload_title')}")
     upload_round = st.session_state.setdefault("upload_round", 0)
     files = st.file_uploader(tr(lang, "upload_label"), type=suffixes,  # with the dot: "text" alone means text/*
@@ -85,9 +85,9 @@ def upload_panel(session: Session, cfg: RagConfig, retriever: Retriever | None, 
         saved = 0
         for upload in files or []:
             try:
-                result = kb.save_upload(cfg.knowledge_dir, upload.name, upload.getvalue(),
+                result = uploads.save_upload(cfg.knowledge_dir, upload.name, upload.getvalue(),
                                         int(settings.max_upload_mb * 2**20), suffixes, replace=replace)
-            except kb.UploadError as exc:
+            except uploads.UploadError as exc:
                 notes.append(("error", upload_message(lang, exc, settings.max_upload_mb, suffixes)))
                 continue
             saved += result.status != "unchanged"
@@ -124,7 +124,7 @@ def documents_panel(session: Session, cfg: RagConfig, retriever: Retriever | Non
         if st.button(tr(lang, "delete_button"), disabled=not sure, key="delete_button",
                      icon=":material/delete:") and doomed:
             try:
-                kb.delete_document(cfg.knowledge_dir, doomed)
+                uploads.delete_document(cfg.knowledge_dir, doomed)
             except RagError as exc:
                 st.error(str(exc))
                 return

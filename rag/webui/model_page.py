@@ -6,10 +6,10 @@ import sys
 
 import streamlit as st
 
-from rag.config import RagConfig
-from rag.llm.factory import INSTALL_HINT, LoadedModel
-from rag.ui_text import html_text, tr
+from rag.answer.backend import INSTALL_HINT, LoadedModel
+from rag.core.config import RagConfig
 from rag.webui.state import NEEDS_LLM, AdapterCatalog, AdapterRow, Session
+from rag.webui.text import html_text, tr
 
 
 def gpu_memory() -> list[tuple[str, float, float, float]]:

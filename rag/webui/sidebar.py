@@ -6,13 +6,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from rag import kb
-from rag.config import RagConfig
-from rag.errors import RagError
-from rag.llm.factory import LoadedModel
-from rag.retrieve import Retriever
-from rag.ui_text import tr
+from rag.answer.backend import LoadedModel
+from rag.answer.retrieve import Retriever
+from rag.core.config import RagConfig
+from rag.core.errors import RagError
+from rag.webui import kb
 from rag.webui.state import AdapterRow, ConfigKey, Session, get_retriever, warn_if_exposed
+from rag.webui.text import tr
 
 
 def open_retriever(source: ConfigKey, index_dir: str, lang: str) -> tuple[Retriever | None, str]:

@@ -16,15 +16,15 @@ from typing import Any
 
 import streamlit as st
 
-from rag import kb
-from rag.config import RagConfig
-from rag.errors import RagError
-from rag.gate import GenerationGate
+from rag.answer.backend import LoadedModel
+from rag.answer.gate import GenerationGate
+from rag.answer.retrieve import Retriever
+from rag.core.config import RagConfig
+from rag.core.errors import RagError
+from rag.core.types import Answer
 from rag.llm.base import ChatModel
-from rag.llm.factory import LoadedModel
-from rag.retrieve import Retriever
-from rag.types import Answer
-from rag.ui_text import tr
+from rag.webui import kb
+from rag.webui.text import tr
 
 ConfigKey = tuple[str, tuple[str, ...]]
 NEEDS_LLM = "__needs_llm__"  # adapter reason: the extractive backend cannot use adapters (shown translated)
@@ -37,8 +37,8 @@ WRONG_PASSWORD_DELAY_S = 1.0
 @st.cache_resource(show_spinner=False)
 def get_model(source: ConfigKey) -> LoadedModel:
     """The answering model; when the configured one cannot load, the extractive fallback and the reason."""
-    from rag.llm.extractive import ExtractiveModel
-    from rag.llm.factory import load_chat_model, start_warm_up
+    from rag.answer.backend import load_chat_model, start_warm_up
+    from rag.answer.extractive import ExtractiveModel
 
     cfg = kb.load_app_config(source)
     try:
@@ -52,7 +52,7 @@ def get_model(source: ConfigKey) -> LoadedModel:
 @st.cache_resource(show_spinner=False)
 def get_retriever(source: ConfigKey, index_dir: str) -> Retriever:
     """A retriever over ``index_dir`` (raises IndexStateError when there is no index there: not cached)."""
-    from rag.index import KnowledgeIndex
+    from rag.index.reader import KnowledgeIndex
 
     cfg = kb.load_app_config(source)
     return Retriever(KnowledgeIndex.open(index_dir, cfg), cfg.retrieve)
@@ -61,7 +61,7 @@ def get_retriever(source: ConfigKey, index_dir: str) -> Retriever:
 @st.cache_resource(show_spinner=False)
 def get_embedder(source: ConfigKey) -> Any:
     """The configured embedder, for building an index that does not exist yet."""
-    from rag.embed import load_embedder
+    from rag.embed.embedder import load_embedder
 
     return load_embedder(kb.load_app_config(source).embed)
 
@@ -78,7 +78,7 @@ class AdapterRow:
     name: str
     usable: bool
     reason: str  # "" when usable; NEEDS_LLM is shown translated
-    metadata: Any  # rag.adapters.AdapterMetadata or None
+    metadata: Any  # rag.models.adapters.AdapterMetadata or None
 
 
 class AdapterCatalog:
@@ -101,17 +101,15 @@ class AdapterCatalog:
 
     def _scan(self, model: ChatModel, cfg: RagConfig) -> list[AdapterRow]:
         self.error = ""
-        try:
-            from rag import adapters as registry
-        except ImportError as exc:
-            self.error = str(exc)
-            return []
+        from rag.llm.adapters import load_usable_adapters
+        from rag.models.adapters import list_adapters
+
         try:
             if model.info().backend == "hf" and hasattr(model, "load_adapter"):
-                infos = registry.load_usable_adapters(model, cfg.llm.adapters_dir, cfg.llm.cache_dir)  # type: ignore[arg-type]
+                infos = load_usable_adapters(model, cfg.llm.adapters_dir, cfg.llm.cache_dir)  # type: ignore[arg-type]
                 return [AdapterRow(i.name, i.usable, i.reason, i.metadata) for i in infos]
             return [AdapterRow(i.name, False, i.reason or NEEDS_LLM, i.metadata)
-                    for i in registry.list_adapters(cfg.llm.adapters_dir)]
+                    for i in list_adapters(cfg.llm.adapters_dir)]
         except (RagError, OSError, ValueError) as exc:
             self.error = str(exc)
             return []

@@ -1,0 +1,173 @@
+"""Question (+ history) -> retrieve -> prompt -> stream -> verified citations -> Answer.
+
+``QAPipeline.ask`` returns an :class:`AnswerStream`: iterate it for the answer's text pieces (what a chat page
+shows while the model writes), then read ``.answer`` for the final :class:`rag.core.types.Answer` with verified
+citations. When retrieval finds nothing above the threshold, the model is not called at all: the answer is the
+refusal sentence, and the closest passages (ignoring the threshold) are attached so the user can look anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from rag.answer.cite import verify
+from rag.answer.prompt import (
+    REFUSAL,
+    Prompt,
+    build_messages,
+    clean_rewrite,
+    is_refusal,
+    needs_rewrite,
+    resolve_language,
+    rewrite_followup_messages,
+)
+from rag.answer.retrieve import Retriever
+from rag.core.config import RagConfig
+from rag.core.types import Answer, Hit, Message
+from rag.llm.base import ChatModel, GenerationConfig
+
+log = logging.getLogger(__name__)
+
+BASE = "__base__"  # adapter value meaning "the base model, adapters disabled"
+
+
+@dataclass
+class AnswerStream:
+    """Iterate for text pieces; afterwards ``answer`` holds the final Answer (``quotes``: n -> supporting sentence)."""
+
+    pieces: Iterator[str]
+    answer: Answer | None = None
+    question: str = ""
+    standalone_question: str = ""
+    quotes: dict[int, str] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.pieces
+
+    def text(self) -> str:
+        """Consume the stream and return the final (verified) answer text."""
+        for _ in self:
+            pass
+        assert self.answer is not None
+        return self.answer.text
+
+
+class QAPipeline:
+    """Answer questions from an index with a chat model.
+
+    Args:
+        retriever: the retriever over the knowledge index.
+        model: the chat model (transformers, OpenAI-compatible or extractive).
+        cfg: the app config (answer, llm and retrieve sections).
+    """
+
+    def __init__(self, retriever: Retriever, model: ChatModel, cfg: RagConfig) -> None:
+        self.retriever = retriever
+        self.model = model
+        self.cfg = cfg
+        self.extractive = model.info().backend == "extractive"
+
+    def standalone(self, question: str, history: Sequence[Message], adapter: str | None) -> str:
+        """A follow-up made self-contained (by the model, or by prefixing the last question when extractive)."""
+        if not history or not self.cfg.answer.rewrite_followups or not needs_rewrite(question, history):
+            return question
+        last_user = next((m.content for m in reversed(history) if m.role == "user"), "")
+        if self.extractive:
+            return f"{last_user} {question}".strip()
+        messages = rewrite_followup_messages(question, history)
+        gen = GenerationConfig(max_new_tokens=96, temperature=0.0)
+        output = "".join(self.model.stream(messages, gen, adapter=adapter))
+        return clean_rewrite(output, question)
+
+    def retrieve(self, question: str, **overrides: Any) -> list[Hit]:
+        return self.retriever.search(question, **overrides)
+
+    def ask(
+        self,
+        question: str,
+        history: Sequence[Message] = (),
+        adapter: str | None = BASE,
+        hits: Sequence[Hit] | None = None,
+        gen: GenerationConfig | None = None,
+        **retrieve_overrides: Any,
+    ) -> AnswerStream:
+        """Start answering ``question``; see :class:`AnswerStream`.
+
+        Args:
+            question: the user's question.
+            history: earlier turns of this conversation (trimmed to the history budget).
+            adapter: a LoRA adapter name; ``BASE`` (default) = the configured ``llm.adapter``; None = base model.
+            hits: reuse already retrieved hits (compare mode answers twice on the same context).
+            gen: sampling settings (default from ``llm``).
+            **retrieve_overrides: per-call retrieval settings (top_k, mode, score_threshold, ...).
+        """
+        if adapter == BASE:
+            adapter = self.cfg.llm.adapter or None
+        stream = AnswerStream(iter(()), question=question)
+        stream.pieces = self._run(stream, question, history, adapter, hits, gen, retrieve_overrides)
+        return stream
+
+    def _run(self, stream: AnswerStream, question: str, history: Sequence[Message], adapter: str | None,
+             hits: Sequence[Hit] | None, gen: GenerationConfig | None, overrides: dict[str, Any]) -> Iterator[str]:
+        info = self.model.info()
+        model_name = info.model_id + (f" + {adapter}" if adapter else "")
+        language = resolve_language(self.cfg.answer.language, question)
+        standalone = self.standalone(question, history, adapter) if hits is None else question
+        stream.standalone_question = standalone
+        found = list(hits) if hits is not None else self.retrieve(standalone, **overrides)
+        if not found:
+            gates_off = {"score_threshold": 0.0, "bm25_threshold": 0.0, "unknown_name_min_chars": 0}
+            closest = self.retrieve(standalone, **{**overrides, **gates_off})
+            text = REFUSAL[language]
+            stream.answer = Answer(text=text, hits=closest, refused=True, model=model_name)
+            yield text
+            return
+        gen = gen or GenerationConfig.from_llm(self.cfg.llm)
+        prompt = self.fit_prompt(standalone, found, history, gen, language)
+        pieces: list[str] = []
+        for piece in self.model.stream(prompt.messages, gen, adapter=adapter, context=prompt.hits_used):
+            pieces.append(piece)
+            yield piece
+        raw = "".join(pieces)
+        checked = verify(raw, prompt.hits_used, self.cfg.answer.citation_min_overlap,
+                         self.cfg.answer.drop_unsupported_citations)
+        stream.quotes = checked.quotes
+        stream.answer = Answer(text=checked.text, hits=prompt.hits_used, citations=checked.citations,
+                               refused=is_refusal(checked.text), model=model_name)
+
+    def fit_prompt(self, question: str, hits: Sequence[Hit], history: Sequence[Message], gen: GenerationConfig,
+                   language: str) -> Prompt:
+        """Build the prompt within the model's window: budgets shrink (history first) until prompt + answer fit."""
+        answer_cfg = self.cfg.answer
+        room = self.model.context_window - gen.max_new_tokens
+        encode = getattr(self.model, "encode_messages", None)  # exact count when the backend can template
+        for _ in range(8):
+            prompt = build_messages(question, hits, history, answer_cfg, self.model.count_tokens, language)
+            used = len(encode(prompt.messages)) if encode else prompt.tokens + 8 * len(prompt.messages)
+            if used <= room:
+                return prompt
+            answer_cfg = replace(answer_cfg, history_tokens=answer_cfg.history_tokens // 2,
+                                 context_tokens=max(64, int(answer_cfg.context_tokens * 0.6)))
+        return prompt  # the backend refuses a prompt that still does not fit, with a clear error
+
+    def compare(self, question: str, adapter: str, history: Sequence[Message] = (),
+                **retrieve_overrides: Any) -> tuple[AnswerStream, AnswerStream]:
+        """The same question answered by the base model and by ``adapter`` on the same retrieved context."""
+        standalone = self.standalone(question, history, None)
+        hits = self.retrieve(standalone, **retrieve_overrides)
+        base = self.ask(standalone, history, adapter=None, hits=hits)
+        tuned = self.ask(standalone, history, adapter=adapter, hits=hits)
+        return base, tuned
+
+
+def open_pipeline(cfg: RagConfig, index_dir: str | None = None) -> tuple[QAPipeline, str]:
+    """Open the index and the configured model; returns the pipeline and the fallback reason ('' if none)."""
+    from rag.answer.backend import load_chat_model
+    from rag.index.reader import KnowledgeIndex
+
+    index = KnowledgeIndex.open(index_dir or cfg.index.dir, cfg)
+    loaded = load_chat_model(cfg.llm)
+    return QAPipeline(Retriever(index, cfg.retrieve), loaded.model, cfg), loaded.fallback_reason

@@ -1,0 +1,242 @@
+"""Evaluate retrieval (and, with the answering pipeline, answers) on a questions file.
+
+    python -m rag.eval retrieval --index DIR --questions Q.jsonl [--k 10] [--out results.jsonl] [key=value ...]
+
+Questions file (JSONL): ``{"id", "question", "evidence": ["verbatim substring", ...], "source"}``; an empty
+``evidence`` marks a question the corpus cannot answer (scored on refusal: the retriever returns nothing).
+A question is a hit at k when an evidence string occurs in one of the first k chunks after NFKC, lower-casing and
+removing all whitespace. The last printed line is ``hit@5=0.xxx mrr=0.xxx n=N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import unicodedata
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rag.cli.common import add_config_args, config_from_args, run_cli, table
+from rag.core.errors import RagError
+from rag.core.types import Hit
+
+KS = (1, 3, 5, 10)
+_SPACE = re.compile(r"\s+")
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def normalise(text: str) -> str:
+    return _SPACE.sub("", unicodedata.normalize("NFKC", text).lower())
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    evidence: tuple[str, ...]
+    source: str = ""
+    split: str = ""
+
+    @property
+    def answerable(self) -> bool:
+        return bool(self.evidence)
+
+    @property
+    def language(self) -> str:
+        return "zh" if _CJK.search(self.question) else "en"
+
+    @property
+    def group(self) -> str:
+        return self.source.split("/", 1)[0] if self.source else "(unanswerable)"
+
+
+def read_questions(path: str | Path, split: str | None = None) -> list[Question]:
+    """Read a questions file; a malformed line is an error naming its line number."""
+    questions = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            evidence = row.get("evidence") or ()
+            if isinstance(evidence, str):  # one string, not a list: tuple() would make every character evidence
+                evidence = (evidence,)
+            if any(not isinstance(e, str) or not normalise(e) for e in evidence):
+                raise RagError(f"{path}:{number}: evidence must be non-blank strings (a blank one matches any chunk); "
+                               f"use \"evidence\": [] for a question the corpus cannot answer")
+            question = Question(str(row["id"]), str(row["question"]), tuple(evidence),
+                                str(row.get("source") or ""), str(row.get("split") or ""))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise RagError(f"{path}:{number}: not a question object ({exc})") from exc
+        if split is None or question.split == split:
+            questions.append(question)
+    if not questions:
+        raise RagError(f"{path} has no questions" + (f" in split {split!r}" if split else ""))
+    return questions
+
+
+def first_hit_rank(question: Question, hits: Sequence[Hit]) -> int | None:
+    """1-based rank of the first chunk holding an evidence string, or None."""
+    wanted = [normalise(e) for e in question.evidence]
+    for rank, hit in enumerate(hits, 1):
+        text = normalise(hit.chunk.text)
+        if any(w in text for w in wanted):
+            return rank
+    return None
+
+
+@dataclass
+class Scores:
+    """Accumulated retrieval metrics of one group of questions."""
+
+    n: int = 0
+    hits: dict[int, int] = field(default_factory=lambda: {k: 0 for k in KS})
+    reciprocal: float = 0.0
+    unanswerable: int = 0
+    refused: int = 0
+
+    def add(self, question: Question, rank: int | None, returned: int) -> None:
+        if not question.answerable:
+            self.unanswerable += 1
+            self.refused += int(returned == 0)
+            return
+        self.n += 1
+        for k in KS:
+            self.hits[k] += int(rank is not None and rank <= k)
+        self.reciprocal += 1.0 / rank if rank else 0.0
+
+    def row(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f"hit@{k}": round(self.hits[k] / self.n, 3) if self.n else None for k in KS}
+        out["mrr"] = round(self.reciprocal / self.n, 3) if self.n else None
+        out["n"] = self.n
+        out["refusal"] = round(self.refused / self.unanswerable, 3) if self.unanswerable else None
+        out["n_unanswerable"] = self.unanswerable
+        return out
+
+
+def evaluate_retrieval(retriever: Any, questions: Sequence[Question], k: int = 10, mode: str | None = None,
+                       out: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Score ``retriever`` on ``questions``; returns {"all": ..., "source:X": ..., "lang:zh": ...} metric rows."""
+    groups: dict[str, Scores] = defaultdict(Scores)
+    lines = []
+    for question in questions:
+        hits = retriever.search(question.question, top_k=k, mode=mode)
+        rank = first_hit_rank(question, hits) if question.answerable else None
+        for name in ("all", f"source:{question.group}", f"lang:{question.language}"):
+            groups[name].add(question, rank, len(hits))
+        lines.append({"id": question.id, "rank": rank, "chunks": [
+            {"text": h.chunk.text, "source": h.chunk.source, "page": h.chunk.page, "score": h.score} for h in hits]})
+    if out is not None:
+        Path(out).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    return {name: scores.row() for name, scores in sorted(groups.items())}
+
+
+def bigram_recall(evidence: str, answer: str) -> float:
+    """Share of the evidence's character bigrams (after normalising) that occur in the answer."""
+    ev, ans = normalise(evidence), normalise(answer)
+    grams = {ev[i: i + 2] for i in range(max(1, len(ev) - 1))}
+    return sum(1 for g in grams if g in ans) / len(grams) if grams else 0.0
+
+
+def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | None = None,
+                     recall_threshold: float = 0.5) -> dict[str, Any]:
+    """Run the full pipeline on every question and score refusals, citations and evidence recall.
+
+    - refusal_rate: unanswerable questions that were refused;
+    - false_refusal_rate: answerable questions that were refused;
+    - citation_precision: cited chunks (answerable questions) that contain an evidence string;
+    - evidence_recall: answerable questions whose answer holds >= ``recall_threshold`` of an evidence string's
+      character bigrams (verbatim for the extractive backend, paraphrase-tolerant for a language model).
+    """
+    refused_unanswerable = unanswerable = refused_answerable = answerable = 0
+    cited = cited_ok = recalled = 0
+    lines = []
+    for question in questions:
+        stream = pipeline.ask(question.question)
+        stream.text()
+        answer = stream.answer
+        wanted = [normalise(e) for e in question.evidence]
+        if question.answerable:
+            answerable += 1
+            refused_answerable += int(answer.refused)
+            for citation in answer.citations:
+                cited += 1
+                cited_ok += int(any(w in normalise(citation.chunk.text) for w in wanted))
+            recalled += int(not answer.refused and any(
+                bigram_recall(e, answer.text) >= recall_threshold for e in question.evidence))
+        else:
+            unanswerable += 1
+            refused_unanswerable += int(answer.refused)
+        lines.append({"id": question.id, "answer": answer.text, "refused": answer.refused, "citations": [
+            {"n": c.number, "source": c.chunk.source, "page": c.chunk.page, "chunk_id": c.chunk.id,
+             "supported": c.supported} for c in answer.citations]})
+    if out is not None:
+        Path(out).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+
+    def ratio(a: int, b: int) -> float | None:
+        return round(a / b, 3) if b else None
+
+    return {"refusal_rate": ratio(refused_unanswerable, unanswerable),
+            "false_refusal_rate": ratio(refused_answerable, answerable),
+            "citation_precision": ratio(cited_ok, cited), "evidence_recall": ratio(recalled, answerable),
+            "n_answerable": answerable, "n_unanswerable": unanswerable}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m rag.eval", description="Evaluate retrieval on a questions file.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    retrieval = sub.add_parser("retrieval", help="hit@k and MRR of the retriever")
+    retrieval.add_argument("--index", default=None, help="index folder (default: index.dir)")
+    retrieval.add_argument("--questions", required=True)
+    retrieval.add_argument("--k", type=int, default=10)
+    retrieval.add_argument("--out", default=None, help="write one JSON line per question with its chunks")
+    retrieval.add_argument("--split", default=None, help="only questions of this split (tune / test)")
+    retrieval.add_argument("--modes", default=None, help="compare modes, e.g. dense,bm25,hybrid")
+    add_config_args(retrieval)
+    answers = sub.add_parser("answers", help="refusals, citation precision and evidence recall of full answers")
+    answers.add_argument("--index", default=None, help="index folder (default: index.dir)")
+    answers.add_argument("--questions", required=True)
+    answers.add_argument("--out", default=None, help="write one JSON line per question with its answer")
+    answers.add_argument("--split", default=None, help="only questions of this split (tune / test)")
+    add_config_args(answers)
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    from rag.answer.retrieve import Retriever
+    from rag.index.reader import KnowledgeIndex
+
+    cfg = config_from_args(args)
+    questions = read_questions(args.questions, args.split)
+    if args.command == "answers":
+        from rag.answer.pipeline import open_pipeline
+
+        pipeline, fallback = open_pipeline(cfg, args.index)
+        if fallback:
+            print(f"note: {fallback} — answering extractively", file=sys.stderr)
+        scores = evaluate_answers(pipeline, questions, Path(args.out) if args.out else None)
+        print(json.dumps({"model": pipeline.model.info().model_id, **scores}, ensure_ascii=False))
+        print(" ".join(f"{k}={v}" for k, v in scores.items()))
+        return 0
+    retriever = Retriever(KnowledgeIndex.open(args.index or cfg.index.dir, cfg), cfg.retrieve)
+    modes = args.modes.split(",") if args.modes else [None]
+    result: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        label = retriever.effective_mode(mode)
+        result = evaluate_retrieval(retriever, questions, args.k, mode, Path(args.out) if args.out and len(modes) == 1 else None)
+        headers = ["group", *[f"hit@{k}" for k in KS], "mrr", "n", "refusal", "n_unanswerable"]
+        print(f"mode: {label}")
+        print(table([[name, *row.values()] for name, row in result.items()], headers))
+        print(json.dumps({"mode": label, **result["all"]}))
+    overall = result["all"]
+    print(f"hit@5={overall['hit@5'] or 0:.3f} mrr={overall['mrr'] or 0:.3f} n={overall['n']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, parse_args()))

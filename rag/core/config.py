@@ -1,0 +1,305 @@
+"""Typed configs loaded from ``configs/rag/*.yaml`` with dotted ``key=value`` overrides.
+
+Every section is a dataclass; unknown keys are an error that lists the valid ones, and values are checked against
+the field's type, so ``retrieve.top_k=abc`` fails with a message naming the key, the bad value and the type wanted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rag.core.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "rag" / "default.yaml"
+
+
+@dataclass
+class LoadConfig:
+    """How files are discovered and parsed (each parse runs in a worker process)."""
+
+    timeout_s: float = 120.0  # per file; a parser that runs longer is killed and the file reported
+    memory_mb: int = 2048  # address-space cap of a parser worker process
+    max_file_mb: float = 200.0  # larger files are reported as too_large without parsing
+    workers: int = 2  # parser processes running at once
+    pdf_engine: str = "pypdfium2"  # pypdfium2 (fast) or pypdf (pure Python fallback)
+    use_unstructured: bool = True  # parse the long tail (pptx, xlsx, epub, eml ...) when unstructured is installed
+    skip_patterns: list[str] = field(default_factory=list)  # extra glob patterns (relative paths) to skip
+
+
+@dataclass
+class SplitConfig:
+    """Chinese-aware recursive splitting, sizes in characters."""
+
+    chunk_size: int = 500
+    chunk_overlap: int = 50
+    min_chunk_chars: int = 1  # drop chunks with fewer non-whitespace characters
+
+
+@dataclass
+class EmbedConfig:
+    """Which sentence-transformers model embeds chunks and queries, and where it comes from."""
+
+    model: str = "shibing624/text2vec-base-chinese"  # hub id or local folder
+    revision: str = ""  # pin a hub revision (commit / tag); empty = default branch
+    source: str = "auto"  # auto | local | modelscope | huggingface | hash (tests)
+    modelscope_id: str = "Jerry0/text2vec-base-chinese"  # the same model's name on ModelScope
+    query_prefix: str = ""  # e.g. bge-zh: "为这个句子生成表示以用于检索相关文章：", e5: "query: "
+    passage_prefix: str = ""  # e5: "passage: "
+    batch_size: int = 32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    max_seq_length: int = 0  # 0 = the model's own
+    tokenize_workers: int = 0  # ingest on CUDA: 0/1 = tokenise on a background thread; N >= 2 = in N processes
+    cache_dir: str = "~/.cache/kbqa/models"
+    hub_timeout_s: float = 120.0  # a download that takes longer is abandoned with one clear line
+    fallback: str = "me5-small"  # me5-small (offline multilingual-e5-small) | bm25 (no dense index) | none (error)
+
+
+@dataclass
+class StoreConfig:
+    """The vector store: FAISS files in the index folder by default; a Milvus collection for scale-out.
+
+    ``kind: milvus`` keeps the SQLite docstore as the truth and mirrors its vectors into a Milvus collection
+    (rag/store/milvus.py); an index folder that holds ``store.json`` (written by a milvus sync or ``rag.cli.migrate``)
+    is served from the collection it names.
+    """
+
+    kind: str = "faiss"  # faiss | milvus
+    faiss_index: str = "auto"  # auto | flat (exact) | hnsw | hnsw_sq8 | ivf | ivf_sq8 (see rag/store/faiss.py)
+    auto_threshold: int = 200_000  # auto: exact flat below this many chunks, auto_large at or above it
+    auto_large: str = "ivf_sq8"  # the approximate kind auto picks (measured: docs/BENCHMARKS.md "Retrieval")
+    vector_dtype: str = "float16"  # float16 | float32: how new indexes keep vectors in SQLite (rebuild source)
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    hnsw_ef_construction: int = 40
+    ivf_nlist: int = 0  # 0 = about one list per 1,000 chunks
+    ivf_nprobe: int = 16
+    uri: str = ""  # milvus: a milvus-lite file ending in .db (relative = inside the index folder) or http://host:19530
+    collection: str = ""  # milvus: collection name; empty = "kbqa_" + the index folder's name (sanitised)
+    milvus_index: str = "HNSW"  # milvus: HNSW | IVF_FLAT | FLAT (search params reuse hnsw_ef_search / ivf_nprobe)
+
+
+@dataclass
+class RetrieveConfig:
+    """Dense, BM25 and hybrid retrieval with an optional reranker and a refusal threshold."""
+
+    mode: str = "hybrid"  # dense | bm25 | hybrid
+    top_k: int = 5
+    candidates: int = 50  # per retriever, before fusion
+    fusion: str = "rrf"  # rrf | weighted
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
+    reranker: str = ""  # cross-encoder model id or folder; empty = off
+    rerank_candidates: int = 20
+    score_threshold: float = 0.0  # best dense cosine below this -> no hits (the answer side refuses); 0 = off
+    bm25_threshold: float = 0.0  # ... and best BM25 score below this (both must fail to refuse)
+    # no hits (so the answer refuses) when the question names a Latin-script word of at least this many characters
+    # (kubernetes, certbot) that no chunk contains: the corpus is not about it (docs/EVAL.md "Refusal"); 0 = off
+    unknown_name_min_chars: int = 3
+
+
+@dataclass
+class LLMConfig:
+    """The answering model. ``backend: auto`` uses the local model when it can be had, else the extractive fallback."""
+
+    backend: str = "auto"  # auto | hf | openai | extractive
+    model: str = "THUDM/chatglm3-6b"  # hub id or local folder (a ChatGLM3 checkpoint is converted to native GLM once)
+    modelscope_id: str = "ZhipuAI/chatglm3-6b"  # the same model on ModelScope (the default source in China)
+    revision: str = ""  # pin a hub revision (commit / tag); empty = the hub's default
+    source: str = "auto"  # auto | local | modelscope | huggingface
+    dtype: str = "auto"  # auto (bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU) | bfloat16 | float16 | float32
+    quantization: str = ""  # "" | 4bit | 8bit (bitsandbytes, for small GPUs)
+    device: str = "auto"
+    fast_decode: str = "auto"  # auto (CUDA-graph decoder on CUDA for GLM/Llama/Qwen2, else off) | on | off
+    adapter: str = ""  # default LoRA adapter name under adapters_dir; "" = the base model
+    adapters_dir: str = "adapters"
+    trust_remote_code: bool = False  # only for a local folder whose revision is pinned
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 0.8
+    repetition_penalty: float = 1.0
+    context_window: int = 8192  # tokens the model accepts (prompt + answer)
+    cache_dir: str = "~/.cache/kbqa/models"
+    hub_timeout_s: float = 1800.0
+    openai_base_url: str = ""  # for backend: openai
+    openai_api_key_env: str = "OPENAI_API_KEY"
+    extractive_min_coverage: float = 0.1  # extractive backend: share of the question's tokens the best sentence needs
+
+
+@dataclass
+class AnswerConfig:
+    """Prompting, history, refusal and citation checking."""
+
+    language: str = "auto"  # auto (from the question) | zh | en
+    context_tokens: int = 3000  # budget for the numbered context blocks
+    history_tokens: int = 1024  # budget for earlier turns (trimmed oldest first)
+    rewrite_followups: bool = True  # make a follow-up question standalone before retrieval
+    citation_min_overlap: float = 0.25  # share of a sentence's character bigrams that its cited chunk must contain
+    drop_unsupported_citations: bool = True  # False = keep them, flagged unsupported
+
+
+@dataclass
+class IndexConfig:
+    """Where the index lives and what an ingest does with deleted files."""
+
+    dir: str = "indexes/default"
+    keep_deleted: bool = False  # keep chunks of files that disappeared from the folder
+
+
+@dataclass
+class RagConfig:
+    """The whole app config (``configs/rag/default.yaml``)."""
+
+    knowledge_dir: str = "knowledge"
+    index: IndexConfig = field(default_factory=IndexConfig)
+    load: LoadConfig = field(default_factory=LoadConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    answer: AnswerConfig = field(default_factory=AnswerConfig)
+
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int widened to float), or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            if arm is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}={value!r} has the wrong type; expected {tp}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r} must be a list, e.g. {key}=[a, b]")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} must be a mapping")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {sorted(f.name for f in dataclasses.fields(tp))}")
+        return build(tp, value, prefix=f"{key}.")  # type: ignore[arg-type]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be a number, not a boolean")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{key}={value!r} must be of type {_type_name(tp)}")
+    return value
+
+
+def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with the list of valid ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in valid:
+            raise ConfigError(f"unknown config key {prefix}{key!s}; valid keys: {', '.join(prefix + v for v in valid)}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into (["a", "b", "c"], parsed value); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. retrieve.top_k=8")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not p or not p.replace("_", "").isalnum() for p in parts):
+        raise ConfigError(f"override {text!r} has a bad key {key!r}; use dotted names like retrieve.top_k=8")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the string as typed
+    except RecursionError:  # PyYAML recurses once per nesting level: "[[[[..." deep enough overflows the stack
+        raise ConfigError(f"override {key}=... nests lists or mappings too deeply; write a flat value") from None
+    if isinstance(value, (dict, list)) is False and value is not None and not isinstance(value, (str, int, float, bool)):
+        value = raw  # dates and other YAML scalars stay strings
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each dotted override set (intermediate mappings created)."""
+    merged: dict[str, Any] = _deep_copy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = merged
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return merged
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping (an empty file is an empty mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass --config with an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RagConfig:
+    """Load the app config from a YAML file (default ``configs/rag/default.yaml``) and apply dotted overrides."""
+    return load_typed(RagConfig, path if path is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None),
+                      overrides)
+
+
+def load_typed(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Load any config dataclass ``cls`` from a YAML file (or defaults when ``path`` is None) plus overrides."""
+    data = read_yaml(path) if path is not None else {}
+    return build(cls, apply_overrides(data, overrides or []))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain mapping of a config dataclass (for manifests and reports)."""
+    return dataclasses.asdict(config)

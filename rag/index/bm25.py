@@ -1,0 +1,204 @@
+"""Keyword retrieval: jieba tokenisation for Chinese, word tokens for English, and an in-memory BM25 (Okapi).
+
+Tokens are computed once at ingest and stored in the docstore (space-joined), so opening an index only rebuilds the
+inverted lists (no pickle, nothing model-dependent). Text is NFKC-normalised and lower-cased, then split into runs of
+CJK and of other characters: CJK runs are cut with ``jieba.cut_for_search`` (which also emits the shorter words
+inside long ones, so 磁盘空间 matches 磁盘), other runs into words (``4.3.1``, ``dpkg-reconfigure``, ``v2.24.1`` stay
+whole). jieba only ever sees CJK, so an English word is tokenised the same way in a Chinese and an English chunk.
+
+``TOKENIZER_VERSION`` names this tokenisation; an index records the version its stored tokens were made with, and
+a reader whose version differs re-tokenises the chunk texts in memory instead of mixing two tokenisations.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from rag.index.docstore import DocStore
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_VERSION = "jieba-search-v2"  # v1: jieba over whole mixed text (split 4.3.1 and dpkg-reconfigure apart)
+
+_WORD = re.compile(r"[a-z0-9][a-z0-9_.+#-]*[a-z0-9+#]|[a-z0-9]")
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_RUNS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+|[^\u3400-\u9fff\uf900-\ufaff]+")
+_LETTER = re.compile(r"[a-z]")
+# Function words that carry no topic; kept short on purpose (over-filtering hurts recall more than it helps).
+STOPWORDS = frozenset(
+    ["的", "了", "是", "在", "和", "与", "及", "或", "也", "就", "都", "而", "并", "被", "把", "从", "对", "为", "以", "于", "之", "其", "这", "那", "个", "一个", "有", "没有", "吗", "呢", "吧", "啊", "我", "你", "他", "她", "它", "我们", "你们", "他们", "什么", "怎么", "如何", "怎样", "哪些", "哪个", "为什么", "可以", "能", "会", "要", "需要", "应该", "请问", "一下", "中", "上", "下", "里", "时", "时候", "a", "an", "the", "of", "to", "in", "on", "for", "and", "or", "is", "are", "was", "were", "be", "been", "it", "this", "that", "these", "those", "with", "as", "by", "at", "from", "how", "what", "which", "who", "whom", "whose", "why", "where", "when", "do", "does", "did", "can", "could", "should", "i", "you", "we", "they", "my", "your"]
+)
+
+_jieba_ready = False
+
+
+def _jieba() -> object:
+    global _jieba_ready
+    import jieba
+
+    if not _jieba_ready:
+        jieba.setLogLevel(logging.WARNING)
+        _jieba_ready = True
+    return jieba
+
+
+def tokenize(text: str) -> list[str]:
+    """Tokens for BM25: jieba search-mode words for CJK runs, lower-cased words for the rest; stopwords dropped."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    tokens: list[str] = []
+    for run in _RUNS.findall(text):
+        if _CJK.match(run):
+            for piece in _jieba().cut_for_search(run):  # type: ignore[attr-defined]
+                if piece not in STOPWORDS:
+                    tokens.append(piece)
+        else:
+            tokens.extend(w for w in _WORD.findall(run) if w not in STOPWORDS)
+    return tokens
+
+
+def retokenize(texts: Sequence[str]) -> list[str]:
+    """Space-joined tokens of each text with the current tokenizer (what the docstore stores per chunk)."""
+    return [" ".join(tokenize(t)) for t in texts]
+
+
+def _tokens_from_texts(docstore: DocStore, ids: list[int]) -> list[str]:
+    from rag.ingest.split import embedding_text  # the text sync tokenised: heading path + chunk text
+
+    chunks = docstore.get_chunks(ids)
+    return retokenize([embedding_text(chunks[i]) for i in ids])
+
+
+def current_tokens(docstore: DocStore) -> tuple[list[int], list[str]]:
+    """(ids, space-joined tokens) of every chunk, made by this ``TOKENIZER_VERSION``.
+
+    The stored tokens are used when the docstore says this version made them; otherwise (an index built by an older
+    release) the chunk texts are re-tokenised in memory, so queries and chunks are always cut the same way. Readers
+    never write: the next ingest stores the new tokens (:func:`store_current_tokens`). Call inside a snapshot.
+    """
+    ids, tokens = docstore.all_tokens()
+    stored = docstore.get_meta("bm25_tokenizer")
+    if stored == TOKENIZER_VERSION or not ids:
+        return ids, tokens
+    log.warning("BM25 tokens of this index were made by %s, not %s: re-tokenising %d chunks in memory "
+                "(the next ingest stores them)", stored or "an unknown tokenizer", TOKENIZER_VERSION, len(ids))
+    return ids, _tokens_from_texts(docstore, ids)
+
+
+def store_current_tokens(docstore: DocStore) -> int:
+    """Re-tokenise every stored chunk with this version and record the version; returns the chunk count.
+
+    Only the tokens change (no re-split, no re-embedding). Call inside a write transaction.
+    """
+    ids, _ = docstore.all_tokens()
+    tokens = _tokens_from_texts(docstore, ids)
+    docstore.conn.executemany("UPDATE chunks SET tokens = ? WHERE id = ?", zip(tokens, ids, strict=True))
+    docstore.set_meta("bm25_tokenizer", TOKENIZER_VERSION)
+    log.info("re-tokenised %d chunks for BM25 (%s)", len(ids), TOKENIZER_VERSION)
+    return len(ids)
+
+
+_NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
+
+
+def _name_like_words(text: str) -> list[str]:
+    """Words of an English sentence that look like names rather than vocabulary: capitalised but not the first
+    word of a sentence, upper case after the first letter, or holding a digit or inner punctuation."""
+    names = []
+    for match in _NAME_WORD.finditer(text):
+        word = match.group()
+        before = text[: match.start()].rstrip()
+        sentence_start = not before or before[-1] in ".?!:;\"'("
+        if (any(c.isdigit() for c in word) or any(c in "_./+-" for c in word)
+                or any(c.isupper() for c in word[1:]) or (word[0].isupper() and not sentence_start)):
+            names.append(word)
+    return names
+
+
+class BM25:
+    """Okapi BM25 over pre-tokenised documents, with inverted lists in numpy arrays.
+
+    Args:
+        ids: chunk ids [n].
+        docs: space-joined tokens per chunk [n].
+        k1, b: the usual BM25 parameters.
+    """
+
+    def __init__(self, ids: Sequence[int], docs: Sequence[str], k1: float = 1.2, b: float = 0.75) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.k1, self.b = k1, b
+        postings: dict[str, dict[int, int]] = defaultdict(dict)
+        lengths = np.zeros(len(docs), dtype=np.float32)
+        for row, doc in enumerate(docs):
+            words = doc.split()
+            lengths[row] = len(words)
+            for word in words:
+                slot = postings[word]
+                slot[row] = slot.get(row, 0) + 1
+        self.avg_len = float(lengths.mean()) if len(docs) else 0.0
+        self.lengths = lengths
+        n = len(docs)
+        # term -> (rows int32 [m], tf float32 [m], idf)
+        self.postings: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+        for word, rows in postings.items():
+            df = len(rows)
+            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+            self.postings[word] = (
+                np.fromiter(rows.keys(), dtype=np.int32, count=df),
+                np.fromiter(rows.values(), dtype=np.float32, count=df),
+                idf,
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def unknown_names(self, query: str, min_chars: int = 3) -> list[str]:
+        """Latin-script query words (names, commands: ``kubernetes``, ``certbot``) that no chunk contains.
+
+        Inside a Chinese question such words are names, and a name the corpus never mentions means the corpus is
+        not about it. In a question without CJK most words are ordinary English, and a paraphrase ("alter" for the
+        documents' "change") is no sign of a missing topic, so only name-like words count there (capitalised inside
+        the sentence, mixed case, with a digit or inner ``-_./+``: ``WireGuard``, ``OpenRC``, ``gp5``), and only
+        when the corpus knows most of the question's other words (else it is a language gap, e.g. an English
+        question over a Chinese corpus).
+        """
+        tokens = tokenize(query)
+        latin = {t for t in tokens if _LETTER.search(t)}
+        unknown = {t for t in latin if len(t) >= min_chars and t not in self.postings}
+        if not unknown or _CJK.search(query):
+            return sorted(unknown)
+        if 2 * len(unknown) > len(latin):
+            return []
+        names = {t for word in _name_like_words(query) for t in tokenize(word)}
+        return sorted(unknown & names)
+
+    def search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """(chunk id, score) best first; only chunks sharing at least one token with the query."""
+        if not len(self.ids):
+            return []
+        scores = np.zeros(len(self.ids), dtype=np.float32)
+        norm = self.k1 * (1.0 - self.b + self.b * self.lengths / max(self.avg_len, 1e-9))
+        seen = False
+        for word in set(tokenize(query)):
+            entry = self.postings.get(word)
+            if entry is None:
+                continue
+            rows, tf, idf = entry
+            scores[rows] += idf * tf * (self.k1 + 1.0) / (tf + norm[rows])
+            seen = True
+        if not seen:
+            return []
+        k = min(k, int(np.count_nonzero(scores)))
+        if k <= 0:
+            return []
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(self.ids[i]), float(scores[i])) for i in top]

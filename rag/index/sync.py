@@ -1,0 +1,318 @@
+"""Sync a folder into an index: hash diff -> add / update / delete, one writer at a time, crash-safe.
+
+What happens on ``sync_folder``:
+1. take the index's file lock (a second ingest waits or fails with a clear message);
+2. hash every file; unchanged ones cost only that hash;
+3. parse new and changed files in isolated worker processes (rag.ingest.load), split them, embed the chunks;
+4. commit each group of files in one SQLite transaction (old chunks out, new chunks + vectors in), so a crash
+   keeps every finished group and loses nothing older; ``--rebuild`` runs as a single transaction instead;
+5. remove the chunks of deleted files (unless asked to keep them);
+6. write the FAISS file for the new generation (temp file + ``os.replace``) and the manifest; with
+   ``store.kind: milvus`` apply the same diff to the collection instead and record the generation in it.
+   (:mod:`rag.index.sync_store`; the report types are in :mod:`rag.index.report`, re-exported here.)
+A kill -9 anywhere leaves SQLite at the last commit; a missing or stale FAISS file is rebuilt from SQLite on open, and
+a collection that reflects another generation is reconciled with SQLite by the next sync.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from stat import S_ISREG
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from rag.core.config import RagConfig
+from rag.core.errors import IndexStateError, RagError
+from rag.core.types import Chunk, ParsedFile
+from rag.embed.embedder import Embedder
+from rag.index.bm25 import store_current_tokens, tokenize
+from rag.index.docstore import DocStore, FileRecord
+from rag.index.layout import BM25_TOKENIZER, DOCSTORE, FORMAT_VERSION, LOCK, write_manifest
+from rag.index.report import FileReport, IngestReport
+from rag.index.sync_store import write_store
+from rag.ingest.load import discover_files, parse_files
+from rag.ingest.split import embedding_text, split_documents
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]  # (stage: hash | parse | embed, done, total)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a regular file; OSError for anything else (a FIFO swapped in after discovery must not block)."""
+    digest = hashlib.sha256()
+    with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+        if not S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def writer_lock(index_dir: Path, wait: bool) -> Iterator[None]:
+    """The one-writer lock of an index folder."""
+    lock = FileLock(str(index_dir / LOCK))
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        raise IndexStateError(
+            f"another ingest is writing to {index_dir}; wait for it to finish (or pass --wait to queue behind it)"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@dataclass
+class _Pending:
+    source: str
+    record: FileRecord
+    chunks: list[Chunk]
+    texts: list[str]
+
+
+class _Sync:
+    """State of one sync run (kept out of the public API)."""
+
+    def __init__(self, ds: DocStore, cfg: RagConfig, embedder: Embedder | None, report: IngestReport,
+                 progress: ProgressFn | None, single_transaction: bool) -> None:
+        self.ds, self.cfg, self.embedder, self.report = ds, cfg, embedder, report
+        self.progress = progress or (lambda stage, done, total: None)
+        self.single = single_transaction
+        self.pending: list[_Pending] = []
+        self.changed = False
+        self.removed_ids: list[int] = []
+        self.added_ids: list[int] = []
+        self.added_vectors: list[np.ndarray] = []
+        self.embedded = 0
+        self.embed_total = 0
+        self.indexed = 0
+
+    def tx(self) -> Any:
+        self.changed = True
+        return nullcontext() if self.single else self.ds.transaction()
+
+    def flush(self) -> None:
+        """Embed the pending files' chunks, then commit them together."""
+        if not self.pending:
+            return
+        texts = [t for p in self.pending for t in p.texts]
+        self.indexed += len(texts)
+        vectors = self._embed(texts)
+        tokens = [" ".join(tokenize(t)) for t in texts]
+        offset = 0
+        with self.tx():
+            for item in self.pending:
+                n = len(item.chunks)
+                old = self.ds.chunk_ids_of(item.source)
+                self.ds.delete_chunks(old)
+                self.removed_ids.extend(old)
+                part = vectors[offset: offset + n] if vectors is not None else None
+                self.ds.add_chunks(item.chunks, tokens[offset: offset + n], part)
+                self.ds.put_file(item.record)
+                offset += n
+        for item in self.pending:
+            self.added_ids.extend(c.id for c in item.chunks)
+        if vectors is not None:
+            self.added_vectors.append(vectors)
+        self.pending = []
+
+    def _embed(self, texts: list[str]) -> np.ndarray | None:
+        if self.embedder is None:
+            return None
+        self.embed_total += len(texts)
+        before = self.embedded
+
+        def advance(done: int) -> None:  # the embedder reports texts done so far in this call
+            self.embedded = before + done
+            self.progress("embed", self.embedded, self.embed_total)
+
+        # one call per flush: the embedder batches by length itself (and, on CUDA, tokenises ahead of the GPU)
+        parts = [self.embedder.embed_documents(texts, progress=advance)] if texts else []
+        self.embedded = before + len(texts)
+        return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, self.embedder.dim), np.float32)
+
+
+def _prepare(ds: DocStore, cfg: RagConfig, embedder: Embedder | None, directory: Path, rebuild: bool) -> bool:
+    """Check the index against this run's embedder; return True when every file must be re-split."""
+    info = embedder.describe() if embedder is not None else None
+    stored = ds.get_json("embedder")
+    fresh = ds.get_meta("format_version") is None
+    if not fresh and not rebuild:
+        version = int(ds.get_meta("format_version") or 0)
+        if version != FORMAT_VERSION:
+            raise IndexStateError(f"index {directory} has format version {version}; re-run with --rebuild")
+        if (stored or {}).get("fingerprint") != (info or {}).get("fingerprint"):
+            want = (info or {}).get("name", "none (BM25 only)")
+            have = (stored or {}).get("name", "none (BM25 only)")
+            raise IndexStateError(
+                f"index {directory} was built with embedder {have!r}, this run uses {want!r}; "
+                "re-embed everything with --rebuild, or set embed.model to the index's model"
+            )
+    return fresh or rebuild or ds.get_json("split") != asdict(cfg.split)
+
+
+def sync_folder(
+    folder: str | Path,
+    cfg: RagConfig,
+    embedder: Embedder | None,
+    index_dir: str | Path | None = None,
+    rebuild: bool = False,
+    keep_deleted: bool | None = None,
+    retry_failed: bool = False,
+    wait: bool = False,
+    progress: ProgressFn | None = None,
+) -> IngestReport:
+    """Bring the index at ``index_dir`` (default ``cfg.index.dir``) in line with the files under ``folder``.
+
+    Args:
+        folder: the knowledge folder.
+        cfg: the app config (load / split / embed / store settings).
+        embedder: the embedder to use, or None for a BM25-only index.
+        index_dir: where the index lives.
+        rebuild: re-parse and re-embed everything in one transaction (needed after changing the embedder).
+        keep_deleted: keep chunks of files that disappeared (default ``cfg.index.keep_deleted``).
+        retry_failed: re-parse files that failed before even if they did not change.
+        wait: wait for another ingest to finish instead of failing.
+        progress: callback (stage, done, total) for progress bars.
+
+    Returns:
+        The per-file report.
+    """
+    started = time.perf_counter()
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise RagError(f"knowledge folder {folder} does not exist; create it and put documents in it")
+    directory = Path(index_dir or cfg.index.dir).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    keep = cfg.index.keep_deleted if keep_deleted is None else keep_deleted
+    report = IngestReport(str(directory), embedder.name if embedder is not None else "none (BM25 only)")
+    with writer_lock(directory, wait), ExitStack() as stack:
+        ds = DocStore(directory / DOCSTORE, vector_dtype=cfg.store.vector_dtype)
+        stack.callback(ds.close)
+        resplit = _prepare(ds, cfg, embedder, directory, rebuild)
+        start_generation = ds.generation
+        state = _Sync(ds, cfg, embedder, report, progress, single_transaction=rebuild)
+        if not resplit and ds.get_meta("bm25_tokenizer") != BM25_TOKENIZER:
+            with state.tx():  # another BM25 tokenizer made the stored tokens: re-make them (chunks, vectors stay)
+                store_current_tokens(ds)
+        if rebuild:
+            stack.enter_context(ds.transaction())
+            ds.conn.execute("DELETE FROM chunks")
+            ds.conn.execute("DELETE FROM vectors")
+            ds.conn.execute("DELETE FROM files")
+        known = ds.files()
+        paths = discover_files(folder, cfg.load, exclude=[directory])
+        todo: list[tuple[Path, str, FileRecord]] = []
+        seen: set[str] = set()
+        for done, path in enumerate(paths, 1):
+            source = path.relative_to(folder).as_posix()
+            seen.add(source)
+            try:  # the file may have gone (or been swapped) since discovery: report it, never crash the ingest
+                stat = path.stat()
+                sha = file_sha256(path)
+            except OSError as exc:
+                report.files.append(FileReport(source, "failed", error_kind="unreadable", error=f"cannot read: {exc}"))
+                continue
+            record = FileRecord(source, sha, stat.st_size, stat.st_mtime_ns, "ok")
+            old = None if rebuild else known.get(source)
+            progress and progress("hash", done, len(paths))
+            if old is not None and old.sha256 == sha and not resplit and old.status in ("ok", "kept"):
+                if old.status == "kept":
+                    with state.tx():
+                        ds.put_file(FileRecord(**{**asdict(old), "status": "ok"}))
+                report.files.append(FileReport(source, "unchanged", chunks=old.chunks, pages=old.pages))
+            elif old is not None and old.sha256 == sha and old.status == "failed" and not retry_failed and not resplit:
+                status = "skipped" if old.error_kind == "unsupported" else "failed"
+                note = "" if status == "skipped" else " (unchanged since the last ingest; --retry-failed re-parses it)"
+                report.files.append(FileReport(source, status, error_kind=old.error_kind, error=old.error + note))
+            else:
+                todo.append((path, source, record))
+
+        _remove_deleted(state, known, seen, keep, rebuild)
+        _parse_and_index(state, todo, known, rebuild)
+        state.flush()
+        if state.changed or resplit:
+            with state.tx():
+                ds.set_meta("format_version", str(FORMAT_VERSION))
+                ds.set_json("embedder", embedder.describe() if embedder is not None else None)
+                ds.set_json("split", asdict(cfg.split))
+                ds.set_meta("bm25_tokenizer", BM25_TOKENIZER)
+        stack.close()  # commits the rebuild transaction, if any
+        ds = DocStore(directory / DOCSTORE, vector_dtype=cfg.store.vector_dtype)
+        try:
+            if embedder is not None:
+                write_store(ds, cfg, directory, embedder.dim, state.removed_ids, state.added_ids, state.added_vectors,
+                            start_generation, rebuild)
+            write_manifest(directory, ds, cfg)
+            report.generation = ds.generation
+        finally:
+            ds.close()
+    report.chunks_indexed = state.indexed
+    report.seconds = time.perf_counter() - started
+    report.files.sort(key=lambda f: f.source)
+    return report
+
+
+def _remove_deleted(state: _Sync, known: dict[str, FileRecord], seen: set[str], keep: bool, rebuild: bool) -> None:
+    gone = [s for s in known if s not in seen]
+    if not gone or rebuild:
+        return
+    with state.tx():
+        for source in gone:
+            old = known[source]
+            if keep:
+                state.ds.put_file(FileRecord(**{**asdict(old), "status": "kept"}))
+                state.report.files.append(FileReport(source, "kept", chunks=old.chunks, pages=old.pages))
+            else:
+                state.removed_ids.extend(state.ds.delete_file(source))
+                state.report.files.append(FileReport(source, "deleted", chunks=old.chunks, pages=old.pages))
+
+
+def _parse_and_index(state: _Sync, todo: list[tuple[Path, str, FileRecord]], known: dict[str, FileRecord],
+                     rebuild: bool) -> None:
+    records = {source: record for _, source, record in todo}
+    flush_at = max(1, state.cfg.embed.batch_size) * 32  # chunks per embed call and per commit
+    done = 0
+    for parsed in parse_files([(path, source) for path, source, _ in todo], state.cfg.load):
+        done += 1
+        state.progress("parse", done, len(todo))
+        state.report.pages_parsed += parsed.pages
+        record = records[parsed.source]
+        old = None if rebuild else known.get(parsed.source)
+        chunks = split_documents(list(parsed.documents), state.cfg.split, record.sha256) if parsed.ok else []
+        if parsed.ok and not chunks:
+            parsed = ParsedFile(parsed.source, (), "empty", "no text to index after splitting", parsed.seconds, 0)
+        if not parsed.ok:
+            _record_failure(state, parsed, record, old)
+            continue
+        status = "updated" if old is not None else "new"
+        full = FileRecord(**{**asdict(record), "pages": parsed.pages, "chunks": len(chunks), "seconds": parsed.seconds})
+        state.pending.append(_Pending(parsed.source, full, chunks, [embedding_text(c) for c in chunks]))
+        state.report.files.append(FileReport(parsed.source, status, len(chunks), parsed.pages, parsed.seconds))
+        if sum(len(p.chunks) for p in state.pending) >= flush_at:
+            state.flush()
+
+
+def _record_failure(state: _Sync, parsed: ParsedFile, record: FileRecord, old: FileRecord | None) -> None:
+    """A file that fails keeps its previous version's chunks (nothing is lost); the report says so."""
+    kept = old.chunks if old is not None else 0
+    error = parsed.error + (f"; the previous version's {kept} chunks are kept" if kept else "")
+    failed = FileRecord(**{**asdict(record), "status": "failed", "error_kind": parsed.error_kind, "error": error,
+                           "chunks": kept, "seconds": parsed.seconds})
+    with state.tx():
+        state.ds.put_file(failed)
+    status = "skipped" if parsed.error_kind == "unsupported" else "failed"
+    state.report.files.append(FileReport(parsed.source, status, kept, 0, parsed.seconds, parsed.error_kind, error))

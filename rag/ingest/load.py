@@ -1,0 +1,218 @@
+"""Stage 1: files -> Documents. Find the files of a knowledge folder and parse each one, isolated.
+
+:func:`discover_files` lists a folder; :func:`parse_file` parses one file in this process (the format parsers live
+in :mod:`rag.ingest.parsers`, one module per family); :func:`parse_files` is what ingest uses: it runs :func:`parse_file` in long-lived worker
+*processes*, each with an address-space cap, kills a parse that runs past ``load.timeout_s``, replaces a worker that
+dies, and reports every file exactly once as a :class:`~rag.core.types.ParsedFile`, success or typed failure.
+
+Workers are fresh interpreters (``python -c``, never ``fork``: the parent may hold torch and threads) that import
+only ``rag.ingest.load`` and its parsers, and talk to the parent over pipes in length-prefixed JSON (a worker that a
+hostile file took over cannot make the parent unpickle anything). Error messages do not repeat the file name:
+callers print ``f"{parsed.source}: {parsed.error}"``.
+The pool, the frame protocol and the worker loop are in :mod:`rag.ingest.worker`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib.util
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+
+from rag.core.config import LoadConfig
+from rag.core.errors import ConfigError, LoadError, RagError
+from rag.core.types import Document, ParsedFile
+from rag.ingest.parsers.markup import parse_html, parse_markdown
+from rag.ingest.parsers.office import parse_docx
+from rag.ingest.parsers.pdf import parse_pdf
+from rag.ingest.parsers.text import MIB, parse_text
+from rag.ingest.parsers.unstructured import missing_unstructured_message, parse_unstructured
+from rag.ingest.worker import WorkerPool, memory_message, serve
+
+logger = logging.getLogger(__name__)
+
+# suffix -> parser; .csv/.tsv/.rst/.log are read as plain text
+SUPPORTED_SUFFIXES: dict[str, Callable[[Path, str, LoadConfig], list[Document]]] = {
+    ".pdf": parse_pdf,
+    ".docx": parse_docx,
+    **dict.fromkeys((".html", ".htm", ".xhtml"), parse_html),
+    **dict.fromkeys((".md", ".markdown"), parse_markdown),
+    **dict.fromkeys((".txt", ".text", ".csv", ".tsv", ".rst", ".log"), parse_text),
+}
+# parsed only through the optional `unstructured` extra, when installed and load.use_unstructured is on
+UNSTRUCTURED_SUFFIXES = frozenset(
+    {".pptx", ".ppt", ".xlsx", ".xls", ".odt", ".epub", ".rtf", ".doc", ".eml", ".msg", ".org"}
+)
+PDF_ENGINES = ("pypdfium2", "pypdf")
+
+
+def discover_files(root: Path, cfg: LoadConfig, exclude: Sequence[Path] = ()) -> list[Path]:
+    """All regular, non-hidden files under ``root``, sorted by relative path (unsupported ones too).
+
+    Skips names starting with ``.`` (and everything under such folders) or ``~$`` (Office lock files), anything under an ``exclude`` path (an
+    index folder kept inside the knowledge folder), and anything whose relative posix path or name matches one of
+    ``cfg.skip_patterns`` (fnmatch; a matching folder is skipped whole). Symlinks are followed only when they
+    point inside ``root``; each real folder is visited once.
+
+    Raises:
+        RagError: ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise RagError(f"knowledge folder {root} does not exist or is not a folder; pass an existing folder")
+    real_root = root.resolve()
+    excluded = [Path(path).resolve() for path in exclude]
+    found: list[tuple[str, Path]] = []
+    visited = {real_root}
+    stack: list[tuple[Path, Path, str]] = [(root, real_root, "")]  # (folder as seen, its real path, rel prefix)
+    while stack:
+        folder, real_folder, prefix = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)  # first name wins for a linked folder
+        except OSError as exc:
+            logger.warning("cannot list %s: %s", folder, exc)
+            continue
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.name.startswith((".", "~$")) or any(  # hidden, or an Office lock file
+                fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(entry.name, pattern) for pattern in cfg.skip_patterns
+            ):
+                continue
+            real = Path(os.path.realpath(entry.path)) if entry.is_symlink() else real_folder / entry.name
+            if entry.is_symlink() and not real.is_relative_to(real_root):
+                logger.info("skipping %s: it links outside %s", rel, root)
+                continue
+            if any(real.is_relative_to(path) for path in excluded):
+                continue
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError as exc:  # a symlink loop (ELOOP) and the like: not a file we can read
+                logger.warning("skipping %s: %s", rel, exc.strerror or exc)
+                continue
+            if is_dir:
+                if real not in visited:
+                    visited.add(real)
+                    stack.append((Path(entry.path), real, rel + "/"))
+            elif is_file:
+                found.append((rel, Path(entry.path)))
+    return [path for _, path in sorted(found)]
+
+
+def check_file(path: Path, cfg: LoadConfig) -> Callable[[Path, str, LoadConfig], list[Document]]:
+    """What can be known without opening the file: its parser, or a LoadError (unsupported, too_large, empty)."""
+    suffix = path.suffix.lower()
+    parser = SUPPORTED_SUFFIXES.get(suffix)
+    if parser is None and suffix in UNSTRUCTURED_SUFFIXES:
+        if not cfg.use_unstructured:
+            raise LoadError("unsupported", f"{suffix} files are read only with load.use_unstructured=true and the "
+                            "optional extra: pip install -r requirements-extra.txt")
+        if importlib.util.find_spec("unstructured") is None:
+            raise LoadError("missing_dependency", missing_unstructured_message(suffix))
+        parser = parse_unstructured
+    if parser is None:
+        raise LoadError("unsupported", f"unsupported file type {suffix or '(no suffix)'}; supported: "
+                        + " ".join(sorted(SUPPORTED_SUFFIXES)))
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise LoadError("corrupt", f"the file cannot be read: {exc.strerror or exc}") from None
+    if size > cfg.max_file_mb * MIB:
+        raise LoadError("too_large", f"the file is {size / MIB:.1f} MB, over load.max_file_mb="
+                        f"{cfg.max_file_mb:g}; raise the limit to parse it")
+    if size == 0:
+        raise LoadError("empty", "the file is empty (0 bytes)")
+    return parser
+
+
+def check_config(cfg: LoadConfig) -> None:
+    """Raise ConfigError for load settings that cannot work."""
+    if cfg.pdf_engine not in PDF_ENGINES:
+        raise ConfigError(f"load.pdf_engine={cfg.pdf_engine!r} is not one of {', '.join(PDF_ENGINES)}")
+    if cfg.timeout_s <= 0 or cfg.workers < 1:
+        raise ConfigError(f"load.timeout_s={cfg.timeout_s:g} and load.workers={cfg.workers} must be positive")
+
+
+def parse_file(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
+    """Parse one file in this process (no timeout, no memory cap: use :func:`parse_files` for untrusted folders).
+
+    Args:
+        path: the file.
+        source: its path relative to the knowledge folder (``/`` separators), stored in every Document.
+        cfg: load settings.
+
+    Returns:
+        The Documents: one per PDF page with text, one per heading section (HTML, Markdown, DOCX), or one.
+        ``metadata["parser"]`` names the parser.
+
+    Raises:
+        LoadError: kind unsupported, empty, encrypted, corrupt, too_large, encoding, missing_dependency or memory.
+            An unexpected exception inside a parser becomes ``corrupt`` with its type and first line.
+    """
+    check_config(cfg)
+    parser = check_file(Path(path), cfg)
+    try:
+        documents = parser(Path(path), source, cfg)
+    except LoadError:
+        raise
+    except MemoryError:
+        raise LoadError("memory", memory_message(cfg)) from None
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise LoadError("corrupt", f"the parser failed: {type(exc).__name__}: {message}".rstrip(": ")) from exc
+    if not any(document.text.strip() for document in documents):
+        raise LoadError("empty", "no text found in the file")
+    return documents
+
+
+def parse_files(
+    items: Sequence[tuple[Path, str]], cfg: LoadConfig, progress: Callable[[ParsedFile], None] | None = None
+) -> Generator[ParsedFile, None, None]:
+    """Parse files in up to ``cfg.workers`` isolated worker processes; yield one ParsedFile per item, exactly once.
+
+    Results come in completion order (files refused before parsing, such as unsupported or too large ones, first).
+    A worker runs under an address-space cap of ``cfg.memory_mb`` MiB (plus a CPU-time backstop); a parse that
+    takes longer than ``cfg.timeout_s`` is killed (kind ``timeout``), a worker that runs out of memory gives
+    ``memory``, one that dies gives ``crashed``; dead workers are replaced and the rest goes on. Closing the
+    iterator early kills the workers.
+
+    Args:
+        items: ``(path, source)`` pairs, ``source`` being the relative path recorded in the results.
+        cfg: load settings.
+        progress: called with each ParsedFile before it is yielded.
+    """
+    check_config(cfg)
+    queue: deque[tuple[Path, str]] = deque()
+    for path, source in items:
+        try:
+            check_file(Path(path), cfg)
+        except LoadError as exc:
+            parsed = ParsedFile(source, error_kind=exc.kind, error=str(exc))
+            if progress:
+                progress(parsed)
+            yield parsed
+        else:
+            queue.append((Path(path), source))
+    if not queue:
+        return
+    pool = WorkerPool(cfg)
+    try:
+        for parsed in pool.run(queue):
+            if progress:
+                progress(parsed)
+            yield parsed
+    finally:
+        pool.close()
+
+
+def parse_one_isolated(path: Path, source: str, cfg: LoadConfig) -> ParsedFile:
+    """Parse one file in a fresh worker process (see :func:`parse_files`)."""
+    return list(parse_files([(path, source)], dataclasses.replace(cfg, workers=1)))[0]
+
+
+def worker_main() -> None:
+    """Entry point of a worker process (see :mod:`rag.ingest.worker`): serve parse requests with :func:`parse_file`."""
+    serve(parse_file)

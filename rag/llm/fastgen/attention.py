@@ -1,0 +1,143 @@
+"""Decode attention for :class:`rag.llm.fastgen.generator.FastGenerator`: one new query per row against its KV cache.
+
+The split-K Triton kernels read only the filled part of the cache (one program per row, kv head and 256-position
+split, then a combine over the splits that were written); :func:`sdpa_decode` is the same thing as SDPA over the
+whole cache with a mask, the reference the kernels are checked against and the fallback where Triton is missing or
+fails that check (:func:`triton_ok`). Kept apart from the generator because it is self-contained GPU math with its
+own tests, and because it is the only code that needs Triton.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # CPU installs
+    HAS_TRITON = False
+
+logger = logging.getLogger(__name__)
+
+SPLIT = 256  # cache positions per attention program; max_len is rounded up to a multiple of it
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _attn_split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, scale, stride_qb, stride_qh, stride_kb,
+                           stride_kh, stride_kn, GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+                           BLOCK_N: tl.constexpr, SPLIT_N: tl.constexpr):
+        # program (row b, kv head h, split s): the GROUP query heads of h against cache positions [s*SPLIT_N, ...]
+        b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        pos = tl.load(pos_ptr + b)  # newest filled position of row b
+        start = s * SPLIT_N
+        if start <= pos:  # splits past the filled part do nothing; the combine kernel skips them
+            g = tl.arange(0, GP)
+            d = tl.arange(0, D)
+            q = tl.load(q_ptr + b * stride_qb + (h * GROUP + g)[:, None] * stride_qh + d[None, :],
+                        mask=(g < GROUP)[:, None], other=0.0)  # [GP, D]
+            kv = k_ptr + b * stride_kb + h * stride_kh
+            vv = v_ptr + b * stride_kb + h * stride_kh
+            m_i = tl.full([GP], float("-inf"), tl.float32)
+            l_i = tl.zeros([GP], tl.float32)
+            acc = tl.zeros([GP, D], tl.float32)
+            for n0 in range(0, SPLIT_N, BLOCK_N):
+                n = start + n0 + tl.arange(0, BLOCK_N)
+                valid = n <= pos
+                kt = tl.load(kv + n[None, :] * stride_kn + d[:, None], mask=valid[None, :], other=0.0)  # [D, BN]
+                scores = tl.where(valid[None, :], tl.dot(q, kt) * scale, float("-inf"))  # [GP, BN]
+                m_new = tl.maximum(m_i, tl.max(scores, 1))
+                p = tl.exp(scores - m_new[:, None])
+                alpha = tl.exp(m_i - m_new)
+                v = tl.load(vv + n[:, None] * stride_kn + d[None, :], mask=valid[:, None], other=0.0)  # [BN, D]
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                m_i = m_new
+            row = ((b * tl.num_programs(1) + h) * tl.num_programs(2) + s) * GP + g
+            tl.store(o_ptr + row[:, None] * D + d[None, :], acc)
+            tl.store(ml_ptr + row * 2, m_i)
+            tl.store(ml_ptr + row * 2 + 1, l_i)
+
+    @triton.jit
+    def _attn_combine_kernel(o_ptr, ml_ptr, pos_ptr, out_ptr, n_splits, stride_ob, stride_oh,
+                             GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, SPLIT_N: tl.constexpr):
+        b, h = tl.program_id(0), tl.program_id(1)
+        pos = tl.load(pos_ptr + b)
+        g = tl.arange(0, GP)
+        d = tl.arange(0, D)
+        m_all = tl.full([GP], float("-inf"), tl.float32)
+        l_all = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, D], tl.float32)
+        for s in range(0, pos // SPLIT_N + 1):  # only the splits the first kernel wrote
+            row = ((b * tl.num_programs(1) + h) * n_splits + s) * GP + g
+            m_s = tl.load(ml_ptr + row * 2)
+            l_s = tl.load(ml_ptr + row * 2 + 1)
+            m_new = tl.maximum(m_all, m_s)
+            a = tl.exp(m_all - m_new)
+            c = tl.exp(m_s - m_new)
+            acc = acc * a[:, None] + tl.load(o_ptr + row[:, None] * D + d[None, :]) * c[:, None]
+            l_all = l_all * a + l_s * c
+            m_all = m_new
+        out = acc / l_all[:, None]
+        tl.store(out_ptr + b * stride_ob + (h * GROUP + g)[:, None] * stride_oh + d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """One new query per row against its cache: q [B, Hq, D], caches [>=B, Hkv, L, D], positions [B] -> [B, Hq, D].
+
+    Row b attends to cache positions 0..positions[b] (inclusive); L must be a multiple of ``SPLIT``.
+    """
+    q = q.contiguous()
+    batch, heads, dim = q.shape
+    kv_heads, length = k_cache.shape[1], k_cache.shape[2]
+    group = heads // kv_heads
+    padded = max(16, triton.next_power_of_2(group))  # tl.dot needs >= 16 rows
+    splits = length // SPLIT
+    partial = torch.empty(batch, kv_heads, splits, padded, dim, device=q.device, dtype=torch.float32)
+    max_and_sum = torch.empty(batch, kv_heads, splits, padded, 2, device=q.device, dtype=torch.float32)
+    out = torch.empty_like(q)
+    _attn_split_kernel[(batch, kv_heads, splits)](
+        q, k_cache, v_cache, positions, partial, max_and_sum, scale, q.stride(0), q.stride(1), k_cache.stride(0),
+        k_cache.stride(1), k_cache.stride(2), GROUP=group, GP=padded, D=dim, BLOCK_N=64, SPLIT_N=SPLIT)
+    _attn_combine_kernel[(batch, kv_heads)](partial, max_and_sum, positions, out, splits, out.stride(0), out.stride(1),
+                                            GROUP=group, GP=padded, D=dim, SPLIT_N=SPLIT)
+    return out
+
+
+def sdpa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
+                 scale: float) -> torch.Tensor:
+    """Reference / fallback for :func:`decode_attention`: SDPA over the whole cache with a per-row mask."""
+    batch, heads, dim = q.shape
+    kv_heads, length = k_cache.shape[1], k_cache.shape[2]
+    mask = torch.arange(length, device=q.device)[None, :] <= positions[:, None]  # [B, L]
+    # query heads j*g..j*g+g-1 share kv head j (HF repeat_kv order): fold them into SDPA's query-length axis
+    out = F.scaled_dot_product_attention(q.reshape(batch, kv_heads, heads // kv_heads, dim), k_cache[:batch],
+                                         v_cache[:batch], attn_mask=mask[:, None, None, :], scale=scale)
+    return out.reshape(batch, heads, dim)
+
+
+def triton_ok(dtype: torch.dtype, device: torch.device, heads: int, kv_heads: int, dim: int) -> bool:
+    """Use the Triton kernel only where it exists, fits, and agrees with SDPA on random data here."""
+    if not (HAS_TRITON and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+            and dim >= 16 and dim & (dim - 1) == 0):
+        return False
+    try:
+        q = torch.randn(3, heads, dim, device=device, dtype=dtype)
+        k, v = (torch.randn(4, kv_heads, 2 * SPLIT, dim, device=device, dtype=dtype) for _ in range(2))
+        pos = torch.tensor([0, SPLIT - 1, 2 * SPLIT - 7], device=device)
+        got, ref = decode_attention(q, k, v, pos, dim**-0.5), sdpa_decode(q, k, v, pos, dim**-0.5)
+        error = float((got.float() - ref.float()).abs().max())
+    except Exception as exc:  # no compiler, unsupported GPU, ...
+        logger.warning("Triton decode attention unavailable (%s); using SDPA over the whole cache", exc)
+        return False
+    if error > 2e-2:
+        logger.warning("Triton decode attention differs from SDPA by %.3g; using SDPA", error)
+    return error <= 2e-2
+

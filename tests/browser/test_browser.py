@@ -1,0 +1,309 @@
+"""The chat page in a real browser: ``streamlit run app.py`` on a free loopback port, driven by Debian's headless
+Chromium through Playwright (never ``playwright install``). The sample knowledge base is copied and indexed at test
+time on the hash embedder; answers come from the extractive backend.
+
+Screenshots go to a temp folder (``KBQA_SCREENSHOTS=docs/screenshots`` refreshes the committed ones): chat at desktop (1280×900) and phone
+(390×844) width, the sources, a refusal, the upload report, the model page, and compare mode on a tiny random
+transformers model with a LoRA adapter (its words are noise; the layout is the point). Needs ``/usr/bin/chromium`` and a CJK font
+(``make browser-deps`` installs both on Debian), and ``pip install -r requirements-dev.txt`` for Playwright.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rag.core.config import REPO_ROOT, load_config
+from rag.embed.embedder import HashEmbedder
+from rag.index.sync import sync_folder
+from tests.conftest import write_corpus
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+# Tests write screenshots to a temp folder; `KBQA_SCREENSHOTS=docs/screenshots make test` refreshes the committed ones.
+SHOTS = Path(os.environ.get("KBQA_SCREENSHOTS", tempfile.gettempdir() + "/kbqa-screenshots"))
+TIMEOUT_MS = 20_000
+
+try:
+    from playwright.sync_api import Locator, Page, expect, sync_playwright
+except ImportError:
+    pytest.skip("playwright is not installed: pip install -r requirements-dev.txt (playwright==1.65.2)",
+                allow_module_level=True)
+if not CHROMIUM.is_file():
+    pytest.skip(f"{CHROMIUM} is missing: run `make browser-deps` (apt-get install -y chromium fonts-wqy-microhei)",
+                allow_module_level=True)
+# every expect() without its own timeout waits up to 15 s, not Playwright's 5 s: a 2-core CI machine running a
+# Streamlit server, Chromium and the tests at once sometimes needs more than 5 s for a rerun
+expect.set_options(timeout=15_000)
+
+
+@dataclass
+class Server:
+    url: str
+    knowledge: Path
+    feedback: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a server process, killing it if it does not exit within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"streamlit did not answer on {url} within {timeout_s} s")
+
+
+@contextmanager
+def run_server(tmp: Path, knowledge: Path, extra: tuple[str, ...] = ()) -> Iterator[Server]:
+    """Index ``knowledge`` (hash embedder), then serve app.py on a free loopback port until the block ends."""
+    overrides = [f"knowledge_dir={knowledge}", f"index.dir={tmp / 'indexes' / 'default'}", "embed.source=hash",
+                 "llm.backend=extractive", "load.workers=2", f"llm.adapters_dir={tmp / 'adapters'}", *extra]
+    sync_folder(knowledge, load_config(None, overrides), HashEmbedder())
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "KBQA_OVERRIDES": " ".join(shlex.quote(o) for o in overrides),
+           "KBQA_FEEDBACK": str(tmp / "feedback.jsonl"), "KBQA_PASSWORD": "", "HF_HUB_OFFLINE": "1",
+           "KBQA_OFFLINE": "1"}
+    log_path = tmp / "streamlit.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+             "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(url, process)
+            yield Server(url, knowledge, tmp / "feedback.jsonl")
+        finally:
+            stop_process(process)
+    if process.returncode not in (0, -15):
+        print(log_path.read_text(errors="replace")[-3000:])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("browser")
+    with run_server(tmp, shutil.copytree(REPO_ROOT / "knowledge", tmp / "knowledge")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser: Any, server: Server, viewport: dict[str, int], load_timeout_ms: int = TIMEOUT_MS) -> Page:
+    context = browser.new_context(viewport=viewport, locale="zh-CN", device_scale_factor=1)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server.url)
+    expect(page.get_by_test_id("stChatInputTextArea")).to_be_visible(timeout=load_timeout_ms)
+    return page
+
+
+def ask(page: Page, question: str) -> None:
+    box = page.get_by_test_id("stChatInputTextArea")
+    box.fill(question)
+    box.press("Enter")
+
+
+def last_answer(page: Page) -> Locator:
+    return page.get_by_test_id("stChatMessage").last
+
+
+def wait_answer(page: Page, expected: str) -> Locator:
+    """The last chat message once it shows ``expected`` and its feedback buttons (drawn after the stream ends)."""
+    message = last_answer(page)
+    expect(message).to_contain_text(expected)
+    expect(message.get_by_test_id("stFeedback")).to_be_visible()
+    return message
+
+
+def has_cjk_font() -> bool:
+    try:
+        fonts = subprocess.run(["fc-list"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return bool(re.search(r"wenquanyi|noto (sans|serif) cjk|droid sans fallback", fonts, re.IGNORECASE))
+
+
+CJK_FONT = has_cjk_font()
+
+
+def shot(target: Page | Locator, name: str) -> None:
+    """Save a screenshot of a page (its viewport) or an element, unless no CJK font is installed (Chinese would
+    show as boxes: make browser-deps)."""
+    if not CJK_FONT:
+        print(f"not saving {name}: no CJK font installed (apt-get install -y fonts-wqy-microhei)")
+        return
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = target if isinstance(target, Page) else target.page
+    page.wait_for_timeout(300)  # let the last layout pass settle
+    target.screenshot(path=str(SHOTS / name))
+
+
+def goto_view(page: Page, label: str) -> None:
+    """Click one of the page switches (对话 / 知识库 / 模型) above the content."""
+    page.get_by_test_id("stMainBlockContainer").get_by_test_id("stRadioOption").filter(has_text=label).click()
+
+
+def test_chat_sources_upload_and_model_pages(browser: Any, server: Server) -> None:
+    page = open_page(browser, server, DESKTOP)
+    expect(page.get_by_text("本地知识库问答")).to_be_visible()
+    ask(page, "连不上无线网络怎么办？")
+    answer = wait_answer(page, "XingHe-Corp")
+    expect(answer.get_by_text("来源", exact=True)).to_be_visible()
+    card = answer.locator(".kb-src").first
+    expect(card).to_contain_text("网络故障排查.pdf · 第")  # file name and page
+    expect(answer.locator(".kb-src mark").first).to_be_visible()  # the supporting sentence is highlighted
+    link = answer.locator('a[href^="#src-"]').first
+    expect(link).to_be_visible()
+    shot(page, "chat_desktop.png")
+    shot(answer, "sources.png")
+
+    target = link.get_attribute("href")
+    link.click()  # a citation jumps to its source card
+    assert target
+    page.wait_for_function("hash => location.hash === hash", arg=target)
+    expect(page.locator(f"div{target}")).to_be_in_viewport()
+
+    ask(page, "火星有几颗卫星？")
+    refusal = wait_answer(page, "无法回答")
+    expect(refusal).to_contain_text("最接近的段落")
+    expect(refusal.locator(".kb-src").first).to_be_visible()
+    shot(refusal, "refusal.png")
+
+    page.set_viewport_size({"width": 1280, "height": 1400})  # the panels below are taller than the chat
+    goto_view(page, "模型")
+    expect(page.get_by_text("如何安装 ChatGLM3-6B")).to_be_visible()
+    expect(page.get_by_test_id("stCode")).to_contain_text("python -m rag.models download chatglm3-6b")
+    shot(page, "model.png")
+
+    goto_view(page, "知识库")
+    doc = server.knowledge.parent / "出差报销.md"
+    doc.write_text("# 出差报销\n\n出差结束后十个工作日内提交报销单，住宿标准为每晚五百元。\n", encoding="utf-8")
+    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(doc))
+    expect(page.get_by_text("出差报销.md").first).to_be_visible()
+    page.get_by_role("button", name="保存并重新索引").click()
+    expect(page.get_by_text("索引报告")).to_be_visible()
+    expect(page.get_by_text("已保存 出差报销.md")).to_be_visible()
+    assert (server.knowledge / "出差报销.md").is_file()
+    shot(page, "upload.png")
+
+    page.set_viewport_size(DESKTOP)
+    goto_view(page, "对话")
+    ask(page, "出差住宿标准是多少？")
+    expect(wait_answer(page, "五百元").locator(".kb-src").first).to_contain_text("出差报销.md")
+    page.context.close()
+
+
+def test_phone_width(browser: Any, server: Server) -> None:
+    page = open_page(browser, server, PHONE)
+    ask(page, "VPN 连不上怎么办？")
+    wait_answer(page, "VPN")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the page scrolls sideways at phone width ({width} px)"
+    shot(page, "chat_phone.png")
+    page.context.close()
+
+
+def test_two_sessions_ask_at_once(browser: Any, server: Server) -> None:
+    first, second = open_page(browser, server, DESKTOP), open_page(browser, server, DESKTOP)
+    ask(first, "域账号密码多久需要修改一次？")
+    ask(second, "How do I reset the device to factory settings?")
+    one = wait_answer(first, "90 天")
+    two = wait_answer(second, "factory reset")
+    expect(one).not_to_contain_text("factory reset")
+    expect(two).not_to_contain_text("90 天")
+    assert first.get_by_test_id("stChatMessage").count() == 2  # each session sees its own history only
+    assert second.get_by_test_id("stChatMessage").count() == 2
+    expect(two.locator(".kb-src").first).to_contain_text("product_manual_en.pdf")
+    for page in (first, second):
+        page.context.close()
+
+
+def test_compare_mode_and_a_queued_second_session_on_a_tiny_model(browser: Any,
+                                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Base model vs adapter side by side, while a second session asks too and waits its turn. The model is tiny and
+    random (built here), so its words are noise: the test checks the layout, that both sessions get complete,
+    separate answers, and (when the timing lets it be seen) the place-in-line notice."""
+    pytest.importorskip("peft")
+    from tests.integration.test_app import build_tiny_llm, tiny_llm_overrides
+
+    tmp = tmp_path_factory.mktemp("compare")
+    model_dir, adapters = build_tiny_llm(tmp)
+    extra = (*tiny_llm_overrides(model_dir, adapters), "llm.max_new_tokens=48")
+    with run_server(tmp, write_corpus(tmp / "kb"), extra) as server:
+        page = open_page(browser, server, DESKTOP, load_timeout_ms=60_000)  # the first run loads torch
+        other = open_page(browser, server, DESKTOP)
+        page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="LoRA 适配器").click()
+        page.get_by_role("option", name="demo").click()
+        page.get_by_test_id("stSidebar").get_by_text("对比模式").click()
+        ask(page, "年假需要提前几天申请？")
+        ask(other, "打印机驱动怎么安装？")
+        waiting = other.get_by_test_id("stChatMessage").last
+        queued = False
+        while not waiting.get_by_test_id("stFeedback").is_visible():
+            if not queued and "正在排队" in waiting.inner_text():
+                queued = True
+                shot(other, "queue.png")
+            other.wait_for_timeout(50)
+        print(f"second session saw its place in line: {queued}")
+
+        answer = last_answer(page)
+        expect(answer.get_by_test_id("stFeedback")).to_be_visible(timeout=60_000)
+        expect(answer.get_by_text("基础模型", exact=True)).to_be_visible()
+        expect(answer.get_by_text("适配器：demo", exact=True)).to_be_visible()
+        expect(answer.get_by_test_id("stColumn")).to_have_count(2)
+        expect(answer).to_contain_text("+ demo")  # "answered by": the base model | the base model + demo
+        shot(page, "compare.png")
+        expect(page.get_by_test_id("stChatMessage")).to_have_count(2)  # each session: its own question only
+        expect(other.get_by_test_id("stChatMessage")).to_have_count(2)
+        expect(page.get_by_test_id("stChatMessage").first).to_contain_text("年假")
+        expect(other.get_by_test_id("stChatMessage").first).to_contain_text("打印机")
+        expect(other.get_by_test_id("stChatMessage").last.get_by_test_id("stColumn")).to_have_count(0)
+        for opened in (page, other):
+            opened.context.close()

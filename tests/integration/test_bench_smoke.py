@@ -1,0 +1,93 @@
+"""Each benchmark script runs on tiny inputs in seconds and prints JSON lines (the numbers mean nothing here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.broken_files import PDF_PAGES, make_pdf
+from tests.conftest import write_corpus
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def run_script(name: str, *args: str) -> list[dict]:  # type: ignore[type-arg]
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / name), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert seconds < 10, f"{name} took {seconds:.1f} s"
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert lines and lines[-1].get("stage") == "summary"
+    return lines
+
+
+def test_retrieval_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    lines = run_script("retrieval.py", "--size", "3000", "--dim", "32", "--clusters", "20", "--queries", "30",
+                       "--small", "--out", str(out))
+    rows = {row["index"]: row for row in lines if "index" in row}
+    assert set(rows) == {"flat", "ivf_sq8", "ivf", "hnsw_sq8", "hnsw"}
+    for row in rows.values():
+        assert {"n", "build_s", "p50_ms", "p99_ms", "recall@10", "disk_bytes_per_chunk", "ram_bytes_per_chunk"} <= set(row)
+        assert row["n"] == 3000 and 0.0 <= row["recall@10"] <= 1.0 and row["disk_bytes_per_chunk"] > 0
+    assert rows["flat"]["recall@10"] == 1.0
+    assert lines[-1]["auto_policy"]["kind_at_n"] == "flat"
+    assert len(out.read_text(encoding="utf-8").splitlines()) == len(lines)
+
+
+def test_parse_bench_smoke(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "valid.pdf").write_bytes(make_pdf(PDF_PAGES))
+    lines = run_script("parse.py", "--corpus", str(tmp_path / "docs"), "--repeat", "1")
+    (row,) = [line for line in lines if "file" in line]
+    assert row["file"] == "valid.pdf" and row["pages"] >= 1 and row["raw_pages_per_s"] > 0
+    assert set(row["ours"]) == {"cid", "fffd", "cjk_space_cjk", "chars"}
+    assert lines[-1]["clean"] is True and lines[-1]["pages"] == row["pages"]
+
+
+def test_ingest_e2e_bench_smoke(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "kb")
+    lines = run_script("ingest_e2e.py", "--corpus", str(corpus), "--skip-rebuild", "load.workers=1")
+    runs = {line["run"]: line for line in lines if "run" in line}
+    assert set(runs) == {"scratch", "unchanged", "one_changed"}
+    assert runs["scratch"]["parsed_new_or_updated"] == 4 and runs["unchanged"]["parsed_new_or_updated"] == 0
+    assert runs["one_changed"]["parsed_new_or_updated"] == 1 and runs["scratch"]["chunks_total"] > 0
+
+
+def test_milvus_vs_faiss_bench_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("pymilvus", reason="pymilvus not installed: pip install -r requirements-extra.txt")
+    pytest.importorskip("milvus_lite", reason="milvus-lite not installed: pip install -r requirements-extra.txt")
+    lines = run_script("milvus_vs_faiss.py", "--n", "2000", "--dim", "32", "--clusters", "20", "--queries", "30",
+                       "--out", str(tmp_path / "m.jsonl"))
+    rows = {row["index"]: row for row in lines if "index" in row}
+    assert set(rows) == {"faiss_flat", "faiss_auto", "faiss_auto_large", "milvus_lite_hnsw", "milvus_lite_ivf_flat"}
+    for row in rows.values():
+        assert {"n", "build_s", "p50_ms", "p99_ms", "recall@10"} <= set(row) and row["n"] == 2000
+        assert 0.0 <= row["recall@10"] <= 1.0 and row["p99_ms"] >= row["p50_ms"] > 0
+    assert rows["faiss_flat"]["recall@10"] == 1.0 and rows["faiss_auto"]["kind"] == "flat"
+    assert rows["milvus_lite_hnsw"]["recall@10"] >= 0.9  # exact neighbours found through the collection
+    assert set(lines[-1]["p50_vs_faiss_flat"]) == set(rows)
+
+
+def test_train_speed_bench_smoke() -> None:
+    """Tiny shape on CPU: the naive loop and the recipe's trainer both run, and the recipe's packed first batch has
+    the loss of its conversations run one at a time."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "train_speed.py"), "--small", "--steps", "3",
+                           "--warmup", "1", "--rows", "48", "--variants", "naive;recipe"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    naive, recipe, summary = lines
+    assert "error" not in naive and "error" not in recipe, lines
+    assert recipe["batching"] == "packing" and recipe["micro_batch_size"] == 12 and recipe["lora_dropout"] == 0.0
+    assert recipe["packing_check"]["sequences"] > recipe["micro_batch_size"]  # several conversations per row
+    assert recipe["packing_check"]["abs_diff"] < 1e-4
+    assert summary["summary"] and summary["speedup"] > 0

@@ -1,0 +1,82 @@
+"""The command lines as a user runs them: ingest.py, rag.cli.search, rag.cli.ask (hash embedder, extractive answers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+
+
+@pytest.mark.integration
+def test_ingest_search_ask_round_trip(corpus: Path, tmp_path: Path) -> None:
+    index = tmp_path / "idx"
+    common = ["embed.source=hash", "split.chunk_size=120", "split.chunk_overlap=20"]
+    report = tmp_path / "report.json"
+    first = run("ingest.py", str(corpus), "--index", str(index), "--quiet", "--json-report", str(report), *common)
+    assert first.returncode == 0, first.stderr
+    assert "embedder: hash-embedder (dim 256)" in first.stderr
+    assert "4 files: 4 new, 0 updated, 0 unchanged, 0 failed" in first.stdout
+    data = json.loads(report.read_text(encoding="utf-8"))
+    assert data["totals"]["new"] == 4 and {f["status"] for f in data["files"]} == {"new"}
+    second = run("ingest.py", str(corpus), "--index", str(index), "--quiet", *common)
+    assert "4 files: 0 new, 0 updated, 4 unchanged" in second.stdout
+
+    search = run("-m", "rag.cli.search", "--index", str(index), "--k", "2", "--json", "WireGuard", "客户端", *common)
+    hits = [json.loads(line) for line in search.stdout.splitlines()]
+    assert search.returncode == 0 and len(hits) == 2 and hits[0]["source"] == "en/vpn.md"
+
+    ask = run("-m", "rag.cli.ask", "--index", str(index), "--json", "新磁盘怎样开机自动挂载？", "llm.backend=extractive",
+              *common)
+    answer = json.loads(ask.stdout)
+    assert ask.returncode == 0 and "/etc/fstab" in answer["answer"] and answer["citations"][0]["source"] == "运维/磁盘.md"
+
+
+def test_bad_override_is_one_line_and_exit_1(corpus: Path, tmp_path: Path) -> None:
+    result = run("ingest.py", str(corpus), "--index", str(tmp_path / "i"), "retrieve.topk=3")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown config key retrieve.topk; valid keys: retrieve.mode, retrieve.top_k, retrieve.candidates, "
+        "retrieve.fusion, retrieve.rrf_k, retrieve.dense_weight, retrieve.bm25_weight, retrieve.reranker, "
+        "retrieve.rerank_candidates, retrieve.score_threshold, retrieve.bm25_threshold, retrieve.unknown_name_min_chars"
+    ]
+
+
+def test_search_without_index_says_how_to_build_one(tmp_path: Path) -> None:
+    result = run("-m", "rag.cli.search", "--index", str(tmp_path / "none"), "问题")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: no index at {tmp_path / 'none'}; build one with: python ingest.py FOLDER --index {tmp_path / 'none'}"
+
+
+@pytest.mark.integration
+def test_ingest_lists_unsupported_files_as_skipped_not_failed(tmp_path: Path) -> None:
+    """Images and stylesheets next to HTML pages are left out without a wall of "failed" lines; a real failure
+    still shows as failed."""
+    docs = tmp_path / "docs"
+    (docs / "img").mkdir(parents=True)
+    (docs / "page.html").write_text("<html><body><h1>备份</h1><p>每天凌晨两点备份数据库。</p></body></html>",
+                                    encoding="utf-8")
+    for name in ("img/a.png", "img/b.png", "style.css"):
+        (docs / name).write_bytes(b"\x89PNG not really")
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.7 truncated")
+    report = tmp_path / "report.json"
+    for _ in range(2):  # the second run: unchanged files, skipped ones still counted, not re-listed as failures
+        done = run("ingest.py", str(docs), "--index", str(tmp_path / "idx"), "--quiet", "--json-report", str(report),
+                   "embed.source=hash")
+        assert done.returncode == 0, done.stderr
+        assert "skipped 3 files of types the loader does not read: .png ×2, .css ×1" in done.stdout
+        assert "1 failed, 3 skipped" in done.stdout
+        assert "a.png" not in done.stdout and "broken.pdf" in done.stdout
+    statuses = {f["source"]: f["status"] for f in json.loads(report.read_text(encoding="utf-8"))["files"]}
+    assert statuses == {"page.html": "unchanged", "img/a.png": "skipped", "img/b.png": "skipped",
+                        "style.css": "skipped", "broken.pdf": "failed"}

@@ -1,0 +1,85 @@
+"""rag.cli.eval on a small index: hit@k / MRR / refusal and full-answer scores, via the real CLI entry points."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rag.cli import eval as rag_eval
+from rag.core.config import RagConfig
+from rag.core.errors import RagError
+from rag.embed.embedder import HashEmbedder
+from rag.index.sync import sync_folder
+
+QUESTIONS = [
+    {"id": "q1", "question": "新磁盘怎样才能开机自动挂载？", "evidence": ["写入 /etc/fstab"], "source": "运维/磁盘.md"},
+    {"id": "q2", "question": "VPN 用哪个 UDP 端口？", "evidence": ["UDP port 51820"], "source": "en/vpn.md"},
+    {"id": "q3", "question": "工作十五年有几天年假？", "evidence": ["年假十天"], "source": "hr/年假.md"},
+    {"id": "q4", "question": "火星基地的氧气配额是多少？", "evidence": [], "source": ""},
+]
+
+
+@pytest.fixture
+def setup(corpus: Path, cfg: RagConfig, tmp_path: Path) -> tuple[Path, list[str]]:
+    sync_folder(corpus, cfg, HashEmbedder())
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in QUESTIONS), encoding="utf-8")
+    return questions, ["embed.source=hash", f"index.dir={cfg.index.dir}"]
+
+
+def test_retrieval_cli_prints_metrics_and_writes_chunks(setup: tuple[Path, list[str]], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    questions, overrides = setup
+    out = tmp_path / "results.jsonl"
+    args = rag_eval.parse_args(["retrieval", "--questions", str(questions), "--k", "5", "--out", str(out),
+                                "retrieve.bm25_threshold=2.5", "retrieve.score_threshold=0.2", *overrides])
+    assert rag_eval.main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("hit@5=") and last.endswith("n=3")
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == ["q1", "q2", "q3", "q4"]
+    assert rows[0]["chunks"][0]["source"] == "运维/磁盘.md" and rows[0]["rank"] == 1
+    assert {"text", "source", "page", "score"} <= set(rows[0]["chunks"][0])
+
+
+def test_scores_are_computed_from_ranks(setup: tuple[Path, list[str]]) -> None:
+    class Fixed:  # a retriever that returns nothing: every answerable question misses, every other is refused
+        def search(self, question: str, top_k: int, mode: str | None) -> list[object]:
+            return []
+
+    result = rag_eval.evaluate_retrieval(Fixed(), rag_eval.read_questions(setup[0]), k=5)
+    assert result["all"]["hit@5"] == 0.0 and result["all"]["mrr"] == 0.0 and result["all"]["refusal"] == 1.0
+    assert result["lang:zh"]["n"] == 3
+
+
+def test_answers_cli_with_extractive_backend(setup: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+    questions, overrides = setup
+    args = rag_eval.parse_args(["answers", "--questions", str(questions), "llm.backend=extractive",
+                                "retrieve.bm25_threshold=2.5", "retrieve.score_threshold=0.2", *overrides])
+    assert rag_eval.main(args) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-2])
+    assert scores["n_answerable"] == 3 and scores["n_unanswerable"] == 1
+    assert scores["citation_precision"] is not None and scores["citation_precision"] > 0
+    assert scores["evidence_recall"] >= 2 / 3
+
+
+def test_bad_questions_file_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "question": "x", "evidence": []}\n{"question": "no id"}\n', encoding="utf-8")
+    with pytest.raises(RagError, match=r"bad.jsonl:2: not a question object"):
+        rag_eval.read_questions(bad)
+
+
+def test_questions_file_variants_read_safely(tmp_path: Path) -> None:
+    """A BOM, one evidence string instead of a list, and blank evidence (which would match every chunk)."""
+    path = tmp_path / "q.jsonl"
+    rows = [{"id": 1, "question": "年假几天？", "evidence": "提前三天"}, {"id": "u", "question": "食堂几点开？"}]
+    path.write_text("\ufeff" + "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    first, second = rag_eval.read_questions(path)
+    assert first.evidence == ("提前三天",) and first.id == "1" and first.answerable
+    assert second.evidence == () and not second.answerable
+    path.write_text(json.dumps({"id": "b", "question": "x", "evidence": ["ok", " \n"]}) + "\n", encoding="utf-8")
+    with pytest.raises(RagError, match=r"q.jsonl:1: evidence must be non-blank strings"):
+        rag_eval.read_questions(path)
