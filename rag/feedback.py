@@ -2,8 +2,8 @@
 
 The chat page appends a record per thumbs up/down (and again when the user adds a correction, with the same ``id``:
 the last record of an id wins). ``finetune/`` turns the file into training data, so the record's fields are a
-contract between the two; they live in one small module that both sides can read without the rest of
-:mod:`rag.webui.kb`. Every name stays importable from :mod:`rag.webui.kb`.
+contract between the two: this module is the one place both sides read it from (the page through
+:mod:`rag.webui.chat`, finetune through :mod:`finetune.data.formats`).
 """
 
 from __future__ import annotations
@@ -76,6 +76,12 @@ def append_feedback(path: str | Path, record: FeedbackRecord) -> None:
         os.fsync(handle.fileno())
 
 
+def answer_key(record: Any, line: int) -> str:
+    """The key that later records about the same answer share: its ``id``, or the line number when it has none (or
+    the line is not a record at all)."""
+    return str(record.get("id") or f"#{line}") if isinstance(record, dict) else f"#{line}"
+
+
 def read_feedback(path: str | Path) -> list[dict[str, Any]]:
     """The feedback records in ``path``, the last one per id (records without an id all kept), oldest first."""
     path = Path(path)
@@ -85,6 +91,7 @@ def read_feedback(path: str | Path) -> list[dict[str, Any]]:
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         if line.strip():
             record = json.loads(line)
-            latest.pop(record.get("id") or f"#{number}", None)  # re-insert: the order is the last write's
-            latest[record.get("id") or f"#{number}"] = record
+            key = answer_key(record, number)
+            latest.pop(key, None)  # re-insert: the order is the last write's
+            latest[key] = record
     return list(latest.values())

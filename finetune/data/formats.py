@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.core.errors import ConfigError
+from rag.feedback import RATINGS, answer_key
 
 DATASET_INFO = "dataset_info.json"
 FORMATS = ("alpaca", "sharegpt", "advertisegen", "counselling", "feedback")
@@ -193,8 +194,8 @@ def feedback_turns(record: Mapping[str, Any], context: str) -> list[tuple[str, A
         raise RecordProblem(f"a feedback record must be a JSON object, not {type(record).__name__}")
 
     rating = record.get("rating")
-    if rating not in ("up", "down"):
-        raise RecordProblem(f"rating={rating!r} must be 'up' or 'down'")
+    if rating not in RATINGS:
+        raise RecordProblem(f"rating={rating!r} must be one of {', '.join(RATINGS)}")
     question = _text(record, "question", required=True)
     answer = _text(record, "answer", required=rating == "up")
     correction = _text(record, "correction", required=False).strip()
@@ -225,7 +226,7 @@ def latest_feedback(rows: list[tuple[int, Any, str]]) -> list[tuple[int, Any, st
     """The last record per answer id (records without an id all kept), in file order of their last write."""
     latest: dict[str, tuple[int, Any, str]] = {}
     for line, record, error in rows:
-        key = str(record.get("id") or f"#{line}") if isinstance(record, dict) and not error else f"#{line}"
+        key = answer_key(record, line) if not error else f"#{line}"
         latest.pop(key, None)
         latest[key] = (line, record, error)
     return list(latest.values())

@@ -31,7 +31,7 @@ from rag.llm.base import ChatModel, GenerationConfig
 
 log = logging.getLogger(__name__)
 
-BASE = "__base__"  # adapter value meaning "the base model, adapters disabled"
+BASE = "__base__"  # default adapter argument of ask(): "whatever llm.adapter configures" (None = the base model alone)
 
 
 @dataclass

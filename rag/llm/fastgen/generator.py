@@ -38,13 +38,13 @@ import torch.nn.functional as F
 from rag.llm.fastgen.attention import SPLIT, decode_attention, sdpa_decode, triton_ok
 from rag.llm.fastgen.ops import (
     STANDARD_NORMS,
-    _add_rms_norm,
-    _compiled,
-    _gated,
-    _lora_mm,
-    _lora_sum,
-    _rms_norm,
+    add_rms_norm,
+    compiled,
     fuse_lora,
+    gated,
+    lora_mm,
+    lora_sum,
+    rms_norm,
 )
 
 SUPPORTED_MODEL_TYPES = ("glm", "llama", "qwen2", "mistral")
@@ -116,10 +116,10 @@ class FastGenerator:
             ok = triton_ok(dtype, dev, self.heads, self.kv_heads, self.head_dim)
             self.attention = "triton" if ok else "sdpa"
         self._act = getattr(self._layers[0].mlp, "activation_fn", None) or self._layers[0].mlp.act_fn
-        self._eager: dict[str, Any] = {"norm": _rms_norm, "add_norm": _add_rms_norm, "rope": self._rope,
-                                       "gated": _gated, "lora": _lora_mm}
+        self._eager: dict[str, Any] = {"norm": rms_norm, "add_norm": add_rms_norm, "rope": self._rope,
+                                       "gated": gated, "lora": lora_mm}
         self.compile = compile and backend == "graph"  # prefill keeps the eager ones (its lengths vary)
-        self._fast = {**{k: _compiled(f) for k, f in self._eager.items()}, "lora": _compiled(_lora_sum)} \
+        self._fast = {**{k: compiled(f) for k, f in self._eager.items()}, "lora": compiled(lora_sum)} \
             if self.compile else self._eager
         self._graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}
         self._state: tuple[Any, ...] = ("base",)  # adapter state of the current call

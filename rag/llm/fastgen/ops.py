@@ -1,6 +1,6 @@
 """The element-wise pieces of :class:`rag.llm.fastgen.generator.FastGenerator`'s decode step, and its LoRA fusion.
 
-Each op is a plain function so that ``torch.compile`` compiles it once per process (:func:`_compiled`), not once per
+Each op is a plain function so that ``torch.compile`` compiles it once per process (:func:`compiled`), not once per
 layer or per captured graph: residual add + RMSNorm (HF's ``*RMSNorm`` forward), the gated activation, and the
 unmerged-LoRA delta as two GEMMs (prefill) or two float32 reductions (decode). :func:`fuse_lora` turns the peft LoRA
 linears that share an input (q/k/v, gate/up) into one A and one block-diagonal B for those ops.
@@ -15,30 +15,30 @@ import torch
 from torch import nn
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """HF's ``LlamaRMSNorm`` / ``GlmRMSNorm`` / ``Qwen2RMSNorm`` forward as a function: compiled once, not per layer."""
     h = x.float()
     return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def _add_rms_norm(hidden: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
+def add_rms_norm(hidden: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     hidden = hidden + delta  # the residual add, fused with the next norm
-    return hidden, _rms_norm(hidden, weight, eps)
+    return hidden, rms_norm(hidden, weight, eps)
 
 
-def _lora_mm(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def lora_mm(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """bias + B(A x) for x [M, in], A [r, in], B [out, r] as two GEMMs in the adapter's dtype (prefill: M is large)."""
     return torch.addmm(bias, x.to(a.dtype) @ a.t(), b.t()).to(x.dtype)
 
 
-def _lora_sum(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def lora_sum(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """The same as two float32 reductions: compiled, they beat cuBLAS's GEMMs of width r at M = 1 (3 vs 6 us)."""
     low = (x.float()[:, None, :] * a.float()[None]).sum(-1)  # [M, r]
     return (bias.float() + (low[:, None, :] * b.float()[None]).sum(-1)).to(x.dtype)  # [M, out]
 
 
-def _gated(act: Callable[[torch.Tensor], torch.Tensor], gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+def gated(act: Callable[[torch.Tensor], torch.Tensor], gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return up * act(gate)
 
 
@@ -46,7 +46,7 @@ STANDARD_NORMS = ("GlmRMSNorm", "LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm"
 _COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
-def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """One ``torch.compile`` wrapper per function per process (generators and layers share its compiled code)."""
     if fn not in _COMPILED:
         _COMPILED[fn] = torch.compile(fn, dynamic=False)
