@@ -175,7 +175,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     log_path = tmp / "serve.log"
     env = {**os.environ, "KBQA_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "rag.cli.serve", "--debug", "--index", str(index), "--port",
+        process = subprocess.Popen([sys.executable, "-m", "rag.serve", "--debug", "--index", str(index), "--port",
                                     str(port), *overrides], cwd=REPO_ROOT, env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"

@@ -88,7 +88,7 @@ def test_migrate_errors_name_the_fix(corpus: Path, cfg: RagConfig, tmp_path: Pat
 
 def test_cli_prints_one_summary_line_and_one_line_errors(corpus: Path, cfg: RagConfig, tmp_path: Path) -> None:
     sync_folder(corpus, cfg, HashEmbedder())
-    command = [sys.executable, "-m", "rag.cli.migrate", "--from", f"faiss:{cfg.index.dir}", "--to",
+    command = [sys.executable, "-m", "rag.migrate", "--from", f"faiss:{cfg.index.dir}", "--to",
                f"milvus:{tmp_path / 'cli.db'}", "--index-type", "FLAT"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -69,7 +69,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
     env = {**os.environ, "KBQA_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
     log = (root / "server.log").open("w+", encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "rag.cli.serve", "--index", str(index), "--port", str(port), *OVERRIDES],
+    proc = subprocess.Popen([sys.executable, "-m", "rag.serve", "--index", str(index), "--port", str(port), *OVERRIDES],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,4 +1,4 @@
-"""The command lines as a user runs them: ingest.py, rag.cli.search, rag.cli.ask (hash embedder, extractive answers)."""
+"""The command lines as a user runs them: ingest.py, python -m rag.search / rag.ask / ... (hash embedder, extractive answers)."""
 
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ def test_ingest_search_ask_round_trip(corpus: Path, tmp_path: Path) -> None:
     second = run("ingest.py", str(corpus), "--index", str(index), "--quiet", *common)
     assert "4 files: 0 new, 0 updated, 4 unchanged" in second.stdout
 
-    search = run("-m", "rag.cli.search", "--index", str(index), "--k", "2", "--json", "WireGuard", "客户端", *common)
+    search = run("-m", "rag.search", "--index", str(index), "--k", "2", "--json", "WireGuard", "客户端", *common)
     hits = [json.loads(line) for line in search.stdout.splitlines()]
     assert search.returncode == 0 and len(hits) == 2 and hits[0]["source"] == "en/vpn.md"
 
-    ask = run("-m", "rag.cli.ask", "--index", str(index), "--json", "新磁盘怎样开机自动挂载？", "llm.backend=extractive",
+    ask = run("-m", "rag.ask", "--index", str(index), "--json", "新磁盘怎样开机自动挂载？", "llm.backend=extractive",
               *common)
     answer = json.loads(ask.stdout)
     assert ask.returncode == 0 and "/etc/fstab" in answer["answer"] and answer["citations"][0]["source"] == "运维/磁盘.md"
@@ -53,7 +53,7 @@ def test_bad_override_is_one_line_and_exit_1(corpus: Path, tmp_path: Path) -> No
 
 
 def test_search_without_index_says_how_to_build_one(tmp_path: Path) -> None:
-    result = run("-m", "rag.cli.search", "--index", str(tmp_path / "none"), "问题")
+    result = run("-m", "rag.search", "--index", str(tmp_path / "none"), "问题")
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: no index at {tmp_path / 'none'}; build one with: python ingest.py FOLDER --index {tmp_path / 'none'}"
 
@@ -80,3 +80,31 @@ def test_ingest_lists_unsupported_files_as_skipped_not_failed(tmp_path: Path) ->
     statuses = {f["source"]: f["status"] for f in json.loads(report.read_text(encoding="utf-8"))["files"]}
     assert statuses == {"page.html": "unchanged", "img/a.png": "skipped", "img/b.png": "skipped",
                         "style.css": "skipped", "broken.pdf": "failed"}
+
+
+# Every command a user types (README), unchanged by the package-per-stage layout: it starts, and its usage line
+# names the command as the user typed it.
+USER_COMMANDS = [
+    (["ingest.py"], "usage: ingest.py"),
+    (["-m", "rag.search"], "usage: python -m rag.search"),
+    (["-m", "rag.ask"], "usage: python -m rag.ask"),
+    (["-m", "rag.eval"], "usage: python -m rag.eval"),
+    (["-m", "rag.serve"], "usage: python -m rag.serve"),
+    (["-m", "rag.migrate"], "usage: python -m rag.migrate"),
+    (["-m", "rag.models"], "usage: python -m rag.models"),
+    (["-m", "finetune"], "usage: python -m finetune"),
+    (["-m", "rag.embed.e5"], "usage: python -m rag.embed.e5"),
+]
+
+
+@pytest.mark.parametrize(("command", "usage"), USER_COMMANDS, ids=[" ".join(c) for c, _ in USER_COMMANDS])
+def test_every_user_command_answers_help(command: list[str], usage: str) -> None:
+    result = run(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(usage), result.stdout[:200]
+
+
+def test_models_check_runs_as_a_user_types_it() -> None:
+    result = run("-m", "rag.models", "check", "llm.model=nobody/none", "embed.source=hash")
+    assert result.returncode == 0, result.stderr
+    assert "nobody/none" in result.stdout

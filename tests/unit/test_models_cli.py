@@ -115,7 +115,7 @@ def test_check_finds_a_local_model_and_its_template(env: Path, tmp_path: Path,
 
 @pytest.mark.integration
 def test_check_as_a_module_offline(env: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "rag.cli.models", "check", "llm.model=nobody/none",
+    proc = subprocess.run([sys.executable, "-m", "rag.models", "check", "llm.model=nobody/none",
                            f"llm.adapters_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
