@@ -2,6 +2,7 @@
 # Build the dev corpus used by eval/dev_questions.jsonl from three Debian documentation packages.
 #
 #   bash scripts/get_dev_corpus.sh [--with-duplicates]
+#   bash scripts/get_dev_corpus.sh --set dev2     (the broader dev2 corpus: runs scripts/get_dev2_corpus.sh)
 #
 # Result: data/dev_corpus/{debian-reference,lilypond,linuxcnc}/... (data/ is git-ignored) and
 # data/dev_corpus.sha256 (one line per file; same package versions => same list).
@@ -28,10 +29,19 @@ OUT="$DATA/dev_corpus"
 DEBS="$DATA/.debs"
 WITH_DUPLICATES=0
 
+# --set dev|dev2: which corpus. dev2 (eval/dev2_questions.jsonl) is built by its own script.
+if [ "${1:-}" = "--set" ]; then
+    case "${2:-}" in
+        dev) shift 2 ;;
+        dev2) shift 2; exec bash "$ROOT/scripts/get_dev2_corpus.sh" "$@" ;;
+        *) echo "unknown set: ${2:-} (dev or dev2)" >&2; exit 2 ;;
+    esac
+fi
+
 for arg in "$@"; do
     case "$arg" in
         --with-duplicates) WITH_DUPLICATES=1 ;;
-        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -43,57 +53,12 @@ PINS=(
     "linuxcnc-doc-zh-cn=2.9.0~pre1+git20230208.f1270d6ed7-1+deb12u2"
 )
 
-need() { command -v "$1" >/dev/null 2>&1 || { echo "error: '$1' not found (Debian/Ubuntu with apt needed)" >&2; exit 1; }; }
-need apt-get
-need apt-cache
+source "$ROOT/scripts/debs.sh"
 need dpkg
 need gzip
 
-mkdir -p "$DEBS"
-# apt-get download as root warns when _apt cannot write the target folder; let it write there.
-chmod 0755 "$DATA" "$DEBS" 2>/dev/null || true
-
-have_deb() {  # have_deb NAME VERSION -> prints the cached file, if any
-    local name="$1" ver="$2" f
-    # apt-get download escapes ':' in versions as %3a; none of the pins has an epoch, so the plain name works.
-    for f in "$DEBS/${name}_${ver}_all.deb" "$DEBS/${name}_${ver}_"*.deb; do
-        [ -f "$f" ] && { echo "$f"; return 0; }
-    done
-    return 1
-}
-
-updated=0
-apt_update_once() {
-    if [ "$updated" = 0 ]; then
-        echo "apt-get update ..."
-        apt-get update -qq >/dev/null || { echo "error: apt-get update failed" >&2; exit 1; }
-        updated=1
-    fi
-}
-
 DEB_FILES=()
-for pin in "${PINS[@]}"; do
-    name="${pin%%=*}"
-    ver="${pin#*=}"
-    if f="$(have_deb "$name" "$ver")"; then
-        DEB_FILES+=("$f")
-        continue
-    fi
-    # Before an update apt may know no version at all, or only an old one.
-    if ! apt-cache show "$name=$ver" >/dev/null 2>&1; then
-        apt_update_once
-    fi
-    if apt-cache show "$name=$ver" >/dev/null 2>&1; then
-        (cd "$DEBS" && apt-get download -qq "$name=$ver" 2>&1 | grep -v 'unsandboxed' || true)
-    else
-        echo "warning: $name $ver is not in the archive any more; taking the current candidate" >&2
-        echo "         (eval/dev_questions.jsonl was checked against $ver; re-run tests/test_dev_questions.py)" >&2
-        (cd "$DEBS" && apt-get download -qq "$name" 2>&1 | grep -v 'unsandboxed' || true)
-    fi
-    f="$(ls -1 "$DEBS/${name}_"*.deb 2>/dev/null | sort | tail -n 1 || true)"
-    [ -n "$f" ] && [ -f "$f" ] || { echo "error: could not download $name" >&2; exit 1; }
-    DEB_FILES+=("$f")
-done
+fetch_pinned_debs "eval/dev_questions.jsonl was checked against the pinned version; re-run tests/unit/test_dev_questions.py:"
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
@@ -153,20 +118,4 @@ fi
 # Never ship anything that is not a document (defensive: the globs above only take html/pdf/txt).
 find "$STAGE" -type f \( -iname '*.png' -o -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.gif' -o -iname '*.svg' \
     -o -iname '*.css' -o -iname '*.js' -o -iname '*.woff*' -o -iname '*.ttf' -o -iname '*.otf' \) -delete
-find "$STAGE" -type f -exec touch -d '2000-01-01 00:00:00 UTC' {} +
-
-rm -rf "$OUT"
-mkdir -p "$DATA"
-mv "$STAGE" "$OUT"
-(cd "$OUT" && find . -type f -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum) >"$DATA/dev_corpus.sha256"
-
-echo "dev corpus: $OUT"
-for d in debian-reference lilypond linuxcnc; do
-    n="$(find "$OUT/$d" -type f | wc -l)"
-    b="$(find "$OUT/$d" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')"
-    awk -v d="$d" -v n="$n" -v b="$b" 'BEGIN {printf "  %-17s %4d files %7.1f MB\n", d, n, b/1048576}'
-done
-n="$(find "$OUT" -type f | wc -l)"
-b="$(find "$OUT" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')"
-awk -v n="$n" -v b="$b" 'BEGIN {printf "  %-17s %4d files %7.1f MB\n", "total", n, b/1048576}'
-echo "  file list + sha256: $DATA/dev_corpus.sha256"
+publish_corpus dev_corpus debian-reference lilypond linuxcnc
