@@ -1,7 +1,8 @@
 # Shared by scripts/get_dev_corpus.sh and scripts/get_dev2_corpus.sh (sourced, not run):
 #   fetch_pinned_debs CHECK_HINT   downloads each "name=version" of PINS into $DEBS (cached), appends the .deb files
 #                                  to DEB_FILES; a pin that left the archive falls back to the current candidate with
-#                                  a warning that ends with CHECK_HINT.
+#                                  a warning that ends with CHECK_HINT, and unpacks them ($U = their usr/share, $STAGE = an
+#                                  empty folder for the corpus).
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "error: '$1' not found (Debian/Ubuntu with apt needed)" >&2; exit 1; }; }
 
@@ -52,6 +53,15 @@ fetch_pinned_debs() {
         [ -n "$f" ] && [ -f "$f" ] || { echo "error: could not download $name" >&2; exit 1; }
         DEB_FILES+=("$f")
     done
+    # unpack them all into one temporary root: $U is its usr/share, $STAGE the empty corpus folder being built
+    TMP="$(mktemp -d)"
+    trap 'rm -rf "$TMP"' EXIT
+    for f in "${DEB_FILES[@]}"; do
+        dpkg -x "$f" "$TMP/root"
+    done
+    U="$TMP/root/usr/share"
+    STAGE="$TMP/corpus"
+    mkdir -p "$STAGE"
 }
 
 # publish_corpus NAME SUBFOLDER...: move $STAGE to $DATA/NAME (timestamps fixed), write $DATA/NAME.sha256 (one line per

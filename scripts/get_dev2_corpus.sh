@@ -73,13 +73,6 @@ fi
 DEB_FILES=()
 fetch_pinned_debs "eval/dev2_questions.jsonl was checked against the pinned version; re-run scripts/check_dev2_evidence.py:"
 
-TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
-for f in "${DEB_FILES[@]}"; do
-    dpkg -x "$f" "$TMP/root"
-done
-U="$TMP/root/usr/share"
-STAGE="$TMP/dev2_corpus"
 mkdir -p "$STAGE"/{man,handbook,pdf,office/nodejs,office/debian-faq}
 
 export LC_ALL=C.UTF-8 SOURCE_DATE_EPOCH=946684800

@@ -60,15 +60,6 @@ need gzip
 DEB_FILES=()
 fetch_pinned_debs "eval/dev_questions.jsonl was checked against the pinned version; re-run tests/unit/test_dev_questions.py:"
 
-TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
-for f in "${DEB_FILES[@]}"; do
-    dpkg -x "$f" "$TMP/root"
-done
-U="$TMP/root/usr/share"
-STAGE="$TMP/dev_corpus"
-mkdir -p "$STAGE"
-
 # copy SRC DEST_REL: copies (and gunzips) one file into the staging tree
 copy() {
     local src="$1" rel="$2"
