@@ -46,6 +46,8 @@ from rag.llm.fastgen.ops import (
     lora_sum,
     rms_norm,
 )
+from rag.llm.fastgen.quant import KINDS as QUANT_KINDS
+from rag.llm.fastgen.quant import QuantLinear, quantize_model_linears
 
 SUPPORTED_MODEL_TYPES = ("glm", "llama", "qwen2", "mistral")
 BACKENDS = ("auto", "graph", "eager", "hf")
@@ -65,12 +67,22 @@ class FastGenerator:
         attention: ``auto`` (Triton where it passes its self-check), ``triton`` or ``sdpa``.
         chunk_tokens: decode steps between host reads of the new tokens (stop-token checks, streaming granularity).
         fuse_lora: run plain LoRA adapters fused (else through peft's own forward, ~4 more kernels per linear).
+        quantize: ``""`` (the model's own weights), ``int8`` or ``int4``: weight-only quantized copies of the blocks'
+            linears (:mod:`rag.llm.fastgen.quant`; the output layer is int8 in both) serve every step; LoRA adapters
+            stay unmerged and switchable. Needs ``fuse_lora`` and plain LoRA adapters.
+        release_weights: with ``quantize``, free the model's own copies of those weights (the memory saving; the
+            model can then only answer through this generator).
     """
 
     def __init__(self, model: Any, max_batch: int = 1, max_len: int = 4096, *, backend: str = "auto",
-                 compile: bool = True, attention: str = "auto", chunk_tokens: int = 16, fuse_lora: bool = True) -> None:
+                 compile: bool = True, attention: str = "auto", chunk_tokens: int = 16, fuse_lora: bool = True,
+                 quantize: str = "", release_weights: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
+        if quantize and quantize not in QUANT_KINDS:
+            raise ValueError(f"quantize={quantize!r} is not one of {', '.join(QUANT_KINDS)} (or empty)")
+        if quantize and not fuse_lora:
+            raise ValueError("quantize needs fuse_lora=True (peft's own forward would read the unquantized weights)")
         self.model = model.eval()
         get_base = getattr(model, "get_base_model", None)
         self.lm: Any = get_base() if callable(get_base) else model
@@ -85,9 +97,12 @@ class FastGenerator:
         if backend == "graph" and self.device.type != "cuda":
             raise ValueError(f"backend=graph needs the model on a CUDA device, not {self.device}; use backend='eager'")
         self.backend, self.max_batch, self.chunk_tokens = backend, max_batch, max(1, chunk_tokens)
-        self.fuse_lora = fuse_lora
+        self.fuse_lora, self.quantize = fuse_lora, quantize
         self.max_len = -(-max_len // SPLIT) * SPLIT
+        self._quant: dict[int, QuantLinear] = {}
         if backend == "hf":
+            if quantize:
+                raise ValueError(f"quantize={quantize} runs in the fast decoder's own step, not backend='hf'")
             return
         decoder: Any = self.lm.model
         self._embed, self._rotary, self._norm, self._layers = (decoder.embed_tokens, decoder.rotary_emb,
@@ -121,9 +136,30 @@ class FastGenerator:
         self.compile = compile and backend == "graph"  # prefill keeps the eager ones (its lengths vary)
         self._fast = {**{k: compiled(f) for k, f in self._eager.items()}, "lora": compiled(lora_sum)} \
             if self.compile else self._eager
+        if quantize:
+            self._quant = self._quantized(quantize, release_weights)
         self._graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}
         self._state: tuple[Any, ...] = ("base",)  # adapter state of the current call
         self._lora: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = {}
+
+    def _quantized(self, kind: str, release: bool) -> dict[int, QuantLinear]:
+        """Quantized copies of every block linear (``kind``) and of the output layer (int8), by module id."""
+        def base(module: Any) -> Any:
+            return getattr(module, "base_layer", module)
+
+        blocks = {f"{i}.{name}": base(module) for i, layer in enumerate(self._layers)
+                  for name, module in layer.named_modules() if isinstance(base(module), torch.nn.Linear)
+                  and "lora_" not in name and not name.endswith("base_layer")}
+        quant = quantize_model_linears(blocks, kind, release=release)
+        head = self.lm.get_output_embeddings()
+        if head.weight.data_ptr() != self._embed.weight.data_ptr():  # a tied output layer stays as it is
+            quant.update(quantize_model_linears({"lm_head": head}, "int8", release=release))
+        return quant
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes the decode step reads for the linears it serves quantized (0 without ``quantize``)."""
+        return sum(q.nbytes for q in self._quant.values())
 
     def reset(self) -> None:
         """Drop captured graphs and fused adapter weights (after replacing weights or adding adapters)."""
@@ -149,7 +185,7 @@ class FastGenerator:
             self._lora[key] = self._fused_lora(modules)
         fused = self._lora[key]
         if fused is None:
-            return [m(x) for m in modules]
+            return [self._plain(m, x) for m in modules]
         a_cat, b_block, bias = fused
         flat = x.reshape(-1, x.shape[-1])
         delta = fns["lora"](flat, a_cat, b_block, bias)  # bias + sum of scaled B(A x): [M, sum out]
@@ -157,9 +193,24 @@ class FastGenerator:
         for m in modules:
             base = m.base_layer
             width = base.out_features
-            outs.append(torch.addmm(delta[:, offset : offset + width], flat, base.weight.t()).view(*x.shape[:-1], width))
+            part = delta[:, offset : offset + width]
+            quant = self._quant.get(id(base))
+            out = torch.addmm(part, flat, base.weight.t()) if quant is None else quant(flat, with_bias=False) + part
+            outs.append(out.view(*x.shape[:-1], width))
             offset += width
         return outs
+
+    def _plain(self, module: Any, x: torch.Tensor) -> torch.Tensor:
+        """``module(x)`` for a linear whose LoRA (if any) is not fused: through its quantized copy when it has one."""
+        base = getattr(module, "base_layer", module)
+        quant = self._quant.get(id(base))
+        if quant is None:
+            return module(x)
+        if base is not module and (module.merged or (not module.disable_adapters and any(
+                a in module.lora_A for a in module.active_adapters))):
+            raise ValueError("quantized decoding runs plain unmerged LoRA adapters only (not merged, DoRA or other "
+                             "variants); merge the adapter into the weights before quantizing, or quantize=''")
+        return quant(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], quant.out_features)
 
     def _attention(self, fns: dict[str, Any], i: int, layer: Any, x: torch.Tensor, cos: torch.Tensor,
                    sin: torch.Tensor, positions: torch.Tensor, prefill_row: int | None) -> torch.Tensor:

@@ -1,0 +1,219 @@
+"""Weight-only int8 / int4 decoding in the fast decoder vs bf16, on the same random ChatGLM3-6B-shaped model.
+
+Stages (one JSON line each, then a summary with the ratios, all in one process on one GPU):
+
+    kernels   each quantized linear kind on the GPU vs ``x @ dequantize().T`` (the Triton int8 GEMV at decode, the
+              dequantizing prefill path, PyTorch's tinygemm int4 kernel): relative error, so a packing or kernel
+              mistake shows up here and not as "speed"
+    bf16      FastGenerator on the model's own weights: decode tokens/s (batch 1), the reference tokens and logits
+    int8      quantize="int8": tokens/s, logits vs bf16 (teacher-forced on the bf16 tokens: relative L2 per step),
+              greedy agreement with bf16 over --new-tokens (prefix length and share of equal positions)
+    int8_lora the same with an unmerged LoRA (r 8, every linear) active: the cost of the adapter on the int8 path
+    int4      quantize="int4" (group 128; output layer int8), same measures
+    int4_8k   a fresh generator with release_weights=True and an 8k-token cache: memory after freeing the bf16
+              weights, and peak during a decode of --new-tokens after a 4k-token prompt
+
+The bandwidth bound is the copy bandwidth measured here over the bytes one decode step reads (weights; the KV cache
+and activations are small at these lengths). Random weights make "greedy agreement" a stress test: logits of a
+random model are close together, so a tiny error flips the argmax more often than on a trained model.
+
+    python bench/decode_quant.py                # CUDA GPU, ~25 GB
+    python bench/decode_quant.py --small        # tiny shape on CPU: the dequantizing path only (a smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.decode import CHATGLM3_6B, RESULTS, SMALL, Bench, build_model, fast_time, prompt_of
+from rag.llm.fastgen.generator import FastGenerator
+from rag.llm.fastgen.quant import quantize_linear
+
+
+def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return round(float((a.float() - ref.float()).norm() / ref.float().norm()), 5)
+
+
+@torch.no_grad()
+def kernels(model: Any, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    layer = model.model.layers[0]
+    out: dict[str, Any] = {}
+    for name, linear in (("gate_up", layer.mlp.gate_up_proj), ("down", layer.mlp.down_proj),
+                         ("q", layer.self_attn.q_proj)):
+        for kind in ("int8", "int4"):
+            q = quantize_linear(linear.weight, linear.bias, kind)
+            ref_w = q.dequantize(torch.float32)
+            for rows in (1, 8, 300):
+                x = torch.randn(rows, linear.in_features, device=device, dtype=dtype)
+                want = x.float() @ ref_w.t() + (linear.bias.float() if linear.bias is not None else 0)
+                out[f"{name}_{q.kind}_m{rows}"] = rel(q(x), want)
+    return out
+
+
+def logits_and_tokens(gen: FastGenerator, prompt: list[int], new_tokens: int) -> tuple[list[int], torch.Tensor]:
+    chunk, gen.chunk_tokens = gen.chunk_tokens, 1
+    tokens, logits = [], []
+    for piece in gen.generate(prompt, max_new_tokens=new_tokens):
+        tokens.append(piece[0])
+        logits.append(gen.logits[0].clone())
+    gen.chunk_tokens = chunk
+    return tokens, torch.stack(logits)
+
+
+def forced_logits(gen: FastGenerator, prompt: list[int], tokens: list[int]) -> torch.Tensor:
+    """Logits of each step when the previous tokens are ``tokens`` (prefill of prompt + prefix; teacher forcing)."""
+    steps = []
+    for j in range(len(tokens)):
+        list(gen.generate(prompt + tokens[:j], max_new_tokens=1))
+        steps.append(gen.logits[0].clone())
+    return torch.stack(steps)
+
+
+def agreement(tokens: list[int], reference: list[int]) -> dict[str, Any]:
+    prefix = next((i for i, (a, b) in enumerate(zip(tokens, reference, strict=False)) if a != b), len(tokens))
+    same = sum(a == b for a, b in zip(tokens, reference, strict=False)) / max(1, len(reference))
+    return {"greedy_prefix": prefix, "greedy_equal_share": round(same, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true")
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=64, help="greedy agreement length (and decode timing)")
+    parser.add_argument("--time-tokens", type=int, default=256, help="new tokens per timed run")
+    parser.add_argument("--forced-steps", type=int, default=8, help="teacher-forced logit comparisons")
+    parser.add_argument("--deadline-s", type=float, default=560.0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    shape = SMALL if args.small else CHATGLM3_6B
+    dtype = torch.bfloat16 if cuda else torch.float32
+    backend = "graph" if cuda else "eager"
+    if args.small:
+        args.prompt_tokens, args.time_tokens = 64, 32
+    b = Bench(device, args.out, args.deadline_s)
+    model = build_model(shape, device, dtype)
+    b.sync()
+    import transformers
+
+    b.emit("env", torch=torch.__version__, transformers=transformers.__version__, dtype=str(dtype), shape=shape,
+           params_b=round(sum(p.numel() for p in model.parameters()) / 1e9, 3))
+    if cuda:
+        src = torch.empty(2**30, dtype=torch.bfloat16, device=device).normal_()
+        dst = torch.empty_like(src)
+        dst.copy_(src)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(5):
+            dst.copy_(src)
+        end.record()
+        b.sync()
+        RESULTS["env"]["copy_bandwidth_gb_s"] = round(5 * 2 * src.nbytes / (start.elapsed_time(end) / 1e3) / 1e9)
+        del src, dst
+    prompt = prompt_of(args.prompt_tokens, shape["vocab_size"], 1)
+    embed_bytes = model.get_input_embeddings().weight.nbytes
+    bf16_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed_bytes
+    b.run("kernels", lambda: kernels(model, device, dtype))
+    ref: dict[str, Any] = {}
+
+    def measure(gen: FastGenerator, label: str) -> dict[str, Any]:
+        list(gen.generate(prompt, max_new_tokens=40))  # capture the graph (and autotune the kernels)
+        timing = fast_time(gen, [prompt], args.time_tokens, runs=3)
+        tokens, logits = logits_and_tokens(gen, prompt, args.new_tokens)
+        out: dict[str, Any] = {**timing, "weight_gb_read_per_token": round((gen.weight_bytes or bf16_bytes) / 1e9, 2)}
+        if label == "bf16":
+            ref["tokens"], ref["logits"] = tokens, logits
+            ref["forced"] = logits[: args.forced_steps]
+        else:
+            forced = forced_logits(gen, prompt, ref["tokens"][: args.forced_steps])
+            out["logits_rel_l2_vs_bf16"] = [rel(forced[j], ref["forced"][j]) for j in range(len(forced))]
+            out["logits_rel_l2_median"] = statistics.median(out["logits_rel_l2_vs_bf16"])
+            out.update(agreement(tokens, ref["tokens"]))
+        bandwidth = RESULTS["env"].get("copy_bandwidth_gb_s")
+        if bandwidth:
+            out["bound_tok_s"] = round(bandwidth * 1e9 / (gen.weight_bytes or bf16_bytes), 1)
+            out["share_of_bound"] = round(out["decode_tok_s"] / out["bound_tok_s"], 3)
+        return out
+
+    def variant(label: str, **kw: Any) -> Any:
+        def go() -> dict[str, Any]:
+            t = time.perf_counter()
+            gen = FastGenerator(model, max_batch=1, max_len=4096, backend=backend, **kw)
+            setup = round(time.perf_counter() - t, 1)
+            try:
+                return {**measure(gen, label), "quantize_s": setup}
+            finally:
+                del gen
+                gc.collect()
+                if cuda:
+                    torch.cuda.empty_cache()
+        return go
+
+    b.run("bf16", variant("bf16"))
+    b.run("int8", variant("int8", quantize="int8"), needs_s=60)
+
+    def int8_lora() -> dict[str, Any]:
+        import peft
+
+        lora_model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                                target_modules="all-linear")).eval()
+        for name, param in lora_model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.02)
+        try:
+            gen = FastGenerator(lora_model, max_batch=1, max_len=4096, backend=backend, quantize="int8")
+            list(gen.generate(prompt, max_new_tokens=40))
+            on = fast_time(gen, [prompt], args.time_tokens, runs=3)["decode_tok_s"]
+            with lora_model.disable_adapter():
+                list(gen.generate(prompt, max_new_tokens=40))
+                off = fast_time(gen, [prompt], args.time_tokens, runs=2)["decode_tok_s"]
+            del gen
+        finally:
+            lora_model.unload()
+        return {"adapter_on_tok_s": on, "adapter_off_tok_s": off, "lora_cost": round(1 - on / off, 3)}
+
+    b.run("int8_lora", int8_lora, needs_s=60)
+    b.run("int4", variant("int4", quantize="int4"), needs_s=60)
+
+    def int4_8k() -> dict[str, Any]:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        gen = FastGenerator(model, max_batch=1, max_len=8192, backend=backend, quantize="int4", release_weights=True)
+        gc.collect()
+        resident = torch.cuda.memory_allocated() / 2**30 if cuda else None
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        long_prompt = prompt_of(min(4096, 8192 - args.time_tokens - 8), shape["vocab_size"], 3)
+        list(gen.generate(long_prompt, max_new_tokens=args.time_tokens))
+        return {"resident_gib": round(resident, 2) if resident is not None else None,
+                "peak_gib_decoding_4k_prompt": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+                "max_len": gen.max_len, "note": "the bf16 weights were freed after quantizing; the embedding stays bf16"}
+
+    b.run("int4_8k", int4_8k, needs_s=40)
+
+    def rate(stage: str) -> float | None:
+        value = RESULTS.get(stage, {}).get("decode_tok_s")
+        return float(value) if value else None
+
+    bf16, int8, int4 = rate("bf16"), rate("int8"), rate("int4")
+    b.emit("summary", bf16_tok_s=bf16, int8_tok_s=int8, int4_tok_s=int4,
+           int8_over_bf16=round(int8 / bf16, 2) if bf16 and int8 else None,
+           int4_over_bf16=round(int4 / bf16, 2) if bf16 and int4 else None,
+           int8_lora_cost=RESULTS.get("int8_lora", {}).get("lora_cost"),
+           int8_greedy_equal_share=RESULTS.get("int8", {}).get("greedy_equal_share"),
+           int4_greedy_equal_share=RESULTS.get("int4", {}).get("greedy_equal_share"),
+           int4_8k_peak_gib=RESULTS.get("int4_8k", {}).get("peak_gib_decoding_4k_prompt"))
+
+
+if __name__ == "__main__":
+    main()

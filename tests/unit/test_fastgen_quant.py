@@ -1,0 +1,132 @@
+"""Weight-only int8 / int4 decoding (rag.llm.fastgen.quant) on CPU: the quantization itself, and that the fast
+decoder's step uses the quantized weights for every linear (it must equal the same model with the dequantized
+weights put back), with LoRA adapters still switchable. The GPU kernels are checked by bench/decode_quant.py."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+from rag.llm.fastgen.generator import FastGenerator
+from rag.llm.fastgen.quant import int4_group_for, quantize_int4, quantize_int8, quantize_linear
+
+PROMPT = [5, 17, 33, 8, 99, 64, 3, 120, 41]
+
+
+def small_glm(seed: int = 0) -> Any:
+    """hidden 128 / ffn 256: the smallest shape whose linears int4 (group 128, K a multiple of 128) can hold."""
+    from transformers import GlmConfig, GlmForCausalLM
+
+    torch.manual_seed(seed)
+    config = GlmConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
+                       initializer_range=0.2, pad_token_id=0, eos_token_id=None, partial_rotary_factor=0.5,
+                       attention_bias=True)
+    return GlmForCausalLM(config).eval()
+
+
+def step_logits(gen: FastGenerator, steps: int = 6) -> torch.Tensor:
+    gen.chunk_tokens = 1
+    out = []
+    for _ in gen.generate(PROMPT, max_new_tokens=steps):
+        out.append(gen.logits[0].clone())
+    return torch.stack(out)
+
+
+def test_round_trip_error_is_at_most_half_a_step() -> None:
+    torch.manual_seed(1)
+    weight = torch.randn(64, 256)
+    q8, scale = quantize_int8(weight)
+    assert q8.dtype == torch.int8 and int(q8.abs().max()) == 127  # each row's largest weight maps to ±127
+    err8 = ((q8.float() * scale[:, None]) - weight).abs()
+    assert bool((err8 <= scale[:, None] / 2 * (1 + 1e-5)).all())  # round to nearest: half a step at most
+    q4, scales_zeros = quantize_int4(weight, 128)
+    assert q4.dtype == torch.uint8 and int(q4.max()) == 15 and int(q4.min()) == 0
+    scale4, zero4 = scales_zeros.permute(1, 0, 2).unbind(-1)  # [out, groups]
+    deq4 = (q4.float().view(64, 2, 128) - 8) * scale4[..., None] + zero4[..., None]
+    assert bool(((deq4 - weight.view(64, 2, 128)).abs() <= scale4[..., None] / 2 * (1 + 1e-4) + 1e-6).all())
+    layer = quantize_linear(weight, None, "int4")
+    assert torch.equal(layer.dequantize(), deq4.view(64, 256))
+
+
+def test_int4_takes_only_shapes_the_kernel_holds() -> None:
+    assert int4_group_for(4096, 13696 * 2) == 128
+    assert int4_group_for(13696, 4096) == 128  # ChatGLM3-6B's down_proj: 107 groups
+    assert int4_group_for(4000, 4096) == 0  # K not a multiple of 128 (tinygemm's tiles): that layer stays int8
+    assert quantize_linear(torch.randn(16, 64), None, "int4").kind == "int8"
+    with pytest.raises(ValueError, match="quantize='int3' is not one of int8, int4"):
+        quantize_linear(torch.randn(16, 64), None, "int3")
+
+
+def dequantized_copy(model: Any, gen: FastGenerator) -> Any:
+    """The model with every weight the generator quantized replaced by what the quantized numbers stand for."""
+    twin = copy.deepcopy(model)
+    by_id = {id(m): m for m in model.modules()}
+    twin_modules = dict(twin.named_modules())
+    for name, module in model.named_modules():
+        if id(module) in gen._quant:
+            assert by_id[id(module)] is module
+            twin_modules[name].weight.data = gen._quant[id(module)].dequantize(module.weight.dtype)
+    return twin
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_every_linear_of_the_step_reads_the_quantized_weights(kind: str) -> None:
+    model = small_glm()
+    gen = FastGenerator(model, max_len=64, backend="eager", quantize=kind)
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert len(gen._quant) == n_linear  # 2 layers x (q, k, v, o, gate_up, down) + lm_head
+    kinds = {q.kind for q in gen._quant.values()}
+    assert kinds == ({"int8"} if kind == "int8" else {"int4", "int8"})  # int4 blocks, int8 output layer
+    twin = FastGenerator(dequantized_copy(model, gen), max_len=64, backend="eager")
+    got, want = step_logits(gen), step_logits(twin)
+    # float32 on both sides; only the order of the same products differs (F.linear on the same numbers)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_int8_logits_stay_close_to_the_native_model() -> None:
+    model = small_glm()
+    native = step_logits(FastGenerator(model, max_len=64, backend="eager"), steps=1)[0]
+    quant = step_logits(FastGenerator(model, max_len=64, backend="eager", quantize="int8"), steps=1)[0]
+    # half a step of 1/127 of each row's largest weight, through 2 layers: about 1 % of the logits' norm here
+    assert float((quant - native).norm() / native.norm()) < 0.05
+
+
+def test_lora_stays_switchable_on_quantized_weights() -> None:
+    peft = pytest.importorskip("peft")
+    model = small_glm()
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, param in lora.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.3)
+    lora.eval()
+    gen = FastGenerator(lora, max_len=64, backend="eager", quantize="int8")
+    with_adapter = step_logits(gen, steps=1)[0]
+    with lora.disable_adapter():
+        without = step_logits(gen, steps=1)[0]
+        native_without = step_logits(FastGenerator(lora, max_len=64, backend="eager"), steps=1)[0]
+    native_with = step_logits(FastGenerator(lora, max_len=64, backend="eager"), steps=1)[0]
+    assert float((with_adapter - without).norm() / without.norm()) > 0.1  # the adapter changes the answer
+    for got, want in ((with_adapter, native_with), (without, native_without)):
+        assert float((got - want).norm() / want.norm()) < 0.05  # and the quantized base stays close in both states
+
+
+def test_released_weights_free_memory_and_change_nothing() -> None:
+    model = small_glm()
+    kept = step_logits(FastGenerator(copy.deepcopy(model), max_len=64, backend="eager", quantize="int8"))
+    gen = FastGenerator(model, max_len=64, backend="eager", quantize="int8", release_weights=True)
+    assert all(m.weight.numel() == 0 for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert torch.equal(step_logits(gen), kept)
+
+
+def test_quantize_errors_say_what_to_change() -> None:
+    model = small_glm()
+    with pytest.raises(ValueError, match="quantize='int3' is not one of int8, int4"):
+        FastGenerator(model, backend="eager", quantize="int3")
+    with pytest.raises(ValueError, match="needs fuse_lora=True"):
+        FastGenerator(model, backend="eager", quantize="int8", fuse_lora=False)
+    with pytest.raises(ValueError, match="not backend='hf'"):
+        FastGenerator(model, backend="hf", quantize="int8")
