@@ -113,7 +113,8 @@ def test_pdf_failures_have_actionable_messages(broken: tuple[Path, dict[str, str
     error = load_error(broken, "encrypted.pdf")
     assert (error.kind, str(error)) == ("encrypted", "the PDF is password-protected; remove the password and re-run")
     error = load_error(broken, "scanned.pdf")
-    assert (error.kind, str(error)) == ("empty", "the PDF has no text layer and OCR found no text in it")
+    assert (error.kind, str(error)) == ("empty", "the PDF has no text layer and no picture with text (load.ocr=force "
+                                        "also reads text drawn as shapes)")
     error = load_error(broken, "scanned.pdf", ocr="off")
     assert (error.kind, str(error)) == (
         "empty", "the PDF has no text layer (scanned?); set load.ocr=auto to read it with OCR")
@@ -213,7 +214,7 @@ def test_binary_empty_unsupported_and_too_large_messages(broken: tuple[Path, dic
     error = load_error(broken, "big_single_line.txt")
     assert (error.kind, str(error)) == ("too_large", "the file is 50.5 MB, over load.max_file_mb=10; raise the limit to parse it")
     error = load_error(broken, "data.xyz")
-    assert error.kind == "unsupported" and str(error).startswith("unsupported file type .xyz; supported: .csv .docx")
+    assert error.kind == "unsupported" and str(error).startswith("unsupported file type .xyz; supported: .bmp .csv .docx")
 
 
 def test_long_tail_formats_need_the_unstructured_extra(tmp_path: Path) -> None:

@@ -95,14 +95,15 @@ def parse_pdf(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
     if not documents:
         if cfg.ocr == "off":
             raise LoadError("empty", "the PDF has no text layer (scanned?); set load.ocr=auto to read it with OCR")
-        raise LoadError("empty", "the PDF has no text layer and OCR found no text in it")
+        raise LoadError("empty", "the PDF has no text layer and no picture with text (load.ocr=force also reads "
+                        "text drawn as shapes)")
     return documents
 
 
 def _with_ocr(path: Path, source: str, documents: list[Document], cfg: LoadConfig) -> list[Document]:
-    """OCR the pages that need it: with ``force`` every page (its text layer replaced), with ``auto`` the pages with
-    fewer than ``load.ocr_min_page_chars`` characters, and the pictures on the other pages (their text added as a
-    Document of its own on the same page). Pages are rendered at ``load.ocr_dpi``."""
+    """OCR the pages that need it: with ``force`` every page (its text layer replaced); with ``auto`` the pages with
+    fewer than ``load.ocr_min_page_chars`` characters that hold a picture (a scan), and the pictures on the other
+    pages (their text becomes a Document of its own on the same page). Pages are rendered at ``load.ocr_dpi``."""
     import pypdfium2 as pdfium
 
     metadata = {"parser": "pypdfium2+" + OCR_PARSER, "page_count": str(len(documents))}
@@ -112,14 +113,16 @@ def _with_ocr(path: Path, source: str, documents: list[Document], cfg: LoadConfi
         for index, document in enumerate(documents):
             page = pdf[index]
             try:
-                if cfg.ocr == "force" or len("".join(document.text.split())) < cfg.ocr_min_page_chars:
+                objects = _readable_pictures(page)
+                few_chars = len("".join(document.text.split())) < cfg.ocr_min_page_chars
+                if cfg.ocr == "force" or (few_chars and objects):  # a blank or drawing-only page loads no model
                     width, height = page.get_size()  # points: a huge page is rendered smaller, not out of memory
                     scale = min(cfg.ocr_dpi / 72, (MAX_RENDER_PIXELS / max(width * height, 1.0)) ** 0.5)
                     image = page.render(scale=scale).to_pil()
                     out.append(ocr_document(ocr_image(image, cfg), source, index + 1, "page", metadata))
                     continue
                 out.append(document)
-                pictures = [ocr_image(picture, cfg) for picture in _page_pictures(page)]
+                pictures = [ocr_image(picture, cfg) for picture in _decoded(objects)]
                 pictures = [result for result in pictures if result.text]
                 if pictures:
                     weight = sum(len(result.text) for result in pictures)
@@ -134,15 +137,22 @@ def _with_ocr(path: Path, source: str, documents: list[Document], cfg: LoadConfi
     return out
 
 
-def _page_pictures(page: Any) -> list[Any]:
-    """The images drawn on a PDF page, as PIL images, leaving out ones too small to hold a line of text."""
+def _readable_pictures(page: Any) -> list[Any]:
+    """The image objects on a PDF page big enough to hold a line of text, and not too big to decode."""
     import pypdfium2.raw as pdfium_c
 
-    pictures = []
+    found = []
     for image in page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=3):
         width, height = image.get_px_size()
-        if width < MIN_PICTURE_PX or height < MIN_PICTURE_PX // 4 or width * height > MAX_RENDER_PIXELS:
-            continue
+        if width >= MIN_PICTURE_PX and height >= MIN_PICTURE_PX // 4 and width * height <= MAX_RENDER_PIXELS:
+            found.append(image)
+    return found
+
+
+def _decoded(objects: list[Any]) -> list[Any]:
+    """PDF image objects as PIL images (those pdfium cannot decode are left out)."""
+    pictures = []
+    for image in objects:
         try:
             pictures.append(image.get_bitmap(render=False).to_pil())
         except Exception as exc:  # an image filter pdfium cannot decode: the page's text still counts
