@@ -32,6 +32,10 @@ class LoadConfig:
     pdf_engine: str = "pypdfium2"  # pypdfium2 (fast) or pypdf (pure Python fallback)
     use_unstructured: bool = True  # parse the long tail (pptx, xlsx, epub, eml ...) when unstructured is installed
     skip_patterns: list[str] = field(default_factory=list)  # extra glob patterns (relative paths) to skip
+    ocr: str = "auto"  # off | auto (image files, PDF pages without a text layer, images in PDF pages) | force (every PDF page)
+    ocr_min_confidence: float = 0.5  # OCR lines recognised with a lower score are dropped
+    ocr_min_page_chars: int = 10  # a PDF page whose text layer has fewer non-space characters is OCR'd (auto)
+    ocr_dpi: int = 200  # PDF pages are rendered at this resolution for OCR
 
 
 @dataclass

@@ -293,7 +293,7 @@ def _parse_and_index(state: _Sync, todo: list[tuple[Path, str, FileRecord]], kno
         record = records[parsed.source]
         old = None if rebuild else known.get(parsed.source)
         chunks = split_documents(list(parsed.documents), state.cfg.split, record.sha256) if parsed.ok else []
-        if parsed.ok and not chunks:
+        if parsed.ok and not chunks and parsed.documents:  # no Documents at all: an image without text, 0 chunks
             parsed = ParsedFile(parsed.source, (), "empty", "no text to index after splitting", parsed.seconds, 0)
         if not parsed.ok:
             _record_failure(state, parsed, record, old)

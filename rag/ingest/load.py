@@ -27,26 +27,31 @@ from rag.core.config import LoadConfig
 from rag.core.errors import ConfigError, LoadError, RagError
 from rag.core.types import Document, ParsedFile
 from rag.ingest.parsers.markup import parse_html, parse_markdown
-from rag.ingest.parsers.office import parse_docx
+from rag.ingest.parsers.ocr import IMAGE_SUFFIXES, OCR_MODES, parse_image
+from rag.ingest.parsers.office import parse_docx, parse_pptx
 from rag.ingest.parsers.pdf import parse_pdf
+from rag.ingest.parsers.sheet import parse_csv, parse_xls, parse_xlsx
 from rag.ingest.parsers.text import MIB, parse_text
 from rag.ingest.parsers.unstructured import missing_unstructured_message, parse_unstructured
 from rag.ingest.worker import WorkerPool, memory_message, serve
 
 logger = logging.getLogger(__name__)
 
-# suffix -> parser; .csv/.tsv/.rst/.log are read as plain text
+# suffix -> parser; .rst/.log are read as plain text, images through OCR (load.ocr)
 SUPPORTED_SUFFIXES: dict[str, Callable[[Path, str, LoadConfig], list[Document]]] = {
     ".pdf": parse_pdf,
     ".docx": parse_docx,
+    ".pptx": parse_pptx,
+    **dict.fromkeys((".xlsx", ".xlsm"), parse_xlsx),
+    ".xls": parse_xls,
+    **dict.fromkeys((".csv", ".tsv"), parse_csv),
     **dict.fromkeys((".html", ".htm", ".xhtml"), parse_html),
     **dict.fromkeys((".md", ".markdown"), parse_markdown),
-    **dict.fromkeys((".txt", ".text", ".csv", ".tsv", ".rst", ".log"), parse_text),
+    **dict.fromkeys((".txt", ".text", ".rst", ".log"), parse_text),
+    **dict.fromkeys(IMAGE_SUFFIXES, parse_image),
 }
 # parsed only through the optional `unstructured` extra, when installed and load.use_unstructured is on
-UNSTRUCTURED_SUFFIXES = frozenset(
-    {".pptx", ".ppt", ".xlsx", ".xls", ".odt", ".epub", ".rtf", ".doc", ".eml", ".msg", ".org"}
-)
+UNSTRUCTURED_SUFFIXES = frozenset({".ppt", ".odt", ".epub", ".rtf", ".doc", ".eml", ".msg", ".org"})
 PDF_ENGINES = ("pypdfium2", "pypdf")
 
 
@@ -113,6 +118,8 @@ def check_file(path: Path, cfg: LoadConfig) -> Callable[[Path, str, LoadConfig],
         if importlib.util.find_spec("unstructured") is None:
             raise LoadError("missing_dependency", missing_unstructured_message(suffix))
         parser = parse_unstructured
+    if parser is parse_image and cfg.ocr == "off":
+        raise LoadError("unsupported", f"{suffix} files are read only with OCR: set load.ocr=auto")
     if parser is None:
         raise LoadError("unsupported", f"unsupported file type {suffix or '(no suffix)'}; supported: "
                         + " ".join(sorted(SUPPORTED_SUFFIXES)))
@@ -132,6 +139,8 @@ def check_config(cfg: LoadConfig) -> None:
     """Raise ConfigError for load settings that cannot work."""
     if cfg.pdf_engine not in PDF_ENGINES:
         raise ConfigError(f"load.pdf_engine={cfg.pdf_engine!r} is not one of {', '.join(PDF_ENGINES)}")
+    if cfg.ocr not in OCR_MODES:
+        raise ConfigError(f"load.ocr={cfg.ocr!r} is not one of {', '.join(OCR_MODES)}")
     if cfg.timeout_s <= 0 or cfg.workers < 1:
         raise ConfigError(f"load.timeout_s={cfg.timeout_s:g} and load.workers={cfg.workers} must be positive")
 
@@ -145,7 +154,8 @@ def parse_file(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
         cfg: load settings.
 
     Returns:
-        The Documents: one per PDF page with text, one per heading section (HTML, Markdown, DOCX), or one.
+        The Documents: one per PDF page or slide with text, one per heading section (HTML, Markdown, DOCX), one per
+        block of sheet rows, one per OCR'd image (none for an image without text), or one.
         ``metadata["parser"]`` names the parser.
 
     Raises:
@@ -163,8 +173,8 @@ def parse_file(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
     except Exception as exc:
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise LoadError("corrupt", f"the parser failed: {type(exc).__name__}: {message}".rstrip(": ")) from exc
-    if not any(document.text.strip() for document in documents):
-        raise LoadError("empty", "no text found in the file")
+    if not any(document.text.strip() for document in documents) and parser is not parse_image:
+        raise LoadError("empty", "no text found in the file")  # an image without text is no error: 0 chunks
     return documents
 
 

@@ -99,6 +99,8 @@ class WorkerPool:
     def _start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
+        # glibc reserves 64 MB of address space per thread arena; OCR's onnxruntime threads would spend the cap on it
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the worker; read on a crash)
         code = "from rag.ingest.load import worker_main; worker_main()"
         process = subprocess.Popen([sys.executable, "-c", code, str(self.cfg.memory_mb)], stdin=subprocess.PIPE,

@@ -113,7 +113,11 @@ def test_pdf_failures_have_actionable_messages(broken: tuple[Path, dict[str, str
     error = load_error(broken, "encrypted.pdf")
     assert (error.kind, str(error)) == ("encrypted", "the PDF is password-protected; remove the password and re-run")
     error = load_error(broken, "scanned.pdf")
-    assert (error.kind, str(error)) == ("empty", "the PDF has no text layer (scanned?); OCR is not supported")
+    assert (error.kind, str(error)) == ("empty", "the PDF has no text layer and no picture with text (load.ocr=force "
+                                        "also reads text drawn as shapes)")
+    error = load_error(broken, "scanned.pdf", ocr="off")
+    assert (error.kind, str(error)) == (
+        "empty", "the PDF has no text layer (scanned?); set load.ocr=auto to read it with OCR")
     assert load_error(broken, "truncated.pdf", pdf_engine="pypdf").kind == "corrupt"
 
 
@@ -210,22 +214,22 @@ def test_binary_empty_unsupported_and_too_large_messages(broken: tuple[Path, dic
     error = load_error(broken, "big_single_line.txt")
     assert (error.kind, str(error)) == ("too_large", "the file is 50.5 MB, over load.max_file_mb=10; raise the limit to parse it")
     error = load_error(broken, "data.xyz")
-    assert error.kind == "unsupported" and str(error).startswith("unsupported file type .xyz; supported: .csv .docx")
+    assert error.kind == "unsupported" and str(error).startswith("unsupported file type .xyz; supported: .bmp .csv .docx")
 
 
 def test_long_tail_formats_need_the_unstructured_extra(tmp_path: Path) -> None:
-    slides = tmp_path / "slides.pptx"
-    slides.write_bytes(b"PK\x03\x04 not really")
+    slides = tmp_path / "slides.ppt"
+    slides.write_bytes(b"\xd0\xcf\x11\xe0 not really")
     with pytest.raises(LoadError) as info:
-        parse_file(slides, "slides.pptx", LoadConfig(use_unstructured=False))
+        parse_file(slides, "slides.ppt", LoadConfig(use_unstructured=False))
     assert info.value.kind == "unsupported" and "load.use_unstructured=true" in str(info.value)
     if importlib.util.find_spec("unstructured") is not None:
         pytest.skip("unstructured is installed here")
     with pytest.raises(LoadError) as info:
-        parse_file(slides, "slides.pptx", LoadConfig())
+        parse_file(slides, "slides.ppt", LoadConfig())
     assert (info.value.kind, str(info.value)) == (
         "missing_dependency",
-        ".pptx files need the optional 'unstructured' extra: pip install -r requirements-extra.txt",
+        ".ppt files need the optional 'unstructured' extra: pip install -r requirements-extra.txt",
     )
 
 
@@ -383,10 +387,10 @@ def test_unstructured_path_groups_elements_by_page(tmp_path: Path, monkeypatch: 
         encoding="utf-8",
     )
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    slides = tmp_path / "deck.pptx"
-    slides.write_bytes(b"PK\x03\x04 a stand-in never opens it")
+    slides = tmp_path / "deck.ppt"
+    slides.write_bytes(b"\xd0\xcf\x11\xe0 a stand-in never opens it")
     try:
-        documents = parse_file(slides, "deck.pptx", LoadConfig())
+        documents = parse_file(slides, "deck.ppt", LoadConfig())
     finally:  # later tests must not see the stand-in
         for name in [name for name in sys.modules if name.split(".")[0] == "unstructured"]:
             del sys.modules[name]

@@ -66,19 +66,19 @@ def test_ingest_lists_unsupported_files_as_skipped_not_failed(tmp_path: Path) ->
     (docs / "img").mkdir(parents=True)
     (docs / "page.html").write_text("<html><body><h1>备份</h1><p>每天凌晨两点备份数据库。</p></body></html>",
                                     encoding="utf-8")
-    for name in ("img/a.png", "img/b.png", "style.css"):
-        (docs / name).write_bytes(b"\x89PNG not really")
+    for name in ("img/a.gif", "img/b.gif", "style.css"):
+        (docs / name).write_bytes(b"GIF89a not really")
     (docs / "broken.pdf").write_bytes(b"%PDF-1.7 truncated")
     report = tmp_path / "report.json"
     for _ in range(2):  # the second run: unchanged files, skipped ones still counted, not re-listed as failures
         done = run("ingest.py", str(docs), "--index", str(tmp_path / "idx"), "--quiet", "--json-report", str(report),
                    "embed.source=hash")
         assert done.returncode == 0, done.stderr
-        assert "skipped 3 files of types the loader does not read: .png ×2, .css ×1" in done.stdout
+        assert "skipped 3 files of types the loader does not read: .gif ×2, .css ×1" in done.stdout
         assert "1 failed, 3 skipped" in done.stdout
-        assert "a.png" not in done.stdout and "broken.pdf" in done.stdout
+        assert "a.gif" not in done.stdout and "broken.pdf" in done.stdout
     statuses = {f["source"]: f["status"] for f in json.loads(report.read_text(encoding="utf-8"))["files"]}
-    assert statuses == {"page.html": "unchanged", "img/a.png": "skipped", "img/b.png": "skipped",
+    assert statuses == {"page.html": "unchanged", "img/a.gif": "skipped", "img/b.gif": "skipped",
                         "style.css": "skipped", "broken.pdf": "failed"}
 
 

@@ -1,8 +1,9 @@
-"""The DOCX parser behind :mod:`rag.ingest.load` (re-exported by :mod:`rag.ingest.parsers.pdf`), and the zip-bomb check it needs.
+"""The DOCX and PPTX parsers behind :mod:`rag.ingest.load`, and the zip-bomb check they (and xlsx) need.
 
-A .docx is a zip of XML parts: :func:`check_zip` refuses one that is not a zip or that would unpack to far more
-than it could hold (declared sizes are enough) before python-docx opens it. Headings come from paragraph styles
-(Heading N / 标题 N / Title) or an outline level set by hand; tables become " | " lines.
+A .docx/.pptx/.xlsx is a zip of XML parts: :func:`check_zip` refuses one that is not a zip or that would unpack to far more
+than it could hold (declared sizes are enough) before python-docx / python-pptx opens it. DOCX headings come from
+paragraph styles (Heading N / 标题 N / Title) or an outline level set by hand; tables become " | " lines. A slide is
+one Document: its title is the heading, then its text frames, tables and speaker notes; ``page`` = slide number.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from rag.core.config import LoadConfig
 from rag.core.errors import LoadError
 from rag.core.types import Document
-from rag.ingest.parsers.text import MIB, Sections, collapse
+from rag.ingest.parsers.text import MIB, Sections, collapse, normalize_text
 
 ZIP_BOMB_RATIO = 20  # a zip unpacking to more than this many times its size ...
 ZIP_BOMB_MIN_MB = 100  # ... and to more than this many MB is refused
@@ -26,7 +27,7 @@ _HEADING_STYLE = re.compile(r"^(?:heading|标题)\s*([1-9])$", re.I)
 
 
 def check_zip(path: Path, cfg: LoadConfig) -> None:
-    """Refuse a zip-based file (.docx) that is not a zip, or that unpacks to far more than it could hold.
+    """Refuse a zip-based file (.docx, .pptx, .xlsx) that is not a zip, or that unpacks to far more than it could hold.
 
     Declared sizes are enough: Python's zipfile never inflates a member past its declared size.
     """
@@ -102,3 +103,43 @@ def parse_docx(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
             sections.heading(level, paragraph.text)
     return sections.finish()
 
+
+
+def _pptx_shape_blocks(shape: Any) -> list[str]:
+    """Text of one shape in reading order: a text frame's paragraphs, a table's rows, a group's members."""
+    from pptx.enum.shapes import MSO_SHAPE_TYPE
+
+    if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
+        return [block for member in shape.shapes for block in _pptx_shape_blocks(member)]
+    if getattr(shape, "has_table", False) and shape.has_table:
+        rows = [" | ".join(collapse(cell.text) for cell in row.cells) for row in shape.table.rows]
+        return ["\n".join(row for row in rows if row.strip(" |"))]
+    if getattr(shape, "has_text_frame", False) and shape.has_text_frame:
+        return ["\n".join(collapse(paragraph.text) for paragraph in shape.text_frame.paragraphs)]
+    return []
+
+
+def parse_pptx(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
+    """.pptx via python-pptx after a zip-bomb check: one Document per slide (``page`` = slide number), the slide title as
+    its heading, then text frames and tables (top to bottom, left to right) and the speaker notes.
+
+    python-pptx parses XML with ``resolve_entities=False``, like python-docx (no XXE).
+    """
+    check_zip(path, cfg)
+    import pptx
+
+    presentation = pptx.Presentation(str(path))
+    metadata = {"parser": "python-pptx", "page_count": str(len(presentation.slides))}
+    documents = []
+    for number, slide in enumerate(presentation.slides, start=1):
+        title_shape = slide.shapes.title
+        title = collapse(title_shape.text_frame.text) if title_shape is not None and title_shape.has_text_frame else ""
+        shapes = [shape for shape in slide.shapes if title_shape is None or shape.shape_id != title_shape.shape_id]
+        shapes.sort(key=lambda shape: ((shape.top or 0), (shape.left or 0)))
+        blocks = [block for shape in shapes for block in _pptx_shape_blocks(shape)]
+        if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
+            blocks.append(slide.notes_slide.notes_text_frame.text)
+        text = normalize_text("\n\n".join(block for block in blocks if block.strip()))
+        if text or title:
+            documents.append(Document(text or title, source, number, (title,) if title else (), dict(metadata)))
+    return documents

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from rag.core.config import LoadConfig
 from rag.core.errors import LoadError
 from rag.core.types import Document
+from rag.ingest.parsers.ocr import OCR_PARSER, OcrText, ocr_document, ocr_image
 from rag.ingest.parsers.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 # --- PDF -------------------------------------------------------------------------------------------------------
 
 ENCRYPTED_PDF = "the PDF is password-protected; remove the password and re-run"
+MAX_RENDER_PIXELS = 40_000_000  # a page rendered for OCR (A4 at 200 dpi: 3.9 M); bigger pictures are left out
+MIN_PICTURE_PX = 64  # pictures narrower than this (or under a quarter of it high) hold no readable line
 
 
 def _pdf_pages_pdfium(path: Path) -> list[str]:
@@ -85,10 +89,75 @@ def parse_pdf(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
     metadata = {"parser": name, "page_count": str(len(pages))}
     documents = [Document(normalize_text(text, join_cjk=True), source, number, (), dict(metadata))
                  for number, text in enumerate(pages, start=1)]
+    if cfg.ocr != "off":
+        documents = _with_ocr(path, source, documents, cfg)
     documents = [document for document in documents if document.text]
     if not documents:
-        raise LoadError("empty", "the PDF has no text layer (scanned?); OCR is not supported")
+        if cfg.ocr == "off":
+            raise LoadError("empty", "the PDF has no text layer (scanned?); set load.ocr=auto to read it with OCR")
+        raise LoadError("empty", "the PDF has no text layer and no picture with text (load.ocr=force also reads "
+                        "text drawn as shapes)")
     return documents
+
+
+def _with_ocr(path: Path, source: str, documents: list[Document], cfg: LoadConfig) -> list[Document]:
+    """OCR the pages that need it: with ``force`` every page (its text layer replaced); with ``auto`` the pages with
+    fewer than ``load.ocr_min_page_chars`` characters that hold a picture (a scan), and the pictures on the other
+    pages (their text becomes a Document of its own on the same page). Pages are rendered at ``load.ocr_dpi``."""
+    import pypdfium2 as pdfium
+
+    metadata = {"parser": "pypdfium2+" + OCR_PARSER, "page_count": str(len(documents))}
+    pdf = pdfium.PdfDocument(str(path))
+    out: list[Document] = []
+    try:
+        for index, document in enumerate(documents):
+            page = pdf[index]
+            try:
+                objects = _readable_pictures(page)
+                few_chars = len("".join(document.text.split())) < cfg.ocr_min_page_chars
+                if cfg.ocr == "force" or (few_chars and objects):  # a blank or drawing-only page loads no model
+                    width, height = page.get_size()  # points: a huge page is rendered smaller, not out of memory
+                    scale = min(cfg.ocr_dpi / 72, (MAX_RENDER_PIXELS / max(width * height, 1.0)) ** 0.5)
+                    image = page.render(scale=scale).to_pil()
+                    out.append(ocr_document(ocr_image(image, cfg), source, index + 1, "page", metadata))
+                    continue
+                out.append(document)
+                pictures = [ocr_image(picture, cfg) for picture in _decoded(objects)]
+                pictures = [result for result in pictures if result.text]
+                if pictures:
+                    weight = sum(len(result.text) for result in pictures)
+                    confidence = sum(len(result.text) * result.confidence for result in pictures) / weight
+                    joined = OcrText("\n\n".join(result.text for result in pictures), confidence,
+                                     sum(result.dropped_lines for result in pictures))
+                    out.append(ocr_document(joined, source, index + 1, "pictures", metadata))
+            finally:
+                page.close()
+    finally:
+        pdf.close()
+    return out
+
+
+def _readable_pictures(page: Any) -> list[Any]:
+    """The image objects on a PDF page big enough to hold a line of text, and not too big to decode."""
+    import pypdfium2.raw as pdfium_c
+
+    found = []
+    for image in page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=3):
+        width, height = image.get_px_size()
+        if width >= MIN_PICTURE_PX and height >= MIN_PICTURE_PX // 4 and width * height <= MAX_RENDER_PIXELS:
+            found.append(image)
+    return found
+
+
+def _decoded(objects: list[Any]) -> list[Any]:
+    """PDF image objects as PIL images (those pdfium cannot decode are left out)."""
+    pictures = []
+    for image in objects:
+        try:
+            pictures.append(image.get_bitmap(render=False).to_pil())
+        except Exception as exc:  # an image filter pdfium cannot decode: the page's text still counts
+            logger.debug("cannot decode a picture: %s", exc)
+    return pictures
 
 
 # --- the long tail through unstructured (optional extra) ------------------------------------------------------
