@@ -37,6 +37,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from rag.cli.common import add_config_args, config_from_args, run_cli
+from rag.cli.openai_options import OptionError, OutputLimit, check_options
 from rag.core.errors import RagError
 from rag.core.types import Chunk, Hit, Message
 from rag.llm.base import GenerationConfig
@@ -90,10 +91,11 @@ def _hits(hits: Sequence[Hit]) -> list[dict[str, Any]]:
              "heading": list(h.chunk.heading), "score": h.score, "text": h.chunk.text} for rank, h in enumerate(hits, 1)]
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> Any:
+def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+           param: str | None = None) -> Any:
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=status)
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
 def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
@@ -156,8 +158,11 @@ def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
         if not messages or messages[-1].role != "user":
             return _error(400, "the last message must be the user's question")
         try:
+            stops = check_options(body)
             adapter = adapter_for(name)
             gen = _generation(body, pipeline)
+        except OptionError as exc:
+            return _error(400, exc.message, code=exc.code, param=exc.param)
         except ValueError as exc:
             return _error(404 if "not served" in str(exc) else 400, str(exc),
                           code="model_not_found" if "not served" in str(exc) else None)
@@ -176,6 +181,14 @@ def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
         except RagError as exc:
             return _error(502, str(exc), "server_error")
         chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        requested_tokens = body.get("max_completion_tokens") or body.get("max_tokens")  # checked by _generation
+        limit = OutputLimit(stops, int(requested_tokens) if requested_tokens else None, model.count_tokens)
+
+        def usage(content: str) -> dict[str, int]:
+            prompt_tokens = sum(model.count_tokens(m.content) for m in messages)
+            completion_tokens = model.count_tokens(content)
+            return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens}
 
         def final_extra() -> dict[str, Any]:
             if stream is None:
@@ -193,10 +206,17 @@ def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
                     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
                 try:
-                    yield event({"role": "assistant", "content": first or ""})
-                    for piece in pieces:
-                        yield event({"content": piece})
-                    yield event({}, "stop", kbqa=final_extra())
+                    yield event({"role": "assistant", "content": limit.feed(first or "")})
+                    for piece in pieces:  # read to the end after a stop or the cap: the citations need the answer
+                        if text := limit.feed(piece):
+                            yield event({"content": text})
+                    if rest := limit.close():
+                        yield event({"content": rest})
+                    yield event({}, limit.finish_reason, kbqa=final_extra())
+                    if isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage"):
+                        last = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": name,
+                                "choices": [], "usage": usage(limit.text)}  # OpenAI's usage chunk: no choices
+                        yield f"data: {json.dumps(last)}\n\n"
                 except RagError as exc:  # headers are gone: report in the stream, as vLLM does
                     log.warning("answer failed mid-stream: %s", exc)
                     yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
@@ -208,13 +228,13 @@ def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
         except RagError as exc:
             return _error(502, str(exc), "server_error")
         extra = final_extra()
-        content = extra.get("answer", text)
-        prompt_tokens = sum(model.count_tokens(m.content) for m in messages)
+        content = limit.feed(extra.get("answer", text))
+        content += limit.close()
         return JSONResponse({
             "id": chunk_id, "object": "chat.completion", "created": created, "model": name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": model.count_tokens(content),
-                      "total_tokens": prompt_tokens + model.count_tokens(content)},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": limit.finish_reason}],
+            "usage": usage(content),
             "kbqa": extra,
         })
 
