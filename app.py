@@ -26,13 +26,14 @@ from rag.webui.kb_page import kb_view
 from rag.webui.model_page import model_view
 from rag.webui.sidebar import sidebar
 from rag.webui.state import get_catalog, get_model, password_ok, secrets
-from rag.webui.text import CSS, LANGUAGES, TEXT, tr
+from rag.webui.text import CSP_SCRIPT, CSS, LANGUAGES, TEXT, tr
 
 
 def main() -> None:
     st.set_option("client.toolbarMode", "viewer")  # a page for users: no developer menu, no "Deploy"
     st.set_page_config(page_title=TEXT["zh"]["page_title"], page_icon=":material/menu_book:", layout="centered")
     st.markdown(CSS, unsafe_allow_html=True)
+    st.html(CSP_SCRIPT, unsafe_allow_javascript=True)  # images only from this server: see text.CSP
     lang = st.sidebar.radio(TEXT["zh"]["lang_label"], list(LANGUAGES), format_func=LANGUAGES.__getitem__,
                             key="lang", horizontal=True)
     try:

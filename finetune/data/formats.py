@@ -243,6 +243,10 @@ def load_dataset_info(dataset_dir: Path) -> dict[str, Any]:
         info = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests objects or lists too deeply to be a dataset_info.json") from None
     if not isinstance(info, dict):
         raise ConfigError(f"{path} must hold an object of dataset entries")
     return info
@@ -294,5 +298,10 @@ def _spec_from_entry(name: str, entry: Any, root: Path) -> DatasetSpec:
     path = root / str(entry["file_name"])
     if not path.exists():
         raise ConfigError(f"{where}: file {path} not found")
+    num_samples = entry.get("num_samples") or 0
+    if isinstance(num_samples, str) and num_samples.strip().isdigit():
+        num_samples = int(num_samples)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
+        raise ConfigError(f"{where} has num_samples={num_samples!r}; it must be a whole number >= 0 (0 = all records)")
     return DatasetSpec(name, path, formatting, {str(k): str(v) for k, v in columns.items()},
-                       {str(k): str(v) for k, v in tags.items()}, int(entry.get("num_samples") or 0))
+                       {str(k): str(v) for k, v in tags.items()}, num_samples)

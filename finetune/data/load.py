@@ -86,20 +86,39 @@ class LoadResult:
 # --- reading records with their line numbers ----------------------------------------------------------------------
 
 
+_TOO_DEEP = "nested too deeply (lists or objects inside each other past Python's recursion limit)"
+
+
+def _bad_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+    return f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); save the file as UTF-8"
+
+
 def read_records(path: Path) -> Iterator[tuple[int, Any, str]]:
     """``(line, record, "")`` for each record of a JSON array or JSONL file, ``(line, None, reason)`` for a line that
-    is not JSON. A broken JSON array stops at the error (its line is reported)."""
-    text = path.read_text(encoding="utf-8-sig")
-    start = len(text) - len(text.lstrip())
-    if text[start:start + 1] == "[":
+    is not JSON, not UTF-8 or nested too deeply to decode. A broken JSON array stops at the error (its line is
+    reported)."""
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM
+    start = len(data) - len(data.lstrip())
+    if data[start:start + 1] == b"[":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:  # one array: a bad byte anywhere stops it, at that byte's line
+            yield data.count(b"\n", 0, exc.start) + 1, None, _bad_utf8(data, exc) + "; the array was not read"
+            return
         yield from _array_items(text, start + 1)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield number, json.loads(line), ""
-            except json.JSONDecodeError as exc:
-                yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+    for number, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield number, json.loads(raw.decode("utf-8")), ""
+        except UnicodeDecodeError as exc:
+            yield number, None, _bad_utf8(raw, exc)
+        except json.JSONDecodeError as exc:
+            yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+        except RecursionError:
+            yield number, None, _TOO_DEEP
 
 
 def _array_items(text: str, pos: int) -> Iterator[tuple[int, Any, str]]:
@@ -121,6 +140,9 @@ def _array_items(text: str, pos: int) -> Iterator[tuple[int, Any, str]]:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             yield exc.lineno, None, f"not valid JSON ({exc.msg}); the rest of the array was not read"
+            return
+        except RecursionError:
+            yield line, None, f"{_TOO_DEEP}; the rest of the array was not read"
             return
         yield line, value, ""
         pos = skip(pos)

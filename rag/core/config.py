@@ -276,15 +276,61 @@ def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; anything near this is not a config
+MAX_CONFIG_VALUES = 100_000  # values after expanding aliases; a billion-laughs file expands to ~10^9
+
+
+def _expanded_values(root: yaml.Node) -> int:
+    """How many values ``root`` stands for once every alias is expanded (counted without expanding anything).
+
+    An alias (``*name``) is the same Node object as its anchor, so sizes are memoised by node: a billion-laughs
+    file costs one step per distinct node here, while building and copying it would cost 10^9.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 0  # a recursive alias (&a [*a]) counts once instead of looping
+            if isinstance(node, yaml.SequenceNode):
+                total = 1 + sum(size(child) for child in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                total = 1 + sum(size(key) + size(value) for key, value in node.value)
+            else:
+                total = 1
+            sizes[id(node)] = min(total, MAX_CONFIG_VALUES + 1)  # saturate: no huge integers either
+        return sizes[id(node)]
+
+    return size(root)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping (an empty file is an empty mapping)."""
+    """Read a YAML mapping (an empty file is an empty mapping).
+
+    Raises:
+        ConfigError: missing file, not YAML, over ``MAX_CONFIG_BYTES``, more than ``MAX_CONFIG_VALUES`` values once
+            aliases are expanded (a "billion laughs" file), nested too deeply, or not a mapping.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; pass --config with an existing YAML file")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {size} bytes, over the {MAX_CONFIG_BYTES} byte limit for a config; "
+                          "pass the right file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_values(node) > MAX_CONFIG_VALUES:
+            raise ConfigError(f"config file {path} expands to more than {MAX_CONFIG_VALUES} values through YAML "
+                              "aliases (&anchor / *alias); write the values out instead of nesting aliases")
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                          "save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests lists or mappings too deeply; flatten it") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -16,12 +16,14 @@ class LoadError(RagError):
 
     Attributes:
         kind: a short machine-readable reason: ``unsupported``, ``empty``, ``encrypted``, ``corrupt``,
-            ``too_large``, ``timeout``, ``memory``, ``crashed``, ``encoding``, ``missing_dependency``.
+            ``too_large``, ``timeout``, ``memory``, ``crashed``, ``encoding``, ``missing_dependency``, ``unreadable``.
+        sha256: hash of the bytes that were read before the failure ("" when the file was not read).
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, sha256: str = "") -> None:
         super().__init__(message)
         self.kind = kind
+        self.sha256 = sha256
 
 
 class IndexStateError(RagError):

@@ -70,6 +70,8 @@ class ParsedFile:
         error: one human-readable line on failure.
         seconds: wall time spent parsing.
         pages: number of pages for paged formats, else 1 on success, 0 on failure.
+        sha256: hash of the very bytes that were parsed ("" when the file was not opened): what the index records,
+            even when the file changed after it was first hashed.
     """
 
     source: str
@@ -78,6 +80,7 @@ class ParsedFile:
     error: str = ""
     seconds: float = 0.0
     pages: int = 0
+    sha256: str = ""
 
     @property
     def ok(self) -> bool:

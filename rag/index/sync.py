@@ -16,16 +16,13 @@ a collection that reflects another generation is reconciled with SQLite by the n
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from stat import S_ISREG
 from typing import Any
 
 import numpy as np
@@ -33,6 +30,7 @@ from filelock import FileLock, Timeout
 
 from rag.core.config import RagConfig
 from rag.core.errors import IndexStateError, RagError
+from rag.core.paths import open_inside
 from rag.core.types import Chunk, ParsedFile
 from rag.embed.embedder import Embedder
 from rag.index.bm25 import store_current_tokens, tokenize
@@ -48,12 +46,11 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int], None]  # (stage: hash | parse | embed, done, total)
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a regular file; OSError for anything else (a FIFO swapped in after discovery must not block)."""
+def file_sha256(path: Path, root: Path | None = None) -> str:
+    """SHA-256 of a regular file under ``root``; OSError for anything else (a FIFO swapped in after discovery must
+    not block; a link swapped in that leads outside ``root`` is not read: :func:`rag.core.paths.open_inside`)."""
     digest = hashlib.sha256()
-    with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
-        if not S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
+    with open(open_inside(path, root), "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -222,7 +219,7 @@ def sync_folder(
             seen.add(source)
             try:  # the file may have gone (or been swapped) since discovery: report it, never crash the ingest
                 stat = path.stat()
-                sha = file_sha256(path)
+                sha = file_sha256(path, folder)
             except OSError as exc:
                 report.files.append(FileReport(source, "failed", error_kind="unreadable", error=f"cannot read: {exc}"))
                 continue
@@ -242,7 +239,7 @@ def sync_folder(
                 todo.append((path, source, record))
 
         _remove_deleted(state, known, seen, keep, rebuild)
-        _parse_and_index(state, todo, known, rebuild)
+        _parse_and_index(state, todo, known, rebuild, folder)
         state.flush()
         if state.changed or resplit:
             with state.tx():
@@ -282,15 +279,19 @@ def _remove_deleted(state: _Sync, known: dict[str, FileRecord], seen: set[str], 
 
 
 def _parse_and_index(state: _Sync, todo: list[tuple[Path, str, FileRecord]], known: dict[str, FileRecord],
-                     rebuild: bool) -> None:
+                     rebuild: bool, folder: Path) -> None:
     records = {source: record for _, source, record in todo}
     flush_at = max(1, state.cfg.embed.batch_size) * 32  # chunks per embed call and per commit
     done = 0
-    for parsed in parse_files([(path, source) for path, source, _ in todo], state.cfg.load):
+    for parsed in parse_files([(path, source) for path, source, _ in todo], state.cfg.load, root=folder):
         done += 1
         state.progress("parse", done, len(todo))
         state.report.pages_parsed += parsed.pages
         record = records[parsed.source]
+        # the file may have changed since it was hashed: record the hash of the bytes parsed, or none when they could
+        # not be read (then the next ingest tries again instead of calling the file unchanged)
+        if (parsed.sha256 or parsed.error_kind == "unreadable") and parsed.sha256 != record.sha256:
+            record = FileRecord(**{**asdict(record), "sha256": parsed.sha256})
         old = None if rebuild else known.get(parsed.source)
         chunks = split_documents(list(parsed.documents), state.cfg.split, record.sha256) if parsed.ok else []
         if parsed.ok and not chunks and parsed.documents:  # no Documents at all: an image without text, 0 chunks

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
 import importlib.util
 import logging
 import os
+import tempfile
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 from rag.core.config import LoadConfig
 from rag.core.errors import ConfigError, LoadError, RagError
+from rag.core.paths import open_inside, same_file
 from rag.core.types import Document, ParsedFile
 from rag.ingest.parsers.markup import parse_html, parse_markdown
 from rag.ingest.parsers.ocr import IMAGE_SUFFIXES, OCR_MODES, parse_image
@@ -178,8 +181,55 @@ def parse_file(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
     return documents
 
 
+def snapshot_file(path: Path, root: Path | None, folder: Path, cfg: LoadConfig) -> tuple[Path, str]:
+    """Copy the bytes of ``path``, opened once with :func:`rag.core.paths.open_inside`, into ``folder`` under the
+    same name; return the copy and the SHA-256 of exactly those bytes.
+
+    Parsing the copy means the text indexed and the hash recorded describe the same bytes, even when the file is
+    swapped (for a link to a file outside the knowledge folder, say) between hashing and parsing.
+
+    Raises:
+        LoadError: ``unreadable`` (outside ``root``, not a regular file, cannot be opened, or replaced while it was
+            read), ``too_large`` (grew past ``load.max_file_mb``).
+    """
+    try:
+        fd = open_inside(path, root)
+    except OSError as exc:
+        raise LoadError("unreadable", f"cannot read the file: {exc.strerror or exc}") from None
+    digest = hashlib.sha256()
+    copy = folder / path.name
+    limit = cfg.max_file_mb * MIB
+    with open(fd, "rb") as source, open(copy, "xb") as target:
+        size = 0
+        for block in iter(lambda: source.read(1 << 20), b""):
+            size += len(block)
+            if size > limit:
+                raise LoadError("too_large", f"the file grew past load.max_file_mb={cfg.max_file_mb:g} while it "
+                                "was read; raise the limit to parse it")
+            digest.update(block)
+            target.write(block)
+        if not same_file(path, source.fileno()):
+            raise LoadError("unreadable", "the file was replaced while it was read; run the ingest again")
+    return copy, digest.hexdigest()
+
+
+def parse_file_at(path: Path, source: str, cfg: LoadConfig, root: Path | None) -> tuple[list[Document], str]:
+    """:func:`parse_file` on a private copy of the bytes of ``path`` read once under ``root`` (:func:`snapshot_file`);
+    returns the documents and the SHA-256 of the bytes parsed. A LoadError raised after the copy carries the hash."""
+    check_config(cfg)
+    check_file(Path(path), cfg)
+    with tempfile.TemporaryDirectory(prefix="kbqa-parse-") as folder:
+        copy, sha = snapshot_file(Path(path), root, Path(folder), cfg)
+        try:
+            return parse_file(copy, source, cfg), sha
+        except LoadError as exc:
+            exc.sha256 = sha
+            raise
+
+
 def parse_files(
-    items: Sequence[tuple[Path, str]], cfg: LoadConfig, progress: Callable[[ParsedFile], None] | None = None
+    items: Sequence[tuple[Path, str]], cfg: LoadConfig, progress: Callable[[ParsedFile], None] | None = None,
+    root: Path | None = None,
 ) -> Generator[ParsedFile, None, None]:
     """Parse files in up to ``cfg.workers`` isolated worker processes; yield one ParsedFile per item, exactly once.
 
@@ -193,6 +243,9 @@ def parse_files(
         items: ``(path, source)`` pairs, ``source`` being the relative path recorded in the results.
         cfg: load settings.
         progress: called with each ParsedFile before it is yielded.
+        root: the knowledge folder: a file is read only if it really lies under it (links are resolved first, and
+            a file swapped for a link to outside is refused as ``unreadable``). Each ParsedFile carries the hash of
+            the bytes parsed.
     """
     check_config(cfg)
     queue: deque[tuple[Path, str]] = deque()
@@ -208,7 +261,7 @@ def parse_files(
             queue.append((Path(path), source))
     if not queue:
         return
-    pool = WorkerPool(cfg)
+    pool = WorkerPool(cfg, root)
     try:
         for parsed in pool.run(queue):
             if progress:
@@ -224,5 +277,5 @@ def parse_one_isolated(path: Path, source: str, cfg: LoadConfig) -> ParsedFile:
 
 
 def worker_main() -> None:
-    """Entry point of a worker process (see :mod:`rag.ingest.worker`): serve parse requests with :func:`parse_file`."""
-    serve(parse_file)
+    """Entry point of a worker process (see :mod:`rag.ingest.worker`): serve parse requests with :func:`parse_file_at`."""
+    serve(parse_file_at)

@@ -40,7 +40,7 @@ TEST_HOOKS_ENV = "KBQA_TEST_PARSE_HOOKS"  # "1": in a worker, "__sleep__" in a f
 STARTUP_TIMEOUT_S = 60.0  # a worker that is not ready by then is replaced
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _HEADER_BYTES = 8  # a frame is an 8-byte big-endian length, then that many bytes of UTF-8 JSON
-ParseFn = Callable[[Path, str, LoadConfig], list[Document]]  # rag.ingest.load.parse_file
+ParseFn = Callable[[Path, str, LoadConfig, Path | None], tuple[list[Document], str]]  # rag.ingest.load.parse_file_at
 
 
 def memory_message(cfg: LoadConfig) -> str:
@@ -68,8 +68,9 @@ class _Worker:
 class WorkerPool:
     """Worker processes, a selector on their reply pipes, and the deadlines of their jobs."""
 
-    def __init__(self, cfg: LoadConfig) -> None:
+    def __init__(self, cfg: LoadConfig, root: Path | None = None) -> None:
         self.cfg = cfg
+        self.root = root  # files are read only under it (rag.core.paths.open_inside)
         self.workers: list[_Worker] = []
         self.selector = selectors.DefaultSelector()
         self.failed_starts = 0
@@ -113,7 +114,8 @@ class WorkerPool:
     def _assign(self, worker: _Worker, queue: deque[tuple[Path, str]]) -> None:
         worker.job = queue.popleft()
         worker.job_started = time.monotonic()
-        request = {"path": str(worker.job[0]), "source": worker.job[1], "cfg": dataclasses.asdict(self.cfg)}
+        request = {"path": str(worker.job[0]), "source": worker.job[1], "cfg": dataclasses.asdict(self.cfg),
+                   "root": str(self.root) if self.root is not None else None}
         try:
             assert worker.process.stdin is not None
             worker.process.stdin.write(_frame(request))
@@ -223,14 +225,16 @@ class WorkerPool:
 
 
 def _parsed_from_reply(source: str, reply: dict[str, Any], seconds: float) -> ParsedFile:
+    sha256 = str(reply.get("sha256", ""))
     if reply.get("error_kind"):
-        return ParsedFile(source, error_kind=str(reply["error_kind"]), error=str(reply["error"]), seconds=seconds)
+        return ParsedFile(source, error_kind=str(reply["error_kind"]), error=str(reply["error"]), seconds=seconds,
+                          sha256=sha256)
     documents = tuple(
         Document(str(d["text"]), str(d["source"]), d["page"], tuple(map(str, d["heading"])), dict(d["metadata"]))
         for d in reply["documents"]
     )
     pages = int(documents[0].metadata.get("page_count", 1)) if documents else 1
-    return ParsedFile(source, documents, seconds=seconds, pages=pages)
+    return ParsedFile(source, documents, seconds=seconds, pages=pages, sha256=sha256)
 
 
 def _frame(message: dict[str, Any]) -> bytes:
@@ -263,14 +267,15 @@ def serve(parse: ParseFn) -> None:
     replies.write(_frame({"ready": True}))
     replies.flush()
     while (request := _read_frame(sys.stdin.buffer)) is not None:
-        reply = _run_job(parse, Path(request["path"]), request["source"], LoadConfig(**request["cfg"]))
+        root = Path(request["root"]) if request.get("root") else None
+        reply = _run_job(parse, Path(request["path"]), request["source"], LoadConfig(**request["cfg"]), root)
         replies.write(_frame(reply))
         replies.flush()
         if reply.get("exit"):
             return
 
 
-def _run_job(parse: ParseFn, path: Path, source: str, cfg: LoadConfig) -> dict[str, Any]:
+def _run_job(parse: ParseFn, path: Path, source: str, cfg: LoadConfig, root: Path | None) -> dict[str, Any]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     cpu_cap = int(usage.ru_utime + usage.ru_stime + 2 * cfg.timeout_s + 10)  # backstop: the parent kills first
@@ -282,8 +287,10 @@ def _run_job(parse: ParseFn, path: Path, source: str, cfg: LoadConfig) -> dict[s
             os.abort()
     started = time.monotonic()
     try:
-        documents = parse(path, source, cfg)
+        documents, sha256 = parse(path, source, cfg, root)
     except LoadError as exc:
         seconds = time.monotonic() - started
-        return {"error_kind": exc.kind, "error": str(exc), "seconds": seconds, "exit": exc.kind == "memory"}
-    return {"documents": [dataclasses.asdict(d) for d in documents], "seconds": time.monotonic() - started}
+        return {"error_kind": exc.kind, "error": str(exc), "seconds": seconds, "exit": exc.kind == "memory",
+                "sha256": exc.sha256}
+    return {"documents": [dataclasses.asdict(d) for d in documents], "seconds": time.monotonic() - started,
+            "sha256": sha256}

@@ -23,7 +23,7 @@ from rag.core.types import Answer, Citation, Hit, Message
 from rag.webui import kb
 from rag.webui.kb_page import run_reindex
 from rag.webui.state import ConfigKey, Session, Turn, get_gate, same_path, turns
-from rag.webui.text import html_text, link_citations, passage_html, source_card, tr
+from rag.webui.text import answer_markdown, escape_stream, html_text, link_citations, passage_html, source_card, tr
 
 log = logging.getLogger("kbqa.app")
 GATE_TIMEOUT_S = 600.0  # a user waits at most this long in the generation queue
@@ -149,7 +149,7 @@ def render_details(turn: Turn, lang: str, settings: kb.AppSettings) -> None:
 
 def render_turn(turn: Turn, lang: str, settings: kb.AppSettings) -> None:
     with st.chat_message("user"):
-        st.markdown(turn.question)
+        st.markdown(answer_markdown(turn.question))
     with st.chat_message("assistant"):
         fill_boxes(answer_boxes(turn.base is not None, turn.adapter, lang), turn)
         render_details(turn, lang, settings)
@@ -163,14 +163,14 @@ def stream_answer(pipeline: Any, question: str, history: list[Message], session:
         boxes = answer_boxes(True, session.adapter, session.lang)
         for box, stream in zip(boxes, (base, tuned), strict=True):
             with box:
-                st.write_stream(stream)
+                st.write_stream(escape_stream(stream))
         turn = Turn(turn_id, question, tuned.answer, tuned.quotes, session.adapter, session.index_dir,
                     base=base.answer, base_quotes=base.quotes)
     else:
         stream = pipeline.ask(question, history, adapter=session.adapter or None, **overrides)
         boxes = answer_boxes(False, "", session.lang)
         with boxes[0]:
-            st.write_stream(stream)
+            st.write_stream(escape_stream(stream))
         turn = Turn(turn_id, question, stream.answer, stream.quotes, session.adapter, session.index_dir)
     fill_boxes(boxes, turn)
     return turn
@@ -184,7 +184,7 @@ def ask(question: str, session: Session, cfg: RagConfig, retriever: Retriever, l
     pipeline = QAPipeline(retriever, loaded.model, cfg)
     history = [m for t in turns() for m in (Message("user", t.question), Message("assistant", t.answer.text))]
     with st.chat_message("user"):
-        st.markdown(question)
+        st.markdown(answer_markdown(question))
     with st.chat_message("assistant"):
         notice = st.empty()
 

@@ -16,7 +16,7 @@ from rag.core.errors import RagError
 from rag.index.report import IngestReport
 from rag.webui import kb, uploads
 from rag.webui.state import ConfigKey, Session, get_embedder, same_path
-from rag.webui.text import TEXT, tr
+from rag.webui.text import TEXT, markdown_literal, tr
 
 PROGRESS_SPANS = {"hash": (0.0, 0.1), "parse": (0.1, 0.6), "embed": (0.6, 1.0)}  # share of the bar per sync stage
 
@@ -38,7 +38,7 @@ def run_reindex(session: Session, cfg: RagConfig, retriever: Retriever | None, s
         report = kb.reindex(cfg.knowledge_dir, cfg, session.index_dir, embedder, progress)
         st.session_state["report"] = report
     except RagError as exc:
-        notes.append(("error", tr(lang, "index_busy", error=exc)))
+        notes.append(("error", tr(lang, "index_busy", error=markdown_literal(str(exc)))))
     bar.progress(1.0, text=tr(lang, "progress_done"))
     st.session_state["kb_notes"] = notes
     st.rerun()
@@ -66,7 +66,9 @@ def show_report(report: IngestReport, lang: str) -> None:
 
 
 def upload_message(lang: str, error: uploads.UploadError, mb: float, suffixes: list[str]) -> str:
-    return tr(lang, f"upload_{error.kind}", name=error.name, mb=f"{mb:g}", types=" ".join(suffixes))
+    """The page's one line for a refused upload (names and reasons shown as text: a name can hold markdown)."""
+    return tr(lang, f"upload_{error.kind}", name=markdown_literal(error.name), mb=f"{mb:g}", types=" ".join(suffixes),
+              error=markdown_literal(str(error)))
 
 
 def upload_panel(session: Session, cfg: RagConfig, retriever: Retriever | None, settings: kb.AppSettings,
@@ -91,7 +93,7 @@ def upload_panel(session: Session, cfg: RagConfig, retriever: Retriever | None, 
                 notes.append(("error", upload_message(lang, exc, settings.max_upload_mb, suffixes)))
                 continue
             saved += result.status != "unchanged"
-            notes.append(("success", tr(lang, f"saved_{result.status}", name=result.source)))
+            notes.append(("success", tr(lang, f"saved_{result.status}", name=markdown_literal(result.source))))
         st.session_state["upload_round"] = upload_round + 1  # a fresh, empty uploader next time
         if saved:
             run_reindex(session, cfg, retriever, source, notes)
@@ -126,10 +128,10 @@ def documents_panel(session: Session, cfg: RagConfig, retriever: Retriever | Non
             try:
                 uploads.delete_document(cfg.knowledge_dir, doomed)
             except RagError as exc:
-                st.error(str(exc))
+                st.error(markdown_literal(str(exc)))
                 return
             st.session_state["delete_round"] = delete_round + 1  # the next delete asks again
-            run_reindex(session, cfg, retriever, source, [("success", tr(lang, "deleted", source=doomed))])
+            run_reindex(session, cfg, retriever, source, [("success", tr(lang, "deleted", source=markdown_literal(doomed)))])
 
 
 def kb_view(session: Session, cfg: RagConfig, retriever: Retriever | None, settings: kb.AppSettings,

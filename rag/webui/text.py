@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Iterable, Iterator
 
 LANGUAGES = {"zh": "中文", "en": "English"}
 
@@ -114,6 +115,7 @@ TEXT: dict[str, dict[str, str]] = {
         "upload_empty": "{name} 是空文件，未保存。",
         "upload_bad_name": "{name} 的文件名不可用，请改名后再上传。",
         "upload_outside": "{name} 会被保存到知识库文件夹之外，已拒绝。",
+        "upload_not_saved": "未保存：{error}",
         "saved_new": "已保存 {name}",
         "saved_replaced": "已覆盖 {name}",
         "saved_renamed": "同名文件已存在，另存为 {name}",
@@ -271,6 +273,7 @@ TEXT: dict[str, dict[str, str]] = {
         "upload_empty": "{name} is empty; not saved.",
         "upload_bad_name": "{name} has no usable file name; rename it and upload again.",
         "upload_outside": "{name} would be saved outside the knowledge folder; refused.",
+        "upload_not_saved": "Not saved: {error}",
         "saved_new": "Saved {name}",
         "saved_replaced": "Replaced {name}",
         "saved_renamed": "A different file had that name; saved as {name}",
@@ -333,8 +336,11 @@ def tr(lang: str, key: str, **values: object) -> str:
     return text.format(**values) if values else text
 
 
-# Characters that Streamlit's markdown would turn into formatting, links or LaTeX even inside our HTML blocks.
-_MARKDOWN_ENTITIES = str.maketrans({
+# One pass over the text: HTML's special characters, and those that Streamlit's markdown would turn into formatting,
+# links, images or LaTeX even inside our HTML blocks, become entities. One pass, so the "#" of an entity made for
+# one character is never escaped again (a passage's "'" showed as a literal "&#x27;" when this was two passes).
+_INERT_HTML = str.maketrans({
+    "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;",
     "*": "&#42;", "_": "&#95;", "`": "&#96;", "$": "&#36;", "[": "&#91;", "]": "&#93;", "~": "&#126;",
     "#": "&#35;", "\\": "&#92;", "|": "&#124;", "!": "&#33;",
 })
@@ -346,7 +352,35 @@ _BLANK_LINES = re.compile(r"\n[^\S\n]*(?:\n[^\S\n]*)+")
 def html_text(text: str) -> str:
     """``text`` as inert HTML: escaped, markdown-neutral, line breaks kept as ``<br>`` (blank lines dropped)."""
     text = _BLANK_LINES.sub("\n", text.replace("\r\n", "\n").replace("\r", "\n"))
-    return html.escape(text, quote=True).translate(_MARKDOWN_ENTITIES).replace("\n", "<br>")
+    return text.translate(_INERT_HTML).replace("\n", "<br>")
+
+
+# Every ASCII punctuation character may be backslash-escaped in CommonMark; these are the ones that could make the
+# browser fetch something or run markup: images and links ("![", "[", "]"), autolinks and raw HTML ("<", ">"),
+# LaTeX ("$"), and the backslash itself: else a model's "\\![x](url)" would turn each escape of ours into a literal
+# backslash and leave the image working. (Inside code spans the escapes show; safety first.)
+_ANSWER_ESCAPES = str.maketrans({char: "\\" + char for char in "\\![]<>$"})
+_MARKDOWN_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def markdown_literal(text: str) -> str:
+    """``text`` (a file name, an error) shown as itself by ``st.success`` / ``st.error`` and other markdown: no image,
+    link, HTML or formatting; line breaks become spaces."""
+    escaped = "".join("\\" + char if char in _MARKDOWN_PUNCTUATION else char for char in text)
+    return " ".join(escaped.splitlines())
+
+
+def answer_markdown(text: str) -> str:
+    """A model's answer (or a streamed piece of it) as markdown that keeps emphasis, lists and code but renders no
+    image, link, raw HTML or formula: the characters that start them are backslash-escaped one by one, so the pieces
+    of a stream can be escaped separately. A link stays readable as ``[text](url)``, with its URL visible."""
+    return text.translate(_ANSWER_ESCAPES)
+
+
+def escape_stream(pieces: Iterable[str]) -> Iterator[str]:
+    """:func:`answer_markdown` over a stream of answer pieces (for ``st.write_stream``)."""
+    for piece in pieces:
+        yield answer_markdown(piece) if isinstance(piece, str) else piece
 
 
 def find_quote(text: str, quote: str) -> tuple[int, int] | None:
@@ -372,13 +406,13 @@ def passage_html(text: str, quote: str = "") -> str:
     return f"{html_text(text[:start])}<mark>{html_text(text[start:end])}</mark>{html_text(text[end:])}"
 
 
-_CITATION = re.compile(r"\[(\d{1,3})\]")
+_ESCAPED_CITATION = re.compile(r"\\\[(\d{1,3})\\\]")
 
 
 def link_citations(text: str, anchor_prefix: str, numbers: set[int] | None = None) -> str:
-    """Markdown of an answer whose ``[n]`` markers link to ``#{anchor_prefix}-{n}`` (only ``numbers``, if given);
-    ``$`` is escaped so that prices are not read as LaTeX."""
-    text = text.replace("$", "\\$")
+    """Markdown of an answer (made inert by :func:`answer_markdown`: no image, link, HTML or formula of its own)
+    whose ``[n]`` markers link to ``#{anchor_prefix}-{n}`` (only ``numbers``, if given)."""
+    text = answer_markdown(text)
 
     def link(match: re.Match[str]) -> str:
         number = int(match.group(1))
@@ -386,7 +420,7 @@ def link_citations(text: str, anchor_prefix: str, numbers: set[int] | None = Non
             return match.group(0)
         return f"[\\[{number}\\]](#{anchor_prefix}-{number})"
 
-    return _CITATION.sub(link, text)
+    return _ESCAPED_CITATION.sub(link, text)
 
 
 def source_card(anchor: str, number: int | None, where: str, body_html: str, badge: str = "") -> str:
@@ -396,6 +430,20 @@ def source_card(anchor: str, number: int | None, where: str, body_html: str, bad
     return (f'<div class="kb-src" id="{html.escape(anchor)}"><div class="kb-src-head">{label}{html_text(where)}'
             f'{flag}</div><div class="kb-src-body">{body_html}</div></div>')
 
+
+# Streamlit cannot send response headers, so the page's Content-Security-Policy comes as a <meta> element that a
+# script puts into <head> on the first run (browsers apply such a policy from then on). It only narrows what may be
+# fetched without a click: images and media from this server (or data:/blob:), no plugins, no foreign <base> or form
+# target; scripts, styles and the websocket stay as Streamlit needs them.
+CSP = "img-src 'self' data: blob:; media-src 'self' data: blob:; object-src 'none'; base-uri 'self'; form-action 'self'"
+CSP_SCRIPT = f"""<script>
+if (!document.head.querySelector('meta[http-equiv="Content-Security-Policy"]')) {{
+  const meta = document.createElement("meta");
+  meta.httpEquiv = "Content-Security-Policy";
+  meta.content = "{CSP}";
+  document.head.prepend(meta);
+}}
+</script>"""
 
 CSS = """
 <style>

@@ -195,9 +195,9 @@ def test_hostile_folder_ingests_with_every_file_reported_once(
         os.mkfifo(folder / "fifo_after_discovery.txt")
         return found
 
-    def vanish_then_parse(items, cfg, progress=None):  # type: ignore[no-untyped-def]
+    def vanish_then_parse(items, cfg, progress=None, root=None):  # type: ignore[no-untyped-def]
         (folder / "vanish_before_parse.txt").unlink()
-        return real_parse(items, cfg, progress)
+        return real_parse(items, cfg, progress, root)
 
     monkeypatch.setattr(rag.index.sync, "discover_files", discover_then_vanish)
     monkeypatch.setattr(rag.index.sync, "parse_files", vanish_then_parse)

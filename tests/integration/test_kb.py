@@ -281,4 +281,4 @@ def test_passage_highlight_and_citation_links() -> None:
     assert passage_html(text, "第二句 有空格。") == "第一句。<br><mark>第二句  有空格。</mark>第三句。"
     assert passage_html(text, "不存在的句子。") == "第一句。<br>第二句  有空格。第三句。"
     assert link_citations("五天[1]。十天[2][3]，费用 $5。", "src-t", {1, 3}) == (
-        "五天[\\[1\\]](#src-t-1)。十天[2][\\[3\\]](#src-t-3)，费用 \\$5。")
+        "五天[\\[1\\]](#src-t-1)。十天\\[2\\][\\[3\\]](#src-t-3)，费用 \\$5。")
