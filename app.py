@@ -20,7 +20,7 @@ from __future__ import annotations
 import streamlit as st
 
 from rag.core.errors import RagError
-from rag.webui import kb
+from rag.webui import history, kb
 from rag.webui.chat import chat_view
 from rag.webui.kb_page import kb_view
 from rag.webui.model_page import model_view
@@ -44,20 +44,26 @@ def main() -> None:
         st.stop()
     if settings.password and not password_ok(settings.password, lang):
         st.stop()
+    try:
+        owner = history.start(settings)
+    except RagError as exc:
+        st.error(tr(lang, "config_error", error=exc))
+        st.stop()
     with st.spinner(tr(lang, "loading_model")):
         loaded = get_model(source)
     catalog = get_catalog(source)
     adapters = catalog.rows(loaded.model, cfg)
-    session, retriever, error = sidebar(lang, cfg, settings, source, loaded, adapters)
+    session, retriever, error, history_box = sidebar(lang, cfg, settings, source, loaded, adapters)
     st.title(tr(lang, "title"))
     view = st.radio(tr(lang, "view_label"), ["chat", "kb", "model"], key="view", horizontal=True,
                     format_func=lambda v: tr(lang, f"view_{v}"), label_visibility="collapsed")
     if view == "chat":
-        chat_view(session, cfg, retriever, error, loaded, settings, source)
+        chat_view(session, cfg, retriever, error, loaded, settings, source, owner)
     elif view == "kb":
         kb_view(session, cfg, retriever, settings, source)
     else:
         model_view(session, cfg, loaded, adapters, catalog)
+    history.history_panel(history_box, lang, settings, owner)
 
 
 main()

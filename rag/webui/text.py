@@ -23,6 +23,13 @@ TEXT: dict[str, dict[str, str]] = {
         "view_kb": ":material/folder_open: 知识库",
         "view_model": ":material/memory: 模型",
         "new_chat": "新对话",
+        "sb_history": "对话记录",
+        "history_empty": "还没有保存的对话。提问后对话会自动保存，刷新页面或重启后仍在。",
+        "history_actions": "当前对话：重命名 · 导出 · 删除",
+        "history_title": "标题",
+        "history_rename": "重命名",
+        "history_delete": "删除此对话",
+        "history_save_failed": "回答未能保存到对话记录：{error}",
         "sb_kb": "知识库",
         "index_label": "索引",
         "index_counts": "{files} 个文件 · {chunks} 个文本块",
@@ -177,6 +184,13 @@ TEXT: dict[str, dict[str, str]] = {
         "view_kb": ":material/folder_open: Knowledge base",
         "view_model": ":material/memory: Model",
         "new_chat": "New conversation",
+        "sb_history": "Conversations",
+        "history_empty": "No saved conversations yet. Conversations are saved as you ask and survive a reload or restart.",
+        "history_actions": "This conversation: rename · export · delete",
+        "history_title": "Title",
+        "history_rename": "Rename",
+        "history_delete": "Delete this conversation",
+        "history_save_failed": "The answer could not be saved to the conversation history: {error}",
         "sb_kb": "Knowledge base",
         "index_label": "Index",
         "index_counts": "{files} files · {chunks} chunks",
@@ -409,5 +423,6 @@ CSS = """
 .kb-src-body {max-height: 11rem; overflow-y: auto; line-height: 1.65; opacity: .92; overflow-wrap: anywhere;}
 .kb-src mark {background: rgba(250, 204, 21, .5); color: inherit; padding: 0 .1rem; border-radius: .2rem;}
 .kb-meta {font-size: .8rem; opacity: .7;}
+[class*="st-key-conv-"] button {justify-content: flex-start; text-align: left;}
 </style>
 """
