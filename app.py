@@ -26,15 +26,22 @@ from rag.webui.kb_page import kb_view
 from rag.webui.model_page import model_view
 from rag.webui.sidebar import sidebar
 from rag.webui.state import get_catalog, get_model, password_ok, secrets
-from rag.webui.text import CSS, LANGUAGES, TEXT, tr
+from rag.webui.text import CSS, LANGUAGES, SCROLL_TO_MARKS_JS, TEXT, tr
+
+
+def keep_view() -> None:
+    """Re-send the open view (对话 / 知识库 / 模型) with the new language's labels: the browser drops a radio's
+    selection when its option labels change, although the page still shows that view."""
+    st.session_state["view"] = st.session_state.get("view", "chat")
 
 
 def main() -> None:
     st.set_option("client.toolbarMode", "viewer")  # a page for users: no developer menu, no "Deploy"
     st.set_page_config(page_title=TEXT["zh"]["page_title"], page_icon=":material/menu_book:", layout="centered")
     st.markdown(CSS, unsafe_allow_html=True)
+    st.html(SCROLL_TO_MARKS_JS, unsafe_allow_javascript=True)
     lang = st.sidebar.radio(TEXT["zh"]["lang_label"], list(LANGUAGES), format_func=LANGUAGES.__getitem__,
-                            key="lang", horizontal=True)
+                            key="lang", horizontal=True, on_change=keep_view)
     try:
         settings = kb.app_settings(secrets=secrets())
         source = kb.config_source()

@@ -10,6 +10,7 @@ import logging
 import sqlite3
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -127,6 +128,8 @@ def render_feedback(turn: Turn, lang: str, settings: kb.AppSettings, owner: str)
     if turn.rating and f"fb-{turn.id}" not in st.session_state:  # a restored conversation shows its ratings
         st.session_state[f"fb-{turn.id}"] = 1 if turn.rating == "up" else 0
     st.feedback("thumbs", key=f"fb-{turn.id}", on_change=on_rate, args=(turn.id, settings, owner))
+    if turn.rating:
+        st.caption(tr(lang, "feedback_where", path=Path(settings.feedback_path).resolve()))
     if turn.rating == "up":
         st.caption(tr(lang, "feedback_up"))
     elif turn.rating == "down" and not turn.correction_saved:

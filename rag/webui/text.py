@@ -66,6 +66,7 @@ TEXT: dict[str, dict[str, str]] = {
         "base_label": "基础模型",
         "tuned_label": "适配器：{adapter}",
         "feedback_up": "已记录，谢谢！",
+        "feedback_where": "反馈保存在 `{path}`（UTF-8 JSONL，每行一条，可直接用编辑器打开；`finetune/` 用它生成训练数据）",
         "feedback_down": "已记录。可以写下正确的回答，帮助改进模型：",
         "correction_label": "正确的回答（可选）",
         "correction_placeholder": "写下你认为正确的回答……",
@@ -84,6 +85,8 @@ TEXT: dict[str, dict[str, str]] = {
         "upload_title": "上传文档",
         "upload_label": "选择文件（可多选）",
         "upload_help": "单个文件不超过 {mb} MB。支持：{types}",
+        "uploader_button": "选择文件",
+        "uploader_limit": "单个文件不超过 {mb} MB · {types}",
         "replace_same": "覆盖同名文件（否则另存为“名称 (2)”）",
         "upload_button": "保存并重新索引",
         "reindex_title": "重新索引",
@@ -228,6 +231,8 @@ TEXT: dict[str, dict[str, str]] = {
         "base_label": "Base model",
         "tuned_label": "Adapter: {adapter}",
         "feedback_up": "Thanks, noted!",
+        "feedback_where": "Feedback is saved in `{path}` (UTF-8 JSONL, one record a line, readable in any editor; "
+                          "`finetune/` turns it into training data)",
         "feedback_down": "Noted. You can write the right answer to help improve the model:",
         "correction_label": "The right answer (optional)",
         "correction_placeholder": "Write the answer you expected…",
@@ -247,6 +252,8 @@ TEXT: dict[str, dict[str, str]] = {
         "upload_title": "Upload documents",
         "upload_label": "Choose files (several at once is fine)",
         "upload_help": "Up to {mb} MB per file. Supported: {types}",
+        "uploader_button": "Upload",
+        "uploader_limit": "{mb} MB per file · {types}",
         "replace_same": "Replace files with the same name (else saved as \"name (2)\")",
         "upload_button": "Save and re-index",
         "reindex_title": "Re-index",
@@ -409,6 +416,43 @@ def source_card(anchor: str, number: int | None, where: str, body_html: str, bad
     flag = f' <span class="kb-badge">{html_text(badge)}</span>' if badge else ""
     return (f'<div class="kb-src" id="{html.escape(anchor)}"><div class="kb-src-head">{label}{html_text(where)}'
             f'{flag}</div><div class="kb-src-body">{body_html}</div></div>')
+
+
+def uploader_css(lang: str, mb: str, types: str) -> str:
+    """Streamlit draws its file uploader's button and size line in English; this restyles them in ``lang``'s words.
+
+    The original words are kept in the page (zero-sized) and the translation is drawn by CSS ``::after``.
+    """
+    if lang == "en":
+        return ""
+    words = {"button": tr(lang, "uploader_button"), "limit": tr(lang, "uploader_limit", mb=mb, types=types)}
+    css = {key: value.replace("\\", "").replace('"', "'") for key, value in words.items()}
+    dropzone = '[data-testid="stFileUploaderDropzone"]'
+    return (f"<style>{dropzone} button [data-testid=\"stMarkdownContainer\"] p {{font-size: 0;}}"
+            f"{dropzone} button [data-testid=\"stMarkdownContainer\"] p::after "
+            f"{{content: \"{css['button']}\"; font-size: .875rem;}}"
+            f"[data-testid=\"stFileUploaderDropzoneInstructions\"] span {{font-size: 0;}}"
+            f"[data-testid=\"stFileUploaderDropzoneInstructions\"] span::after "
+            f"{{content: \"{css['limit']}\"; font-size: .8rem;}}</style>")
+
+
+# Scroll each source card's passage so that its highlighted sentence is in view (a card's body is a short scroll box;
+# the sentence is often far down). Runs in the page: cards drawn later (streaming, reruns) are handled as they appear.
+SCROLL_TO_MARKS_JS = """<script>
+(() => {
+  if (window.kbqaMarks) return;
+  window.kbqaMarks = true;
+  const reveal = () => document.querySelectorAll('.kb-src-body').forEach((body) => {
+    const mark = body.querySelector('mark');
+    if (!mark || body.dataset.kbqaRevealed) return;
+    body.dataset.kbqaRevealed = '1';
+    const offset = mark.getBoundingClientRect().top - body.getBoundingClientRect().top + body.scrollTop;
+    body.scrollTop = Math.max(0, offset - body.clientHeight / 4);
+  });
+  new MutationObserver(reveal).observe(document.body, {childList: true, subtree: true});
+  reveal();
+})();
+</script>"""
 
 
 CSS = """

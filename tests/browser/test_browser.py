@@ -375,3 +375,48 @@ def test_reload_and_restart_keep_the_conversation_and_the_list_actions(browser: 
     expect(page.get_by_test_id("stChatMessage")).to_have_count(0)
     expect(sidebar_conversations(page).first).to_contain_text("域账号密码")
     page.context.close()
+
+
+HIDDEN_MARKS_JS = """() => [...document.querySelectorAll('.kb-src-body')].filter((body) => body.querySelector('mark'))
+    .map((body) => {
+      const box = body.getBoundingClientRect(), mark = body.querySelector('mark').getBoundingClientRect();
+      // the sentence starts in the upper three quarters of its scroll box, where a reader sees it at once
+      return {visible: mark.top >= box.top - 1 && mark.top <= box.top + box.height * 0.75,
+              text: body.innerText.slice(0, 40)};
+    })"""
+AFTER_JS = "(element) => getComputedStyle(element, '::after').content"
+
+
+def test_marks_in_view_feedback_file_uploader_words_and_language_switch_keeps_the_view(browser: Any,
+                                                                                         server: Server) -> None:
+    page = open_page(browser, server, DESKTOP)
+    ask(page, "连不上无线网络怎么办？")
+    answer = wait_answer(page, "XingHe-Corp")
+    expect(answer.locator(".kb-src mark").first).to_be_attached()
+    page.wait_for_timeout(500)  # the page script scrolls each card once it is drawn
+    cards = page.evaluate(HIDDEN_MARKS_JS)
+    assert cards and all(card["visible"] for card in cards), cards  # the highlighted sentence shows without scrolling
+    shot(answer, "sources_marks_in_view.png")
+
+    answer.get_by_test_id("stFeedback").get_by_label("Thumbs up").click()
+    expect(answer).to_contain_text(f"反馈保存在 {server.feedback.resolve()}")
+    line = server.feedback.read_text(encoding="utf-8").splitlines()[-1]
+    assert "连不上无线网络" in line and "\\u" not in line  # readable UTF-8, not \uXXXX escapes
+
+    goto_view(page, "知识库")
+    dropzone = page.get_by_test_id("stFileUploaderDropzone")
+    expect(dropzone).to_be_visible()
+    assert "选择文件" in dropzone.locator("button p").evaluate(AFTER_JS)
+    limit = page.get_by_test_id("stFileUploaderDropzoneInstructions").locator("span").first.evaluate(AFTER_JS)
+    assert "单个文件不超过 50 MB" in limit and "PDF" in limit
+    shot(page.get_by_test_id("stFileUploader"), "uploader_zh.png")
+
+    page.get_by_test_id("stSidebar").get_by_text("English", exact=True).click()  # the view stays 知识库 -> Knowledge base
+    options = page.get_by_test_id("stMainBlockContainer").get_by_test_id("stRadioOption")
+    expect(options.filter(has_text="Knowledge base").locator("input")).to_be_checked()
+    expect(options.filter(has_text="Chat").locator("input")).not_to_be_checked()
+    expect(page.get_by_test_id("stFileUploaderDropzone").locator("button")).to_contain_text("Upload")
+    assert "选择文件" not in page.get_by_test_id("stFileUploaderDropzone").locator("button p").evaluate(AFTER_JS)
+    page.get_by_test_id("stSidebar").get_by_text("中文", exact=True).click()
+    expect(options.filter(has_text="知识库").locator("input")).to_be_checked()
+    page.context.close()
