@@ -20,13 +20,19 @@ from __future__ import annotations
 import streamlit as st
 
 from rag.core.errors import RagError
-from rag.webui import kb
+from rag.webui import history, kb
 from rag.webui.chat import chat_view
 from rag.webui.kb_page import kb_view
 from rag.webui.model_page import model_view
 from rag.webui.sidebar import sidebar
 from rag.webui.state import get_catalog, get_model, password_ok, secrets
-from rag.webui.text import CSP_SCRIPT, CSS, LANGUAGES, TEXT, tr
+from rag.webui.text import CSP_SCRIPT, CSS, LANGUAGES, SCROLL_TO_MARKS_JS, TEXT, tr
+
+
+def keep_view() -> None:
+    """Re-send the open view (对话 / 知识库 / 模型) with the new language's labels: the browser drops a radio's
+    selection when its option labels change, although the page still shows that view."""
+    st.session_state["view"] = st.session_state.get("view", "chat")
 
 
 def main() -> None:
@@ -34,8 +40,9 @@ def main() -> None:
     st.set_page_config(page_title=TEXT["zh"]["page_title"], page_icon=":material/menu_book:", layout="centered")
     st.markdown(CSS, unsafe_allow_html=True)
     st.html(CSP_SCRIPT, unsafe_allow_javascript=True)  # images only from this server: see text.CSP
+    st.html(SCROLL_TO_MARKS_JS, unsafe_allow_javascript=True)
     lang = st.sidebar.radio(TEXT["zh"]["lang_label"], list(LANGUAGES), format_func=LANGUAGES.__getitem__,
-                            key="lang", horizontal=True)
+                            key="lang", horizontal=True, on_change=keep_view)
     try:
         settings = kb.app_settings(secrets=secrets())
         source = kb.config_source()
@@ -45,20 +52,26 @@ def main() -> None:
         st.stop()
     if settings.password and not password_ok(settings.password, lang):
         st.stop()
+    try:
+        owner = history.start(settings)
+    except RagError as exc:
+        st.error(tr(lang, "config_error", error=exc))
+        st.stop()
     with st.spinner(tr(lang, "loading_model")):
         loaded = get_model(source)
     catalog = get_catalog(source)
     adapters = catalog.rows(loaded.model, cfg)
-    session, retriever, error = sidebar(lang, cfg, settings, source, loaded, adapters)
+    session, retriever, error, history_box = sidebar(lang, cfg, settings, source, loaded, adapters)
     st.title(tr(lang, "title"))
     view = st.radio(tr(lang, "view_label"), ["chat", "kb", "model"], key="view", horizontal=True,
                     format_func=lambda v: tr(lang, f"view_{v}"), label_visibility="collapsed")
     if view == "chat":
-        chat_view(session, cfg, retriever, error, loaded, settings, source)
+        chat_view(session, cfg, retriever, error, loaded, settings, source, owner)
     elif view == "kb":
         kb_view(session, cfg, retriever, settings, source)
     else:
         model_view(session, cfg, loaded, adapters, catalog)
+    history.history_panel(history_box, lang, settings, owner)
 
 
 main()

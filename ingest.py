@@ -13,8 +13,12 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rag.cli.common import add_config_args, config_from_args, run_cli, table
+
+if TYPE_CHECKING:
+    from rag.index.report import IngestReport
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,10 +39,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from rag.index.sync import unchanged_report
+
+    cfg = config_from_args(args)
+    # a bad folder or an unchanged one is answered before the embedder (seconds of torch + model) loads
+    nothing_to_do = None if args.rebuild else unchanged_report(
+        args.folder, cfg, index_dir=args.index, keep_deleted=True if args.keep_deleted else None,
+        retry_failed=args.retry_failed)
+    if nothing_to_do is not None:
+        print(f"embedder: {nothing_to_do.embedder} (not loaded: nothing changed)", file=sys.stderr)
+        print_report(nothing_to_do, args.json_report)
+        return 0
+
     from rag.embed.embedder import load_embedder
     from rag.index.sync import sync_folder
 
-    cfg = config_from_args(args)
     embedder = load_embedder(cfg.embed)
     name = f"{embedder.name} (dim {embedder.dim})" if embedder is not None else "none: BM25 keyword search only"
     print(f"embedder: {name}", file=sys.stderr)
@@ -62,6 +77,12 @@ def main(args: argparse.Namespace) -> int:
     finally:
         for bar in bars.values():
             bar.close()
+    print_report(report, args.json_report)
+    return 0
+
+
+def print_report(report: IngestReport, json_report: str | None) -> None:
+    """The changed files as a table, skipped types in one line, the totals; the JSON report if asked for."""
     changed = [f for f in report.files if f.status not in ("unchanged", "skipped")]
     if changed:
         rows = [[f.status, f.chunks, f.pages or "", f"{f.seconds:.2f}" if f.seconds else "", f.source,
@@ -71,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     if skipped:
         kinds = ", ".join(f"{suffix} ×{n}" for suffix, n in skipped.most_common())
         print(f"skipped {sum(skipped.values())} files of types the loader does not read: {kinds}"
-              f"{' (each is listed in the --json-report)' if args.json_report else ''}")
+              f"{' (each is listed in the --json-report)' if json_report else ''}")
     totals = report.totals()
     print(
         f"{totals['files']} files: {totals['new']} new, {totals['updated']} updated, {totals['unchanged']} unchanged, "
@@ -79,9 +100,8 @@ def main(args: argparse.Namespace) -> int:
         f"{totals['pages_parsed']} pages parsed, {totals['chunks_indexed']} chunks indexed in {totals['seconds']} s "
         f"({totals['chunks_per_s']} chunks/s) | index: {report.index_dir} (generation {report.generation})"
     )
-    if args.json_report:
-        Path(args.json_report).write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
-    return 0
+    if json_report:
+        Path(json_report).write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

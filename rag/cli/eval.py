@@ -58,6 +58,9 @@ class Question:
 def read_questions(path: str | Path, split: str | None = None) -> list[Question]:
     """Read a questions file; a malformed line is an error naming its line number."""
     questions = []
+    if not Path(path).is_file():
+        raise RagError(f"questions file {path} does not exist; give a JSONL file of "
+                       '{"id", "question", "evidence", "source"} objects (docs/EVAL.md)')
     for number, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue

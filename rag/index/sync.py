@@ -17,6 +17,7 @@ a collection that reflects another generation is reconciled with SQLite by the n
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +36,8 @@ from rag.core.types import Chunk, ParsedFile
 from rag.embed.embedder import Embedder
 from rag.index.bm25 import store_current_tokens, tokenize
 from rag.index.docstore import DocStore, FileRecord
-from rag.index.layout import BM25_TOKENIZER, DOCSTORE, FORMAT_VERSION, LOCK, write_manifest
+from rag.index.layout import BM25_TOKENIZER, DOCSTORE, FORMAT_VERSION, LOCK, MANIFEST, faiss_path, write_manifest
+from rag.index.milvus_sync import effective_config
 from rag.index.report import FileReport, IngestReport
 from rag.index.sync_store import write_store
 from rag.ingest.load import discover_files, parse_files
@@ -161,6 +163,89 @@ def _prepare(ds: DocStore, cfg: RagConfig, embedder: Embedder | None, directory:
     return fresh or rebuild or ds.get_json("split") != asdict(cfg.split)
 
 
+def _unchanged_row(source: str, sha: str, old: FileRecord | None, retry_failed: bool) -> FileReport | None:
+    """The report row of a file that needs no work (same content as indexed), or None when it must be parsed."""
+    if old is None or old.sha256 != sha:
+        return None
+    if old.status in ("ok", "kept"):
+        return FileReport(source, "unchanged", chunks=old.chunks, pages=old.pages)
+    if old.status == "failed" and not retry_failed:
+        status = "skipped" if old.error_kind == "unsupported" else "failed"
+        note = "" if status == "skipped" else " (unchanged since the last ingest; --retry-failed re-parses it)"
+        return FileReport(source, status, error_kind=old.error_kind, error=old.error + note)
+    return None
+
+
+EMBED_REQUEST = "embed_request"  # docstore key: the embed settings of the run that last wrote the index
+_EMBED_IDENTITY = ("model", "revision", "source", "modelscope_id", "query_prefix", "passage_prefix",
+                   "max_seq_length", "cache_dir", "fallback")
+
+
+def embed_request(cfg: RagConfig) -> dict[str, Any]:
+    """The ``embed.*`` settings that decide which embedder a run loads (not batch size, device, timeouts)."""
+    settings = asdict(cfg.embed)
+    return {key: settings[key] for key in _EMBED_IDENTITY}
+
+
+def unchanged_report(folder: str | Path, cfg: RagConfig, index_dir: str | Path | None = None,
+                     keep_deleted: bool | None = None, retry_failed: bool = False) -> IngestReport | None:
+    """The report of a sync that would change nothing, found without loading the embedder; None if there is work.
+
+    "Nothing" means: the index was last written by a run with the same ``embed.*`` model settings, splitter, BM25
+    tokenizer and format; every file has the content it was indexed with (or failed before and is not retried); no
+    file has gone; the manifest and the FAISS file of the current generation are in place. Anything else returns
+    None and :func:`sync_folder` runs with the embedder (which also checks the embedder's fingerprint).
+
+    Raises:
+        RagError: ``folder`` is not a folder (the same message as :func:`sync_folder`).
+    """
+    started = time.perf_counter()
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise RagError(f"knowledge folder {folder} does not exist; create it and put documents in it")
+    directory = Path(index_dir or cfg.index.dir).resolve()
+    if not (directory / DOCSTORE).is_file() or not (directory / MANIFEST).is_file():
+        return None
+    ds = DocStore(directory / DOCSTORE, readonly=True)
+    try:
+        if (ds.get_meta("format_version") != str(FORMAT_VERSION) or ds.get_json("split") != asdict(cfg.split)
+                or ds.get_meta("bm25_tokenizer") != BM25_TOKENIZER or ds.get_json(EMBED_REQUEST) != embed_request(cfg)):
+            return None
+        generation = ds.generation
+        stored_embedder = ds.get_json("embedder")
+        if json.loads((directory / MANIFEST).read_text(encoding="utf-8")).get("generation") != generation:
+            return None
+        if stored_embedder is not None and effective_config(cfg.store, directory).kind == "faiss" \
+                and not faiss_path(directory, generation).is_file():
+            return None
+        known = ds.files()
+        report = IngestReport(str(directory), (stored_embedder or {}).get("name", "none (BM25 only)"))
+        seen: set[str] = set()
+        for path in discover_files(folder, cfg.load, exclude=[directory]):
+            source = path.relative_to(folder).as_posix()
+            seen.add(source)
+            try:
+                sha = file_sha256(path)
+            except OSError:
+                return None  # the full sync reports it
+            row = _unchanged_row(source, sha, known.get(source), retry_failed)
+            if row is None or (row.status == "unchanged" and known[source].status == "kept"):
+                return None
+            report.files.append(row)
+        keep = cfg.index.keep_deleted if keep_deleted is None else keep_deleted
+        if any(source not in seen and not (keep and record.status == "kept") for source, record in known.items()):
+            return None
+        for source, record in known.items():
+            if source not in seen:
+                report.files.append(FileReport(source, "kept", chunks=record.chunks, pages=record.pages))
+        report.generation = generation
+    finally:
+        ds.close()
+    report.seconds = time.perf_counter() - started
+    report.files.sort(key=lambda f: f.source)
+    return report
+
+
 def sync_folder(
     folder: str | Path,
     cfg: RagConfig,
@@ -226,15 +311,12 @@ def sync_folder(
             record = FileRecord(source, sha, stat.st_size, stat.st_mtime_ns, "ok")
             old = None if rebuild else known.get(source)
             progress and progress("hash", done, len(paths))
-            if old is not None and old.sha256 == sha and not resplit and old.status in ("ok", "kept"):
+            row = None if resplit else _unchanged_row(source, sha, old, retry_failed)
+            if row is not None and old is not None:
                 if old.status == "kept":
                     with state.tx():
                         ds.put_file(FileRecord(**{**asdict(old), "status": "ok"}))
-                report.files.append(FileReport(source, "unchanged", chunks=old.chunks, pages=old.pages))
-            elif old is not None and old.sha256 == sha and old.status == "failed" and not retry_failed and not resplit:
-                status = "skipped" if old.error_kind == "unsupported" else "failed"
-                note = "" if status == "skipped" else " (unchanged since the last ingest; --retry-failed re-parses it)"
-                report.files.append(FileReport(source, status, error_kind=old.error_kind, error=old.error + note))
+                report.files.append(row)
             else:
                 todo.append((path, source, record))
 
@@ -247,6 +329,8 @@ def sync_folder(
                 ds.set_json("embedder", embedder.describe() if embedder is not None else None)
                 ds.set_json("split", asdict(cfg.split))
                 ds.set_meta("bm25_tokenizer", BM25_TOKENIZER)
+        if ds.get_json(EMBED_REQUEST) != embed_request(cfg):  # lets the next run skip loading the embedder
+            ds.set_json(EMBED_REQUEST, embed_request(cfg))  # one autocommitted row: no new generation
         stack.close()  # commits the rebuild transaction, if any
         ds = DocStore(directory / DOCSTORE, vector_dtype=cfg.store.vector_dtype)
         try:

@@ -7,8 +7,10 @@ one numbered context. Ratings and corrections go to the feedback file (:func:`ra
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -21,8 +23,10 @@ from rag.core.config import RagConfig
 from rag.core.errors import RagError
 from rag.core.types import Answer, Citation, Hit, Message
 from rag.webui import kb
+from rag.webui.conversations import Turn
+from rag.webui.history import save_rating, save_turn
 from rag.webui.kb_page import run_reindex
-from rag.webui.state import ConfigKey, Session, Turn, get_gate, same_path, turns
+from rag.webui.state import ConfigKey, Session, get_gate, same_path, turns
 from rag.webui.text import answer_markdown, escape_stream, html_text, link_citations, passage_html, source_card, tr
 
 log = logging.getLogger("kbqa.app")
@@ -106,21 +110,26 @@ def feedback_record(turn: Turn, rating: str, correction: str = "") -> feedback.F
                              adapter=turn.adapter, id=turn.id, index=turn.index)
 
 
-def on_rate(turn_id: str, path: str) -> None:
+def on_rate(turn_id: str, settings: kb.AppSettings, owner: str) -> None:
     value = st.session_state.get(f"fb-{turn_id}")
     turn = next((t for t in turns() if t.id == turn_id), None)
     if turn is None:
         return
     turn.rating = "" if value is None else "up" if value == 1 else "down"
+    save_rating(settings, owner, turn)
     if turn.rating:
         try:
-            feedback.append_feedback(path, feedback_record(turn, turn.rating))
+            feedback.append_feedback(settings.feedback_path, feedback_record(turn, turn.rating))
         except OSError as exc:
             st.toast(str(exc))
 
 
-def render_feedback(turn: Turn, lang: str, settings: kb.AppSettings) -> None:
-    st.feedback("thumbs", key=f"fb-{turn.id}", on_change=on_rate, args=(turn.id, settings.feedback_path))
+def render_feedback(turn: Turn, lang: str, settings: kb.AppSettings, owner: str) -> None:
+    if turn.rating and f"fb-{turn.id}" not in st.session_state:  # a restored conversation shows its ratings
+        st.session_state[f"fb-{turn.id}"] = 1 if turn.rating == "up" else 0
+    st.feedback("thumbs", key=f"fb-{turn.id}", on_change=on_rate, args=(turn.id, settings, owner))
+    if turn.rating:
+        st.caption(tr(lang, "feedback_where", path=Path(settings.feedback_path).resolve()))
     if turn.rating == "up":
         st.caption(tr(lang, "feedback_up"))
     elif turn.rating == "down" and not turn.correction_saved:
@@ -132,27 +141,28 @@ def render_feedback(turn: Turn, lang: str, settings: kb.AppSettings) -> None:
                 try:
                     feedback.append_feedback(settings.feedback_path, feedback_record(turn, "down", text.strip()))
                     turn.correction_saved = True
+                    save_rating(settings, owner, turn)
                 except OSError as exc:
                     st.error(str(exc))
     if turn.correction_saved:
         st.caption(tr(lang, "correction_saved"))
 
 
-def render_details(turn: Turn, lang: str, settings: kb.AppSettings) -> None:
+def render_details(turn: Turn, lang: str, settings: kb.AppSettings, owner: str) -> None:
     render_sources(turn, lang)
     models = " | ".join(a.model for a in answers_of(turn) if a.model)
     if models:
         st.markdown(f'<div class="kb-meta">{html_text(tr(lang, "answered_by", model=models))}</div>',
                     unsafe_allow_html=True)
-    render_feedback(turn, lang, settings)
+    render_feedback(turn, lang, settings, owner)
 
 
-def render_turn(turn: Turn, lang: str, settings: kb.AppSettings) -> None:
+def render_turn(turn: Turn, lang: str, settings: kb.AppSettings, owner: str) -> None:
     with st.chat_message("user"):
         st.markdown(answer_markdown(turn.question))
     with st.chat_message("assistant"):
         fill_boxes(answer_boxes(turn.base is not None, turn.adapter, lang), turn)
-        render_details(turn, lang, settings)
+        render_details(turn, lang, settings, owner)
 
 
 def stream_answer(pipeline: Any, question: str, history: list[Message], session: Session, turn_id: str) -> Turn:
@@ -177,7 +187,7 @@ def stream_answer(pipeline: Any, question: str, history: list[Message], session:
 
 
 def ask(question: str, session: Session, cfg: RagConfig, retriever: Retriever, loaded: LoadedModel,
-        settings: kb.AppSettings) -> None:
+        settings: kb.AppSettings, owner: str) -> None:
     from rag.answer.pipeline import QAPipeline
 
     lang = session.lang
@@ -207,12 +217,17 @@ def ask(question: str, session: Session, cfg: RagConfig, retriever: Retriever, l
             notice.empty()
             st.error(tr(lang, "answer_failed", error=f"{type(exc).__name__}: {exc}"))
             return
-        render_details(turn, lang, settings)
+        render_details(turn, lang, settings, owner)
     turns().append(turn)
+    try:
+        save_turn(settings, owner, turn)
+    except (RagError, OSError, sqlite3.Error) as exc:  # the answer stays on the page; only saving it failed
+        log.exception("saving the conversation failed")
+        st.warning(tr(lang, "history_save_failed", error=exc))
 
 
 def chat_view(session: Session, cfg: RagConfig, retriever: Retriever | None, error: str, loaded: LoadedModel,
-              settings: kb.AppSettings, source: ConfigKey) -> None:
+              settings: kb.AppSettings, source: ConfigKey, owner: str) -> None:
     lang = session.lang
     if retriever is None:
         if same_path(session.index_dir, cfg.index.dir):
@@ -228,9 +243,9 @@ def chat_view(session: Session, cfg: RagConfig, retriever: Retriever | None, err
                 st.info(tr(lang, "fallback_banner"))
             st.caption(tr(lang, "welcome"))
     for turn in turns():
-        render_turn(turn, lang, settings)
+        render_turn(turn, lang, settings, owner)
     placeholder = tr(lang, "ask_placeholder" if retriever is not None else "ask_disabled")
     question = st.chat_input(placeholder, disabled=retriever is None, key="question")
     if question and question.strip() and retriever is not None:
         intro.empty()
-        ask(question.strip(), session, cfg, retriever, loaded, settings)
+        ask(question.strip(), session, cfg, retriever, loaded, settings, owner)

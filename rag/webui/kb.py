@@ -37,6 +37,7 @@ ENV_PASSWORD = "KBQA_PASSWORD"
 ENV_MAX_UPLOAD_MB = "KBQA_MAX_UPLOAD_MB"
 ENV_FEEDBACK = "KBQA_FEEDBACK"
 ENV_INDEXES = "KBQA_INDEXES"
+ENV_CONVERSATIONS = "KBQA_CONVERSATIONS"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class AppSettings:
         indexes_root: the folder whose sub-folders holding a ``docstore.sqlite`` are offered as indexes;
             "" = the folder above ``index.dir``.
         generation_slots: answers generated at the same time (the rest queue).
+        conversations_dir: the folder of ``conversations.sqlite``, where every user's chats are saved.
     """
 
     max_upload_mb: float = 50.0
@@ -57,6 +59,7 @@ class AppSettings:
     feedback_path: str = "feedback/feedback.jsonl"
     indexes_root: str = ""
     generation_slots: int = 1
+    conversations_dir: str = "conversations"
 
 
 _SETTING_SOURCES = {  # field -> (environment variable, key in .streamlit/secrets.toml)
@@ -65,6 +68,7 @@ _SETTING_SOURCES = {  # field -> (environment variable, key in .streamlit/secret
     "feedback_path": (ENV_FEEDBACK, "feedback_path"),
     "indexes_root": (ENV_INDEXES, "indexes_root"),
     "generation_slots": ("KBQA_GENERATION_SLOTS", "generation_slots"),
+    "conversations_dir": (ENV_CONVERSATIONS, "conversations_dir"),
 }
 
 

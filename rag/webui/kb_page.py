@@ -16,7 +16,7 @@ from rag.core.errors import RagError
 from rag.index.report import IngestReport
 from rag.webui import kb, uploads
 from rag.webui.state import ConfigKey, Session, get_embedder, same_path
-from rag.webui.text import TEXT, markdown_literal, tr
+from rag.webui.text import TEXT, markdown_literal, tr, uploader_css
 
 PROGRESS_SPANS = {"hash": (0.0, 0.1), "parse": (0.1, 0.6), "embed": (0.6, 1.0)}  # share of the bar per sync stage
 
@@ -77,6 +77,8 @@ def upload_panel(session: Session, cfg: RagConfig, retriever: Retriever | None, 
     suffixes = uploads.upload_suffixes(cfg.load)
     st.markdown(f"#### {tr(lang, 'upload_title')}")
     upload_round = st.session_state.setdefault("upload_round", 0)
+    st.markdown(uploader_css(lang, f"{settings.max_upload_mb:g}", ", ".join(s.lstrip(".").upper() for s in suffixes)),
+                unsafe_allow_html=True)
     files = st.file_uploader(tr(lang, "upload_label"), type=suffixes,  # with the dot: "text" alone means text/*
                              accept_multiple_files=True, key=f"upload-{upload_round}",
                              max_upload_size=max(1, math.ceil(settings.max_upload_mb)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -11,6 +12,7 @@ from rag.answer.retrieve import Retriever
 from rag.core.config import RagConfig
 from rag.core.errors import RagError
 from rag.webui import kb
+from rag.webui.history import new_chat
 from rag.webui.state import AdapterRow, ConfigKey, Session, get_retriever, warn_if_exposed
 from rag.webui.text import tr
 
@@ -24,10 +26,12 @@ def open_retriever(source: ConfigKey, index_dir: str, lang: str) -> tuple[Retrie
 
 
 def sidebar(lang: str, cfg: RagConfig, settings: kb.AppSettings, source: ConfigKey, loaded: LoadedModel,
-            adapters: list[AdapterRow]) -> tuple[Session, Retriever | None, str]:
+            adapters: list[AdapterRow]) -> tuple[Session, Retriever | None, str, Any]:
+    """This session's choices, its retriever (or the reason there is none) and the sidebar box kept for the
+    conversation list (filled after the chat view, so a conversation started by this run is listed at once)."""
     bar = st.sidebar
-    if bar.button(tr(lang, "new_chat"), width="stretch", key="new_chat", icon=":material/add_comment:"):
-        st.session_state["turns"] = []
+    bar.button(tr(lang, "new_chat"), width="stretch", key="new_chat", icon=":material/add_comment:", on_click=new_chat)
+    history_box = bar.container()
 
     bar.subheader(tr(lang, "sb_kb"))
     configured = str(Path(cfg.index.dir))
@@ -67,4 +71,4 @@ def sidebar(lang: str, cfg: RagConfig, settings: kb.AppSettings, source: ConfigK
         bar.caption(tr(lang, "compare_needs_adapter"))
     warn_if_exposed(settings, lang)
     session = Session(lang, index_dir, int(top_k), mode, float(threshold), adapter or "", bool(compare and adapter))
-    return session, retriever, error
+    return session, retriever, error, history_box

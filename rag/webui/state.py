@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,9 @@ from rag.answer.gate import GenerationGate
 from rag.answer.retrieve import Retriever
 from rag.core.config import RagConfig
 from rag.core.errors import RagError
-from rag.core.types import Answer
 from rag.llm.base import ChatModel
 from rag.webui import kb
+from rag.webui.conversations import ConversationStore, Turn
 from rag.webui.text import tr
 
 ConfigKey = tuple[str, tuple[str, ...]]
@@ -69,6 +69,12 @@ def get_embedder(source: ConfigKey) -> Any:
 @st.cache_resource(show_spinner=False)
 def get_gate(slots: int) -> GenerationGate:
     return GenerationGate(slots)
+
+
+@st.cache_resource(show_spinner=False)
+def get_conversations(folder: str) -> ConversationStore:
+    """The saved conversations of every user of this page (one SQLite file in ``folder``)."""
+    return ConversationStore(folder)
 
 
 @dataclass(frozen=True)
@@ -121,22 +127,6 @@ def get_catalog(source: ConfigKey) -> AdapterCatalog:
 
 
 # --- one session ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Turn:
-    """One question and its answer (in compare mode ``answer`` is the adapter's and ``base`` the base model's)."""
-
-    id: str
-    question: str
-    answer: Answer
-    quotes: dict[int, str]
-    adapter: str  # "" = the base model
-    index: str
-    base: Answer | None = None
-    base_quotes: dict[int, str] = field(default_factory=dict)
-    rating: str = ""
-    correction_saved: bool = False
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,13 @@ TEXT: dict[str, dict[str, str]] = {
         "view_kb": ":material/folder_open: 知识库",
         "view_model": ":material/memory: 模型",
         "new_chat": "新对话",
+        "sb_history": "对话记录",
+        "history_empty": "还没有保存的对话。提问后对话会自动保存，刷新页面或重启后仍在。",
+        "history_actions": "当前对话：重命名 · 导出 · 删除",
+        "history_title": "标题",
+        "history_rename": "重命名",
+        "history_delete": "删除此对话",
+        "history_save_failed": "回答未能保存到对话记录：{error}",
         "sb_kb": "知识库",
         "index_label": "索引",
         "index_counts": "{files} 个文件 · {chunks} 个文本块",
@@ -60,6 +67,7 @@ TEXT: dict[str, dict[str, str]] = {
         "base_label": "基础模型",
         "tuned_label": "适配器：{adapter}",
         "feedback_up": "已记录，谢谢！",
+        "feedback_where": "反馈保存在 `{path}`（UTF-8 JSONL，每行一条，可直接用编辑器打开；`finetune/` 用它生成训练数据）",
         "feedback_down": "已记录。可以写下正确的回答，帮助改进模型：",
         "correction_label": "正确的回答（可选）",
         "correction_placeholder": "写下你认为正确的回答……",
@@ -78,6 +86,8 @@ TEXT: dict[str, dict[str, str]] = {
         "upload_title": "上传文档",
         "upload_label": "选择文件（可多选）",
         "upload_help": "单个文件不超过 {mb} MB。支持：{types}",
+        "uploader_button": "选择文件",
+        "uploader_limit": "单个文件不超过 {mb} MB · {types}",
         "replace_same": "覆盖同名文件（否则另存为“名称 (2)”）",
         "upload_button": "保存并重新索引",
         "reindex_title": "重新索引",
@@ -179,6 +189,13 @@ TEXT: dict[str, dict[str, str]] = {
         "view_kb": ":material/folder_open: Knowledge base",
         "view_model": ":material/memory: Model",
         "new_chat": "New conversation",
+        "sb_history": "Conversations",
+        "history_empty": "No saved conversations yet. Conversations are saved as you ask and survive a reload or restart.",
+        "history_actions": "This conversation: rename · export · delete",
+        "history_title": "Title",
+        "history_rename": "Rename",
+        "history_delete": "Delete this conversation",
+        "history_save_failed": "The answer could not be saved to the conversation history: {error}",
         "sb_kb": "Knowledge base",
         "index_label": "Index",
         "index_counts": "{files} files · {chunks} chunks",
@@ -216,6 +233,8 @@ TEXT: dict[str, dict[str, str]] = {
         "base_label": "Base model",
         "tuned_label": "Adapter: {adapter}",
         "feedback_up": "Thanks, noted!",
+        "feedback_where": "Feedback is saved in `{path}` (UTF-8 JSONL, one record a line, readable in any editor; "
+                          "`finetune/` turns it into training data)",
         "feedback_down": "Noted. You can write the right answer to help improve the model:",
         "correction_label": "The right answer (optional)",
         "correction_placeholder": "Write the answer you expected…",
@@ -235,6 +254,8 @@ TEXT: dict[str, dict[str, str]] = {
         "upload_title": "Upload documents",
         "upload_label": "Choose files (several at once is fine)",
         "upload_help": "Up to {mb} MB per file. Supported: {types}",
+        "uploader_button": "Upload",
+        "uploader_limit": "{mb} MB per file · {types}",
         "replace_same": "Replace files with the same name (else saved as \"name (2)\")",
         "upload_button": "Save and re-index",
         "reindex_title": "Re-index",
@@ -445,6 +466,43 @@ if (!document.head.querySelector('meta[http-equiv="Content-Security-Policy"]')) 
 }}
 </script>"""
 
+def uploader_css(lang: str, mb: str, types: str) -> str:
+    """Streamlit draws its file uploader's button and size line in English; this restyles them in ``lang``'s words.
+
+    The original words are kept in the page (zero-sized) and the translation is drawn by CSS ``::after``.
+    """
+    if lang == "en":
+        return ""
+    words = {"button": tr(lang, "uploader_button"), "limit": tr(lang, "uploader_limit", mb=mb, types=types)}
+    css = {key: value.replace("\\", "").replace('"', "'") for key, value in words.items()}
+    dropzone = '[data-testid="stFileUploaderDropzone"]'
+    return (f"<style>{dropzone} button [data-testid=\"stMarkdownContainer\"] p {{font-size: 0;}}"
+            f"{dropzone} button [data-testid=\"stMarkdownContainer\"] p::after "
+            f"{{content: \"{css['button']}\"; font-size: .875rem;}}"
+            f"[data-testid=\"stFileUploaderDropzoneInstructions\"] span {{font-size: 0;}}"
+            f"[data-testid=\"stFileUploaderDropzoneInstructions\"] span::after "
+            f"{{content: \"{css['limit']}\"; font-size: .8rem;}}</style>")
+
+
+# Scroll each source card's passage so that its highlighted sentence is in view (a card's body is a short scroll box;
+# the sentence is often far down). Runs in the page: cards drawn later (streaming, reruns) are handled as they appear.
+SCROLL_TO_MARKS_JS = """<script>
+(() => {
+  if (window.kbqaMarks) return;
+  window.kbqaMarks = true;
+  const reveal = () => document.querySelectorAll('.kb-src-body').forEach((body) => {
+    const mark = body.querySelector('mark');
+    if (!mark || body.dataset.kbqaRevealed) return;
+    body.dataset.kbqaRevealed = '1';
+    const offset = mark.getBoundingClientRect().top - body.getBoundingClientRect().top + body.scrollTop;
+    body.scrollTop = Math.max(0, offset - body.clientHeight / 4);
+  });
+  new MutationObserver(reveal).observe(document.body, {childList: true, subtree: true});
+  reveal();
+})();
+</script>"""
+
+
 CSS = """
 <style>
 .kb-src {border: 1px solid rgba(128, 128, 128, .35); border-radius: .5rem; padding: .45rem .7rem; margin: .4rem 0;
@@ -457,5 +515,6 @@ CSS = """
 .kb-src-body {max-height: 11rem; overflow-y: auto; line-height: 1.65; opacity: .92; overflow-wrap: anywhere;}
 .kb-src mark {background: rgba(250, 204, 21, .5); color: inherit; padding: 0 .1rem; border-radius: .2rem;}
 .kb-meta {font-size: .8rem; opacity: .7;}
+[class*="st-key-conv-"] button {justify-content: flex-start; text-align: left;}
 </style>
 """

@@ -10,6 +10,7 @@ transformers model with a LoRA adapter (its words are noise; the layout is the p
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -104,6 +105,7 @@ def run_server(tmp: Path, knowledge: Path, extra: tuple[str, ...] = ()) -> Itera
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "KBQA_OVERRIDES": " ".join(shlex.quote(o) for o in overrides),
            "KBQA_FEEDBACK": str(tmp / "feedback.jsonl"), "KBQA_PASSWORD": "", "HF_HUB_OFFLINE": "1",
+           "KBQA_CONVERSATIONS": str(tmp / "conversations"),
            "KBQA_OFFLINE": "1"}
     log_path = tmp / "streamlit.log"
     with open(log_path, "wb") as log:
@@ -307,3 +309,114 @@ def test_compare_mode_and_a_queued_second_session_on_a_tiny_model(browser: Any,
         expect(other.get_by_test_id("stChatMessage").last.get_by_test_id("stColumn")).to_have_count(0)
         for opened in (page, other):
             opened.context.close()
+
+
+def sidebar_conversations(page: Page) -> Locator:
+    """The conversation buttons of the sidebar's list (the open one is the primary button)."""
+    return page.get_by_test_id("stSidebar").locator('[class*="st-key-conv-"] button')
+
+
+def test_reload_and_restart_keep_the_conversation_and_the_list_actions(browser: Any, server: Server) -> None:
+    page = open_page(browser, server, DESKTOP)
+    expect(page.get_by_test_id("stSidebar")).to_contain_text("还没有保存的对话")
+    ask(page, "连不上无线网络怎么办？")
+    wait_answer(page, "XingHe-Corp")
+    expect(sidebar_conversations(page)).to_have_count(1)
+    page.wait_for_function("() => new URLSearchParams(location.search).has('c')")
+    assert re.search(r"[?&]u=[\w-]{16,}", page.url), page.url
+
+    started = time.perf_counter()
+    page.reload()  # F5: the same conversation, its sources and the list come back
+    restored = wait_answer(page, "XingHe-Corp")
+    print(f"reload restored the conversation in {time.perf_counter() - started:.2f} s")
+    expect(page.get_by_test_id("stChatMessage")).to_have_count(2)
+    expect(restored.locator(".kb-src").first).to_contain_text("网络故障排查.pdf")
+    expect(sidebar_conversations(page)).to_have_count(1)
+
+    page.get_by_test_id("stSidebar").get_by_role("button", name="新对话").click()
+    expect(page.get_by_test_id("stChatMessage")).to_have_count(0)
+    ask(page, "域账号密码多久需要修改一次？")
+    wait_answer(page, "90 天")
+    expect(sidebar_conversations(page)).to_have_count(2)
+    expect(sidebar_conversations(page).first).to_contain_text("域账号密码")  # newest first
+    shot(page, "conversations.png")
+
+    sidebar_conversations(page).nth(1).click()  # reopen the first conversation
+    expect(page.get_by_test_id("stChatMessage").first).to_contain_text("连不上无线网络")
+    expect(page.get_by_test_id("stChatMessage")).to_have_count(2)
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_text("当前对话：重命名").click()
+    sidebar.get_by_label("标题").fill("无线网络排障")
+    sidebar.get_by_label("标题").press("Enter")
+    sidebar.get_by_role("button", name="重命名").click()
+    expect(sidebar_conversations(page).filter(has_text="无线网络排障")).to_have_count(1)
+    with page.expect_download() as markdown:
+        sidebar.get_by_role("button", name="Markdown").click()
+    text = Path(markdown.value.path()).read_text(encoding="utf-8")
+    assert text.startswith("# 无线网络排障\n") and "## 连不上无线网络怎么办？" in text and "网络故障排查.pdf" in text
+    assert markdown.value.suggested_filename == "无线网络排障.md"
+    with page.expect_download() as exported:
+        sidebar.get_by_role("button", name="JSON").click()
+    data = json.loads(Path(exported.value.path()).read_text(encoding="utf-8"))
+    assert data["title"] == "无线网络排障" and data["turns"][0]["question"] == "连不上无线网络怎么办？"
+    shot(page, "conversation_actions.png")
+
+    # a new tab of the same browser (the cookie, no ?u=) lists the same conversations; another browser none
+    same_browser = page.context.new_page()
+    same_browser.goto(server.url)
+    expect(sidebar_conversations(same_browser)).to_have_count(2)
+    same_browser.close()
+    other = open_page(browser, server, DESKTOP)
+    expect(other.get_by_test_id("stSidebar")).to_contain_text("还没有保存的对话")
+    other.context.close()
+
+    sidebar.get_by_role("button", name="删除此对话").click()
+    expect(sidebar_conversations(page)).to_have_count(1)
+    expect(page.get_by_test_id("stChatMessage")).to_have_count(0)
+    expect(sidebar_conversations(page).first).to_contain_text("域账号密码")
+    page.context.close()
+
+
+HIDDEN_MARKS_JS = """() => [...document.querySelectorAll('.kb-src-body')].filter((body) => body.querySelector('mark'))
+    .map((body) => {
+      const box = body.getBoundingClientRect(), mark = body.querySelector('mark').getBoundingClientRect();
+      // the sentence starts in the upper three quarters of its scroll box, where a reader sees it at once
+      return {visible: mark.top >= box.top - 1 && mark.top <= box.top + box.height * 0.75,
+              text: body.innerText.slice(0, 40)};
+    })"""
+AFTER_JS = "(element) => getComputedStyle(element, '::after').content"
+
+
+def test_marks_in_view_feedback_file_uploader_words_and_language_switch_keeps_the_view(browser: Any,
+                                                                                         server: Server) -> None:
+    page = open_page(browser, server, DESKTOP)
+    ask(page, "连不上无线网络怎么办？")
+    answer = wait_answer(page, "XingHe-Corp")
+    expect(answer.locator(".kb-src mark").first).to_be_attached()
+    page.wait_for_timeout(500)  # the page script scrolls each card once it is drawn
+    cards = page.evaluate(HIDDEN_MARKS_JS)
+    assert cards and all(card["visible"] for card in cards), cards  # the highlighted sentence shows without scrolling
+    shot(answer, "sources_marks_in_view.png")
+
+    answer.get_by_test_id("stFeedback").get_by_label("Thumbs up").click()
+    expect(answer).to_contain_text(f"反馈保存在 {server.feedback.resolve()}")
+    line = server.feedback.read_text(encoding="utf-8").splitlines()[-1]
+    assert "连不上无线网络" in line and "\\u" not in line  # readable UTF-8, not \uXXXX escapes
+
+    goto_view(page, "知识库")
+    dropzone = page.get_by_test_id("stFileUploaderDropzone")
+    expect(dropzone).to_be_visible()
+    assert "选择文件" in dropzone.locator("button p").evaluate(AFTER_JS)
+    limit = page.get_by_test_id("stFileUploaderDropzoneInstructions").locator("span").first.evaluate(AFTER_JS)
+    assert "单个文件不超过 50 MB" in limit and "PDF" in limit
+    shot(page.get_by_test_id("stFileUploader"), "uploader_zh.png")
+
+    page.get_by_test_id("stSidebar").get_by_text("English", exact=True).click()  # the view stays 知识库 -> Knowledge base
+    options = page.get_by_test_id("stMainBlockContainer").get_by_test_id("stRadioOption")
+    expect(options.filter(has_text="Knowledge base").locator("input")).to_be_checked()
+    expect(options.filter(has_text="Chat").locator("input")).not_to_be_checked()
+    expect(page.get_by_test_id("stFileUploaderDropzone").locator("button")).to_contain_text("Upload")
+    assert "选择文件" not in page.get_by_test_id("stFileUploaderDropzone").locator("button p").evaluate(AFTER_JS)
+    page.get_by_test_id("stSidebar").get_by_text("中文", exact=True).click()
+    expect(options.filter(has_text="知识库").locator("input")).to_be_checked()
+    page.context.close()

@@ -57,6 +57,7 @@ def make_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, build: bool = 
     site = Site(tmp_path, knowledge, index, tmp_path / "adapters", tmp_path / "feedback" / "feedback.jsonl", overrides)
     monkeypatch.setenv(kb.ENV_OVERRIDES, " ".join(shlex.quote(o) for o in overrides))
     monkeypatch.setenv(kb.ENV_FEEDBACK, str(site.feedback))
+    monkeypatch.setenv(kb.ENV_CONVERSATIONS, str(tmp_path / "conversations"))
     for name in (kb.ENV_CONFIG, kb.ENV_PASSWORD, kb.ENV_MAX_UPLOAD_MB, kb.ENV_INDEXES):
         monkeypatch.delenv(name, raising=False)
     return site
