@@ -99,7 +99,8 @@ def make_broken_corpus(folder: Path, big_mb: int = 50) -> dict[str, str]:
 def make_hanging_file(folder: Path, name: str = "hang__sleep__.txt") -> Path:
     """A valid text file whose parse sleeps forever in a worker when ``rag.ingest.load.TEST_HOOKS_ENV`` is set to ``1``.
 
-    Other hooks by name: ``__hog__`` allocates until the worker's memory cap, ``__crash__`` aborts the worker.
+    Other hooks by name: ``__hog__`` allocates until the worker's memory cap, ``__crash__`` aborts the worker,
+    ``__slowreply__`` sends the reply in 32 KB pieces with pauses.
     """
     path = folder / name
     path.write_text("this file would parse fine without the test hook\n", encoding="utf-8")

@@ -5,7 +5,14 @@ A worker is a fresh interpreter (``python -c``, never ``fork``: the parent may h
 time. Requests and replies are length-prefixed JSON frames (an 8-byte big-endian length, then UTF-8 JSON), so a worker
 that a hostile file took over cannot make the parent unpickle anything. The parent (:class:`WorkerPool`) keeps up to
 ``load.workers`` of them busy, kills a parse that runs past ``load.timeout_s``, tells a crash from running out of
-memory, and replaces dead workers. Kept apart from :mod:`rag.ingest.load` so that module reads as discovery and the
+memory, and replaces dead workers.
+
+The time limit counts only the worker's own parsing, whatever the parent is doing: :func:`parse_files` is a generator,
+and its caller may embed an earlier file for minutes between two results. So a worker says when it starts a file (a
+small ``started`` frame with its ``time.monotonic()``, the same system-wide clock as the parent's on Linux), the parent
+reads every waiting byte before it judges a deadline, and once the first bytes of the reply have come the parse is
+over and nothing is killed as a timeout (a reply of several MB crosses the 64 KB pipe in many reads, and between two
+of them the pipe can be empty). Kept apart from :mod:`rag.ingest.load` so that module reads as discovery and the
 parsing contract; the parse function itself is passed in (:func:`serve`), so imports point one way.
 """
 
@@ -36,7 +43,8 @@ from rag.ingest.parsers.text import MIB
 
 logger = logging.getLogger(__name__)
 
-TEST_HOOKS_ENV = "KBQA_TEST_PARSE_HOOKS"  # "1": in a worker, "__sleep__" in a file name hangs, "__crash__" aborts
+# "1": in a worker, "__sleep__" in a file name hangs, "__crash__" aborts, "__slowreply__" sends the reply slowly
+TEST_HOOKS_ENV = "KBQA_TEST_PARSE_HOOKS"
 STARTUP_TIMEOUT_S = 60.0  # a worker that is not ready by then is replaced
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _HEADER_BYTES = 8  # a frame is an 8-byte big-endian length, then that many bytes of UTF-8 JSON
@@ -62,7 +70,19 @@ class _Worker:
     buffer: bytearray = dataclasses.field(default_factory=bytearray)
     ready: bool = False
     job: tuple[Path, str] | None = None
-    job_started: float = 0.0
+    job_assigned: float = 0.0  # when the parent sent the request (parent's clock)
+    parse_started: float | None = None  # when the worker began parsing it (its ``started`` frame), None before that
+
+    def parse_deadline(self, timeout_s: float) -> float:
+        """When this job's parse passes ``timeout_s``; ``inf`` once its reply is arriving (the parse is over)."""
+        if self.parse_started is None:  # the worker has not said it started: count from the request
+            return self.job_assigned + timeout_s
+        if self.buffer:  # the start of the reply frame is here (complete frames never stay in the buffer)
+            return float("inf")
+        return self.parse_started + timeout_s
+
+    def parse_seconds(self) -> float:
+        return time.monotonic() - (self.job_assigned if self.parse_started is None else self.parse_started)
 
 
 class WorkerPool:
@@ -85,9 +105,13 @@ class WorkerPool:
             for worker in self.workers:
                 if worker.ready and worker.job is None and queue:
                     self._assign(worker, queue)
-            deadlines = [w.job_started + self.cfg.timeout_s if w.job else w.started + STARTUP_TIMEOUT_S
+            deadlines = [w.parse_deadline(self.cfg.timeout_s) if w.job else w.started + STARTUP_TIMEOUT_S
                          for w in self.workers if w.job or not w.ready]
-            wait = max(0.0, min(deadlines) - time.monotonic()) if deadlines else 0.0  # 0: none left to wait on
+            finite = [deadline for deadline in deadlines if deadline != float("inf")]
+            if finite:
+                wait = max(0.0, min(finite) - time.monotonic())
+            else:  # only replies in flight (wait for their bytes; 1 s is a backstop), or none left to wait on
+                wait = 1.0 if deadlines else 0.0
             for key, _ in self.selector.select(wait):
                 yield from self._read(key.data)
             yield from self._expire()
@@ -113,7 +137,8 @@ class WorkerPool:
 
     def _assign(self, worker: _Worker, queue: deque[tuple[Path, str]]) -> None:
         worker.job = queue.popleft()
-        worker.job_started = time.monotonic()
+        worker.job_assigned = time.monotonic()
+        worker.parse_started = None
         request = {"path": str(worker.job[0]), "source": worker.job[1], "cfg": dataclasses.asdict(self.cfg),
                    "root": str(self.root) if self.root is not None else None}
         try:
@@ -146,12 +171,17 @@ class WorkerPool:
                 worker.ready = True
                 self.failed_starts = 0
                 continue
-            source, seconds = worker.job[1], time.monotonic() - worker.job_started
-            worker.job = None
+            source, seconds = worker.job[1], worker.parse_seconds()
             try:
                 reply = json.loads(payload)
+                if worker.parse_started is None and "started" in reply:  # the worker began parsing the file
+                    # its clock is the parent's (CLOCK_MONOTONIC); clamped in case a platform's is not
+                    worker.parse_started = min(max(float(reply["started"]), worker.job_assigned), time.monotonic())
+                    continue
+                worker.job = None
                 yield _parsed_from_reply(source, reply, float(reply.get("seconds", seconds)))
             except (ValueError, KeyError, TypeError) as exc:
+                worker.job = None
                 yield ParsedFile(source, error_kind="crashed", error=f"the parser process sent a bad reply ({exc})",
                                  seconds=seconds)
                 reply = {"exit": True}
@@ -177,28 +207,40 @@ class WorkerPool:
             kind, message = "crashed", f"the parser process crashed (exit code {code}{name}); the file was skipped"
         last_line = (self.last_stderr.strip().splitlines() or [""])[-1]
         logger.warning("the parser worker died on %s (exit code %s): %s", job[1], code, last_line)
-        yield ParsedFile(job[1], error_kind=kind, error=message, seconds=time.monotonic() - worker.job_started)
+        yield ParsedFile(job[1], error_kind=kind, error=message, seconds=worker.parse_seconds())
 
     def _expire(self) -> Iterator[ParsedFile]:
-        now = time.monotonic()
         for worker in list(self.workers):
-            if worker.job and now - worker.job_started > self.cfg.timeout_s and not self._has_reply(worker):
+            if not self._overdue(worker):
+                continue
+            # First read what came while the caller was busy with an earlier result: the start-up handshake, the
+            # ``started`` frame (its time is what counts) or the start of the reply (then the parse is over).
+            yield from self._drain(worker)
+            if worker not in self.workers or not self._overdue(worker):
+                continue
+            if worker.job:
                 logger.warning("killing the parser of %s after %.0f s", worker.job[1], self.cfg.timeout_s)
                 yield self._fail(worker, "timeout", _timeout_message(self.cfg))
-            elif not worker.ready and now - worker.started > STARTUP_TIMEOUT_S:
+            else:
                 self.failed_starts += 1
                 self.last_stderr = "no reply within the start-up timeout"
                 self._stop(worker)
 
-    def _has_reply(self, worker: _Worker) -> bool:
-        """Whether a reply is waiting (it came in while the caller was busy with an earlier result)."""
+    def _overdue(self, worker: _Worker) -> bool:
+        if worker.job:
+            return time.monotonic() > worker.parse_deadline(self.cfg.timeout_s)
+        return not worker.ready and time.monotonic() - worker.started > STARTUP_TIMEOUT_S
+
+    def _drain(self, worker: _Worker) -> Iterator[ParsedFile]:
+        """Read what is waiting in ``worker``'s pipe now, without blocking, until its reply or handshake is in."""
         assert worker.process.stdout is not None
-        return bool(select.select([worker.process.stdout], [], [], 0)[0])
+        while (worker in self.workers and (worker.job or not worker.ready)
+               and select.select([worker.process.stdout], [], [], 0)[0]):
+            yield from self._read(worker)
 
     def _fail(self, worker: _Worker, kind: str, message: str) -> ParsedFile:
         assert worker.job is not None
-        parsed = ParsedFile(worker.job[1], error_kind=kind, error=message,
-                            seconds=time.monotonic() - worker.job_started)
+        parsed = ParsedFile(worker.job[1], error_kind=kind, error=message, seconds=worker.parse_seconds())
         worker.job = None
         self._stop(worker)
         return parsed
@@ -268,11 +310,27 @@ def serve(parse: ParseFn) -> None:
     replies.flush()
     while (request := _read_frame(sys.stdin.buffer)) is not None:
         root = Path(request["root"]) if request.get("root") else None
-        reply = _run_job(parse, Path(request["path"]), request["source"], LoadConfig(**request["cfg"]), root)
-        replies.write(_frame(reply))
+        replies.write(_frame({"started": time.monotonic()}))  # the parent counts the time limit from here
         replies.flush()
+        reply = _run_job(parse, Path(request["path"]), request["source"], LoadConfig(**request["cfg"]), root)
+        frame = _frame(reply)
+        if os.environ.get(TEST_HOOKS_ENV) == "1" and "__slowreply__" in Path(request["path"]).name:
+            _write_slowly(replies, frame)
+        else:
+            replies.write(frame)
+            replies.flush()
         if reply.get("exit"):
             return
+
+
+def _write_slowly(replies: IO[bytes], frame: bytes) -> None:
+    """Test hook: send a reply in 32 KB pieces (half a Linux pipe buffer) with pauses, as a worker that a busy machine
+    keeps off the CPU does, so the parent finds the pipe empty between two reads of one reply."""
+    piece = 1 << 15
+    for offset in range(0, len(frame), piece):
+        replies.write(frame[offset : offset + piece])
+        replies.flush()
+        time.sleep(0.02)
 
 
 def _run_job(parse: ParseFn, path: Path, source: str, cfg: LoadConfig, root: Path | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 
 from rag.core.config import LoadConfig
 from rag.core.errors import ConfigError, LoadError, RagError
-from rag.core.types import Document
+from rag.core.types import Document, ParsedFile
 from rag.ingest.load import discover_files, parse_file, parse_files, parse_one_isolated
 from rag.ingest.parsers import pdf as parsers
 from rag.ingest.parsers.text import decode_text, normalize_text
@@ -398,3 +398,33 @@ def test_unstructured_path_groups_elements_by_page(tmp_path: Path, monkeypatch: 
         (1, "第一页标题\n\n正文", "unstructured"),
         (2, "第二页", "unstructured"),
     ]
+
+
+def test_a_slow_consumer_and_a_multi_megabyte_reply_are_not_a_timeout_but_a_hang_still_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 15: while the caller embedded an earlier result, the parse deadline kept running, and a reply larger than
+    # the pipe buffer was half read when the expiry check looked, so a file that parses in 0.3 s came back "timeout".
+    monkeypatch.setenv(TEST_HOOKS_ENV, "1")
+    small = tmp_path / "small.txt"
+    small.write_text("a small file that parses at once\n", encoding="utf-8")
+    # ~2.7 MB of text -> a 3 MB reply, 46 times the 64 KB pipe buffer; "__slowreply__": the worker sends it in 32 KB
+    # pieces with short pauses, as on a busy machine, so the parent finds the pipe empty between its reads
+    big = tmp_path / "big__slowreply__.txt"
+    big.write_text("".join(f"第 {i} 行：一个解析结果有几 MB 的文件。\n" for i in range(50_000)), encoding="utf-8")
+    hanging = make_hanging_file(tmp_path)
+    timeout_s = 3.0
+    items = [(small, "small"), (big, "big"), (hanging, "hang")]
+    results: dict[str, ParsedFile] = {}
+    for parsed in parse_files(items, corpus_load_config(timeout_s=timeout_s, workers=2)):
+        results[parsed.source] = parsed
+        if len(results) < len(items):
+            time.sleep(timeout_s + 0.5)  # the caller embeds this file's chunks; the other worker's reply waits
+    assert results["small"].ok and results["big"].ok, (results["small"].error, results["big"].error)
+    assert "".join(document.text for document in results["big"].documents).count("\n") >= 49_999
+    assert results["big"].seconds < timeout_s  # the worker's own parse time, not the caller's
+    assert (results["hang"].error_kind, results["hang"].error) == (
+        "timeout",
+        f"parsing took longer than {timeout_s:g} s (load.timeout_s); the file was skipped",
+    )
+    assert results["hang"].seconds >= timeout_s
