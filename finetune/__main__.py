@@ -54,7 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         keys = ("train_loss", "eval_loss", "bleu-4", "rouge-1", "rouge-2", "rouge-l")
         shown = {k: round(v, 4) for k, v in result.metrics.items() if k in keys}
         print(f"adapter: {result.adapter_dir}\nrun: {result.output_dir} (metrics.json, loss_curve.png)\n"
-              f"metrics: {json.dumps(shown, ensure_ascii=False)}")
+              f"metrics: {json.dumps(shown, ensure_ascii=False)}\n"
+              f"data ({cfg.stage}): {', '.join(f'{k} {v}' for k, v in result.data_counts.items())}")
     return 0
 
 

@@ -95,3 +95,54 @@ def pick_template(setting: str, tokenizer: Any) -> ChatTemplate:
         logger.warning("model.template=%s but the app will detect %s for this tokenizer and refuse the adapter",
                        setting, detected)
     return template
+
+
+BITSANDBYTES_PIN = "bitsandbytes==0.50.2"
+
+
+def quantization_settings(kind: str, precision: str, use_cpu: bool) -> Any:
+    """``model.quantization`` -> a ``BitsAndBytesConfig`` (None when empty): 4bit = QLoRA's NF4 with double
+    quantisation, computing in the training precision (bf16 on Ampere+); 8bit = LLM.int8.
+
+    Raises:
+        ConfigError: training on CPU (bitsandbytes' k-bit training kernels are CUDA ones), or bitsandbytes missing.
+    """
+    import importlib.util
+
+    import torch
+
+    if not kind:
+        return None
+    if use_cpu or not torch.cuda.is_available():
+        raise ConfigError(f"model.quantization={kind} (QLoRA) needs a CUDA GPU: bitsandbytes' k-bit training "
+                          "kernels do not run on CPU; set model.quantization= (empty) to train the unquantised base")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"model.quantization={kind} needs bitsandbytes: pip install {BITSANDBYTES_PIN} "
+                          "(or set model.quantization= to train the unquantised base)")
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=torch.uint8)
+
+
+def load_base_model(cfg: ModelSection, folder: Path, precision: str, use_cpu: bool,
+                    gradient_checkpointing: bool) -> Any:
+    """The base model for training in ``precision``; with ``model.quantization`` loaded k-bit on the GPU and
+    prepared for k-bit training (peft: norms in float32, input gradients for checkpointing)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    quantization = quantization_settings(cfg.quantization, precision, use_cpu)
+    extra: dict[str, Any] = {"quantization_config": quantization, "device_map": {"": torch.cuda.current_device()}
+                             } if quantization is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
+                                                 attn_implementation=cfg.attn_implementation, **extra)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model

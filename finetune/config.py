@@ -22,6 +22,9 @@ BATCHING = ("padded", "length", "packing")
 FSDP_MODES = ("", "full_shard", "shard_grad_op")
 ON_BAD_RECORD = ("error", "skip")
 TINY_ARCHS = ("", "glm", "qwen2", "llama")
+STAGES = ("sft", "dpo", "kto")
+QUANTIZATIONS = ("", "4bit", "8bit")
+REFERENCES = ("adapter", "base")
 
 
 @dataclass
@@ -37,6 +40,7 @@ class ModelSection:
     template: str = "auto"  # auto (detected from the tokenizer, as the app does) | chatglm3 | chatml | glm4 | llama3
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (if installed)
     build_tiny: str = ""  # glm | qwen2 | llama: build a tiny random model at name_or_path when it is missing (tests)
+    quantization: str = ""  # "" | 4bit (QLoRA: bitsandbytes NF4, double quantisation, bf16 compute) | 8bit; CUDA only
 
 
 @dataclass
@@ -65,6 +69,19 @@ class LoraSection:
     alpha: int = 32
     dropout: float = 0.0  # the seed used 0.1 (configs/finetune/chatglm3_lora.yaml); 0 is ~4 % faster and 6 GB lighter
     target_modules: list[str] = field(default_factory=lambda: list(SEED_TARGETS))  # or ["all-linear"]
+
+
+@dataclass
+class PreferenceSection:
+    """``stage: dpo`` / ``stage: kto`` (TRL's DPOTrainer / KTOTrainer): what they add to the SFT settings."""
+
+    beta: float = 0.1  # how far the policy may move from the reference (the KL weight)
+    loss_type: str = ""  # "" = the stage's own (dpo: sigmoid, kto: kto); any loss_type TRL's trainer accepts
+    desirable_weight: float = 1.0  # kto: weight of 👍 examples (raise it when they are fewer than the 👎 ones)
+    undesirable_weight: float = 1.0  # kto: weight of 👎 examples
+    start_adapter: str = ""  # an SFT adapter (name in output.adapters_dir, or a folder) to continue from; "" = new LoRA
+    reference: str = "adapter"  # with start_adapter: adapter (a frozen copy of it, LoRA-sized) | base (the base
+    #                              model with the adapter disabled). Without start_adapter the reference is the base.
 
 
 @dataclass
@@ -127,9 +144,11 @@ class FinetuneConfig:
 
     name: str = "chatglm3-lora"
     seed: int = 42
+    stage: str = "sft"  # sft (supervised) | dpo (chosen/rejected pairs) | kto (👍/👎 unpaired examples)
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     lora: LoraSection = field(default_factory=LoraSection)
+    preference: PreferenceSection = field(default_factory=PreferenceSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output: OutputSection = field(default_factory=OutputSection)
@@ -157,6 +176,18 @@ def check(cfg: FinetuneConfig) -> FinetuneConfig:
     _one_of("data.on_bad_record", cfg.data.on_bad_record, ON_BAD_RECORD)
     _one_of("data.feedback_context", cfg.data.feedback_context, ("quotes", "none"))
     _one_of("model.build_tiny", cfg.model.build_tiny, TINY_ARCHS)
+    _one_of("stage", cfg.stage, STAGES)
+    _one_of("model.quantization", cfg.model.quantization, QUANTIZATIONS)
+    _one_of("preference.reference", cfg.preference.reference, REFERENCES)
+    if cfg.stage != "sft":
+        if cfg.train.batching == "packing":
+            raise ConfigError(f"stage={cfg.stage} compares whole sequences, so rows cannot be packed; "
+                              "set train.batching=padded (or length)")
+        if cfg.preference.beta <= 0:
+            raise ConfigError(f"preference.beta={cfg.preference.beta} must be positive, e.g. 0.1")
+    if cfg.model.quantization and cfg.train.fsdp:
+        raise ConfigError(f"model.quantization={cfg.model.quantization} cannot be sharded with train.fsdp here; "
+                          "leave train.fsdp empty (one GPU or DDP)")
     if not is_safe_name(cfg.adapter_name):
         raise ConfigError(f"adapter name {cfg.adapter_name!r} (name / output.adapter_name) must be a safe folder name: "
                           "letters, digits, CJK, '-', '_' and '.', starting with a letter or digit")

@@ -82,3 +82,15 @@ def tokenize_conversation(template: ChatTemplate, tokenizer: Any, messages: Sequ
     cut = 0 < max_output_tokens < end - start
     end = start + max_output_tokens if cut else end  # tokens after the last trained one never reach the loss
     return TokenizedExample(ids[:end], labels[:end], dropped, cut)
+
+
+def prompt_and_completion(template: ChatTemplate, tokenizer: Any, prompt: Sequence[Message], completion: str,
+                          max_input_tokens: int, max_output_tokens: int) -> tuple[list[int], list[int]] | None:
+    """The serving prompt's ids and the answer's trained ids (its end-of-turn token included) for a preference
+    stage, within the same budget as :func:`tokenize_conversation` (None when the prompt cannot fit)."""
+    example = tokenize_conversation(template, tokenizer, [*prompt, Message("assistant", completion)],
+                                    max_input_tokens, max_output_tokens)
+    if example is None:
+        return None
+    start = last_answer_start(example.labels)
+    return example.input_ids[:start], example.input_ids[start:]

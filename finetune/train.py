@@ -1,4 +1,9 @@
-"""The LoRA SFT recipe: ``python -m finetune train configs/finetune/X.yaml [key=value ...]``.
+"""The LoRA recipe (SFT, DPO, KTO): ``python -m finetune train configs/finetune/X.yaml [key=value ...]``.
+
+``stage: sft`` (the default) trains on conversations; ``stage: dpo`` on chosen/rejected pairs and ``stage: kto`` on
+answers judged desirable or not (:mod:`finetune.data.preference`, the page's 👍/👎 included), through TRL's
+``DPOTrainer`` / ``KTOTrainer`` (:mod:`finetune.preference`). ``model.quantization: 4bit`` loads the base in NF4
+(QLoRA) for any stage.
 
 Reads top to bottom: config -> data (conversations -> ids/labels with the app's own templates) -> base model (found
 and converted exactly as the app loads it) + LoRA -> TRL's ``SFTTrainer`` (a transformers ``Trainer``: mixed
@@ -26,9 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.base_model import find_base_model, pick_template
+from finetune.base_model import find_base_model, load_base_model, pick_template
 from finetune.config import FinetuneConfig
 from finetune.data.load import Conversation, load_splits
+from finetune.data.preference import load_preference_splits
+from finetune.preference import (
+    REFERENCE_ADAPTER,
+    make_preference_trainer,
+    preference_arguments,
+    start_model,
+    tokenize_preferences,
+)
 from finetune.reports import register_adapter, summarize, training_facts, write_reports
 from finetune.templates import tokenize_conversation
 from finetune.trainer import check_fsdp_possible, make_trainer, resume_checkpoint, torch_threads, trainer_arguments
@@ -36,8 +49,6 @@ from rag.core.errors import ConfigError, RagError
 from rag.models.templates import ChatTemplate
 
 logger = logging.getLogger(__name__)
-
-
 
 
 @dataclass
@@ -60,17 +71,10 @@ class RunResult:
     adapter_dir: Path | None
     output_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
+    data_counts: dict[str, int] = field(default_factory=dict)  # examples used and skipped, by kind
 
 
 # --- base model ---------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
 
 
 def pick_precision(setting: str, use_cpu: bool) -> str:
@@ -102,8 +106,6 @@ def check_targets(model: Any, targets: Sequence[str]) -> None:
 # --- data ---------------------------------------------------------------------------------------------------------
 
 
-
-
 def tokenize_all(conversations: Sequence[Conversation], template: ChatTemplate, tokenizer: Any,
                  max_input_tokens: int, max_output_tokens: int) -> TokenizedData:
     """Conversations -> rows of ``input_ids`` / ``labels`` (see :func:`finetune.templates.tokenize_conversation`)."""
@@ -128,7 +130,7 @@ def tokenize_all(conversations: Sequence[Conversation], template: ChatTemplate, 
 def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
     """Run the recipe ``cfg``: see the module docstring. Returns where the adapter went and its final metrics."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoTokenizer, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     set_seed(cfg.seed)
@@ -136,8 +138,11 @@ def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
     if cfg.train.fsdp:
         check_fsdp_possible(cfg.train.fsdp)  # before minutes of data and model loading
 
-    # 1. data: every record -> a validated conversation; a held-out dev split
-    train_conversations, dev_conversations, dataset = load_splits(cfg)
+    # 1. data: every record -> a validated conversation (sft), pair (dpo) or judged answer (kto); a dev split
+    if cfg.stage == "sft":
+        train_examples, dev_examples, dataset = load_splits(cfg)
+    else:
+        train_examples, dev_examples, preference_data, dataset = load_preference_splits(cfg)
 
     # 2. the base model exactly as the app will load it, and the app's chat template for it
     base = find_base_model(cfg.model)
@@ -148,25 +153,39 @@ def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
 
     # 3. ids + labels (loss only on assistant turns) with the serving template code
     limits = (cfg.data.max_input_tokens, cfg.data.max_output_tokens)
-    train_data = tokenize_all(train_conversations, template, tokenizer, *limits)
-    dev_data = tokenize_all(dev_conversations, template, tokenizer, *limits)
-    if not train_data.rows:
+    if cfg.stage == "sft":
+        train_data = tokenize_all(train_examples, template, tokenizer, *limits)
+        dev_data = tokenize_all(dev_examples, template, tokenizer, *limits)
+        train_rows, dev_rows, sample = train_data.rows, dev_data.rows, dev_data.conversations
+        counts = {"conversations": len(train_data.rows) + len(dev_data.rows),
+                  "skipped: prompt over data.max_input_tokens": train_data.skipped + dev_data.skipped}
+        logger.info("train: %d conversations, %d tokens (%d trimmed, %d answers cut, %d skipped); dev: %d",
+                    len(train_data.rows), train_data.tokens, train_data.trimmed, train_data.cut, train_data.skipped,
+                    len(dev_data.rows))
+    else:
+        train_rows, too_long = tokenize_preferences(train_examples, template, tokenizer, *limits)
+        dev_rows, dev_too_long = tokenize_preferences(dev_examples, template, tokenizer, *limits)
+        sample = []  # no reference answers to score generations against
+        counts = {**preference_data.counts(), "skipped: prompt over data.max_input_tokens": too_long + dev_too_long}
+    if not train_rows:
         raise ConfigError(f"no training example fits data.max_input_tokens={cfg.data.max_input_tokens}")
-    logger.info("train: %d conversations, %d tokens (%d trimmed, %d answers cut, %d skipped); dev: %d",
-                len(train_data.rows), train_data.tokens, train_data.trimmed, train_data.cut, train_data.skipped,
-                len(dev_data.rows))
 
     # 4. model + LoRA, precision and the trainer
     use_cpu = cfg.train.device == "cpu"
     precision = pick_precision(cfg.train.precision, use_cpu)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-    model = AutoModelForCausalLM.from_pretrained(str(base.folder), dtype=dtype, local_files_only=True,
-                                                 attn_implementation=cfg.model.attn_implementation)
-    check_targets(model, cfg.lora.target_modules)
-    args = trainer_arguments(cfg, precision, bool(dev_data.rows), output_dir)
-    sample = dev_data.conversations[: cfg.eval.generate_samples]
-    trainer = make_trainer(cfg, model, tokenizer, template, args, train_data.rows, dev_data.rows, sample,
-                           show_progress)
+    model = load_base_model(cfg.model, base.folder, precision, use_cpu, cfg.train.gradient_checkpointing)
+    reference = ""
+    if cfg.stage == "sft":
+        check_targets(model, cfg.lora.target_modules)
+        args = trainer_arguments(cfg, precision, bool(dev_rows), output_dir)
+        trainer = make_trainer(cfg, model, tokenizer, template, args, train_rows, dev_rows,
+                               sample[: cfg.eval.generate_samples], show_progress)
+    else:
+        model, reference = start_model(cfg, model, base.model_id, template.name)
+        if reference == "base" and not cfg.preference.start_adapter:
+            check_targets(model, cfg.lora.target_modules)
+        args = preference_arguments(cfg, precision, bool(dev_rows), output_dir)
+        trainer = make_preference_trainer(cfg, model, tokenizer, args, train_rows, dev_rows, show_progress)
 
     # 5. train, resuming from a checkpoint when asked
     resume = resume_checkpoint(cfg.train.resume, output_dir, get_last_checkpoint)
@@ -187,11 +206,14 @@ def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
                                  "ddp" if trainer.accelerator.num_processes > 1 else "single"),
                  "seconds": round(seconds, 1), "steps": trainer.state.global_step,
                  "tokens_per_second": round(metrics.get("train_tokens", 0.0) / max(seconds, 1e-9), 1),
-                 "peak_gpu_memory_gib": round(peak, 2), "train_examples": len(train_data.rows),
-                 "dev_examples": len(dev_data.rows), "resumed_from": str(resume or ""),
+                 "peak_gpu_memory_gib": round(peak, 2), "train_examples": len(train_rows),
+                 "dev_examples": len(dev_rows), "resumed_from": str(resume or ""), "stage": cfg.stage,
+                 "quantization": cfg.model.quantization, "data_counts": counts,
                  "best_checkpoint": best or "", **dataset}
         write_reports(output_dir, trainer.state.log_history, facts)
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        if REFERENCE_ADAPTER in unwrapped.peft_config:  # the frozen copy of the start adapter is not saved
+            unwrapped.delete_adapter(REFERENCE_ADAPTER)
         unwrapped.peft_config["default"].base_model_name_or_path = base.model_id
         target = (Path(cfg.output.adapters_dir).expanduser() / cfg.adapter_name if cfg.output.register
                   else output_dir / "adapter")
@@ -201,12 +223,14 @@ def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
             "template": template.name, "dataset": dataset["dataset"], "dataset_sha256": dataset["dataset_sha256"],
             "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)},
             "training": training_facts(cfg, precision, trainer.state.global_step), "run_dir": str(output_dir),
+            "stage": cfg.stage, "reference_adapter": "" if reference == "base" else reference,
+            "base_quantization": cfg.model.quantization, "data_counts": counts,
         })
         logger.info("adapter %s written to %s", cfg.adapter_name, adapter_dir)
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.num_processes > 1:  # a clean gloo/NCCL shutdown: exiting with the group alive aborted a
         trainer.accelerator.end_training()    # rank now and then ("terminate called without an active exception")
-    return RunResult(adapter_dir, output_dir, metrics)
+    return RunResult(adapter_dir, output_dir, metrics, counts)
 
 
 @contextlib.contextmanager

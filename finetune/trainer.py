@@ -28,16 +28,24 @@ logger = logging.getLogger(__name__)
 
 def trainer_arguments(cfg: FinetuneConfig, precision: str, has_dev: bool, output_dir: Path) -> Any:
     """The ``SFTConfig`` for ``cfg`` (a ``TrainingArguments`` with TRL's packing options)."""
-    import torch
     from trl import SFTConfig
+
+    max_length = cfg.data.max_input_tokens + cfg.data.max_output_tokens if cfg.data.max_output_tokens else None
+    return SFTConfig(**shared_arguments(cfg, precision, has_dev, output_dir), max_length=max_length,
+                     train_sampling_strategy="group_by_length" if cfg.train.batching == "length" else "random",
+                     packing=False, shuffle_dataset=False)
+
+
+def shared_arguments(cfg: FinetuneConfig, precision: str, has_dev: bool, output_dir: Path) -> dict[str, Any]:
+    """``train.*`` / ``eval.*`` as ``TrainingArguments`` keywords, the same for every stage's TRL config."""
+    import torch
 
     t, e = cfg.train, cfg.eval
     evaluate = e.steps > 0 and has_dev
     early_stop = evaluate and e.early_stop_patience > 0
     metric = "eval_loss" if e.early_stop_metric == "loss" else f"eval_{e.early_stop_metric}"
     use_cpu = t.device == "cpu"
-    max_length = cfg.data.max_input_tokens + cfg.data.max_output_tokens if cfg.data.max_output_tokens else None
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, use_cpu=use_cpu,
         max_steps=t.max_steps if t.max_steps > 0 else -1, num_train_epochs=t.epochs,
         per_device_train_batch_size=t.micro_batch_size, per_device_eval_batch_size=e.batch_size,
@@ -47,8 +55,7 @@ def trainer_arguments(cfg: FinetuneConfig, precision: str, has_dev: bool, output
         bf16=precision == "bf16", fp16=precision == "fp16",
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        train_sampling_strategy="group_by_length" if t.batching == "length" else "random",
-        packing=False, max_length=max_length, shuffle_dataset=False, torch_compile=t.compile,
+        torch_compile=t.compile,
         logging_steps=t.logging_steps, logging_first_step=True,
         eval_strategy="steps" if evaluate else "no", eval_steps=e.steps if evaluate else None,
         save_strategy="steps" if t.save_steps > 0 else "no", save_steps=t.save_steps or 500,
@@ -95,8 +102,7 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
                  generation_sample: Sequence[Conversation], show_progress: bool) -> Any:
     """TRL's SFTTrainer on already-tokenized rows (labels made by our templates), with LoRA from ``cfg.lora``."""
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback
+    from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
     class RecipeTrainer(SFTTrainer):  # type: ignore[misc]
@@ -131,10 +137,7 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
             pairs = gather_object([(a, c.messages[-1].content) for a, c in zip(answers, shard, strict=True)])
             return score([p for p, _ in pairs], [r for _, r in pairs])
 
-    lora = cfg.lora
-    targets: Any = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                             bias="none", task_type="CAUSAL_LM")
+    peft_config = lora_config(cfg)
     callbacks: list[Any] = [EarlyStoppingCallback(cfg.eval.early_stop_patience)] if args.load_best_model_at_end else []
     collator = None
     if cfg.train.batching == "packing":  # our row packing, not TRL's padding-free one: see finetune/packing.py
@@ -147,6 +150,24 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
         data_collator=collator,
     )
+    return finish_trainer(trainer, args, show_progress)
+
+
+def lora_config(cfg: FinetuneConfig) -> Any:
+    """peft's ``LoraConfig`` from ``cfg.lora``."""
+    from peft import LoraConfig
+
+    lora = cfg.lora
+    targets: Any = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def finish_trainer(trainer: Any, args: Any, show_progress: bool) -> Any:
+    """What every stage's trainer gets after construction: adapter inputs kept in the autocast dtype, our progress
+    bar instead of transformers' printer."""
+    from transformers import PrinterCallback, ProgressCallback
+
     if args.bf16 or args.fp16:
         keep_adapter_inputs_in_autocast_dtype(trainer.model)
     trainer.remove_callback(PrinterCallback)

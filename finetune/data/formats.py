@@ -48,7 +48,8 @@ PRESETS = {  # converters that are column mappings onto alpaca
     "counselling": {"prompt": "Context", "response": "Response"},
 }
 _UNSUPPORTED_ENTRY_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-_UNSUPPORTED_COLUMNS = ("tools", "images", "videos", "audios", "chosen", "rejected", "kto_tag")
+_UNSUPPORTED_COLUMNS = ("tools", "images", "videos", "audios")
+PREFERENCE_COLUMNS = ("chosen", "rejected", "kto_tag")  # read by the dpo / kto stages (finetune.data.preference)
 
 
 class RecordProblem(ValueError):
@@ -65,6 +66,7 @@ class DatasetSpec:
     columns: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     num_samples: int = 0  # 0 = all
+    ranking: bool = False  # dataset_info.json "ranking": true: chosen/rejected pairs (the dpo and kto stages)
 
     def files(self) -> list[Path]:
         if self.path.is_dir():
@@ -186,31 +188,23 @@ def _renumber(text: str, mapping: Mapping[int, int]) -> str:
     return "".join(out)
 
 
-def feedback_turns(record: Mapping[str, Any], context: str) -> list[tuple[str, Any]] | None:
-    """A feedback record -> turns, or None when it is a thumbs-down without a correction (nothing to learn)."""
-    from rag.answer.cite import strip_citations
-
+def feedback_prompt(record: Mapping[str, Any], context: str) -> tuple[list[tuple[str, Any]], dict[int, int] | None]:
+    """The prompt turns a feedback record's answer was served with, and how to renumber a reply's ``[n]`` markers
+    for it (None: strip them). With ``context="quotes"`` and quoted citations the user turn is the app's own answer
+    prompt (:func:`rag.answer.prompt.build_messages`) quoting the cited sentences as passages; else the bare question.
+    Shared by SFT (:func:`feedback_turns`) and the preference stages (:mod:`finetune.data.preference`)."""
     if not isinstance(record, Mapping):
         raise RecordProblem(f"a feedback record must be a JSON object, not {type(record).__name__}")
-
-    rating = record.get("rating")
-    if rating not in RATINGS:
-        raise RecordProblem(f"rating={rating!r} must be one of {', '.join(RATINGS)}")
     question = _text(record, "question", required=True)
-    answer = _text(record, "answer", required=rating == "up")
-    correction = _text(record, "correction", required=False).strip()
-    if rating == "down" and not correction:
-        return None
-    target = answer if rating == "up" else correction
     citations = record.get("citations") or []
     if not isinstance(citations, list) or any(not isinstance(c, dict) for c in citations):
         raise RecordProblem("'citations' must be a list of objects")
     quoted = sorted({int(c["number"]): c for c in citations
                      if isinstance(c.get("number"), int) and str(c.get("quote") or "").strip()}.items())
     if context == "none" or not quoted:
-        return [("user", question), ("assistant", strip_citations(target))]
-    from rag.core.config import AnswerConfig
+        return [("user", question)], None
     from rag.answer.prompt import build_messages
+    from rag.core.config import AnswerConfig
     from rag.core.types import Chunk, Hit
 
     hits = [Hit(Chunk(id=n, text=str(c["quote"]), source=str(c.get("source") or ""), position=0,
@@ -219,7 +213,35 @@ def feedback_turns(record: Mapping[str, Any], context: str) -> list[tuple[str, A
     budget = AnswerConfig(context_tokens=1 << 30, history_tokens=0)  # the quotes are short: keep them all
     prompt = build_messages(question, hits, [], budget, count_tokens=len)
     mapping = {number: new for new, (number, _) in enumerate(quoted, start=1)}
-    return [(str(m.role), m.content) for m in prompt.messages] + [("assistant", _renumber(target, mapping))]
+    return [(str(m.role), m.content) for m in prompt.messages], mapping
+
+
+def feedback_reply(text: str, mapping: dict[int, int] | None) -> str:
+    """An answer or correction as the assistant turn for :func:`feedback_prompt`'s prompt."""
+    from rag.answer.cite import strip_citations
+
+    return strip_citations(text) if mapping is None else _renumber(text, mapping)
+
+
+def feedback_rating(record: Mapping[str, Any]) -> tuple[str, str, str]:
+    """``(rating, answer, correction)`` of a feedback record, checked."""
+    if not isinstance(record, Mapping):
+        raise RecordProblem(f"a feedback record must be a JSON object, not {type(record).__name__}")
+    rating = record.get("rating")
+    if rating not in RATINGS:
+        raise RecordProblem(f"rating={rating!r} must be one of {', '.join(RATINGS)}")
+    _text(record, "question", required=True)
+    answer = _text(record, "answer", required=rating == "up")
+    return str(rating), answer, _text(record, "correction", required=False).strip()
+
+
+def feedback_turns(record: Mapping[str, Any], context: str) -> list[tuple[str, Any]] | None:
+    """A feedback record -> turns, or None when it is a thumbs-down without a correction (nothing to learn)."""
+    rating, answer, correction = feedback_rating(record)
+    if rating == "down" and not correction:
+        return None
+    turns, mapping = feedback_prompt(record, context)
+    return [*turns, ("assistant", feedback_reply(answer if rating == "up" else correction, mapping))]
 
 
 def latest_feedback(rows: list[tuple[int, Any, str]]) -> list[tuple[int, Any, str]]:
@@ -281,8 +303,6 @@ def _spec_from_entry(name: str, entry: Any, root: Path) -> DatasetSpec:
     if remote and not entry.get("file_name"):
         raise ConfigError(f"{where} uses {remote[0]}; only local files are read here: download the data and set "
                           "file_name")
-    if entry.get("ranking"):
-        raise ConfigError(f"{where} is preference (ranking) data; this recipe does supervised fine-tuning only")
     formatting = str(entry.get("formatting", "alpaca"))
     if formatting not in FORMATS:
         raise ConfigError(f"{where} has formatting {formatting!r}; expected one of {', '.join(FORMATS)}")
@@ -292,7 +312,7 @@ def _spec_from_entry(name: str, entry: Any, root: Path) -> DatasetSpec:
         raise ConfigError(f"{where}: columns and tags must be objects")
     unsupported = [key for key in _UNSUPPORTED_COLUMNS if columns.get(key)]
     if unsupported:
-        raise ConfigError(f"{where} maps {unsupported}; tool calls, images and preference columns are not supported")
+        raise ConfigError(f"{where} maps {unsupported}; tool calls and images are not supported")
     if not entry.get("file_name"):
         raise ConfigError(f"{where} has no file_name")
     path = root / str(entry["file_name"])
@@ -304,4 +324,4 @@ def _spec_from_entry(name: str, entry: Any, root: Path) -> DatasetSpec:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
         raise ConfigError(f"{where} has num_samples={num_samples!r}; it must be a whole number >= 0 (0 = all records)")
     return DatasetSpec(name, path, formatting, {str(k): str(v) for k, v in columns.items()},
-                       {str(k): str(v) for k, v in tags.items()}, num_samples)
+                       {str(k): str(v) for k, v in tags.items()}, num_samples, bool(entry.get("ranking")))

@@ -16,7 +16,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from finetune.config import FinetuneConfig
 from finetune.data.formats import (
@@ -34,6 +34,7 @@ from rag.core.types import Message, Role
 logger = logging.getLogger(__name__)
 
 _MAX_LISTED = 20
+Example = TypeVar("Example")  # a Conversation, or a preference stage's pair / judgement
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,15 @@ class LoadResult:
     files: list[Path] = field(default_factory=list)
 
     def sha256(self) -> str:
-        """Hash of the files' bytes, in order: recorded in rag_adapter.json to say exactly what was trained on."""
-        digest = hashlib.sha256()
-        for path in self.files:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-        return digest.hexdigest()
+        return files_sha256(self.files)
+
+
+def files_sha256(files: Sequence[Path]) -> str:
+    """Hash of the files' bytes, in order: recorded in rag_adapter.json to say exactly what was trained on."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 # --- reading records with their line numbers ----------------------------------------------------------------------
@@ -256,8 +261,8 @@ def check(result: LoadResult, on_bad_record: str = "error") -> LoadResult:
     return result
 
 
-def split_dev(conversations: Sequence[Conversation], ratio: float, max_samples: int,
-              seed: int) -> tuple[list[Conversation], list[Conversation]]:
+def split_dev(conversations: Sequence[Example], ratio: float, max_samples: int,
+              seed: int) -> tuple[list[Example], list[Example]]:
     """(train, dev): a seeded random ``ratio`` of the conversations (at most ``max_samples``, at least one when the
     ratio is positive and two or more conversations exist) is held out; order is kept within each part."""
     count = len(conversations)
@@ -273,19 +278,16 @@ def to_jsonl_record(conversation: Conversation) -> dict[str, Any]:
     return {"messages": [{"role": m.role, "content": m.content} for m in conversation.messages]}
 
 
-import contextlib
-import logging
-import math
-import os
-import shutil
-import time
-from collections.abc import Iterator, Sequence
 def load_splits(cfg: FinetuneConfig) -> tuple[list[Conversation], list[Conversation], dict[str, Any]]:
     """(train, dev, description for rag_adapter.json) from ``cfg.data``."""
     data = cfg.data
 
     def read(names: Sequence[str], max_samples: int) -> Any:
         specs = [resolve_dataset(name, data.dataset_dir, data.format) for name in names]
+        for spec in specs:
+            if spec.ranking or "kto_tag" in spec.columns:
+                raise ConfigError(f"dataset {spec.name!r} is preference data (ranking / kto_tag); train it with "
+                                  "stage=dpo or stage=kto")
         return check(load_conversations(specs, data.system, data.feedback_context, max_samples), data.on_bad_record)
 
     loaded = read(data.datasets, data.max_samples)

@@ -15,7 +15,15 @@ from typing import Any, Protocol
 from rag.core.errors import RagError
 from rag.core.paths import cache_root
 from rag.llm.base import ModelInfo
-from rag.models.adapters import PEFT_CONFIG, WEIGHTS, AdapterInfo, check_adapter, find_adapter, list_adapters
+from rag.models.adapters import (
+    PEFT_CONFIG,
+    WEIGHTS,
+    AdapterInfo,
+    check_adapter,
+    find_adapter,
+    list_adapters,
+    quantization_note,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +79,9 @@ def load_named_adapter(model: AdapterHost, adapters_dir: str | Path, name: str, 
     info = _checked(model, find_adapter(adapters_dir, name))
     if not info.usable:
         raise RagError(f"adapter {name!r} cannot be used: {info.reason}")
+    note = quantization_note(info, model.info().extra.get("quantization", ""))
+    if note:
+        logger.warning(note)
     if name not in model.adapters:
         model.load_adapter(name, prepare_adapter(info, cache_dir, model.base_config))
     return info

@@ -61,6 +61,9 @@ class AdapterMetadata:
     lora: LoraSettings = field(default_factory=LoraSettings)
     format_version: int = FORMAT_VERSION
     inferred: bool = False
+    stage: str = "sft"  # how it was trained: sft | dpo | kto
+    reference_adapter: str = ""  # dpo/kto: the adapter it started from and was held to ("" = the base model)
+    base_quantization: str = ""  # the base it was trained on: "" (unquantised) | 4bit | 8bit (QLoRA)
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,9 @@ def _metadata_from(data: dict[str, Any], folder: Path) -> AdapterMetadata:
         lora=LoraSettings(r=int(lora.get("r", 0)), alpha=float(lora.get("alpha", 0)),
                           dropout=float(lora.get("dropout", 0)),
                           target_modules=(targets,) if isinstance(targets, str) else tuple(targets)),
-        format_version=int(data.get("format_version", 0)),
+        format_version=int(data.get("format_version", 0)), stage=str(data.get("stage") or "sft"),
+        reference_adapter=str(data.get("reference_adapter") or ""),
+        base_quantization=str(data.get("base_quantization") or ""),
     )
 
 
@@ -187,6 +192,17 @@ def check_adapter(info: AdapterInfo, base_model_id: str, template: str, base_rev
     if meta.template.lower() != template.lower():
         return False, f"trained with chat template {meta.template}, but the loaded model uses {template}"
     return True, ""
+
+
+def quantization_note(info: AdapterInfo, serving_quantization: str) -> str:
+    """One line when the adapter was trained on a differently quantised base than the one serving it ("" if the
+    same). Not a refusal: a QLoRA adapter works on the unquantised base and vice versa, answers differ slightly."""
+    trained = info.metadata.base_quantization if info.metadata is not None else ""
+    if trained == serving_quantization:
+        return ""
+    trained_on, served_on = (f"{kind} quantised" if kind else "unquantised" for kind in (trained, serving_quantization))
+    return (f"adapter {info.name} was trained on the {trained_on} base but is served on the {served_on} one; "
+            f"answers may differ slightly from its evaluation (set llm.quantization={trained} to match)")
 
 
 def list_adapters(adapters_dir: str | Path, base_model_id: str | None = None, template: str | None = None,

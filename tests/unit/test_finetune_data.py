@@ -180,9 +180,8 @@ def test_dataset_info_columns_tags_and_limits(tmp_path: Path) -> None:
     info = tmp_path / "dataset_info.json"
     with pytest.raises(ConfigError, match=r"uses hf_hub_url; only local files are read here: download the data"):
         resolve_dataset("remote", tmp_path)
-    with pytest.raises(ConfigError, match=r"is preference \(ranking\) data"):
-        resolve_dataset("prefs", tmp_path)
-    with pytest.raises(ConfigError, match=r"maps \['tools'\]; tool calls, images and preference columns"):
+    assert resolve_dataset("prefs", tmp_path).ranking  # read by the dpo / kto stages (test_finetune_preference.py)
+    with pytest.raises(ConfigError, match=r"maps \['tools'\]; tool calls and images are not supported"):
         resolve_dataset("tools", tmp_path)
     with pytest.raises(ConfigError) as caught:
         resolve_dataset("nope", tmp_path)
