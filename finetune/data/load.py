@@ -20,13 +20,13 @@ from typing import Any, TypeVar, cast
 
 from finetune.config import FinetuneConfig
 from finetune.data.formats import (
-    resolve_dataset,
     DatasetSpec,
     RecordProblem,
     detect_format,
     feedback_turns,
     latest_feedback,
     record_turns,
+    resolve_dataset,
 )
 from rag.core.errors import ConfigError, RagError
 from rag.core.types import Message, Role

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune.config import FinetuneConfig
 from finetune.data.formats import (
     ALPACA_COLUMNS,
     PRESETS,
@@ -37,7 +38,6 @@ from finetune.data.formats import (
     record_turns,
     resolve_dataset,
 )
-from finetune.config import FinetuneConfig
 from finetune.data.load import BadRecord, DataError, files_sha256, read_records, split_dev, validate
 from rag.core.errors import ConfigError
 from rag.core.types import Message
