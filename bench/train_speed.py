@@ -370,6 +370,64 @@ def run_recipe(args: argparse.Namespace, shape: dict[str, int], device: Any, dty
             "stage": cfg.stage, "quantization": cfg.model.quantization, "first_losses": meter.losses[:5], **extra}
 
 
+def meta_counts(args: argparse.Namespace) -> None:
+    """``--count-meta``: FLOPs per real token of one training step of naive, recipe and DPO on the full shape,
+    counted by FlopCounterMode on meta tensors (shapes only: no GPU, no memory, seconds on a CPU). Naive: the mean
+    over the first 16 conversations, one per step, eager attention; recipe: its first packed micro-batch of 12 rows
+    (finetune.packing, as make_trainer packs), SDPA; DPO: 4 pairs padded together, the reference forward (adapter
+    disabled) plus the policy forward and backward on the 8 sequences."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import GlmConfig, GlmForCausalLM
+
+    from finetune.packing import PackedCollator, pack_rows
+
+    shape = SMALL if args.small else CHATGLM3_6B
+    n = params_of(shape)
+
+    def model_for(attn: str) -> Any:
+        config = GlmConfig(**shape, partial_rotary_factor=0.5, attention_bias=True, rms_norm_eps=1e-5, pad_token_id=0,
+                           attn_implementation=attn)
+        with torch.device("meta"):
+            base = GlmForCausalLM(config).to(torch.bfloat16)
+        return get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM"))
+
+    def line(mode: str, flops: float, tokens: int, **extra: Any) -> None:
+        emit({"mode": mode, "counted_on": "meta tensors", "params": n, "flops_per_token": round(flops / tokens),
+              "flops_per_token_over_n": round(flops / tokens / n, 3), **extra}, args.out)
+
+    mix = data_mix(max(args.rows, 64), shape["vocab_size"], args.seed)
+    eager = model_for("eager")
+    flops, tokens = 0.0, 0
+    for row in mix[:16]:
+        ids, labels = torch.tensor([row["input_ids"]], device="meta"), torch.tensor([row["labels"]], device="meta")
+        flops += counted_step_flops(lambda: eager(input_ids=ids, labels=labels).loss.backward())  # noqa: B023
+        tokens += len(row["input_ids"])
+    analytic = sum(analytic_step_flops(shape, 8, TARGETS, 1, len(r["input_ids"]), "eager") for r in mix[:16])
+    line("naive", flops, tokens, analytic_vs_counted=round(analytic / flops, 4))
+
+    model = model_for("sdpa")
+    batch = PackedCollator(0)(pack_rows(mix, 384, 42)[:12])
+    real = int(batch.pop("num_real_tokens"))
+    inputs = {k: v.to("meta") for k, v in batch.items()}
+    flops = counted_step_flops(lambda: model(**inputs).loss.backward())
+    rows, length = inputs["input_ids"].shape
+    analytic = analytic_step_flops(shape, 8, TARGETS, rows, length, "sdpa")
+    line("recipe", flops, real, rows=rows, length=length, analytic_vs_counted=round(analytic / flops, 4))
+
+    pairs = preference_rows(mix[:4], "dpo", args.seed)
+    sequences = [p["prompt_ids"] + p[k] for k in ("chosen_ids", "rejected_ids") for p in pairs]
+    width = max(len(x) for x in sequences)
+    ids = torch.zeros(len(sequences), width, dtype=torch.long, device="meta")
+
+    def dpo_step() -> None:
+        with torch.no_grad(), model.disable_adapter():
+            model(input_ids=ids)
+        model(input_ids=ids).logits.float().mean().backward()
+
+    line("dpo", counted_step_flops(dpo_step), sum(len(x) for x in sequences), sequences=len(sequences), length=width)
+
+
 def child(args: argparse.Namespace) -> None:
     import torch
 
@@ -408,10 +466,15 @@ def main() -> None:
                         help="';'-separated runs: naive, recipe, or recipe:key=value,key=value (recipe overrides)")
     parser.add_argument("--naive-steps", type=int, default=0, help="steps for naive (default --steps)")
     parser.add_argument("--out", type=Path, help="also append the JSON lines here")
+    parser.add_argument("--count-meta", action="store_true",
+                        help="only count FLOPs per token of naive / recipe / dpo on meta tensors (no GPU needed)")
     parser.add_argument("--child", choices=["naive", "recipe"], help=argparse.SUPPRESS)
     parser.add_argument("--label", default="", help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.count_meta:
+        meta_counts(args)
+        return
     if args.child:
         child(args)
         return

@@ -92,7 +92,7 @@ class TrainSection:
     max_steps: int = 0  # optimizer steps; 0 = run `epochs` epochs instead
     epochs: float = 3.0
     micro_batch_size: int = 12  # sequences (or packed rows) per device per forward; 12 packed rows of 384 tokens
-    #                             keep a 6B model under 40 GiB at 41 % MFU on an H100 (docs/BENCHMARKS.md)
+    #                             keep a 6B model under 40 GiB at ~11,700 tokens/s on an H100 (docs/BENCHMARKS.md)
     grad_accum_steps: int = 1
     learning_rate: float = 1e-4  # for ~20 conversations per step; the seed's 5e-5 was for batch 1
     weight_decay: float = 0.0
