@@ -180,11 +180,16 @@ def check(cfg: FinetuneConfig) -> FinetuneConfig:
     _one_of("model.quantization", cfg.model.quantization, QUANTIZATIONS)
     _one_of("preference.reference", cfg.preference.reference, REFERENCES)
     if cfg.stage != "sft":
-        if cfg.train.batching == "packing":
-            raise ConfigError(f"stage={cfg.stage} compares whole sequences, so rows cannot be packed; "
-                              "set train.batching=padded (or length)")
+        if cfg.train.batching != "padded":
+            raise ConfigError(f"stage={cfg.stage} compares whole sequences, padded in random batches; "
+                              f"train.batching={cfg.train.batching} is for sft: set train.batching=padded")
         if cfg.preference.beta <= 0:
             raise ConfigError(f"preference.beta={cfg.preference.beta} must be positive, e.g. 0.1")
+        if cfg.stage == "kto" and cfg.train.micro_batch_size < 2:
+            raise ConfigError("stage=kto estimates its KL term from the other answers of a micro-batch; set "
+                              "train.micro_batch_size=2 or more")
+        if cfg.eval.early_stop_metric != "loss":
+            raise ConfigError(f"stage={cfg.stage} has no generation metrics; use eval.early_stop_metric=loss")
     if cfg.model.quantization and cfg.train.fsdp:
         raise ConfigError(f"model.quantization={cfg.model.quantization} cannot be sharded with train.fsdp here; "
                           "leave train.fsdp empty (one GPU or DDP)")
