@@ -92,7 +92,7 @@ class TrainSection:
     max_steps: int = 0  # optimizer steps; 0 = run `epochs` epochs instead
     epochs: float = 3.0
     micro_batch_size: int = 12  # sequences (or packed rows) per device per forward; 12 packed rows of 384 tokens
-    #                             keep a 6B model under 40 GiB at 41 % MFU on an H100 (docs/BENCHMARKS.md)
+    #                             keep a 6B model under 40 GiB at ~11,700 tokens/s on an H100 (docs/BENCHMARKS.md)
     grad_accum_steps: int = 1
     learning_rate: float = 1e-4  # for ~20 conversations per step; the seed's 5e-5 was for batch 1
     weight_decay: float = 0.0
@@ -180,11 +180,16 @@ def check(cfg: FinetuneConfig) -> FinetuneConfig:
     _one_of("model.quantization", cfg.model.quantization, QUANTIZATIONS)
     _one_of("preference.reference", cfg.preference.reference, REFERENCES)
     if cfg.stage != "sft":
-        if cfg.train.batching == "packing":
-            raise ConfigError(f"stage={cfg.stage} compares whole sequences, so rows cannot be packed; "
-                              "set train.batching=padded (or length)")
+        if cfg.train.batching != "padded":
+            raise ConfigError(f"stage={cfg.stage} compares whole sequences, padded in random batches; "
+                              f"train.batching={cfg.train.batching} is for sft: set train.batching=padded")
         if cfg.preference.beta <= 0:
             raise ConfigError(f"preference.beta={cfg.preference.beta} must be positive, e.g. 0.1")
+        if cfg.stage == "kto" and cfg.train.micro_batch_size < 2:
+            raise ConfigError("stage=kto estimates its KL term from the other answers of a micro-batch; set "
+                              "train.micro_batch_size=2 or more")
+        if cfg.eval.early_stop_metric != "loss":
+            raise ConfigError(f"stage={cfg.stage} has no generation metrics; use eval.early_stop_metric=loss")
     if cfg.model.quantization and cfg.train.fsdp:
         raise ConfigError(f"model.quantization={cfg.model.quantization} cannot be sharded with train.fsdp here; "
                           "leave train.fsdp empty (one GPU or DDP)")

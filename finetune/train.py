@@ -140,9 +140,9 @@ def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
 
     # 1. data: every record -> a validated conversation (sft), pair (dpo) or judged answer (kto); a dev split
     if cfg.stage == "sft":
-        train_examples, dev_examples, dataset = load_splits(cfg)
+        train_conversations, dev_conversations, dataset = load_splits(cfg)
     else:
-        train_examples, dev_examples, preference_data, dataset = load_preference_splits(cfg)
+        train_preferences, dev_preferences, preference_data, dataset = load_preference_splits(cfg)
 
     # 2. the base model exactly as the app will load it, and the app's chat template for it
     base = find_base_model(cfg.model)
@@ -154,8 +154,8 @@ def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
     # 3. ids + labels (loss only on assistant turns) with the serving template code
     limits = (cfg.data.max_input_tokens, cfg.data.max_output_tokens)
     if cfg.stage == "sft":
-        train_data = tokenize_all(train_examples, template, tokenizer, *limits)
-        dev_data = tokenize_all(dev_examples, template, tokenizer, *limits)
+        train_data = tokenize_all(train_conversations, template, tokenizer, *limits)
+        dev_data = tokenize_all(dev_conversations, template, tokenizer, *limits)
         train_rows, dev_rows, sample = train_data.rows, dev_data.rows, dev_data.conversations
         counts = {"conversations": len(train_data.rows) + len(dev_data.rows),
                   "skipped: prompt over data.max_input_tokens": train_data.skipped + dev_data.skipped}
@@ -163,8 +163,8 @@ def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
                     len(train_data.rows), train_data.tokens, train_data.trimmed, train_data.cut, train_data.skipped,
                     len(dev_data.rows))
     else:
-        train_rows, too_long = tokenize_preferences(train_examples, template, tokenizer, *limits)
-        dev_rows, dev_too_long = tokenize_preferences(dev_examples, template, tokenizer, *limits)
+        train_rows, too_long = tokenize_preferences(train_preferences, template, tokenizer, *limits)
+        dev_rows, dev_too_long = tokenize_preferences(dev_preferences, template, tokenizer, *limits)
         sample = []  # no reference answers to score generations against
         counts = {**preference_data.counts(), "skipped: prompt over data.max_input_tokens": too_long + dev_too_long}
     if not train_rows:

@@ -4,7 +4,12 @@ An adapter folder holds peft's files (``adapter_config.json`` + ``adapter_model.
 
     {"name": "law-qa", "base_model": "THUDM/chatglm3-6b", "base_revision": "", "template": "chatglm3",
      "dataset": "data/law.jsonl", "metrics": {"rouge-l": 0.41}, "created": "2026-11-24T10:00:00Z",
-     "lora": {"r": 8, "alpha": 32, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}, "format_version": 1}
+     "lora": {"r": 8, "alpha": 32, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}, "format_version": 1,
+     "stage": "dpo", "reference_adapter": "adapters/law-sft", "base_quantization": "4bit"}
+
+``stage`` (sft | dpo | kto), ``reference_adapter`` (what a preference stage was held to; "" = the base) and
+``base_quantization`` ("" | 4bit | 8bit: the base it was trained on; :func:`quantization_note` warns when it is served
+on another) default to an SFT adapter on the unquantised base for older files.
 
 :func:`list_adapters` says for each folder whether it can be used and, if not, why (one line for the UI):
 a different base model (ids compared through :func:`rag.models.hub.canonical_model_id`, so ``THUDM/chatglm3-6b`` equals

@@ -274,4 +274,4 @@ def test_load_usable_adapters_loads_all_that_fit_and_reports_the_rest(registry: 
 
 def test_metadata_field_names_match_the_documented_format() -> None:
     assert adapters._WRITABLE == ["name", "base_model", "template", "base_revision", "dataset", "metrics", "created",
-                                  "lora", "format_version"]
+                                  "lora", "format_version", "stage", "reference_adapter", "base_quantization"]

@@ -113,3 +113,13 @@ def test_unknown_lora_targets_list_the_model_layers(tmp_path: Path) -> None:
     assert str(caught.value) == ("lora.target_modules ['query_key_value'] are not linear layers of this model; it has "
                                  "['q_proj'] (or use lora.target_modules=[all-linear])")
     check_targets(model, ["all-linear"])
+
+
+def test_qlora_and_preference_configs() -> None:
+    qlora = load_finetune_config("chatglm3_qlora")
+    assert (qlora.model.quantization, qlora.stage, qlora.train.micro_batch_size, qlora.lora.r) == ("4bit", "sft", 4, 8)
+    assert (qlora.data.max_input_tokens, qlora.data.max_output_tokens) == (128, 256)
+    dpo = load_finetune_config("chatglm3_dpo")
+    assert (dpo.stage, dpo.model.quantization, dpo.preference.reference, dpo.train.batching) == (
+        "dpo", "", "adapter", "padded")
+    assert load_finetune_config("chatglm3_dpo", ["stage=kto"]).stage == "kto"

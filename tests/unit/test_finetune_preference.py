@@ -138,9 +138,14 @@ def test_sft_refuses_ranking_data_and_config_checks(tmp_path: Path) -> None:
                                  "or stage=kto")
     with pytest.raises(ConfigError, match=r"^stage='ppo' is not one of 'sft', 'dpo', 'kto'$"):
         load_finetune_config("tiny", ["stage=ppo"])
-    with pytest.raises(ConfigError, match=r"^stage=dpo compares whole sequences, so rows cannot be packed; set "
-                                          r"train.batching=padded \(or length\)$"):
+    with pytest.raises(ConfigError, match=r"^stage=dpo compares whole sequences, padded in random batches; "
+                                          r"train.batching=packing is for sft: set train.batching=padded$"):
         load_finetune_config("tiny", ["stage=dpo", "train.batching=packing"])
+    with pytest.raises(ConfigError, match=r"^stage=kto estimates its KL term from the other answers of a micro-batch; "
+                                          r"set train.micro_batch_size=2 or more$"):
+        load_finetune_config("tiny", ["stage=kto", "train.batching=padded", "train.micro_batch_size=1"])
+    with pytest.raises(ConfigError, match=r"^stage=dpo has no generation metrics; use eval.early_stop_metric=loss$"):
+        load_finetune_config("tiny", ["stage=dpo", "train.batching=padded", "eval.early_stop_metric=rouge-l"])
     with pytest.raises(ConfigError, match=r"^model.quantization='3bit' is not one of '', '4bit', '8bit'$"):
         load_finetune_config("tiny", ["model.quantization=3bit"])
 
