@@ -23,7 +23,16 @@ from rag.core.types import Answer, Citation, Hit, Message
 from rag.webui import kb
 from rag.webui.kb_page import run_reindex
 from rag.webui.state import ConfigKey, Session, Turn, get_gate, same_path, turns
-from rag.webui.text import answer_markdown, escape_stream, html_text, link_citations, passage_html, source_card, tr
+from rag.webui.text import (
+    answer_markdown,
+    escape_stream,
+    html_text,
+    link_citations,
+    markdown_literal,
+    passage_html,
+    source_card,
+    tr,
+)
 
 log = logging.getLogger("kbqa.app")
 GATE_TIMEOUT_S = 600.0  # a user waits at most this long in the generation queue
@@ -116,7 +125,7 @@ def on_rate(turn_id: str, path: str) -> None:
         try:
             feedback.append_feedback(path, feedback_record(turn, turn.rating))
         except OSError as exc:
-            st.toast(str(exc))
+            st.toast(markdown_literal(str(exc)))
 
 
 def render_feedback(turn: Turn, lang: str, settings: kb.AppSettings) -> None:
@@ -133,7 +142,7 @@ def render_feedback(turn: Turn, lang: str, settings: kb.AppSettings) -> None:
                     feedback.append_feedback(settings.feedback_path, feedback_record(turn, "down", text.strip()))
                     turn.correction_saved = True
                 except OSError as exc:
-                    st.error(str(exc))
+                    st.error(markdown_literal(str(exc)))
     if turn.correction_saved:
         st.caption(tr(lang, "correction_saved"))
 
@@ -200,12 +209,12 @@ def ask(question: str, session: Session, cfg: RagConfig, retriever: Retriever, l
             return
         except RagError as exc:  # prompt too long, GPU out of memory, adapter not loaded: one line says why
             notice.empty()
-            st.error(tr(lang, "answer_failed", error=exc))
+            st.error(tr(lang, "answer_failed", error=markdown_literal(str(exc))))
             return
         except Exception as exc:  # a backend bug must not end the session; the log keeps the traceback
             log.exception("answering %r failed", question)
             notice.empty()
-            st.error(tr(lang, "answer_failed", error=f"{type(exc).__name__}: {exc}"))
+            st.error(tr(lang, "answer_failed", error=markdown_literal(f"{type(exc).__name__}: {exc}")))
             return
         render_details(turn, lang, settings)
     turns().append(turn)
@@ -220,7 +229,7 @@ def chat_view(session: Session, cfg: RagConfig, retriever: Retriever | None, err
             if st.button(tr(lang, "build_now"), type="primary"):
                 run_reindex(session, cfg, None, source)
         else:
-            st.warning(tr(lang, "no_index_other", index=session.index_dir, error=error))
+            st.warning(tr(lang, "no_index_other", index=session.index_dir, error=markdown_literal(error)))
     intro = st.empty()
     if not turns():
         with intro.container():
