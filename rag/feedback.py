@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from rag.core.jsonl import json_lines
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,9 +87,10 @@ def read_feedback(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     latest: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            record = json.loads(line)
-            latest.pop(record.get("id") or f"#{number}", None)  # re-insert: the order is the last write's
-            latest[record.get("id") or f"#{number}"] = record
+    for number, record, problem in json_lines(path):
+        if problem or not isinstance(record, dict):  # a line torn by a crash, or edited by hand: skipped, said
+            logger.warning("%s:%d: skipped: %s", path, number, problem or "not a JSON object")
+            continue
+        latest.pop(record.get("id") or f"#{number}", None)  # re-insert: the order is the last write's
+        latest[record.get("id") or f"#{number}"] = record
     return list(latest.values())
