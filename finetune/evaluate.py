@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.core.errors import ConfigError
+from rag.core.jsonl import json_lines
 
 METRICS = ("bleu-4", "rouge-1", "rouge-2", "rouge-l")
 _INSTALL = "pip install nltk==3.10.4 rouge-chinese==1.0.3 jieba==0.42.1 (the finetune lines of requirements.txt)"
@@ -69,14 +70,13 @@ def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 def score_file(path: str | Path) -> dict[str, float]:
     """Score a JSONL file of ``{"prediction": ..., "reference": ...}`` lines."""
     predictions, references = [], []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record, problem in json_lines(path):
+        if problem:
+            raise ConfigError(f"{path}:{number}: {problem}")
         try:
-            record = json.loads(line)
             predictions.append(str(record["prediction"]))
             references.append(str(record["reference"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise ConfigError(f"{path}:{number}: expected {{\"prediction\": ..., \"reference\": ...}} ({exc})") from exc
     return score(predictions, references)
 

@@ -8,7 +8,6 @@ difference is the adapter's. (The seed's inference_hf.py loaded two models with 
 
 from __future__ import annotations
 
-import json
 import textwrap
 import unicodedata
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rag.core.errors import ConfigError
+from rag.core.jsonl import json_lines, utf8_problem
 from rag.core.types import Message
 
 
@@ -32,15 +32,21 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--prompts {path} not found")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if path.suffix != ".jsonl":
-        return [line.strip() for line in lines]
-    prompts = []
-    for number, line in enumerate(lines, start=1):
+        data = path.read_bytes()
         try:
-            record = json.loads(line)
+            text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise ConfigError(f"{path}:{line}: {utf8_problem(data, exc)}") from None
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    prompts = []
+    for number, record, problem in json_lines(path):
+        if problem:
+            raise ConfigError(f"{path}:{number}: {problem}")
+        try:
             prompts.append(str(next(record[k] for k in ("prompt", "question", "instruction") if k in record)))
-        except (json.JSONDecodeError, StopIteration, TypeError) as exc:
+        except (StopIteration, TypeError) as exc:
             raise ConfigError(f"{path}:{number}: expected {{\"prompt\": ...}} ({exc})") from exc
     return prompts
 

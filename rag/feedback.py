@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from rag.core.jsonl import json_lines
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,10 +93,11 @@ def read_feedback(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     latest: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            record = json.loads(line)
-            key = answer_key(record, number)
-            latest.pop(key, None)  # re-insert: the order is the last write's
-            latest[key] = record
+    for number, record, problem in json_lines(path):
+        if problem or not isinstance(record, dict):  # a line torn by a crash, or edited by hand: skipped, said
+            logger.warning("%s:%d: skipped: %s", path, number, problem or "not a JSON object")
+            continue
+        key = answer_key(record, number)
+        latest.pop(key, None)  # re-insert: the order is the last write's
+        latest[key] = record
     return list(latest.values())

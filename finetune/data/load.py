@@ -29,6 +29,7 @@ from finetune.data.formats import (
     resolve_dataset,
 )
 from rag.core.errors import ConfigError, RagError
+from rag.core.jsonl import TOO_DEEP, parse_json_lines, utf8_problem
 from rag.core.types import Message, Role
 
 logger = logging.getLogger(__name__)
@@ -91,39 +92,21 @@ def files_sha256(files: Sequence[Path]) -> str:
 # --- reading records with their line numbers ----------------------------------------------------------------------
 
 
-_TOO_DEEP = "nested too deeply (lists or objects inside each other past Python's recursion limit)"
-
-
-def _bad_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
-    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-    return f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); save the file as UTF-8"
-
-
 def read_records(path: Path) -> Iterator[tuple[int, Any, str]]:
     """``(line, record, "")`` for each record of a JSON array or JSONL file, ``(line, None, reason)`` for a line that
-    is not JSON, not UTF-8 or nested too deeply to decode. A broken JSON array stops at the error (its line is
-    reported)."""
+    is not JSON, not UTF-8 or nested too deeply to decode (:mod:`rag.core.jsonl`). A broken JSON array stops at the
+    error (its line is reported)."""
     data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM
     start = len(data) - len(data.lstrip())
-    if data[start:start + 1] == b"[":
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:  # one array: a bad byte anywhere stops it, at that byte's line
-            yield data.count(b"\n", 0, exc.start) + 1, None, _bad_utf8(data, exc) + "; the array was not read"
-            return
-        yield from _array_items(text, start + 1)
+    if data[start:start + 1] != b"[":
+        yield from parse_json_lines(data)
         return
-    for number, raw in enumerate(data.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            yield number, json.loads(raw.decode("utf-8")), ""
-        except UnicodeDecodeError as exc:
-            yield number, None, _bad_utf8(raw, exc)
-        except json.JSONDecodeError as exc:
-            yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
-        except RecursionError:
-            yield number, None, _TOO_DEEP
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # one array: a bad byte anywhere stops it, at that byte's line
+        yield data.count(b"\n", 0, exc.start) + 1, None, utf8_problem(data, exc) + "; the array was not read"
+        return
+    yield from _array_items(text, start + 1)
 
 
 def _array_items(text: str, pos: int) -> Iterator[tuple[int, Any, str]]:
@@ -147,7 +130,7 @@ def _array_items(text: str, pos: int) -> Iterator[tuple[int, Any, str]]:
             yield exc.lineno, None, f"not valid JSON ({exc.msg}); the rest of the array was not read"
             return
         except RecursionError:
-            yield line, None, f"{_TOO_DEEP}; the rest of the array was not read"
+            yield line, None, f"{TOO_DEEP}; the rest of the array was not read"
             return
         yield line, value, ""
         pos = skip(pos)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,12 @@ def run_cli(main: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         if getattr(args, "debug", False):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as exc:  # met mid-query: a docstore damaged past its first pages
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: the index's docstore.sqlite cannot be read ({exc}); rebuild the index from your documents "
+              "with: python ingest.py FOLDER --index INDEX --rebuild (the damaged file is moved aside)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; the index keeps everything committed so far", file=sys.stderr)

@@ -23,6 +23,7 @@ from typing import Any
 
 from rag.cli.common import add_config_args, config_from_args, run_cli, table
 from rag.core.errors import RagError
+from rag.core.jsonl import json_lines
 from rag.core.types import Hit
 
 KS = (1, 3, 5, 10)
@@ -61,11 +62,10 @@ def read_questions(path: str | Path, split: str | None = None) -> list[Question]
     if not Path(path).is_file():
         raise RagError(f"questions file {path} does not exist; give a JSONL file of "
                        '{"id", "question", "evidence", "source"} objects (docs/EVAL.md)')
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, row, problem in json_lines(path):
+        if problem:
+            raise RagError(f"{path}:{number}: {problem}")
         try:
-            row = json.loads(line)
             evidence = row.get("evidence") or ()
             if isinstance(evidence, str):  # one string, not a list: tuple() would make every character evidence
                 evidence = (evidence,)
@@ -74,7 +74,7 @@ def read_questions(path: str | Path, split: str | None = None) -> list[Question]
                                f"use \"evidence\": [] for a question the corpus cannot answer")
             question = Question(str(row["id"]), str(row["question"]), tuple(evidence),
                                 str(row.get("source") or ""), str(row.get("split") or ""))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise RagError(f"{path}:{number}: not a question object ({exc})") from exc
         if split is None or question.split == split:
             questions.append(question)

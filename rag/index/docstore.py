@@ -13,19 +13,22 @@ tagged with the generation it was built from (see :mod:`rag.index.layout`). WAL 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
 from rag.core.config import StoreConfig
-from rag.core.errors import ConfigError
+from rag.core.errors import ConfigError, IndexStateError
 from rag.core.types import Chunk
 
 VECTOR_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -62,6 +65,58 @@ class FileRecord:
     seconds: float = 0.0
 
 
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection; on read-only media (no ``-shm`` file can be made next to a WAL database) the file is
+    opened as immutable: nothing can write there, so nothing can change under the reader."""
+    if not path.is_file():
+        raise sqlite3.OperationalError(f"unable to open database file (no file {path.name})")
+    uri = f"file:{quote(str(path))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False, isolation_level=None)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        if os.access(path.parent, os.W_OK):
+            raise
+    return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30.0, check_same_thread=False,
+                           isolation_level=None)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or a quota) is full: SQLite's SQLITE_FULL or an OSError ENOSPC / EDQUOT."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.Error) and "disk is full" in str(exc)
+
+
+def store_error(path: Path, exc: sqlite3.Error | OSError) -> IndexStateError:
+    """The one-line error for a docstore that cannot be used: damaged, read-only, or on a full disk."""
+    directory = path.parent
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    if disk_full(exc):
+        return IndexStateError(f"disk full while writing the index at {directory} ({reason}): free some space and run "
+                               "the ingest again; the index keeps everything committed before")
+    corrupt = type(exc) is sqlite3.DatabaseError or "malformed" in reason  # "file is not a database", ...
+    if not corrupt and (not os.access(directory, os.W_OK) or "readonly" in reason or "read-only" in reason.lower()):
+        return IndexStateError(f"the index at {directory} is read-only ({reason}): searching it works, an ingest "
+                               "needs write access; remount it read-write or ingest into another folder with --index")
+    if not corrupt and "unable to open" in reason:
+        return IndexStateError(f"cannot open {path} ({reason}); check that the folder exists and is readable")
+    return IndexStateError(f"{path} is damaged ({reason}); rebuild the index from your documents with: "
+                           f"python ingest.py FOLDER --index {directory} --rebuild (the damaged file is moved aside)")
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged SQLite file (and its ``-wal`` / ``-shm``) to ``<name>.damaged-<time>``; return the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            os.replace(source, target.with_name(target.name + suffix))
+    return target
+
+
 class DocStore:
     """A thin, typed wrapper over the SQLite file. One connection per instance; not shared across threads."""
 
@@ -78,15 +133,26 @@ class DocStore:
             raise ConfigError(f"store.vector_dtype={vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
         self.path = Path(path)
         self.new_vector_dtype = vector_dtype or StoreConfig().vector_dtype
-        if readonly:
-            uri = f"file:{self.path}?mode=ro"
-            self.conn = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False, isolation_level=None)
-        else:
-            self.conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.executescript(SCHEMA)
-        self.conn.execute("PRAGMA busy_timeout=30000")
+        try:
+            if readonly:
+                self.conn = _connect_readonly(self.path)
+            else:
+                self.conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.executescript(SCHEMA)
+            self.conn.execute("PRAGMA busy_timeout=30000")
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # "file is not a database" here
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from None
+
+    def damaged(self) -> str:
+        """What ``PRAGMA quick_check`` finds wrong with the file ("" when nothing): reads every page once."""
+        try:
+            rows = [str(row[0]) for row in self.conn.execute("PRAGMA quick_check(3)").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return "" if rows == ["ok"] else "; ".join(rows)
 
     def close(self) -> None:
         self.conn.close()
@@ -119,7 +185,11 @@ class DocStore:
             yield
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk, an I/O error): then ROLLBACK would raise "no
+            # transaction is active" and hide the real error, which is the one to report
+            if self.conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
 
     @contextmanager

@@ -16,9 +16,11 @@ a collection that reflects another generation is reconciled with SQLite by the n
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -35,7 +37,7 @@ from rag.core.paths import open_inside
 from rag.core.types import Chunk, ParsedFile
 from rag.embed.embedder import Embedder
 from rag.index.bm25 import store_current_tokens, tokenize
-from rag.index.docstore import DocStore, FileRecord
+from rag.index.docstore import DocStore, FileRecord, disk_full, move_aside, store_error
 from rag.index.layout import BM25_TOKENIZER, DOCSTORE, FORMAT_VERSION, LOCK, MANIFEST, faiss_path, write_manifest
 from rag.index.milvus_sync import effective_config
 from rag.index.report import FileReport, IngestReport
@@ -68,6 +70,8 @@ def writer_lock(index_dir: Path, wait: bool) -> Iterator[None]:
         raise IndexStateError(
             f"another ingest is writing to {index_dir}; wait for it to finish (or pass --wait to queue behind it)"
         ) from None
+    except OSError as exc:  # a read-only mount, a full disk: the lock file cannot be made
+        raise store_error(index_dir / DOCSTORE, exc) from None
     try:
         yield
     finally:
@@ -272,17 +276,53 @@ def sync_folder(
 
     Returns:
         The per-file report.
+
+    Raises:
+        IndexStateError: another ingest holds the index, the embedder differs, or the index is read-only, damaged
+            (``rebuild=True`` moves a damaged docstore aside and starts afresh) or on a full disk.
     """
+    directory = Path(index_dir or cfg.index.dir).resolve()
+    try:
+        return _sync_folder(folder, cfg, embedder, directory, rebuild, keep_deleted, retry_failed, wait, progress)
+    except sqlite3.Error as exc:
+        raise store_error(directory / DOCSTORE, exc) from None
+    except OSError as exc:
+        if disk_full(exc) or exc.errno == errno.EROFS:
+            raise store_error(directory / DOCSTORE, exc) from None
+        raise
+
+
+def _open_for_rebuild(path: Path, vector_dtype: str) -> DocStore:
+    """The docstore to rebuild into: the existing one, or a fresh one after moving a damaged file aside."""
+    try:
+        ds = DocStore(path, vector_dtype=vector_dtype)
+        problem = ds.damaged()
+        if not problem:
+            return ds
+        ds.close()
+    except IndexStateError as exc:
+        if "is damaged" not in str(exc):
+            raise
+        problem = str(exc)
+    aside = move_aside(path)
+    log.warning("the docstore was damaged (%s); moved it to %s and rebuilding from the documents", problem[:200], aside)
+    return DocStore(path, vector_dtype=vector_dtype)
+
+
+def _sync_folder(folder: str | Path, cfg: RagConfig, embedder: Embedder | None, directory: Path, rebuild: bool,
+                 keep_deleted: bool | None, retry_failed: bool, wait: bool, progress: ProgressFn | None) -> IngestReport:
     started = time.perf_counter()
     folder = Path(folder).resolve()
     if not folder.is_dir():
         raise RagError(f"knowledge folder {folder} does not exist; create it and put documents in it")
-    directory = Path(index_dir or cfg.index.dir).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     keep = cfg.index.keep_deleted if keep_deleted is None else keep_deleted
     report = IngestReport(str(directory), embedder.name if embedder is not None else "none (BM25 only)")
     with writer_lock(directory, wait), ExitStack() as stack:
-        ds = DocStore(directory / DOCSTORE, vector_dtype=cfg.store.vector_dtype)
+        if rebuild:
+            ds = _open_for_rebuild(directory / DOCSTORE, cfg.store.vector_dtype)
+        else:
+            ds = DocStore(directory / DOCSTORE, vector_dtype=cfg.store.vector_dtype)
         stack.callback(ds.close)
         resplit = _prepare(ds, cfg, embedder, directory, rebuild)
         start_generation = ds.generation

@@ -199,15 +199,20 @@ def snapshot_file(path: Path, root: Path | None, folder: Path, cfg: LoadConfig) 
     digest = hashlib.sha256()
     copy = folder / path.name
     limit = cfg.max_file_mb * MIB
-    with open(fd, "rb") as source, open(copy, "xb") as target:
-        size = 0
-        for block in iter(lambda: source.read(1 << 20), b""):
-            size += len(block)
-            if size > limit:
-                raise LoadError("too_large", f"the file grew past load.max_file_mb={cfg.max_file_mb:g} while it "
-                                "was read; raise the limit to parse it")
-            digest.update(block)
-            target.write(block)
+    with open(fd, "rb") as source:
+        try:
+            with open(copy, "xb") as target:
+                size = 0
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    size += len(block)
+                    if size > limit:
+                        raise LoadError("too_large", f"the file grew past load.max_file_mb={cfg.max_file_mb:g} "
+                                        "while it was read; raise the limit to parse it")
+                    digest.update(block)
+                    target.write(block)
+        except OSError as exc:  # the temp folder is full, or the file cannot be read after all
+            raise LoadError("unreadable", f"cannot copy the file for parsing into {folder.parent}: "
+                            f"{exc.strerror or exc}") from None
         if not same_file(path, source.fileno()):
             raise LoadError("unreadable", "the file was replaced while it was read; run the ingest again")
     return copy, digest.hexdigest()

@@ -27,7 +27,16 @@ from rag.webui.conversations import Turn
 from rag.webui.history import save_rating, save_turn
 from rag.webui.kb_page import run_reindex
 from rag.webui.state import ConfigKey, Session, get_gate, same_path, turns
-from rag.webui.text import answer_markdown, escape_stream, html_text, link_citations, passage_html, source_card, tr
+from rag.webui.text import (
+    answer_markdown,
+    escape_stream,
+    html_text,
+    link_citations,
+    markdown_literal,
+    passage_html,
+    source_card,
+    tr,
+)
 
 log = logging.getLogger("kbqa.app")
 GATE_TIMEOUT_S = 600.0  # a user waits at most this long in the generation queue
@@ -121,7 +130,7 @@ def on_rate(turn_id: str, settings: kb.AppSettings, owner: str) -> None:
         try:
             feedback.append_feedback(settings.feedback_path, feedback_record(turn, turn.rating))
         except OSError as exc:
-            st.toast(str(exc))
+            st.toast(markdown_literal(str(exc)))
 
 
 def render_feedback(turn: Turn, lang: str, settings: kb.AppSettings, owner: str) -> None:
@@ -143,7 +152,7 @@ def render_feedback(turn: Turn, lang: str, settings: kb.AppSettings, owner: str)
                     turn.correction_saved = True
                     save_rating(settings, owner, turn)
                 except OSError as exc:
-                    st.error(str(exc))
+                    st.error(markdown_literal(str(exc)))
     if turn.correction_saved:
         st.caption(tr(lang, "correction_saved"))
 
@@ -210,12 +219,12 @@ def ask(question: str, session: Session, cfg: RagConfig, retriever: Retriever, l
             return
         except RagError as exc:  # prompt too long, GPU out of memory, adapter not loaded: one line says why
             notice.empty()
-            st.error(tr(lang, "answer_failed", error=exc))
+            st.error(tr(lang, "answer_failed", error=markdown_literal(str(exc))))
             return
         except Exception as exc:  # a backend bug must not end the session; the log keeps the traceback
             log.exception("answering %r failed", question)
             notice.empty()
-            st.error(tr(lang, "answer_failed", error=f"{type(exc).__name__}: {exc}"))
+            st.error(tr(lang, "answer_failed", error=markdown_literal(f"{type(exc).__name__}: {exc}")))
             return
         render_details(turn, lang, settings, owner)
     turns().append(turn)
@@ -235,7 +244,7 @@ def chat_view(session: Session, cfg: RagConfig, retriever: Retriever | None, err
             if st.button(tr(lang, "build_now"), type="primary"):
                 run_reindex(session, cfg, None, source)
         else:
-            st.warning(tr(lang, "no_index_other", index=session.index_dir, error=error))
+            st.warning(tr(lang, "no_index_other", index=session.index_dir, error=markdown_literal(error)))
     intro = st.empty()
     if not turns():
         with intro.container():

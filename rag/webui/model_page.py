@@ -9,7 +9,7 @@ import streamlit as st
 from rag.answer.backend import INSTALL_HINT, LoadedModel
 from rag.core.config import RagConfig
 from rag.webui.state import NEEDS_LLM, AdapterCatalog, AdapterRow, Session
-from rag.webui.text import html_text, tr
+from rag.webui.text import html_text, markdown_literal, tr
 
 
 def gpu_memory() -> list[tuple[str, float, float, float]]:
@@ -44,7 +44,7 @@ def adapter_card(row: AdapterRow, lang: str, current: str) -> None:
             st.markdown("<br>".join(f"{html_text(k)}：{html_text(str(v))}" if lang == "zh" else
                                     f"{html_text(k)}: {html_text(str(v))}" for k, v in lines), unsafe_allow_html=True)
         if not row.usable:
-            st.caption(tr(lang, "adapter_needs_llm") if row.reason == NEEDS_LLM else row.reason)
+            st.caption(tr(lang, "adapter_needs_llm") if row.reason == NEEDS_LLM else markdown_literal(row.reason))
         in_use = current == row.name
         st.button(tr(lang, "adapter_in_use" if in_use else "adapter_use"), key=f"use-{row.name}",
                   disabled=not row.usable or in_use, on_click=choose_adapter, args=(row.name,))
@@ -67,7 +67,7 @@ def model_view(session: Session, cfg: RagConfig, loaded: LoadedModel, adapters: 
     if extractive:
         st.markdown(f"#### {tr(lang, 'install_title')}")
         if loaded.fallback_reason:
-            st.caption(tr(lang, "fallback_reason", reason=loaded.fallback_reason))
+            st.caption(tr(lang, "fallback_reason", reason=markdown_literal(loaded.fallback_reason)))
         st.info(INSTALL_HINT.get(lang, INSTALL_HINT["en"]))
         st.code("python -m rag.models download chatglm3-6b --source modelscope", language="bash")
         st.markdown(tr(lang, "install_sources"))
@@ -80,7 +80,7 @@ def model_view(session: Session, cfg: RagConfig, loaded: LoadedModel, adapters: 
                     text=tr(lang, "gpu_line", name=name, used=used, total=total, mine=mine))
     st.markdown(f"#### {tr(lang, 'adapters_title', folder=cfg.llm.adapters_dir)}")
     if catalog.error:
-        st.warning(tr(lang, "adapters_unavailable", error=catalog.error))
+        st.warning(tr(lang, "adapters_unavailable", error=markdown_literal(catalog.error)))
     elif not adapters:
         st.caption(tr(lang, "adapters_none", folder=cfg.llm.adapters_dir))
     for row in adapters:

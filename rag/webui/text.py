@@ -381,14 +381,12 @@ def html_text(text: str) -> str:
 # LaTeX ("$"), and the backslash itself: else a model's "\\![x](url)" would turn each escape of ours into a literal
 # backslash and leave the image working. (Inside code spans the escapes show; safety first.)
 _ANSWER_ESCAPES = str.maketrans({char: "\\" + char for char in "\\![]<>$"})
-_MARKDOWN_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 
 def markdown_literal(text: str) -> str:
-    """``text`` (a file name, an error) shown as itself by ``st.success`` / ``st.error`` and other markdown: no image,
-    link, HTML or formatting; line breaks become spaces."""
-    escaped = "".join("\\" + char if char in _MARKDOWN_PUNCTUATION else char for char in text)
-    return " ".join(escaped.splitlines())
+    """``text`` (a file name, an error) for ``st.success`` / ``st.error`` and other markdown: no image, link, raw
+    HTML or formula (:func:`answer_markdown`), one line (a name with a newline cannot start a heading or a list)."""
+    return " ".join(answer_markdown(text).splitlines())
 
 
 def answer_markdown(text: str) -> str:

@@ -62,7 +62,16 @@ class FakeLLM:
                     self.send_error(404)
 
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", 0)))
+                request = self.rfile.read(int(self.headers.get("content-length", 0))).decode("utf-8", "replace")
+                if "出错" in request:  # an error whose message carries an image too
+                    raw = json.dumps({"error": {"message": "bad request ![e](http://127.0.0.1:"
+                                                           f"{owner.port}/leak-error)"}}).encode()
+                    self.send_response(400)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                    return
                 answer = (f"员工每年有五天年假 [1]。![pic](http://127.0.0.1:{owner.port}/leak?q=question) "
                           f'<img src="http://127.0.0.1:{owner.port}/leak2">')
                 pieces = [answer[i:i + 7] for i in range(0, len(answer), 7)]  # split inside the markup on purpose
@@ -137,6 +146,9 @@ def test_answer_images_and_html_are_not_rendered(browser: Any, server: Server, l
     card = answer.locator(".kb-src").first
     expect(card).to_contain_text("it's paid leave")  # item 11: one escape, not "it&#x27;s"
     assert "&#" not in card.inner_text()
+    ask(page, "出错了吗？")  # the server's error message is shown as text too
+    expect(page.get_by_test_id("stAlert").filter(has_text="bad request")).to_contain_text(
+        f"![e](http://127.0.0.1:{llm.port}/leak-error)")
     page.wait_for_timeout(500)
     assert llm.leaks == []
     page.context.close()

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from rag.core.config import RagConfig
+from rag.core.config import LoadConfig, RagConfig
+from rag.core.errors import LoadError
 from rag.core.paths import open_inside
 from rag.index.docstore import DocStore
 from rag.index.layout import DOCSTORE
 from rag.index.sync import sync_folder
+from rag.ingest.load import snapshot_file
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +104,11 @@ def test_open_inside_refuses_links_out_and_non_files(tmp_path: Path) -> None:
                           ("pipe.md", "not a regular file")]:
         with pytest.raises(OSError, match=message):
             open_inside(root / name, root)
+
+
+def test_a_copy_that_cannot_be_written_is_one_load_error(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("x", encoding="utf-8")
+    with pytest.raises(LoadError) as caught:  # a full or missing temp folder: reported, the worker lives on
+        snapshot_file(tmp_path / "a.md", tmp_path, tmp_path / "missing" / "tmp", LoadConfig())
+    assert caught.value.kind == "unreadable"
+    assert str(caught.value).startswith(f"cannot copy the file for parsing into {tmp_path / 'missing'}: ")

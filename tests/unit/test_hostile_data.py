@@ -99,3 +99,39 @@ def test_dataset_info_with_a_non_number_num_samples(tmp_path: Path, capsys: pyte
     assert capsys.readouterr().err.strip().endswith("it must be a whole number >= 0 (0 = all records)")
     info.write_text(json.dumps({"mine": {"file_name": "d.jsonl", "num_samples": "1"}}), encoding="utf-8")
     assert resolve_dataset("mine", tmp_path).num_samples == 1
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("bad", [b'{"x": "caf\xe9"}', DEEP], ids=["latin1", "deep"])
+def test_every_jsonl_reader_names_the_bad_line(tmp_path: Path, bad: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """Questions (rag.eval), predictions (finetune score), prompts (finetune compare) and feedback all read JSON
+    Lines through rag.core.jsonl: a bad second line is named with its line, never a traceback."""
+    from finetune.evaluate import score_file
+    from finetune.infer import read_prompts
+    from rag.cli.eval import read_questions
+    from rag.core.errors import RagError
+    from rag.feedback import read_feedback
+
+    reason = "not valid UTF-8 (byte 0xe9 at column 11)" if bad != DEEP else "nested too deeply"
+    rows = {
+        "questions.jsonl": b'{"id": "q1", "question": "q", "evidence": []}',
+        "predictions.jsonl": b'{"prediction": "a", "reference": "a"}',
+        "prompts.jsonl": b'{"prompt": "p"}',
+    }
+    for name, good in rows.items():
+        path = tmp_path / name
+        path.write_bytes(good + b"\n" + bad + b"\n")
+        reader = {"questions.jsonl": read_questions, "predictions.jsonl": score_file, "prompts.jsonl": read_prompts}
+        with pytest.raises(RagError) as caught:
+            reader[name](path)
+        assert str(caught.value).startswith(f"{path}:2: {reason}")
+    feedback = tmp_path / "feedback.jsonl"
+    feedback.write_bytes(b'{"id": "a", "rating": "up"}\n' + bad + b"\n" + b'{"id": "b", "rating": "down"}\n')
+    assert [record["id"] for record in read_feedback(feedback)] == ["a", "b"]
+    assert f"{feedback}:2: skipped: {reason}" in caplog.text
+    plain = tmp_path / "prompts.txt"
+    plain.write_bytes(b"first\nsecond caf\xe9\n")
+    with pytest.raises(RagError, match=r"prompts.txt:2: not valid UTF-8 \(byte 0xe9 at column 11\)"):
+        read_prompts(plain)
