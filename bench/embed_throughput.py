@@ -262,16 +262,17 @@ def main() -> None:
             embedder = SentenceTransformerEmbedder(folder, name="text2vec-shape", device=device, direct="on",
                                                    tokenize_workers=workers)
             cold = timed(lambda: embedder.embed_documents(texts))
-            assert embedder._plan is not None, embedder._plan_failure
+            assert embedder.direct_path.plan is not None, embedder.direct_path.failure
             warm = statistics.median(timed(lambda: embedder.embed_documents(texts)) for _ in range(3))
             calls = timed(lambda: [embedder.embed_documents(texts[i : i + 128]) for i in range(0, n, 128)])
             jobs = [texts[i : i + 128] for i in range(0, n, 128)]
-            tokenize = timed(lambda: list(embedder._tokenized(jobs, embedder._workers())))
+            tokenize = timed(lambda: list(embedder.direct_path.tokenized(jobs, embedder.direct_path.workers())))
             got, want = embedder.embed_documents(texts[:512]), encode_path.embed_documents(texts[:512])
             rate = {"cold_first_call": n / cold, "warm": n / warm, "calls_of_128": n / calls,
                     "tokenize_only": n / tokenize}
             best_raw = max(v["chunks_per_s"]["raw_forward"] for k, v in results.items() if k.startswith("batch_"))
-            emit(f"direct_workers_{workers}", workers=embedder._workers(), batch_size=embedder._direct_batch(),
+            emit(f"direct_workers_{workers}", workers=embedder.direct_path.workers(),
+                 batch_size=embedder.direct_path.batch_size(),
                  chunks_per_s={k: round(v) for k, v in rate.items()},
                  warm_over_raw=round(rate["warm"] / best_raw, 3), cold_over_raw=round(rate["cold_first_call"] / best_raw, 3),
                  calls_of_128_over_raw=round(rate["calls_of_128"] / best_raw, 3),

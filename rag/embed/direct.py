@@ -1,13 +1,15 @@
 """The direct ingest path of :class:`rag.embed.embedder.SentenceTransformerEmbedder` on CUDA: tokenisation ahead of the GPU
 (a background thread, or spawned processes), padding, and the plan (encoder, tokenizer spec, pooling) it runs with.
 
-Kept apart from :mod:`rag.embed.embedder` so that module reads as the embedder protocol plus model resolution; nothing here
-imports torch at module level. :class:`DirectPathMixin` holds the embedder's methods that run this path (plan and
-self-check, tokenising ahead, the forward with pooling on the device).
+:class:`DirectEncoder` is that path as an object the embedder owns: built with the model and the settings it needs,
+it decides whether a call takes the path (plan and self-check, once), tokenises ahead and runs the forward with
+pooling on the device. The tokeniser process pools live here too, one per (model folder, device, max length,
+workers) per process, and are shut down at interpreter exit. Nothing here imports torch at module level.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger("rag.embed.embedder")  # DirectPathMixin's records belong to the embedder, whose methods they are
+logger = logging.getLogger(__name__)
 
 DIRECT_MIN_TEXTS = 32  # embed_documents on CUDA takes the direct path from this many texts on
 DIRECT_BATCH = 128  # texts per encoder forward on the direct path (at least embed.batch_size)
@@ -104,7 +106,47 @@ def _pad(parts: list[Encoded], pad_id: int, pad_type_id: int, left: bool) -> tup
     return ids, mask, types
 
 
-_POOLS: dict[tuple[str, str, int, int], Any] = {}  # tokeniser process pools, per (folder, device, length, workers)
+class TokenizerPools:
+    """Tokeniser process pools, one per (model folder, device, max length, workers), started on first use (spawn, not
+    fork: CUDA) and shared by the embedders of one model in this process.
+
+    :meth:`shutdown` runs at interpreter exit (atexit): a pool still alive when the interpreter tears its modules down
+    is collected after ``concurrent.futures.process`` lost its globals, and its callback then prints ``Exception
+    ignored ... AttributeError: 'NoneType' object has no attribute 'util'``.
+    """
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[str, str, int, int], Any] = {}
+        self._lock = threading.Lock()
+        atexit.register(self.shutdown)
+
+    def get(self, key: tuple[str, str, int, int], spec: TokenizerSpec) -> Any:
+        """The pool for ``key`` (its last item is the number of processes), started with ``spec``'s tokenizer."""
+        with self._lock:
+            if key not in self._pools:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                self._pools[key] = ProcessPoolExecutor(key[-1], mp_context=multiprocessing.get_context("spawn"),
+                                                       initializer=_init_worker, initargs=(spec,))
+            return self._pools[key]
+
+    def discard(self, key: tuple[str, str, int, int]) -> None:
+        """Forget a broken pool (the next call starts a new one)."""
+        with self._lock:
+            pool = self._pools.pop(key, None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown(self) -> None:
+        """Stop every pool's processes and wait for them."""
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+POOLS = TokenizerPools()  # this process's tokeniser pools
 
 
 @dataclass
@@ -149,117 +191,107 @@ def direct_plan(model: Any, prefix: str) -> tuple[DirectPlan | None, str]:
                       tokenizer.padding_side == "left", str(mode)), ""
 
 
-class DirectPathMixin:
-    """The direct path's methods of :class:`rag.embed.embedder.SentenceTransformerEmbedder` (which inherits them).
+class DirectEncoder:
+    """The direct path for one SentenceTransformer model on one device (see the module docstring).
 
-    They log under ``rag.embed.embedder``, the embedder's logger. The tokeniser process pools are created by the embedder's
-    ``_pool`` (under the lock that also guards its model cache).
+    Owned by :class:`rag.embed.embedder.SentenceTransformerEmbedder`, which calls :meth:`ready` then :meth:`embed`.
+    ``encode`` is the embedder's own ``SentenceTransformer.encode`` path, ``(texts, prefix) -> [n, dim]`` unit rows:
+    the self-check compares against it.
     """
 
-    # provided by SentenceTransformerEmbedder
-    name: str
-    path: Path
-    device: str
-    dim: int
-    model: Any
-    direct: str
-    tokenize_workers: int
-    batch_size: int
-    passage_prefix: str
-    _plan: DirectPlan | None
-    _plan_failure: str
-    _plan_lock: threading.Lock
+    def __init__(self, model: Any, encode: Callable[[list[str], str], np.ndarray], *, name: str, path: Path,
+                 device: str, dim: int, mode: str, tokenize_workers: int, batch_size: int,
+                 passage_prefix: str) -> None:
+        self.model, self.encode = model, encode
+        self.name, self.path, self.device, self.dim = name, path, device, dim
+        self.mode, self.tokenize_workers, self.encode_batch_size = mode, tokenize_workers, batch_size
+        self.passage_prefix = passage_prefix
+        self.plan: DirectPlan | None = None
+        self.failure = ""  # why the direct path is not used for this model (warned once)
+        self._plan_lock = threading.Lock()
 
-    def _encode(self, texts: list[str], prefix: str) -> np.ndarray:
-        raise NotImplementedError
-
-    def _pool(self, workers: int) -> Any:
-        raise NotImplementedError
-
-    def _direct_batch(self) -> int:
+    def batch_size(self) -> int:
         """Texts per forward: ``DIRECT_BATCH`` on a GPU; ``embed.batch_size`` elsewhere (activations in RAM)."""
-        return max(DIRECT_BATCH, self.batch_size) if self.device.startswith("cuda") else self.batch_size
+        return max(DIRECT_BATCH, self.encode_batch_size) if self.device.startswith("cuda") else self.encode_batch_size
 
-    def _workers(self) -> int:
+    def workers(self) -> int:
         # a thread by default: on an H100 it fed the GPU as well as 4 processes (95 % of the raw forward) without
         # their start-up (seconds: each imports the main module) or their threads competing with kernel launches
         return max(1, self.tokenize_workers)
 
-    def _direct_ready(self, n_texts: int) -> bool:
+    def ready(self, n_texts: int) -> bool:
         """Whether these texts take the direct path; the first time, build the plan and run the self-check."""
-        if self.direct == "off" or n_texts == 0 or self._plan_failure:
+        if self.mode == "off" or n_texts == 0 or self.failure:
             return False
-        if self.direct == "auto" and not (self.device.startswith("cuda") and n_texts >= DIRECT_MIN_TEXTS):
+        if self.mode == "auto" and not (self.device.startswith("cuda") and n_texts >= DIRECT_MIN_TEXTS):
             return False
         with self._plan_lock:
-            if self._plan is None and not self._plan_failure:
+            if self.plan is None and not self.failure:
                 try:
                     plan, why = direct_plan(self.model, self.passage_prefix)
                     if plan is not None:
-                        self._plan = plan
+                        self.plan = plan
                         why = self._self_check()
                 except Exception as exc:  # a model layout this code does not know
                     why = f"{type(exc).__name__}: {exc}"
                 if why:
-                    self._plan, self._plan_failure = None, why
+                    self.plan, self.failure = None, why
                     logger.warning("embedder %s: the direct ingest path cannot reproduce this model (%s); using "
                                    "SentenceTransformer.encode", self.name, why)
-        return self._plan is not None
+        return self.plan is not None
 
     def _self_check(self) -> str:
         """"" when the direct path gives the model's own token ids and vectors (cosine >= 0.999) on the probes."""
-        assert self._plan is not None
-        probes = [*_PROBES, "磁盘 disk " * self._plan.spec.max_length]  # truncated
+        assert self.plan is not None
+        probes = [*_PROBES, "磁盘 disk " * self.plan.spec.max_length]  # truncated
         if hasattr(self.model, "preprocess"):
             want = self.model.preprocess(probes, prompt=self.passage_prefix)
         else:  # sentence-transformers < 6
             want = self.model.tokenize([self.passage_prefix + t for t in probes])
-        got = _pad([_encode_texts(self._plan.tokenizer, [self.passage_prefix + t for t in probes], False)], self._plan.pad_id,
-                   0, self._plan.left_padding)
+        got = _pad([_encode_texts(self.plan.tokenizer, [self.passage_prefix + t for t in probes], False)],
+                   self.plan.pad_id, 0, self.plan.left_padding)
         if not np.array_equal(want["input_ids"].numpy(), got[0]):
             return "its tokenizer gives other token ids"
-        cosine = np.sum(self._encode(probes, self.passage_prefix) *
-                        self._embed_direct(probes, self.passage_prefix, None, workers=1), axis=1)
+        cosine = np.sum(self.encode(probes, self.passage_prefix) *
+                        self.embed(probes, self.passage_prefix, None, workers=1), axis=1)
         return "" if cosine.min() >= 0.999 else f"vectors differ (cosine {cosine.min():.4f})"
 
-    def _tokenized(self, jobs: list[list[str]], workers: int) -> Iterator[Encoded]:
+    def tokenized(self, jobs: list[list[str]], workers: int) -> Iterator[Encoded]:
         """Each job's encoding, in order: from a pool of ``workers`` processes, or one background thread."""
-        assert self._plan is not None
-        spec, done = self._plan.spec, 0
+        assert self.plan is not None
+        spec, done = self.plan.spec, 0
         if workers > 1 and len(jobs) > 1:
             from concurrent.futures.process import BrokenProcessPool
 
-            pool = self._pool(workers)
+            key = (str(self.path), self.device, spec.max_length, workers)
             try:
+                pool = POOLS.get(key, spec)
                 for encoded in _in_order(lambda job: pool.submit(_encode_in_worker, job), jobs, 2 * workers):
                     yield encoded
                     done += 1
                 return
             except (BrokenProcessPool, OSError) as exc:  # a worker died or could not start
                 logger.warning("tokeniser processes failed (%s); tokenising in this process", exc)
-                _POOLS.pop(self._pool_key(workers), None)
-        tokenizer = self._plan.tokenizer
+                POOLS.discard(key)
+        tokenizer = self.plan.tokenizer
         with ThreadPoolExecutor(1, thread_name_prefix="embed-tokenize") as thread:  # Rust encodes without the GIL
             yield from _in_order(lambda job: thread.submit(_encode_texts, tokenizer, job, spec.type_ids),
                                  jobs[done:], 2)
 
-    def _pool_key(self, workers: int) -> tuple[str, str, int, int]:
-        assert self._plan is not None
-        return str(self.path), self.device, self._plan.spec.max_length, workers
-
-    def _embed_direct(self, texts: list[str], prefix: str, progress: Callable[[int], None] | None,
-                      workers: int | None = None) -> np.ndarray:
+    def embed(self, texts: list[str], prefix: str, progress: Callable[[int], None] | None,
+              workers: int | None = None) -> np.ndarray:
+        """float32 [n, dim] unit rows for ``texts`` (with ``prefix``), in their order; needs :meth:`ready` first."""
         import torch
 
-        assert self._plan is not None
-        plan, workers = self._plan, workers or self._workers()
+        assert self.plan is not None
+        plan, workers = self.plan, workers or self.workers()
         order = np.argsort([-len(t) for t in texts], kind="stable")  # batches of similar lengths: little padding
-        size = self._direct_batch()
+        size = self.batch_size()
         batches = [order[s : s + size] for s in range(0, len(texts), size)]
         split = workers if len(batches) < workers else 1  # few batches: tokenise each one in pieces, in parallel
         jobs = [[prefix + texts[i] for i in piece] for rows in batches
                 for piece in np.array_split(rows, min(split, len(rows)))]
-        encoded = self._tokenized(jobs, workers)
+        encoded = self.tokenized(jobs, workers)
         vectors = torch.empty(len(texts), self.dim, device=self.device)  # float32, rows in `order`
         done = 0
         with torch.inference_mode():

@@ -16,6 +16,7 @@ batches of ``DIRECT_BATCH`` under ``inference_mode``, pooling (mean or CLS, as t
 normalisation run on the GPU, and the vectors come back in one copy. Before its first use a self-check compares its
 token ids and vectors with the model's own on a few probe texts; a model it cannot reproduce keeps ``encode``.
 Queries and CPUs keep ``encode`` (on a 2-core CPU the direct path measured no gain outside the noise).
+That path is :class:`rag.embed.direct.DirectEncoder`, which the embedder owns (``direct_path``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 
 from rag.core.config import EmbedConfig
 from rag.core.errors import ConfigError, IndexStateError, ModelUnavailableError
-from rag.embed.direct import _POOLS, DIRECT_MODES, DirectPathMixin, DirectPlan, _init_worker
+from rag.embed.direct import DIRECT_MODES, DirectEncoder
 from rag.embed.e5 import ME5_NAME, is_complete, me5_small_path, read_build_info
 from rag.models import hub
 from rag.models.ids import is_model_folder
@@ -125,7 +126,7 @@ class HashEmbedder:
 
 
 _MODELS: dict[tuple[str, str, int], Any] = {}
-_MODELS_LOCK = threading.Lock()  # guards _MODELS and embed_direct._POOLS
+_MODELS_LOCK = threading.Lock()  # guards _MODELS
 
 
 def _pick_device(device: str) -> str:
@@ -164,7 +165,7 @@ def _folder_revision(path: Path) -> str:
     return "local:" + digest.hexdigest()[:12]
 
 
-class SentenceTransformerEmbedder(DirectPathMixin):
+class SentenceTransformerEmbedder:
     """A sentence-transformers model from a local folder; prefixes applied, rows always L2-normalised."""
 
     def __init__(self, path: Path, *, name: str, revision: str = "", query_prefix: str | None = None,
@@ -179,9 +180,6 @@ class SentenceTransformerEmbedder(DirectPathMixin):
         if direct not in DIRECT_MODES:
             raise ConfigError(f"direct={direct!r} is not one of {', '.join(DIRECT_MODES)}")
         self.direct, self.tokenize_workers = direct, tokenize_workers
-        self._plan: DirectPlan | None = None
-        self._plan_failure = ""  # why the direct path is not used for this model (warned once)
-        self._plan_lock = threading.Lock()
         self.path, self.name, self.origin = Path(path), name, origin
         self.device = _pick_device(device)
         self.model = _load_model(str(self.path), self.device, max_seq_length)
@@ -200,6 +198,9 @@ class SentenceTransformerEmbedder(DirectPathMixin):
             self.revision = self.path.name
         else:
             self.revision = _folder_revision(self.path)
+        self.direct_path = DirectEncoder(self.model, self._encode, name=self.name, path=self.path, device=self.device,
+                                         dim=self.dim, mode=direct, tokenize_workers=tokenize_workers,
+                                         batch_size=self.batch_size, passage_prefix=self.passage_prefix)
 
     def _encode(self, texts: list[str], prefix: str) -> np.ndarray:
         # prompt="" (not None) also stops a folder's default_prompt_name from being added behind our back
@@ -209,14 +210,14 @@ class SentenceTransformerEmbedder(DirectPathMixin):
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     def embed_documents(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        if self._direct_ready(len(texts)):
+        if self.direct_path.ready(len(texts)):
             import torch
 
             try:
-                return self._embed_direct(list(texts), self.passage_prefix, progress)
+                return self.direct_path.embed(list(texts), self.passage_prefix, progress)
             except torch.OutOfMemoryError:
                 logger.warning("embedding %d texts in batches of %d ran out of GPU memory; using "
-                               "SentenceTransformer.encode in batches of %d", len(texts), self._direct_batch(),
+                               "SentenceTransformer.encode in batches of %d", len(texts), self.direct_path.batch_size(),
                                self.batch_size)
                 torch.cuda.empty_cache()
         out = np.zeros((len(texts), self.dim), np.float32)
@@ -230,21 +231,6 @@ class SentenceTransformerEmbedder(DirectPathMixin):
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._encode([text], self.query_prefix)[0]
-
-    # --- the direct path (module docstring; the rest of it is rag.embed.direct.DirectPathMixin) ---------------------
-
-    def _pool(self, workers: int) -> Any:
-        """The tokeniser processes of this model (started once per process, on first use; spawn, not fork: CUDA)."""
-        assert self._plan is not None
-        with _MODELS_LOCK:
-            key = self._pool_key(workers)
-            if key not in _POOLS:
-                import multiprocessing
-                from concurrent.futures import ProcessPoolExecutor
-
-                _POOLS[key] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_init_worker, initargs=(self._plan.spec,))
-            return _POOLS[key]
 
     def describe(self) -> dict[str, Any]:
         return _describe(self, "sentence-transformers", path=str(self.path), origin=self.origin,

@@ -217,7 +217,8 @@ def test_direct_path_matches_encode(tmp_path: Path, tiny_e5: Path, pooling: str,
         encode = SentenceTransformerEmbedder(folder, direct="off", **kwargs)
         done: list[int] = []
         got = direct.embed_documents(MANY, progress=done.append)
-        assert direct._plan is not None and direct._plan.pooling == pooling  # the direct path ran
+        plan = direct.direct_path.plan
+        assert plan is not None and plan.pooling == pooling  # the direct path ran
         want = encode.embed_documents(MANY)
         assert got.shape == want.shape == (len(MANY), 32) and got.dtype == np.float32
         assert cosines(got, want).min() >= 0.999  # per row, in input order
@@ -233,7 +234,7 @@ def test_direct_path_matches_encode(tmp_path: Path, tiny_e5: Path, pooling: str,
 def test_direct_path_is_for_cuda_and_unknown_layouts_keep_encode(tmp_path: Path, tiny: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     auto = SentenceTransformerEmbedder(tiny, name="tiny", device="cpu")
-    assert auto.direct == "auto" and not auto._direct_ready(1000) and auto._plan is None  # a CPU: encode
+    assert auto.direct == "auto" and not auto.direct_path.ready(1000) and auto.direct_path.plan is None  # CPU: encode
     folder = build_tiny_st(tmp_path / "max", pooling="max")
     forced = SentenceTransformerEmbedder(folder, name="tiny-max", device="cpu", direct="on")
     with caplog.at_level(logging.WARNING, logger="rag.embed.embedder"):
@@ -246,6 +247,31 @@ def test_direct_path_is_for_cuda_and_unknown_layouts_keep_encode(tmp_path: Path,
                                atol=1e-6)
     with pytest.raises(ConfigError, match=r"^direct='gpu' is not one of auto, on, off$"):
         SentenceTransformerEmbedder(tiny, name="tiny", device="cpu", direct="gpu")
+
+
+EXIT_SCRIPT = """
+import sys
+from pathlib import Path
+from rag.embed.embedder import SentenceTransformerEmbedder
+
+texts = [f"{i} 服务器磁盘空间不足时先查看分区使用率 disk {i}" for i in range(40)]
+embedder = SentenceTransformerEmbedder(Path(sys.argv[1]), name="tiny", device="cpu", direct="on", tokenize_workers=2,
+                                       batch_size=4)
+assert embedder.embed_documents(texts).shape == (40, 32)
+# held to the very end of interpreter teardown, as the references of a long test run hold it
+sys.keep_alive = [sys.modules[name] for name in ("rag.embed.direct", "rag.embed.embedder")]
+print("embedded")
+"""
+
+
+@pytest.mark.integration
+def test_tokeniser_processes_end_cleanly_at_interpreter_exit(tiny: Path) -> None:
+    """A pool still alive during module teardown printed 'Exception ignored ... AttributeError: 'NoneType' object has no
+    attribute ...' from concurrent.futures; the pools are shut down at exit, before the teardown."""
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tiny)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "embedded", done.stderr
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 # --- hubs: never hang ------------------------------------------------------------------------------------------------
