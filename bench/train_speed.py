@@ -147,7 +147,7 @@ def trainer_step_flops(trainer: Any) -> tuple[float, int, tuple[int, int]]:
     model.eval()  # no token bookkeeping, no dropout: the GEMMs are the same
 
     def step() -> None:
-        with trainer.compute_loss_context_manager():
+        with trainer.compute_loss_context_manager(), trainer.accelerator.autocast():  # bf16 autocast, as in training
             loss = trainer.compute_loss(model, dict(batch))
         loss.backward()
 
@@ -314,8 +314,8 @@ def quantize_block_linears(model: Any, kind: str, compute_dtype: Any) -> Any:
                     new.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
                 setattr(parent, name, new.to(child.weight.device))
     torch.cuda.empty_cache()
+    # the flags peft and TRL read; not is_quantized, which makes the Trainer look for from_pretrained's hf_quantizer
     model.is_loaded_in_4bit, model.is_loaded_in_8bit = kind == "4bit", kind == "8bit"
-    model.is_quantized = True
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
@@ -352,10 +352,15 @@ def packing_check(trainer: Any, device: Any) -> dict[str, Any]:
 def run_recipe(args: argparse.Namespace, shape: dict[str, int], device: Any, dtype: Any) -> dict[str, Any]:
     cfg, trainer, meter = recipe_parts(args, shape, device, dtype)
     check = packing_check(trainer, device) if cfg.stage == "sft" else None
-    flops, real, (rows, length) = trainer_step_flops(trainer)
-    extra: dict[str, Any] = {"flops_per_token": round(flops / real), "flop_batch": {"rows": rows, "length": length,
-                                                                                    "real_tokens": real}}
-    if cfg.stage == "sft" and not cfg.model.quantization:
+    try:
+        flops, real, (rows, length) = trainer_step_flops(trainer)
+    except Exception as exc:  # a torch whose FLOP counter cannot run this step: the meta count (--count-meta) stands
+        extra: dict[str, Any] = {"flops_per_token": None, "flop_count_error": f"{type(exc).__name__}: {exc}"[:200]}
+        flops = 0.0
+    else:
+        extra = {"flops_per_token": round(flops / real), "flop_batch": {"rows": rows, "length": length,
+                                                                        "real_tokens": real}}
+    if flops and cfg.stage == "sft" and not cfg.model.quantization:
         analytic = analytic_step_flops(shape, cfg.lora.r, cfg.lora.target_modules, rows, length,
                                        cfg.model.attn_implementation)
         extra["analytic_vs_counted"] = round(analytic / flops, 4)
@@ -443,8 +448,8 @@ def child(args: argparse.Namespace) -> None:
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "params": n, **fields,
             "executed_flop_utilisation": utilisation(fields["flops_per_token"], fields["tokens_per_s"],
-                                                     args.peak_tflops),
-            "flops_per_token_over_n": round(fields["flops_per_token"] / n, 3),
+                                                     args.peak_tflops) if fields["flops_per_token"] else None,
+            "flops_per_token_over_n": round(fields["flops_per_token"] / n, 3) if fields["flops_per_token"] else None,
             "mfu_6n": utilisation(6 * n, fields["tokens_per_s"], args.peak_tflops),  # the convention, not executed
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
             "wall_s": round(time.perf_counter() - started, 1)}
