@@ -105,7 +105,7 @@ def make_pages(folder: Path, pages_per_dpi: int, seed: int) -> list[dict[str, An
     return pages
 
 
-def measure_cer(pages: list[dict[str, Any]], cfg: LoadConfig, out: Any) -> None:
+def measure_cer(pages: list[dict[str, Any]], cfg: LoadConfig, out: Any) -> dict[str, float]:
     totals: dict[tuple[int, str], list[int]] = {}
     for page in pages:
         documents = parse_file(page["path"], page["path"].name, cfg)
@@ -121,6 +121,8 @@ def measure_cer(pages: list[dict[str, Any]], cfg: LoadConfig, out: Any) -> None:
               "confidence": documents[0].metadata["ocr_confidence"] if documents else None}, out)
     for (dpi, language), (errors, chars) in sorted(totals.items()):
         emit({"kind": "cer", "dpi": dpi, "language": language, "chars": chars, "cer": round(errors / chars, 4)}, out)
+    return {f"cer_{dpi}dpi": round(errors / chars, 4) for (dpi, language), (errors, chars) in totals.items()
+            if language == "all"}
 
 
 def rapidocr_api(paths: list[Path]) -> float:
@@ -153,8 +155,9 @@ def rapidocr_cli(paths: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-def measure_speed(pages: list[dict[str, Any]], repeat: int, cli_pages: int, out: Any) -> None:
+def measure_speed(pages: list[dict[str, Any]], repeat: int, cli_pages: int, out: Any) -> dict[str, float]:
     best: dict[str, float] = {}
+    ratios: dict[str, float] = {}
     for dpi in (150, 300):
         paths = [page["path"] for page in pages if page["dpi"] == dpi]
         runs = {"rapidocr_api": (rapidocr_api, ()), "loader_workers1": (loader, (1,)), "loader_workers2": (loader, (2,))}
@@ -172,8 +175,10 @@ def measure_speed(pages: list[dict[str, Any]], repeat: int, cli_pages: int, out:
         baseline = len(paths) / best[f"rapidocr_api@{dpi}"]
         for name in ("loader_workers1", "loader_workers2"):
             rate = len(paths) / best[f"{name}@{dpi}"]
+            ratios[f"{name}_vs_api_{dpi}dpi"] = round(rate / baseline, 3)
             emit({"kind": "speed", "dpi": dpi, "engine": name, "pages_per_s": round(rate, 3),
                   "rapidocr_api_pages_per_s": round(baseline, 3), "ratio": round(rate / baseline, 3)}, out)
+    return ratios
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         pages = make_pages(Path(folder), args.pages, args.seed)
         emit({"kind": "setup", "pages": len(pages), "font_pt": 12, "noise_sigma": 12, "max_angle": 3}, out)
-        measure_cer(pages, LoadConfig(), out)
+        summary = measure_cer(pages, LoadConfig(), out)
         if not args.skip_speed:
-            measure_speed(pages, args.repeat, args.cli_pages, out)
+            summary.update(measure_speed(pages, args.repeat, args.cli_pages, out))
+        emit({"stage": "summary", **summary}, out)
     if out is not None:
         out.close()
     return 0
