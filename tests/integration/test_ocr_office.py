@@ -30,6 +30,7 @@ from tests.office_files import (
     XXE_DOCTYPE,
     image_pdf,
     make_pptx,
+    make_xls,
     make_xlsx,
     pdf_with_picture,
     render_text_image,
@@ -75,6 +76,13 @@ def test_xlsx_blocks_repeat_the_header_row(tmp_path: Path) -> None:
     assert assets[0].metadata["rows"].startswith("2-") and assets[-1].metadata["rows"].endswith("-61")
     assert [(d.heading, d.text) for d in documents if d.heading == ("说明",)] == [
         (("说明",), "问题 | 回答\n耗材 | " + SHEET_PHRASES[1])]
+
+
+def test_xls_dates_and_whole_numbers_read_cleanly(tmp_path: Path) -> None:
+    path = write(tmp_path, "duty.xls", make_xls())
+    documents = parse_file(path, "duty.xls", LoadConfig())
+    assert [(d.heading, d.text, d.metadata) for d in documents] == [
+        (("值班",), "日期 | 值班人 | 工单数\n2026-03-01 | 王五负责机房巡检 | 12", {"parser": "xlrd", "rows": "2-2"})]
 
 
 def test_csv_in_gbk_with_semicolons_keeps_its_header(tmp_path: Path) -> None:
