@@ -7,6 +7,7 @@ models that the rapidocr-onnxruntime wheel ships.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,19 @@ def test_a_long_scanned_pdf_hits_the_per_file_time_limit_alone(tmp_path: Path) -
     assert (results["long_scan.pdf"].error_kind, results["long_scan.pdf"].error) == (
         "timeout", "parsing took longer than 3 s (load.timeout_s); the file was skipped")
     assert results["notes.txt"].ok and results["notes.txt"].documents[0].text == "扫描件旁边的普通文本。"
+
+
+def test_missing_ocr_package_is_one_actionable_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag.ingest.parsers.ocr import ocr_engine
+
+    path = tmp_path / "shot.png"
+    render_text_image(["x"], dpi=72).save(path)  # type: ignore[attr-defined]
+    ocr_engine.cache_clear()
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # what `import` sees when it is not installed
+    try:
+        with pytest.raises(LoadError) as info:
+            parse_file(path, "shot.png", LoadConfig())
+    finally:
+        ocr_engine.cache_clear()
+    assert (info.value.kind, str(info.value)) == (
+        "missing_dependency", "OCR needs rapidocr-onnxruntime: pip install -r requirements.txt (or set load.ocr=off)")
