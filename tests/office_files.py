@@ -147,3 +147,21 @@ def pdf_with_picture(pdf: bytes, picture: object, page_index: int = 0) -> bytes:
     out = io.BytesIO()
     document.save(out)
     return out.getvalue()
+
+
+def make_xls() -> bytes:
+    """An Excel 97-2003 .xls (xlwt) with a header, a date cell and a whole-number float."""
+    import datetime
+
+    import xlwt
+
+    book = xlwt.Workbook(encoding="utf-8")
+    sheet = book.add_sheet("值班")
+    for column, text in enumerate(["日期", "值班人", "工单数"]):
+        sheet.write(0, column, text)
+    sheet.write(1, 0, datetime.date(2026, 3, 1), xlwt.easyxf(num_format_str="YYYY-MM-DD"))
+    sheet.write(1, 1, "王五负责机房巡检")
+    sheet.write(1, 2, 12.0)
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()

@@ -7,6 +7,7 @@ models that the rapidocr-onnxruntime wheel ships.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from rag.core.errors import ConfigError, LoadError
 from rag.embed.embedder import HashEmbedder
 from rag.index.reader import KnowledgeIndex
 from rag.index.sync import sync_folder
-from rag.ingest.load import parse_file, parse_one_isolated
+from rag.ingest.load import parse_file, parse_files, parse_one_isolated
 from tests.broken_files import PASSWD_MARKER, make_pdf
 from tests.integration.test_hostile_corpus import huge_png
 from tests.office_files import (
@@ -30,6 +31,7 @@ from tests.office_files import (
     XXE_DOCTYPE,
     image_pdf,
     make_pptx,
+    make_xls,
     make_xlsx,
     pdf_with_picture,
     render_text_image,
@@ -75,6 +77,13 @@ def test_xlsx_blocks_repeat_the_header_row(tmp_path: Path) -> None:
     assert assets[0].metadata["rows"].startswith("2-") and assets[-1].metadata["rows"].endswith("-61")
     assert [(d.heading, d.text) for d in documents if d.heading == ("说明",)] == [
         (("说明",), "问题 | 回答\n耗材 | " + SHEET_PHRASES[1])]
+
+
+def test_xls_dates_and_whole_numbers_read_cleanly(tmp_path: Path) -> None:
+    path = write(tmp_path, "duty.xls", make_xls())
+    documents = parse_file(path, "duty.xls", LoadConfig())
+    assert [(d.heading, d.text, d.metadata) for d in documents] == [
+        (("值班",), "日期 | 值班人 | 工单数\n2026-03-01 | 王五负责机房巡检 | 12", {"parser": "xlrd", "rows": "2-2"})]
 
 
 def test_csv_in_gbk_with_semicolons_keeps_its_header(tmp_path: Path) -> None:
@@ -184,3 +193,38 @@ def test_ocr_runs_in_the_isolated_worker_under_its_memory_cap(tmp_path: Path) ->
     assert parsed.ok, parsed.error
     assert squash(OCR_LINES[0]) in squash(parsed.documents[0].text)
     assert json.loads(json.dumps(parsed.documents[0].metadata))["ocr"] == "image"
+
+
+def test_multi_page_tiff_keeps_page_numbers(tmp_path: Path) -> None:
+    first, second = (render_text_image([line], dpi=150) for line in OCR_LINES)
+    first.save(tmp_path / "fax.tiff", save_all=True, append_images=[second])  # type: ignore[attr-defined]
+    documents = parse_file(tmp_path / "fax.tiff", "fax.tiff", LoadConfig())
+    assert [(d.page, squash(d.text)) for d in documents] == [(1, squash(OCR_LINES[0])), (2, squash(OCR_LINES[1]))]
+
+
+def test_a_long_scanned_pdf_hits_the_per_file_time_limit_alone(tmp_path: Path) -> None:
+    """A scan too long for load.timeout_s is killed and reported; the next file still parses."""
+    page = render_text_image(["第一页到最后一页都是扫描件"], dpi=150)
+    write(tmp_path, "long_scan.pdf", image_pdf([page] * 200, dpi=150))
+    write(tmp_path, "notes.txt", "扫描件旁边的普通文本。".encode())
+    items = [(tmp_path / "long_scan.pdf", "long_scan.pdf"), (tmp_path / "notes.txt", "notes.txt")]
+    results = {parsed.source: parsed for parsed in parse_files(items, LoadConfig(timeout_s=3, workers=1))}
+    assert (results["long_scan.pdf"].error_kind, results["long_scan.pdf"].error) == (
+        "timeout", "parsing took longer than 3 s (load.timeout_s); the file was skipped")
+    assert results["notes.txt"].ok and results["notes.txt"].documents[0].text == "扫描件旁边的普通文本。"
+
+
+def test_missing_ocr_package_is_one_actionable_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag.ingest.parsers.ocr import ocr_engine
+
+    path = tmp_path / "shot.png"
+    render_text_image(["x"], dpi=72).save(path)  # type: ignore[attr-defined]
+    ocr_engine.cache_clear()
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # what `import` sees when it is not installed
+    try:
+        with pytest.raises(LoadError) as info:
+            parse_file(path, "shot.png", LoadConfig())
+    finally:
+        ocr_engine.cache_clear()
+    assert (info.value.kind, str(info.value)) == (
+        "missing_dependency", "OCR needs rapidocr-onnxruntime: pip install -r requirements.txt (or set load.ocr=off)")

@@ -44,8 +44,11 @@ def ocr_engine() -> Any:
     """The RapidOCR engine, loaded once per process (the models load in about a second)."""
     try:
         from rapidocr_onnxruntime import RapidOCR
-    except ImportError:
+    except ModuleNotFoundError:
         raise LoadError("missing_dependency", MISSING_RAPIDOCR) from None
+    except ImportError as exc:  # OpenCV without its system libraries (libGL, GLib)
+        raise LoadError("missing_dependency", f"OCR could not load ({exc}); run make ocr-deps "
+                        "(apt-get install libgl1 libglib2.0-0) or set load.ocr=off") from None
     return RapidOCR()
 
 
