@@ -4,16 +4,16 @@ Hybrid search takes ``candidates`` from each retriever and fuses the two ranking
 (``sum_r weight_r / (rrf_k + rank_r)``) — robust because it needs no score calibration between cosine and BM25.
 The retriever returns nothing, so the answer side refuses instead of answering from unrelated text, when a score
 threshold is set and the best candidates are all below it, or when the question names something the index never
-mentions (a Latin-script word such as ``kubernetes`` in no chunk: ``unknown_name_min_chars``).
+mentions (a proper name such as ``Kubernetes`` in no chunk: ``unknown_name_min_chars``, :mod:`rag.answer.names`).
 """
 
 from __future__ import annotations
 
 import logging
-import unicodedata
 from dataclasses import replace
 from typing import Any, Protocol
 
+from rag.answer.names import unknown_names
 from rag.core.config import EmbedConfig, RetrieveConfig
 from rag.core.errors import ConfigError
 from rag.core.types import Hit
@@ -131,8 +131,8 @@ class Retriever:
             for i, score in ranking
             if i in chunks  # a writer may have deleted it since the ranking was computed
         ]
-        if cfg.unknown_name_min_chars > 0 and hits:
-            unknown = self.unknown_names(query, hits, cfg.unknown_name_min_chars)
+        if cfg.unknown_name_min_chars > 0 and hits and self.index.bm25 is not None:
+            unknown = unknown_names(query, self.index.bm25, [h.chunk.text for h in hits], cfg.unknown_name_min_chars)
             if unknown:
                 log.info("no hits: the index never mentions %s", ", ".join(unknown))
                 return []
@@ -141,14 +141,6 @@ class Retriever:
             hits = [replace(h, score=s, rerank_score=s) for h, s in zip(hits, scores, strict=True)]
             hits.sort(key=lambda h: -h.score)
         return hits[:top_k]
-
-    def unknown_names(self, query: str, hits: list[Hit], min_chars: int) -> list[str]:
-        """The query's Latin-script names (>= ``min_chars``) found in no chunk of the index nor in ``hits``."""
-        bm25 = self.index.bm25
-        if bm25 is None:
-            return []
-        texts = [unicodedata.normalize("NFKC", h.chunk.text).lower() for h in hits]
-        return [w for w in bm25.unknown_names(query, min_chars) if not any(w in t for t in texts)]
 
     @staticmethod
     def _below_threshold(dense: list[tuple[int, float]], bm25: list[tuple[int, float]], cfg: RetrieveConfig,

@@ -3,7 +3,8 @@
     python -m rag.eval retrieval --index DIR --questions Q.jsonl [--k 10] [--out results.jsonl] [key=value ...]
 
 Questions file (JSONL): ``{"id", "question", "evidence": ["verbatim substring", ...], "source"}``; an empty
-``evidence`` marks a question the corpus cannot answer (scored on refusal: the retriever returns nothing).
+``evidence`` marks a question the corpus cannot answer (scored on refusal: the retriever returns nothing); an answerable
+question that gets nothing back counts as a miss and as a false refusal (``false_refusal``).
 A question is a hit at k when an evidence string occurs in one of the first k chunks after NFKC, lower-casing and
 removing all whitespace. The last printed line is ``hit@5=0.xxx mrr=0.xxx n=N``.
 """
@@ -102,6 +103,7 @@ class Scores:
     reciprocal: float = 0.0
     unanswerable: int = 0
     refused: int = 0
+    false_refused: int = 0  # answerable questions the retriever returned nothing for (a refusal gate fired)
 
     def add(self, question: Question, rank: int | None, returned: int) -> None:
         if not question.answerable:
@@ -109,6 +111,7 @@ class Scores:
             self.refused += int(returned == 0)
             return
         self.n += 1
+        self.false_refused += int(returned == 0)
         for k in KS:
             self.hits[k] += int(rank is not None and rank <= k)
         self.reciprocal += 1.0 / rank if rank else 0.0
@@ -119,6 +122,7 @@ class Scores:
         out["n"] = self.n
         out["refusal"] = round(self.refused / self.unanswerable, 3) if self.unanswerable else None
         out["n_unanswerable"] = self.unanswerable
+        out["false_refusal"] = round(self.false_refused / self.n, 3) if self.n else None
         return out
 
 
@@ -232,7 +236,7 @@ def main(args: argparse.Namespace) -> int:
     for mode in modes:
         label = retriever.effective_mode(mode)
         result = evaluate_retrieval(retriever, questions, args.k, mode, Path(args.out) if args.out and len(modes) == 1 else None)
-        headers = ["group", *[f"hit@{k}" for k in KS], "mrr", "n", "refusal", "n_unanswerable"]
+        headers = ["group", *[f"hit@{k}" for k in KS], "mrr", "n", "refusal", "n_unanswerable", "false_refusal"]
         print(f"mode: {label}")
         print(table([[name, *row.values()] for name, row in result.items()], headers))
         print(json.dumps({"mode": label, **result["all"]}))

@@ -105,8 +105,9 @@ class RetrieveConfig:
     rerank_candidates: int = 20
     score_threshold: float = 0.0  # best dense cosine below this -> no hits (the answer side refuses); 0 = off
     bm25_threshold: float = 0.0  # ... and best BM25 score below this (both must fail to refuse)
-    # no hits (so the answer refuses) when the question names a Latin-script word of at least this many characters
-    # (kubernetes, certbot) that no chunk contains: the corpus is not about it (docs/EVAL.md "Refusal"); 0 = off
+    # no hits (so the answer refuses) when the question names a proper name of at least this many characters
+    # (Kubernetes, WireGuard; never values like a.txt, -abc, ext4, NTFS) that no chunk contains: the corpus is not
+    # about it (rag.answer.names, docs/EVAL.md "Refusal"); 0 = off
     unknown_name_min_chars: int = 3
 
 

@@ -32,7 +32,7 @@ TOKENIZER_VERSION = "jieba-search-v2"  # v1: jieba over whole mixed text (split 
 _WORD = re.compile(r"[a-z0-9][a-z0-9_.+#-]*[a-z0-9+#]|[a-z0-9]")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _RUNS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+|[^\u3400-\u9fff\uf900-\ufaff]+")
-_LETTER = re.compile(r"[a-z]")
+_PART_SPLIT = re.compile(r"[-._/+#]+")
 # Function words that carry no topic; kept short on purpose (over-filtering hurts recall more than it helps).
 STOPWORDS = frozenset(
     ["的", "了", "是", "在", "和", "与", "及", "或", "也", "就", "都", "而", "并", "被", "把", "从", "对", "为", "以", "于", "之", "其", "这", "那", "个", "一个", "有", "没有", "吗", "呢", "吧", "啊", "我", "你", "他", "她", "它", "我们", "你们", "他们", "什么", "怎么", "如何", "怎样", "哪些", "哪个", "为什么", "可以", "能", "会", "要", "需要", "应该", "请问", "一下", "中", "上", "下", "里", "时", "时候", "a", "an", "the", "of", "to", "in", "on", "for", "and", "or", "is", "are", "was", "were", "be", "been", "it", "this", "that", "these", "those", "with", "as", "by", "at", "from", "how", "what", "which", "who", "whom", "whose", "why", "where", "when", "do", "does", "did", "can", "could", "should", "i", "you", "we", "they", "my", "your"]
@@ -106,23 +106,6 @@ def store_current_tokens(docstore: DocStore) -> int:
     return len(ids)
 
 
-_NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
-
-
-def _name_like_words(text: str) -> list[str]:
-    """Words of an English sentence that look like names rather than vocabulary: capitalised but not the first
-    word of a sentence, upper case after the first letter, or holding a digit or inner punctuation."""
-    names = []
-    for match in _NAME_WORD.finditer(text):
-        word = match.group()
-        before = text[: match.start()].rstrip()
-        sentence_start = not before or before[-1] in ".?!:;\"'("
-        if (any(c.isdigit() for c in word) or any(c in "_./+-" for c in word)
-                or any(c.isupper() for c in word[1:]) or (word[0].isupper() and not sentence_start)):
-            names.append(word)
-    return names
-
-
 class BM25:
     """Okapi BM25 over pre-tokenised documents, with inverted lists in numpy arrays.
 
@@ -148,6 +131,7 @@ class BM25:
         n = len(docs)
         # term -> (rows int32 [m], tf float32 [m], idf)
         self.postings: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+        self._parts: frozenset[str] | None = None
         for word, rows in postings.items():
             df = len(rows)
             idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
@@ -160,25 +144,14 @@ class BM25:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def unknown_names(self, query: str, min_chars: int = 3) -> list[str]:
-        """Latin-script query words (names, commands: ``kubernetes``, ``certbot``) that no chunk contains.
-
-        Inside a Chinese question such words are names, and a name the corpus never mentions means the corpus is
-        not about it. In a question without CJK most words are ordinary English, and a paraphrase ("alter" for the
-        documents' "change") is no sign of a missing topic, so only name-like words count there (capitalised inside
-        the sentence, mixed case, with a digit or inner ``-_./+``: ``WireGuard``, ``OpenRC``, ``gp5``), and only
-        when the corpus knows most of the question's other words (else it is a language gap, e.g. an English
-        question over a Chinese corpus).
-        """
-        tokens = tokenize(query)
-        latin = {t for t in tokens if _LETTER.search(t)}
-        unknown = {t for t in latin if len(t) >= min_chars and t not in self.postings}
-        if not unknown or _CJK.search(query):
-            return sorted(unknown)
-        if 2 * len(unknown) > len(latin):
-            return []
-        names = {t for word in _name_like_words(query) for t in tokenize(word)}
-        return sorted(unknown & names)
+    def knows(self, word: str) -> bool:
+        """Whether ``word`` (a lower-case token) is indexed, alone or as a part of a longer indexed token split at
+        ``- . _ / + #`` (``logind`` in ``systemd-logind``, ``node`` in ``node.js``)."""
+        if word in self.postings:
+            return True
+        if self._parts is None:  # built on first use: only the refusal gate asks
+            self._parts = frozenset(part for token in self.postings for part in _PART_SPLIT.split(token) if part)
+        return word in self._parts
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
         """(chunk id, score) best first; only chunks sharing at least one token with the query."""

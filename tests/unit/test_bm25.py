@@ -41,24 +41,6 @@ def test_bm25_ranks_and_scores() -> None:
     assert bm25.search("kubernetes", 3) == []
 
 
-def test_unknown_names() -> None:
-    bm25 = BM25([1, 2], ["lilypond contexts 导入 导出", "handbook audience reads"])
-    assert bm25.unknown_names("LilyPond 能和 Dorico 互相导入吗") == ["dorico"]  # a name inside a Chinese question
-    assert bm25.unknown_names("LilyPond 能导入 ly 文件吗") == []  # shorter than 3 characters
-    assert bm25.unknown_names("LilyPond 能和 Dorico 互相导入吗", min_chars=7) == []
-    # in an English question only name-like words count: an ordinary word the corpus lacks is a paraphrase
-    assert bm25.unknown_names("How do contexts work in lilypond with dorico") == []
-    assert bm25.unknown_names("How do contexts work in LilyPond with Dorico") == ["dorico"]
-    assert bm25.unknown_names("lilypond contexts with gp5") == ["gp5"]
-    assert bm25.unknown_names("Dorico contexts in lilypond?") == []  # capitalised only as the first word
-    # an English question whose words the corpus mostly lacks is a language gap, not a missing topic
-    assert bm25.unknown_names("Which printer driver should I install") == []
-    # question words are stopwords, never unknown names (the page-load test's "Where is ... stored?" was refused)
-    paper = BM25([1], ["spare printer paper stored cabinet b7"])
-    assert tokenize("Where is spare printer paper stored?") == ["spare", "printer", "paper", "stored"]
-    assert paper.unknown_names("Where is spare printer paper stored?") == []
-
-
 @pytest.fixture
 def retriever(corpus: Path, cfg: RagConfig) -> Retriever:
     sync_folder(corpus, cfg, HashEmbedder())

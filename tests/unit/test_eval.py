@@ -51,6 +51,7 @@ def test_scores_are_computed_from_ranks(setup: tuple[Path, list[str]]) -> None:
 
     result = rag_eval.evaluate_retrieval(Fixed(), rag_eval.read_questions(setup[0]), k=5)
     assert result["all"]["hit@5"] == 0.0 and result["all"]["mrr"] == 0.0 and result["all"]["refusal"] == 1.0
+    assert result["all"]["false_refusal"] == 1.0  # the answerable ones got nothing back either
     assert result["lang:zh"]["n"] == 3
 
 
