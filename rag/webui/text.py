@@ -495,6 +495,6 @@ CSS = """
 .kb-src-body {max-height: 11rem; overflow-y: auto; line-height: 1.65; opacity: .92; overflow-wrap: anywhere;}
 .kb-src mark {background: rgba(250, 204, 21, .5); color: inherit; padding: 0 .1rem; border-radius: .2rem;}
 .kb-meta {font-size: .8rem; opacity: .7;}
-[class*="st-key-conv-"] button {justify-content: flex-start; text-align: left;}
+[class*="st-key-conv-"] button, [class*="st-key-conv-"] button div {justify-content: flex-start; text-align: left;}
 </style>
 """

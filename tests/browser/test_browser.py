@@ -281,7 +281,9 @@ def test_compare_mode_and_a_queued_second_session_on_a_tiny_model(browser: Any,
     with run_server(tmp, write_corpus(tmp / "kb"), extra) as server:
         page = open_page(browser, server, DESKTOP, load_timeout_ms=60_000)  # the first run loads torch
         other = open_page(browser, server, DESKTOP)
-        page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="LoRA 适配器").click()
+        adapter = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="LoRA 适配器")
+        adapter.scroll_into_view_if_needed()  # below the conversation list: scrolled first, a click opens the menu
+        adapter.click()
         page.get_by_role("option", name="demo").click()
         page.get_by_test_id("stSidebar").get_by_text("对比模式").click()
         ask(page, "年假需要提前几天申请？")
