@@ -22,7 +22,9 @@ import streamlit as st
 from rag.core.errors import RagError
 from rag.webui import history, kb
 from rag.webui.chat import chat_view
+from rag.webui.kb_manage import manage_panel
 from rag.webui.kb_page import kb_view
+from rag.webui.knowledge_bases import config_for
 from rag.webui.model_page import model_view
 from rag.webui.sidebar import sidebar
 from rag.webui.state import get_catalog, get_model, password_ok, secrets
@@ -65,10 +67,12 @@ def main() -> None:
     st.title(tr(lang, "title"))
     view = st.radio(tr(lang, "view_label"), ["chat", "kb", "model"], key="view", horizontal=True,
                     format_func=lambda v: tr(lang, f"view_{v}"), label_visibility="collapsed")
+    session_cfg = config_for(cfg, session.index_dir)  # a knowledge base made from the page: its folder and index
     if view == "chat":
-        chat_view(session, cfg, retriever, error, loaded, settings, source, owner)
+        chat_view(session, session_cfg, retriever, error, loaded, settings, source, owner)
     elif view == "kb":
-        kb_view(session, cfg, retriever, settings, source)
+        kb_view(session, session_cfg, retriever, settings, source)
+        manage_panel(session, cfg, settings, source)
     else:
         model_view(session, cfg, loaded, adapters, catalog)
     history.history_panel(history_box, lang, settings, owner)

@@ -210,6 +210,16 @@ def unchanged_report(folder: str | Path, cfg: RagConfig, index_dir: str | Path |
     directory = Path(index_dir or cfg.index.dir).resolve()
     if not (directory / DOCSTORE).is_file() or not (directory / MANIFEST).is_file():
         return None
+    with ExitStack() as stack:
+        try:  # another ingest is writing: the full sync waits for it or says so
+            stack.enter_context(writer_lock(directory, wait=False))
+        except IndexStateError:
+            return None
+        return _unchanged_report(folder, directory, cfg, keep_deleted, retry_failed, started)
+
+
+def _unchanged_report(folder: Path, directory: Path, cfg: RagConfig, keep_deleted: bool | None, retry_failed: bool,
+                      started: float) -> IngestReport | None:
     ds = DocStore(directory / DOCSTORE, readonly=True)
     try:
         if (ds.get_meta("format_version") != str(FORMAT_VERSION) or ds.get_json("split") != asdict(cfg.split)

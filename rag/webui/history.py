@@ -38,17 +38,17 @@ def store(settings: kb.AppSettings) -> ConversationStore:
 
 def browser_key() -> str:
     """This browser's key; kept in the URL (``?u=``) and in a cookie, so a new tab finds the same conversations."""
-    key = st.session_state.get("browser_key")
+    key: str | None = st.session_state.get("browser_key")
     if key is None:
         from_url, from_cookie = st.query_params.get("u"), st.context.cookies.get(COOKIE)
-        key = from_url if valid_key(from_url) else from_cookie if valid_key(from_cookie) else new_key()
+        key = str(from_url) if valid_key(from_url) else str(from_cookie) if valid_key(from_cookie) else new_key()
         st.session_state["browser_key"] = key
         # one small script, once per session: the page's own origin, the key only (no user data)
         st.html(f"<script>document.cookie = '{COOKIE}={key}; path=/; max-age={COOKIE_DAYS * 86400}; "
                 "SameSite=Strict';</script>", unsafe_allow_javascript=True)
     if st.query_params.get("u") != key:
         st.query_params["u"] = key
-    return str(key)
+    return key
 
 
 def start(settings: kb.AppSettings) -> str:

@@ -38,6 +38,7 @@ ENV_MAX_UPLOAD_MB = "KBQA_MAX_UPLOAD_MB"
 ENV_FEEDBACK = "KBQA_FEEDBACK"
 ENV_INDEXES = "KBQA_INDEXES"
 ENV_CONVERSATIONS = "KBQA_CONVERSATIONS"
+ENV_KNOWLEDGE_ROOT = "KBQA_KNOWLEDGE_ROOT"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class AppSettings:
             "" = the folder above ``index.dir``.
         generation_slots: answers generated at the same time (the rest queue).
         conversations_dir: the folder of ``conversations.sqlite``, where every user's chats are saved.
+        knowledge_root: the folder that the documents folder of a knowledge base made from the page must be inside;
+            "" = the folder above ``knowledge_dir``.
     """
 
     max_upload_mb: float = 50.0
@@ -60,6 +63,7 @@ class AppSettings:
     indexes_root: str = ""
     generation_slots: int = 1
     conversations_dir: str = "conversations"
+    knowledge_root: str = ""
 
 
 _SETTING_SOURCES = {  # field -> (environment variable, key in .streamlit/secrets.toml)
@@ -69,6 +73,7 @@ _SETTING_SOURCES = {  # field -> (environment variable, key in .streamlit/secret
     "indexes_root": (ENV_INDEXES, "indexes_root"),
     "generation_slots": ("KBQA_GENERATION_SLOTS", "generation_slots"),
     "conversations_dir": (ENV_CONVERSATIONS, "conversations_dir"),
+    "knowledge_root": (ENV_KNOWLEDGE_ROOT, "knowledge_root"),
 }
 
 

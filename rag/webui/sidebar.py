@@ -13,6 +13,7 @@ from rag.core.config import RagConfig
 from rag.core.errors import RagError
 from rag.webui import kb
 from rag.webui.history import new_chat
+from rag.webui.knowledge_bases import read_kb
 from rag.webui.state import AdapterRow, ConfigKey, Session, get_retriever, warn_if_exposed
 from rag.webui.text import tr
 
@@ -23,6 +24,12 @@ def open_retriever(source: ConfigKey, index_dir: str, lang: str) -> tuple[Retrie
             return get_retriever(source, index_dir), ""
     except RagError as exc:
         return None, str(exc)
+
+
+def index_label(index_dir: str) -> str:
+    """A knowledge base made from the page by its name, any other index by its folder name."""
+    made = read_kb(index_dir)
+    return made.name if made is not None else Path(index_dir).name
 
 
 def sidebar(lang: str, cfg: RagConfig, settings: kb.AppSettings, source: ConfigKey, loaded: LoadedModel,
@@ -38,7 +45,7 @@ def sidebar(lang: str, cfg: RagConfig, settings: kb.AppSettings, source: ConfigK
     options = kb.list_indexes(settings.indexes_root or Path(cfg.index.dir).parent, always=configured)
     if st.session_state.get("index_dir") not in options:
         st.session_state["index_dir"] = configured
-    index_dir = bar.selectbox(tr(lang, "index_label"), options, key="index_dir", format_func=lambda p: Path(p).name)
+    index_dir = bar.selectbox(tr(lang, "index_label"), options, key="index_dir", format_func=index_label)
     retriever, error = open_retriever(source, index_dir, lang)
     if retriever is not None:
         stats = retriever.index.stats()

@@ -87,6 +87,20 @@ TEXT: dict[str, dict[str, str]] = {
         "upload_label": "选择文件（可多选）",
         "upload_help": "单个文件不超过 {mb} MB。支持：{types}",
         "uploader_button": "选择文件",
+        "kb_manage": "新建 · 重命名 · 删除知识库",
+        "kb_new_name": "知识库名称",
+        "kb_new_folder": "文档文件夹（可选）",
+        "kb_new_folder_help": "相对于 {root} 的文件夹，必须在它之内；不填则用知识库名称。文件夹不存在时会新建。",
+        "kb_new_folder_placeholder": "默认与名称相同",
+        "kb_create": "新建知识库",
+        "kb_created": "已新建知识库“{name}”，文档文件夹：{folder}。在下方上传文档即可建立索引。",
+        "kb_configured_note": "当前是配置文件中的默认知识库，不能在页面上重命名或删除。",
+        "kb_current": "当前知识库：{name}",
+        "kb_rename": "重命名",
+        "kb_renamed": "已重命名为“{name}”",
+        "kb_delete_confirm": "确认删除此知识库的索引（文档文件夹保留）",
+        "kb_delete": "删除知识库",
+        "kb_deleted": "已删除知识库“{name}”的索引；文档文件夹未删除。",
         "uploader_limit": "单个文件不超过 {mb} MB · {types}",
         "replace_same": "覆盖同名文件（否则另存为“名称 (2)”）",
         "upload_button": "保存并重新索引",
@@ -255,6 +269,20 @@ TEXT: dict[str, dict[str, str]] = {
         "upload_label": "Choose files (several at once is fine)",
         "upload_help": "Up to {mb} MB per file. Supported: {types}",
         "uploader_button": "Upload",
+        "kb_manage": "Create · rename · delete knowledge bases",
+        "kb_new_name": "Knowledge base name",
+        "kb_new_folder": "Documents folder (optional)",
+        "kb_new_folder_help": "A folder inside {root} (relative to it); empty = the name. Created if missing.",
+        "kb_new_folder_placeholder": "same as the name",
+        "kb_create": "Create knowledge base",
+        "kb_created": "Created knowledge base “{name}”, documents folder {folder}. Upload documents below to index them.",
+        "kb_configured_note": "This is the configured knowledge base; it cannot be renamed or deleted from the page.",
+        "kb_current": "This knowledge base: {name}",
+        "kb_rename": "Rename",
+        "kb_renamed": "Renamed to “{name}”",
+        "kb_delete_confirm": "Delete this knowledge base's index (its documents folder stays)",
+        "kb_delete": "Delete knowledge base",
+        "kb_deleted": "Deleted the index of “{name}”; its documents folder stays.",
         "uploader_limit": "{mb} MB per file · {types}",
         "replace_same": "Replace files with the same name (else saved as \"name (2)\")",
         "upload_button": "Save and re-index",
@@ -513,6 +541,6 @@ CSS = """
 .kb-src-body {max-height: 11rem; overflow-y: auto; line-height: 1.65; opacity: .92; overflow-wrap: anywhere;}
 .kb-src mark {background: rgba(250, 204, 21, .5); color: inherit; padding: 0 .1rem; border-radius: .2rem;}
 .kb-meta {font-size: .8rem; opacity: .7;}
-[class*="st-key-conv-"] button {justify-content: flex-start; text-align: left;}
+[class*="st-key-conv-"] button, [class*="st-key-conv-"] button div {justify-content: flex-start; text-align: left;}
 </style>
 """

@@ -281,7 +281,9 @@ def test_compare_mode_and_a_queued_second_session_on_a_tiny_model(browser: Any,
     with run_server(tmp, write_corpus(tmp / "kb"), extra) as server:
         page = open_page(browser, server, DESKTOP, load_timeout_ms=60_000)  # the first run loads torch
         other = open_page(browser, server, DESKTOP)
-        page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="LoRA 适配器").click()
+        adapter = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="LoRA 适配器")
+        adapter.scroll_into_view_if_needed()  # below the conversation list: scrolled first, a click opens the menu
+        adapter.click()
         page.get_by_role("option", name="demo").click()
         page.get_by_test_id("stSidebar").get_by_text("对比模式").click()
         ask(page, "年假需要提前几天申请？")
@@ -419,4 +421,63 @@ def test_marks_in_view_feedback_file_uploader_words_and_language_switch_keeps_th
     assert "选择文件" not in page.get_by_test_id("stFileUploaderDropzone").locator("button p").evaluate(AFTER_JS)
     page.get_by_test_id("stSidebar").get_by_text("中文", exact=True).click()
     expect(options.filter(has_text="知识库").locator("input")).to_be_checked()
+    page.context.close()
+
+
+def sidebar_index(page: Page) -> Locator:
+    """The sidebar's knowledge base choice (its input shows the chosen one)."""
+    return page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="索引").locator("input")
+
+
+def test_a_knowledge_base_made_from_the_page_is_asked_renamed_and_deleted(browser: Any, server: Server) -> None:
+    page = open_page(browser, server, DESKTOP)
+    page.set_viewport_size({"width": 1280, "height": 1400})
+    goto_view(page, "知识库")
+    main = page.get_by_test_id("stMainBlockContainer")
+    expect(page.get_by_test_id("stFileUploaderDropzone")).to_be_visible()
+    expect(main.get_by_role("textbox", name="知识库名称")).to_be_visible()
+    main.get_by_role("textbox", name="知识库名称").fill("人事制度")
+    main.get_by_role("textbox", name="文档文件夹（可选）").fill("../outside")
+    main.get_by_role("button", name="新建知识库").click()
+    expect(main.get_by_text("is not inside")).to_be_visible()  # a folder outside the allowed root is refused
+    expect(main.get_by_role("textbox", name="知识库名称")).to_have_value("人事制度")  # the form keeps what was typed
+    main.get_by_role("textbox", name="文档文件夹（可选）").fill("hr-docs")
+    main.get_by_role("button", name="新建知识库").click()
+    expect(main.get_by_text("已新建知识库“人事制度”")).to_be_visible()
+    expect(sidebar_index(page)).to_have_value("人事制度")
+    folder = server.knowledge.parent / "hr-docs"
+    assert folder.is_dir() and (server.knowledge.parent / "indexes" / "人事制度" / "knowledge_base.json").is_file()
+
+    doc = server.knowledge.parent / "婚假.md"
+    doc.write_text("# 婚假\n\n员工结婚可享受婚假十五天，需提供结婚证复印件。\n", encoding="utf-8")
+    chip = page.get_by_role("button", name="Remove 婚假.md")
+    for attempt in range(3):  # a file set while the page still reruns after the creation is sometimes dropped
+        page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(doc))
+        try:
+            expect(chip).to_be_visible(timeout=TIMEOUT_MS // 3)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
+    expect(page.get_by_role("button", name="保存并重新索引")).to_be_enabled()
+    page.get_by_role("button", name="保存并重新索引").click()
+    expect(page.get_by_text("已保存 婚假.md")).to_be_visible()
+    assert (folder / "婚假.md").is_file() and not (server.knowledge / "婚假.md").exists()
+    shot(page, "knowledge_bases.png")
+
+    goto_view(page, "对话")
+    ask(page, "婚假有几天？")
+    expect(wait_answer(page, "十五天").locator(".kb-src").first).to_contain_text("婚假.md")
+
+    goto_view(page, "知识库")
+    expect(page.get_by_test_id("stFileUploaderDropzone")).to_be_visible()
+    expect(main.get_by_role("textbox", name="知识库名称").last).to_be_visible()
+    main.get_by_role("textbox", name="知识库名称").last.fill("人事与休假")
+    main.get_by_role("button", name="重命名").click()
+    expect(sidebar_index(page)).to_have_value("人事与休假")
+    main.get_by_text("确认删除此知识库的索引").click()
+    main.get_by_role("button", name="删除知识库").click()
+    expect(main.get_by_text("已删除知识库“人事与休假”的索引")).to_be_visible()
+    expect(sidebar_index(page)).to_have_value("default")
+    assert not (server.knowledge.parent / "indexes" / "人事制度").exists() and (folder / "婚假.md").is_file()
     page.context.close()

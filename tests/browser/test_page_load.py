@@ -125,7 +125,7 @@ def serve_page(tmp: Path, knowledge: Path, extra: Sequence[str] = (), env: dict[
     port = free_port()
     full_env = {**os.environ, "KBQA_OVERRIDES": " ".join(shlex.quote(o) for o in overrides),
                 "KBQA_FEEDBACK": str(tmp / "feedback.jsonl"), "KBQA_PASSWORD": "", "HF_HUB_OFFLINE": "1",
-                "KBQA_OFFLINE": "1", **(env or {})}
+                "KBQA_OFFLINE": "1", "KBQA_CONVERSATIONS": str(tmp / "conversations"), **(env or {})}
     address = ["--server.address", "127.0.0.1"] if bind_loopback else []
     log_path = tmp / "streamlit.log"
     with open(log_path, "wb") as log:

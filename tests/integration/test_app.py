@@ -21,6 +21,7 @@ from rag.embed.embedder import HashEmbedder
 from rag.feedback import read_feedback
 from rag.index.sync import sync_folder
 from rag.webui import kb
+from rag.webui.conversations import ConversationStore, owner_key
 from tests.conftest import write_corpus
 
 APP = str(REPO_ROOT / "app.py")
@@ -241,6 +242,35 @@ def test_password_gate(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     at.button[0].click().run()
     assert len(at.chat_input) == 1
 
+
+def test_conversations_are_restored_per_browser_and_bound_to_the_password(site: Site,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    browser = "browser-key-0123456789"
+
+    def login(password: str, conversation: str = "") -> AppTest:
+        monkeypatch.setenv(kb.ENV_PASSWORD, password)
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+        at.query_params["u"] = browser
+        if conversation:
+            at.query_params["c"] = conversation
+        at.run()
+        at.text_input[0].input(password)
+        at.button[0].click().run()
+        assert not at.exception, at.exception
+        return at
+
+    ask(login("pw-one"), "年假需要提前几天申请？")
+    store = ConversationStore(site.root / "conversations")
+    assert store.recent(browser) == []  # with a password the browser's key alone owns nothing
+    saved = store.recent(owner_key(browser, "pw-one"))
+    assert [(c.title, c.turns) for c in saved] == [("年假需要提前几天申请？", 1)]
+
+    reloaded = login("pw-one", saved[0].id)  # a reload: a new session, the same URL
+    assert [m.name for m in reloaded.chat_message] == ["user", "assistant"]
+    assert "年假需提前三个工作日" in texts(assistant_messages(reloaded)[0])
+
+    other = login("pw-two", saved[0].id)  # the same browser and URL with another password sees nothing
+    assert len(other.chat_message) == 0 and "还没有保存的对话" in texts(other.sidebar)
 
 def write_adapter(folder: Path, base_model: str) -> None:
     """An adapter folder with the files the registry checks (weights are not read on the extractive backend)."""

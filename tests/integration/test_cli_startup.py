@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
+
+from rag.index.layout import LOCK
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "sentence_transformers", "streamlit", "faiss")
@@ -72,6 +75,10 @@ def test_unchanged_folder_does_not_load_the_embedder(corpus: Path, tmp_path: Pat
     assert "embedder: hash-embedder (not loaded: nothing changed)" in messages(again)
     assert "4 files: 0 new, 0 updated, 4 unchanged, 0 failed" in again.stdout
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+
+    with FileLock(str(index / LOCK)):  # another ingest writing: not "unchanged" but the one-writer message
+        locked, _ = run("ingest.py", str(corpus), "--index", str(index), "--quiet", "embed.source=hash")
+    assert locked.returncode == 1 and messages(locked)[-1].startswith("error: another ingest is writing to")
 
     # another embed.* model setting, or a changed file, takes the full path (which checks the embedder)
     other, _ = run("ingest.py", str(corpus), "--index", str(index), "--quiet", "embed.source=hash", "embed.model=x")
