@@ -15,10 +15,10 @@ import streamlit as st
 
 from rag import feedback
 from rag.answer.backend import LoadedModel
-from rag.answer.gate import GateTimeout
 from rag.answer.retrieve import Retriever
 from rag.core.config import RagConfig
 from rag.core.errors import RagError
+from rag.core.fifo import TurnTimeout
 from rag.core.types import Answer, Citation, Hit, Message
 from rag.webui import kb
 from rag.webui.kb_page import run_reindex
@@ -195,7 +195,7 @@ def ask(question: str, session: Session, cfg: RagConfig, retriever: Retriever, l
             with get_gate(settings.generation_slots).turn(on_wait=on_wait, timeout_s=GATE_TIMEOUT_S):
                 notice.empty()
                 turn = stream_answer(pipeline, question, history, session, uuid.uuid4().hex[:12])
-        except GateTimeout:
+        except TurnTimeout:
             notice.warning(tr(lang, "gate_timeout"))
             return
         except RagError as exc:  # prompt too long, GPU out of memory, adapter not loaded: one line says why

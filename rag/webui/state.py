@@ -17,10 +17,10 @@ from typing import Any
 import streamlit as st
 
 from rag.answer.backend import LoadedModel
-from rag.answer.gate import GenerationGate
 from rag.answer.retrieve import Retriever
 from rag.core.config import RagConfig
 from rag.core.errors import RagError
+from rag.core.fifo import FifoTurns
 from rag.core.types import Answer
 from rag.llm.base import ChatModel
 from rag.webui import kb
@@ -67,8 +67,9 @@ def get_embedder(source: ConfigKey) -> Any:
 
 
 @st.cache_resource(show_spinner=False)
-def get_gate(slots: int) -> GenerationGate:
-    return GenerationGate(slots)
+def get_gate(slots: int) -> FifoTurns:
+    """The process-wide queue in front of whole answers: at most ``slots`` at once, the others wait their turn."""
+    return FifoTurns(slots)
 
 
 @dataclass(frozen=True)

@@ -192,9 +192,20 @@ def test_concurrent_calls_are_serialised_and_match_sequential(chat: HFChatModel,
     assert peak[0] == 1
 
 
-def test_waiting_requests_run_in_arrival_order(chat: HFChatModel) -> None:
+def test_waiting_requests_run_in_arrival_order(chat: HFChatModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    generating, resume = threading.Event(), threading.Event()
+    generate = chat.model.generate
+
+    def held_generate(*args: Any, **kwargs: Any) -> Any:  # the first request keeps the model until resumed
+        if not generating.is_set():
+            generating.set()
+            resume.wait(60)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(chat.model, "generate", held_generate)
     first: Any = chat.stream(talkative(chat))  # a generator: close() cancels it
-    next(first)  # holds the model while paused here
+    threading.Thread(target=lambda: next(first), daemon=True).start()
+    assert generating.wait(30)
     order: list[int] = []
 
     def worker(i: int) -> None:
@@ -211,10 +222,55 @@ def test_waiting_requests_run_in_arrival_order(chat: HFChatModel) -> None:
             time.sleep(0.005)
         assert chat.queue_depth() == i + 1
     assert order == []  # nobody ran while the first request holds the model
-    first.close()  # the caller stops reading: generation is cancelled and the model handed on
+    resume.set()
     for t in threads:
         t.join(timeout=60)
     assert order == [0, 1, 2] and chat.queue_depth() == 0
+    first.close()
+
+
+def test_a_dropped_stream_that_nobody_closes_frees_the_model(chat: HFChatModel) -> None:
+    """A client that hangs up mid-answer leaves its generator suspended and uncollected (issue 17 #1: the served API
+    then waited forever for the model): the generation thread hands the model on when it ends."""
+    abandoned: Any = chat.stream(talkative(chat))
+    next(abandoned)  # suspended mid-answer and still referenced: never closed, never collected
+    done: list[str] = []
+    waiter = threading.Thread(target=lambda: done.append(chat.generate([Message("user", LINES[0])])), daemon=True)
+    waiter.start()
+    waiter.join(timeout=60)
+    assert done and isinstance(done[0], str), "the next request still waits for the abandoned one"
+    assert chat.queue_depth() == 0
+    abandoned.close()
+
+
+def test_closing_a_stream_on_its_own_generation_thread_does_not_join_itself(chat: HFChatModel,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The garbage collector may finalise an abandoned generator on any thread, the generation thread included."""
+    stream: Any = None
+    errors: list[BaseException] = []
+    suspended = threading.Event()
+    run_generate = chat._run_generate
+
+    def close_from_worker(*args: Any) -> None:
+        args[3].put(torch.tensor([chat.encode_messages([Message("user", "x")])]))  # the prompt, skipped
+        args[3].put(torch.tensor(chat.tokenizer.encode("你好", add_special_tokens=False)))
+        args[3].end()
+        suspended.wait(30)
+        try:
+            stream.close()
+        except BaseException as exc:  # before the fix: RuntimeError("cannot join current thread")
+            errors.append(exc)
+
+    monkeypatch.setattr(chat, "_run_generate", close_from_worker)
+    stream = chat.stream([Message("user", LINES[0])])
+    assert next(stream)
+    suspended.set()
+    deadline = time.monotonic() + 30
+    while chat._turns.busy() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert errors == [] and chat._turns.busy() == 0
+    monkeypatch.setattr(chat, "_run_generate", run_generate)
+    assert isinstance(chat.generate([Message("user", LINES[1])]), str)
 
 
 # --- adapters ------------------------------------------------------------------------------------------------------

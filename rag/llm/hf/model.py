@@ -1,9 +1,11 @@
 """A local transformers chat model (ChatGLM3 through native GLM, or any HF chat model) with LoRA adapters.
 
 One :class:`HFChatModel` holds one base model on one device and any number of peft LoRA adapters on top of it.
-Requests are served **one at a time, first come first served**: :meth:`HFChatModel.stream` takes a ticket when the
+Requests are served **one at a time, first come first served**: :meth:`HFChatModel.stream` takes a turn when the
 caller starts iterating and keeps the model until the answer ends or the caller stops iterating (closing the
-generator cancels the generation). Others wait their turn; :meth:`HFChatModel.queue_depth` says how many wait.
+generator, from any thread, cancels the generation at its next token). The generation thread itself gives the turn
+back when it ends, so a generator that is dropped without being closed (a client that hung up) holds the model at
+most until its ``max_new_tokens`` are generated, never for good. Others wait their turn; :meth:`HFChatModel.queue_depth` says how many wait.
 The adapter of a request (or "adapters disabled" for the base model) is switched while holding the model, so
 concurrent requests with different adapters never mix.
 
@@ -248,20 +250,31 @@ class HFChatModel(FastDecodeMixin):
                     fast: bool = False) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
-        with self._turns.turn():
-            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            cancel = threading.Event()
-            failure: list[BaseException] = []
-            target = self._run_fast if fast else self._run_generate
-            worker = threading.Thread(target=target, args=(ids, gen, adapter, streamer, cancel, failure),
-                                      name="hf-generate", daemon=True)
-            worker.start()
+        ticket = self._turns.acquire()
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        failure: list[BaseException] = []
+        target = self._run_fast if fast else self._run_generate
+
+        def work() -> None:
             try:
-                for piece in streamer:
-                    if piece:
-                        yield piece
-            finally:  # normal end, an error, or the caller closed the generator: stop and wait for the worker
-                cancel.set()
+                target(ids, gen, adapter, streamer, cancel, failure)
+            finally:  # the worker frees the model: an abandoned generator that nobody closes cannot keep it
+                self._turns.release(ticket)
+
+        worker = threading.Thread(target=work, name="hf-generate", daemon=True)
+        try:
+            worker.start()
+        except BaseException:
+            self._turns.release(ticket)
+            raise
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:  # normal end, an error, or the caller closed the generator: stop the worker at its next token
+            cancel.set()
+            if threading.current_thread() is not worker:  # a generator collected on the worker thread: never join it
                 worker.join()
         if failure:
             exc = failure[0]
