@@ -497,21 +497,21 @@ def test_fast_decode_follows_the_adapter_of_each_request(models_dir: Path, fast_
     off, on = load(base_folder, fast_decode="off"), load(base_folder, fast_decode="on")
     prompt = talkative(off)
     assert on.generate(prompt) == off.generate(prompt)  # the fast decoder is built before any adapter loads ...
-    built = on._fast
+    built = on._decoder.generator
     for name, seed, targets in (("a", 11, "all-linear"), ("b", 22, ("q_proj", "v_proj"))):
         folder = models_dir / f"fast-lora-{name}"
         if not folder.is_dir():
             make_lora_adapter(base_folder, folder, seed=seed, targets=targets)
         off.load_adapter(name, folder)
         on.load_adapter(name, folder)
-    assert on._fast is None and built is not None  # ... and rebuilt after: the model and its layers changed
+    assert on._decoder.generator is None and built is not None  # ... and rebuilt after: the model and its layers changed
     answers = {name: off.generate(prompt, adapter=name) for name in ("a", None, "b")}
     assert len(set(answers.values())) == 3  # the adapters change the answer
     plan = ["a", None, "b", "a", None, "b"]
     assert [on.generate(prompt, adapter=name) for name in plan] == [answers[name] for name in plan]
     if fast_backend == "eager":  # adapter a (every linear) ran fused; b (q and v, not k) through peft's forward
-        assert any(fused is not None for fused in on._fast._lora.values())
-        assert any(fused is None for fused in on._fast._lora.values())
+        assert any(fused is not None for fused in on._decoder.generator._lora.values())
+        assert any(fused is None for fused in on._decoder.generator._lora.values())
     results: list[str] = [""] * len(plan)
 
     def worker(i: int) -> None:
@@ -616,7 +616,7 @@ def test_warm_up_on_gpu_captures_the_graph_before_the_first_request(models_dir: 
     thread = start_warm_up(warm)
     assert thread is not None
     thread.join(timeout=300)
-    assert (None, False) in warm._fast_warm and warm.info().extra["fast_decode"].startswith("graph")
+    assert (None, False) in warm._decoder.warm and warm.info().extra["fast_decode"].startswith("graph")
     prompt = talkative(cold)
     started = time.perf_counter()
     cold_text = cold.generate(prompt)  # builds and captures inside the first request
@@ -672,15 +672,15 @@ def test_warm_up_builds_the_fast_decoder_before_the_first_request(tiny_llama: Pa
     from rag.answer.backend import start_warm_up
 
     on = load(tiny_llama, fast_decode="on")
-    assert on.info().extra["fast_decode"] == "on" and not on._fast_warm  # nothing built at load
+    assert on.info().extra["fast_decode"] == "on" and not on._decoder.warm  # nothing built at load
     thread = start_warm_up(on)
     assert thread is not None
     thread.join(timeout=120)
-    assert not thread.is_alive() and (None, False) in on._fast_warm
+    assert not thread.is_alive() and (None, False) in on._decoder.warm
     assert on.info().extra["fast_decode"] != "on"  # the decoder exists (its backend is named)
     assert on.warm_up() is False  # already warm: no second capture
     prompt = talkative(chat)
     assert list(on.stream(prompt)) == list(chat.stream(prompt))
     for idle in (load(tiny_llama, fast_decode="off"), load(tiny_llama)):  # off; auto on CPU
-        assert idle.warm_up() is False and idle._fast is None
+        assert idle.warm_up() is False and idle._decoder.generator is None
     assert start_warm_up(object()) is None  # backends without a fast decoder (extractive, openai)
