@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -131,32 +132,41 @@ def answer_time(server: Server) -> float:
     return time.monotonic() - started
 
 
-def test_hundred_sequential_drops_leave_the_model_free(server: Server) -> None:
-    for _ in range(100):
+@pytest.mark.parametrize(("sequential", "concurrent"), [
+    (12, 12),  # before the fix about 8 drops hung the server for good
+    pytest.param(100, 20, marks=pytest.mark.slow),  # the issue's bound; minutes on a busy 2-core machine
+])
+def test_dropped_streams_leave_the_model_free(server: Server, sequential: int, concurrent: int) -> None:
+    for _ in range(sequential):
         drop_one_stream(server.port)
     assert answer_time(server) < ANSWERED_WITHIN_S
-    assert httpx.get(f"{server.url}/health", timeout=10).json()["status"] == "ok"
-    assert "cannot join current thread" not in server.output()
-
-
-def test_twenty_concurrent_drops_leave_the_model_free(server: Server) -> None:
-    for _ in range(5):
-        with ThreadPoolExecutor(20) as pool:
-            list(pool.map(drop_one_stream, [server.port] * 20))
+    with ThreadPoolExecutor(concurrent) as pool:
+        list(pool.map(drop_one_stream, [server.port] * concurrent))
     assert answer_time(server) < ANSWERED_WITHIN_S
+    health = httpx.get(f"{server.url}/health", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
     assert "cannot join current thread" not in server.output()
 
 
-def test_sigterm_stops_the_server_with_streams_open(setup: tuple[Path, Path, Path]) -> None:
-    server = start(*setup)
-    clients = []
+def test_sigterm_stops_the_server_with_streams_open(server: Server) -> None:
+    """One long answer streaming and two waiting for the model; SIGTERM ends them. Runs last: it stops the server."""
+    streaming, hang_up = threading.Event(), threading.Event()
+
+    def open_stream() -> None:
+        long_answer = {**BODY, "max_tokens": 3500}  # many seconds of tokens: uvicorn alone would wait for them
+        try:
+            with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long_answer, timeout=60) as response:
+                next(response.iter_bytes())
+                streaming.set()
+                hang_up.wait(60)
+        except httpx.HTTPError:
+            pass  # cut off by the server going away
+
+    clients = [threading.Thread(target=open_stream, daemon=True) for _ in range(3)]
+    for client in clients:
+        client.start()
     try:
-        for _ in range(3):  # open streams that nobody reads to the end
-            client = httpx.Client(timeout=60)
-            response = client.send(client.build_request("POST", f"{server.url}/v1/chat/completions", json=BODY),
-                                   stream=True)
-            next(response.iter_bytes())
-            clients.append((client, response))
+        assert streaming.wait(60), "no stream started"
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         try:
@@ -165,9 +175,6 @@ def test_sigterm_stops_the_server_with_streams_open(setup: tuple[Path, Path, Pat
             pytest.fail(f"rag.serve still running 30 s after SIGTERM:\n{server.output()[-3000:]}")
         assert time.monotonic() - started < 5.0
     finally:
-        for client, response in clients:
-            response.close()
-            client.close()
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(10)
+        hang_up.set()
+        for client in clients:
+            client.join(10)
