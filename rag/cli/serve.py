@@ -68,7 +68,7 @@ INSTALL_HINT = "the served API needs FastAPI and uvicorn: pip install fastapi==0
 # a passage block of rag.answer.prompt's answer prompt: "[n] (where)\n<<<passage n\ntext\npassage n>>>"
 _PASSAGE = re.compile(r"(?m)^\[(\d+)\] \(([^\n]*)\)\n<<<passage \1\n([\s\S]*?)\npassage \1>>>")
 STALL_AFTER_S = 300.0  # /health says "degraded" when answers are in flight and none produced anything for this long
-SHUTDOWN_GRACE_S = 3.0  # after SIGTERM, uvicorn cancels whatever still runs after this long
+SHUTDOWN_GRACE_S = 3  # after SIGTERM, uvicorn cancels whatever still runs after this long
 
 
 def passages_of(messages: Sequence[Message]) -> list[Hit]:
