@@ -155,6 +155,18 @@ def render_turn(turn: Turn, lang: str, settings: kb.AppSettings) -> None:
         render_details(turn, lang, settings)
 
 
+def write_and_close(stream: Any) -> None:
+    """Stream an answer into the page and close it however that ends: a closed tab (Streamlit raises inside
+    ``write_stream``) cancels the generation and frees the model now, not when the garbage collector gets to it."""
+    pieces = iter(stream)
+    try:
+        st.write_stream(pieces)
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+
+
 def stream_answer(pipeline: Any, question: str, history: list[Message], session: Session, turn_id: str) -> Turn:
     """Stream the answer(s) into the page; return the finished turn."""
     overrides = session.retrieval()
@@ -163,14 +175,14 @@ def stream_answer(pipeline: Any, question: str, history: list[Message], session:
         boxes = answer_boxes(True, session.adapter, session.lang)
         for box, stream in zip(boxes, (base, tuned), strict=True):
             with box:
-                st.write_stream(stream)
+                write_and_close(stream)
         turn = Turn(turn_id, question, tuned.answer, tuned.quotes, session.adapter, session.index_dir,
                     base=base.answer, base_quotes=base.quotes)
     else:
         stream = pipeline.ask(question, history, adapter=session.adapter or None, **overrides)
         boxes = answer_boxes(False, "", session.lang)
         with boxes[0]:
-            st.write_stream(stream)
+            write_and_close(stream)
         turn = Turn(turn_id, question, stream.answer, stream.quotes, session.adapter, session.index_dir)
     fill_boxes(boxes, turn)
     return turn
