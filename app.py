@@ -2,7 +2,7 @@
 
     streamlit run app.py --server.address 127.0.0.1      (or: make app)
 
-UI only: answering is :mod:`rag.answer.pipeline`, knowledge-base chores are :mod:`rag.webui.kb`, the queue is :mod:`rag.answer.gate`,
+UI only: answering is :mod:`rag.answer.pipeline`, knowledge-base chores are :mod:`rag.webui.kb`, the queue is :mod:`rag.core.fifo`,
 the words are :mod:`rag.webui.text`. Config: ``KBQA_CONFIG`` (YAML path, default ``configs/rag/default.yaml``) and
 ``KBQA_OVERRIDES`` (``key=value`` words); page settings (password, upload limit, feedback file) from the
 environment or ``.streamlit/secrets.toml`` (see :class:`rag.webui.kb.AppSettings`).

@@ -181,7 +181,7 @@ def serve(b: Bench, model: Any, args: argparse.Namespace, vocab: int, skip: set[
                   "short": serve_time(chat, messages, short, runs=3)}
         texts["fast"] = result["short"].pop("text")
         result["long"].pop("text")
-        bare = chat._fast  # the same decoder without the chat layer: what streaming costs on top
+        bare = chat._decoder.generator  # the same decoder without the chat layer: what streaming costs on top
         if bare is not None and bare.backend != "hf":
             ids = chat.encode_messages(messages)
             result["bare_fastgenerator"] = fast_time(bare, [ids], args.new_tokens, runs=3)

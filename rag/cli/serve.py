@@ -19,11 +19,16 @@ A request with ``"kbqa": {"rag": false}`` chats with the model directly (no retr
 :class:`rag.llm.openai.OpenAIChatModel` sends, its prompt already quoting its own passages. The server binds
 127.0.0.1 by default; with ``$KBQA_API_KEY`` set, every endpoint but ``/health`` wants ``Authorization: Bearer KEY``.
 Generation is serialised by the backends (one request at a time per loaded model; the others wait their turn).
+Each answer runs in its own thread (:mod:`rag.cli.streams`) and is cancelled, freeing the model, when its client hangs
+up or the server gets SIGTERM; ``/health`` answers 503 ``{"status": "degraded", "reason": ...}`` when answers are in
+flight and none produced anything for ``--stall-after-s``. Request bodies, message counts and sizes are capped
+(:mod:`rag.cli.chat_request`; ``--max-body-bytes`` etc.).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hmac
 import json
 import logging
@@ -32,12 +37,21 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rag.cli.chat_request import (
+    ApiError,
+    RequestLimits,
+    check_fields,
+    generation,
+    parse_json,
+    parse_messages,
+    read_body,
+)
 from rag.cli.common import add_config_args, config_from_args, run_cli
 from rag.cli.openai_options import OptionError, OutputLimit, check_options
+from rag.cli.streams import CLIENT_GONE, AnswerCancelled, OpenAnswers
 from rag.core.errors import RagError
 from rag.core.types import Chunk, Hit, Message
 from rag.llm.base import GenerationConfig
@@ -54,7 +68,8 @@ SERVED_NAME = "kbqa"  # the model id meaning "the configured default"; also the 
 INSTALL_HINT = "the served API needs FastAPI and uvicorn: pip install fastapi==0.163.2 uvicorn==0.54.0"
 # a passage block of rag.answer.prompt's answer prompt: "[n] (where)\n<<<passage n\ntext\npassage n>>>"
 _PASSAGE = re.compile(r"(?m)^\[(\d+)\] \(([^\n]*)\)\n<<<passage \1\n([\s\S]*?)\npassage \1>>>")
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+STALL_AFTER_S = 300.0  # /health says "degraded" when answers are in flight and none produced anything for this long
+SHUTDOWN_GRACE_S = 3  # after SIGTERM, uvicorn cancels whatever still runs after this long
 
 
 def passages_of(messages: Sequence[Message]) -> list[Hit]:
@@ -69,15 +84,6 @@ def passages_of(messages: Sequence[Message]) -> list[Hit]:
         chunk = Chunk(id=number, text=match.group(3), source=match.group(2), position=number - 1)
         hits.append(Hit(chunk=chunk, score=0.0))
     return hits
-
-
-def _text(content: Any) -> str:
-    """A message's text: a string, or the text parts of an OpenAI content list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return ""
 
 
 def _citations(stream: AnswerStream) -> list[dict[str, Any]]:
@@ -95,11 +101,13 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
            param: str | None = None) -> Any:
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+    return JSONResponse(ApiError(status, message, param, kind=kind, code=code).body(), status_code=status)
 
 
-def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
-    """The FastAPI app answering from ``pipeline``; ``api_key`` (None = open) guards everything but ``/health``."""
+def create_app(pipeline: QAPipeline, api_key: str | None = None, limits: RequestLimits | None = None,
+               answers: OpenAnswers | None = None) -> FastAPI:
+    """The FastAPI app answering from ``pipeline``; ``api_key`` (None = open) guards everything but ``/health``;
+    ``limits`` caps requests; ``answers`` tracks the answers in flight (:func:`main` cancels them on SIGTERM)."""
     try:
         from fastapi import FastAPI, Request
         from fastapi.responses import JSONResponse, StreamingResponse
@@ -107,12 +115,14 @@ def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
         raise RagError(INSTALL_HINT) from exc
     from rag.answer.pipeline import BASE
 
+    limits = limits or RequestLimits()
+    answers = answers or OpenAnswers(STALL_AFTER_S)
     app = FastAPI(title="kbqa", description="Knowledge-base QA with citations, OpenAI-compatible")
     model = pipeline.model
     started = int(time.time())
 
     def adapter_for(name: str) -> str | None:
-        """The pipeline's adapter argument for a request's ``model`` (ValueError: not served)."""
+        """The pipeline's adapter argument for a request's ``model`` (ApiError 404: not served)."""
         info = model.info()
         if name == SERVED_NAME:
             return BASE
@@ -121,7 +131,7 @@ def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
         if name in info.adapters:
             return name
         served = ", ".join([SERVED_NAME, info.model_id, *info.adapters])
-        raise ValueError(f"model {name!r} is not served here; use one of: {served}")
+        raise ApiError(404, f"model {name!r} is not served here; use one of: {served}", "model", code="model_not_found")
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Any) -> Any:
@@ -133,12 +143,14 @@ def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
         return await call_next(request)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        if api_key:  # /health answers without the key, so it tells nothing about the deployment
-            return {"status": "ok"}
-        info = model.info()
-        return {"status": "ok", "backend": info.backend, "model": info.model_id,
-                "index": str(pipeline.retriever.index.directory)}
+    def health() -> Any:
+        stuck = answers.stalled()
+        report: dict[str, Any] = {"status": "degraded", "reason": stuck} if stuck else {"status": "ok"}
+        if not api_key:  # /health answers without the key, so with one it tells nothing about the deployment
+            info = model.info()
+            report |= {"backend": info.backend, "model": info.model_id, "index": str(pipeline.retriever.index.directory),
+                       "in_flight": answers.in_flight()}
+        return JSONResponse(report, status_code=503 if stuck else 200)
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -147,41 +159,45 @@ def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": started,
                                             "owned_by": SERVED_NAME} for name in names]}
 
-    @app.post("/v1/chat/completions")
-    def chat(body: dict[str, Any]) -> Any:  # a plain mapping: clients send many optional fields we ignore
-        name = str(body.get("model") or SERVED_NAME)
-        raw_messages = body.get("messages")
-        if not isinstance(raw_messages, list) or not raw_messages:
-            return _error(400, "messages must be a non-empty list of {role, content}")
-        messages = [Message(_ROLES[m["role"]], _text(m.get("content")))  # type: ignore[arg-type]
-                    for m in raw_messages if isinstance(m, dict) and m.get("role") in _ROLES]
-        if not messages or messages[-1].role != "user":
-            return _error(400, "the last message must be the user's question")
+    async def chat(request: Request) -> Any:  # the body is read by hand: capped, and checked field by field
         try:
-            stops = check_options(body)
+            body = parse_json(await read_body(request, limits))
+            check_fields(body)
+            messages = parse_messages(body.get("messages"), limits)
+            name = body.get("model") or SERVED_NAME
             adapter = adapter_for(name)
-            gen = _generation(body, pipeline)
+            gen = generation(body, GenerationConfig.from_llm(pipeline.cfg.llm), model.context_window)
+            stops = check_options(body)
+        except ApiError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
         except OptionError as exc:
             return _error(400, exc.message, code=exc.code, param=exc.param)
-        except ValueError as exc:
-            return _error(404 if "not served" in str(exc) else 400, str(exc),
-                          code="model_not_found" if "not served" in str(exc) else None)
-        options = body.get("kbqa")
-        if isinstance(options, dict) and options.get("rag", True) is False:
-            use = adapter if adapter != BASE else (pipeline.cfg.llm.adapter or None)
-            hits = passages_of(messages) if pipeline.extractive else []
-            pieces = model.stream(messages, gen, adapter=use, context=hits)
-            stream = None
-        else:
+        options = body.get("kbqa") or {}
+        raw = options.get("rag", True) is False
+        stream: AnswerStream | None = None
+
+        def produce() -> Iterator[str]:  # runs in the answer's own thread (retrieval included)
+            nonlocal stream
+            if raw:
+                use = adapter if adapter != BASE else (pipeline.cfg.llm.adapter or None)
+                hits = passages_of(messages) if pipeline.extractive else []
+                return model.stream(messages, gen, adapter=use, context=hits)
             history = [m for m in messages[:-1] if m.role != "system"]
             stream = pipeline.ask(messages[-1].content, history, adapter=adapter, gen=gen)
-            pieces = iter(stream)
+            return iter(stream)
+
+        pump = answers.start(produce)
+        watcher = asyncio.ensure_future(pump.cancel_on_disconnect(request.receive))
         try:  # the first piece before answering, so a failing backend is an HTTP error, not a broken stream
-            first = next(pieces, None)
+            first = await anext(pump, "")
         except RagError as exc:
+            watcher.cancel()
             return _error(502, str(exc), "server_error")
+        except AnswerCancelled as exc:
+            watcher.cancel()
+            return _error(503, str(exc), "server_error")
         chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        requested_tokens = body.get("max_completion_tokens") or body.get("max_tokens")  # checked by _generation
+        requested_tokens = body.get("max_completion_tokens") or body.get("max_tokens")  # checked by generation()
         limit = OutputLimit(stops, int(requested_tokens) if requested_tokens else None, model.count_tokens)
 
         def usage(content: str) -> dict[str, int]:
@@ -199,15 +215,15 @@ def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
                     "citations": _citations(stream), "hits": _hits(answer.hits)}
 
         if body.get("stream"):
-            def events() -> Iterator[str]:
-                def event(delta: dict[str, Any], finish: str | None = None, **more: Any) -> str:
-                    chunk = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": name,
-                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **more}
-                    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            def event(delta: dict[str, Any], finish: str | None = None, **more: Any) -> str:
+                chunk = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": name,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **more}
+                return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
+            async def events() -> AsyncIterator[str]:
                 try:
                     yield event({"role": "assistant", "content": limit.feed(first or "")})
-                    for piece in pieces:  # read to the end after a stop or the cap: the citations need the answer
+                    async for piece in pump:  # read to the end after a stop or the cap: the citations need the answer
                         if text := limit.feed(piece):
                             yield event({"content": text})
                     if rest := limit.close():
@@ -217,16 +233,23 @@ def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
                         last = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": name,
                                 "choices": [], "usage": usage(limit.text)}  # OpenAI's usage chunk: no choices
                         yield f"data: {json.dumps(last)}\n\n"
-                except RagError as exc:  # headers are gone: report in the stream, as vLLM does
-                    log.warning("answer failed mid-stream: %s", exc)
+                except (RagError, AnswerCancelled) as exc:  # headers are gone: report in the stream, as vLLM does
+                    log.warning("answer ended early: %s", exc)
                     yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
+                finally:  # also when the response is dropped (client gone): the pump stops and closes the answer
+                    watcher.cancel()
+                    pump.cancel(CLIENT_GONE)
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
         try:
-            text = (first or "") + "".join(pieces)
+            text = first + "".join([piece async for piece in pump])
         except RagError as exc:
             return _error(502, str(exc), "server_error")
+        except AnswerCancelled as exc:
+            return _error(503, str(exc), "server_error")
+        finally:
+            watcher.cancel()
         extra = final_extra()
         content = limit.feed(extra.get("answer", text))
         content += limit.close()
@@ -238,25 +261,9 @@ def create_app(pipeline: QAPipeline, api_key: str | None = None) -> FastAPI:
             "kbqa": extra,
         })
 
+    chat.__annotations__["request"] = Request  # the class itself: FastAPI cannot resolve this module's string annotation
+    app.post("/v1/chat/completions")(chat)
     return app
-
-
-def _generation(body: dict[str, Any], pipeline: QAPipeline) -> GenerationConfig:
-    """The configured sampling settings with the request's max_tokens / temperature / top_p / seed (ValueError)."""
-    gen = GenerationConfig.from_llm(pipeline.cfg.llm)
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    changes: dict[str, Any] = {}
-    for key, value, kind, low in (("max_new_tokens", max_tokens, int, 1), ("temperature", body.get("temperature"),
-                                  float, 0.0), ("top_p", body.get("top_p"), float, 0.0), ("seed", body.get("seed"),
-                                  int, None)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            raise ValueError(f"{key}={value!r} must be a number")
-        if low is not None and value < low:
-            raise ValueError(f"{key}={value!r} must be at least {low}")
-        changes[key] = kind(value)
-    return replace(gen, **changes)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -265,6 +272,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--index", default=None, help="index folder (default: index.dir)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it: set KBQA_API_KEY)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    limits = RequestLimits()
+    parser.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
+                        help=f"refuse larger request bodies with HTTP 413 (default {limits.max_body_bytes})")
+    parser.add_argument("--max-messages", type=int, default=limits.max_messages,
+                        help=f"refuse requests with more messages (default {limits.max_messages})")
+    parser.add_argument("--max-message-chars", type=int, default=limits.max_message_chars,
+                        help=f"refuse a longer message (default {limits.max_message_chars} characters)")
+    parser.add_argument("--stall-after-s", type=float, default=STALL_AFTER_S,
+                        help="/health answers 503 \"degraded\" when answers are in flight and none produced anything "
+                             f"for this long (default {STALL_AFTER_S:.0f})")
     add_config_args(parser)
     return parser.parse_args(argv)
 
@@ -287,11 +304,23 @@ def main(args: argparse.Namespace) -> int:
     if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} without ${API_KEY_ENV}: anyone who can reach it can query the "
               "knowledge base", file=sys.stderr)
-    app = create_app(pipeline, api_key)
+    for flag in ("max_body_bytes", "max_messages", "max_message_chars", "stall_after_s"):
+        if getattr(args, flag) <= 0:
+            raise RagError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be positive")
+    limits = RequestLimits(args.max_body_bytes, args.max_messages, args.max_message_chars)
+    answers = OpenAnswers(args.stall_after_s)
+    app = create_app(pipeline, api_key, limits, answers)
     info = pipeline.model.info()
     print(f"serving {info.backend}:{info.model_id} on http://{args.host}:{args.port}/v1 (model names: "
           f"{SERVED_NAME}, {info.model_id}{''.join(', ' + a for a in info.adapters)})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="debug" if args.debug else "warning")
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:  # SIGTERM / Ctrl-C: end open streams, then stop
+            answers.cancel_all()
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="debug" if args.debug else "warning",
+                          timeout_graceful_shutdown=SHUTDOWN_GRACE_S)).run()
     return 0
 
 

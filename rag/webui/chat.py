@@ -17,10 +17,10 @@ import streamlit as st
 
 from rag import feedback
 from rag.answer.backend import LoadedModel
-from rag.answer.gate import GateTimeout
 from rag.answer.retrieve import Retriever
 from rag.core.config import RagConfig
 from rag.core.errors import RagError
+from rag.core.fifo import TurnTimeout
 from rag.core.types import Answer, Citation, Hit, Message
 from rag.webui import kb
 from rag.webui.conversations import Turn
@@ -174,6 +174,18 @@ def render_turn(turn: Turn, lang: str, settings: kb.AppSettings, owner: str) -> 
         render_details(turn, lang, settings, owner)
 
 
+def write_and_close(stream: Any) -> None:
+    """Stream an answer into the page and close it however that ends: a closed tab (Streamlit raises inside
+    ``write_stream``) cancels the generation and frees the model now, not when the garbage collector gets to it."""
+    pieces = iter(stream)
+    try:
+        st.write_stream(escape_stream(pieces))  # shown as text: no image, link or HTML of the answer's own
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+
+
 def stream_answer(pipeline: Any, question: str, history: list[Message], session: Session, turn_id: str) -> Turn:
     """Stream the answer(s) into the page; return the finished turn."""
     overrides = session.retrieval()
@@ -182,14 +194,14 @@ def stream_answer(pipeline: Any, question: str, history: list[Message], session:
         boxes = answer_boxes(True, session.adapter, session.lang)
         for box, stream in zip(boxes, (base, tuned), strict=True):
             with box:
-                st.write_stream(escape_stream(stream))
+                write_and_close(stream)
         turn = Turn(turn_id, question, tuned.answer, tuned.quotes, session.adapter, session.index_dir,
                     base=base.answer, base_quotes=base.quotes)
     else:
         stream = pipeline.ask(question, history, adapter=session.adapter or None, **overrides)
         boxes = answer_boxes(False, "", session.lang)
         with boxes[0]:
-            st.write_stream(escape_stream(stream))
+            write_and_close(stream)
         turn = Turn(turn_id, question, stream.answer, stream.quotes, session.adapter, session.index_dir)
     fill_boxes(boxes, turn)
     return turn
@@ -214,7 +226,7 @@ def ask(question: str, session: Session, cfg: RagConfig, retriever: Retriever, l
             with get_gate(settings.generation_slots).turn(on_wait=on_wait, timeout_s=GATE_TIMEOUT_S):
                 notice.empty()
                 turn = stream_answer(pipeline, question, history, session, uuid.uuid4().hex[:12])
-        except GateTimeout:
+        except TurnTimeout:
             notice.warning(tr(lang, "gate_timeout"))
             return
         except RagError as exc:  # prompt too long, GPU out of memory, adapter not loaded: one line says why

@@ -8,6 +8,7 @@ its sidebar choices (:class:`Session`) in ``st.session_state``; :func:`password_
 from __future__ import annotations
 
 import hmac
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -17,13 +18,14 @@ from typing import Any
 import streamlit as st
 
 from rag.answer.backend import LoadedModel
-from rag.answer.gate import GenerationGate
 from rag.answer.retrieve import Retriever
 from rag.core.config import RagConfig
 from rag.core.errors import RagError
+from rag.core.fifo import FifoTurns
 from rag.llm.base import ChatModel
 from rag.webui import kb
 from rag.webui.conversations import ConversationStore, Turn
+from rag.webui.login import LoginThrottle
 from rag.webui.text import tr
 
 ConfigKey = tuple[str, tuple[str, ...]]
@@ -67,8 +69,14 @@ def get_embedder(source: ConfigKey) -> Any:
 
 
 @st.cache_resource(show_spinner=False)
-def get_gate(slots: int) -> GenerationGate:
-    return GenerationGate(slots)
+def get_gate(slots: int) -> FifoTurns:
+    """The process-wide queue in front of whole answers: at most ``slots`` at once, the others wait their turn."""
+    return FifoTurns(slots)
+
+
+@st.cache_resource(show_spinner=False)
+def get_login_throttle() -> LoginThrottle:
+    return LoginThrottle()
 
 
 @st.cache_resource(show_spinner=False)
@@ -165,20 +173,34 @@ def same_path(a: str | Path, b: str | Path) -> bool:
 # --- access ---------------------------------------------------------------------------------------------------------
 
 
+def client_address() -> str:
+    """The browser's IP address as Streamlit sees it; "localhost" for local connections (Streamlit says None)."""
+    address = st.context.ip_address
+    return address if isinstance(address, str) and address else "localhost"
+
+
 def password_ok(password: str, lang: str) -> bool:
     """True once this session typed ``password``; until then draws the login form."""
     if st.session_state.get("authed"):
         return True
     st.title(tr(lang, "password_title"))
+    throttle, address = get_login_throttle(), client_address()
+    locked_s = throttle.locked_for(address)
+    if locked_s:  # too many wrong passwords from this address, in any session: not even the right one counts now
+        st.error(tr(lang, "password_locked", minutes=math.ceil(locked_s / 60)))
+        return False
     with st.form("login"):
         typed = st.text_input(tr(lang, "password_label"), type="password")
         submitted = st.form_submit_button(tr(lang, "password_button"), type="primary")
     if submitted:
         if hmac.compare_digest(typed.encode("utf-8"), password.encode("utf-8")):
+            throttle.succeeded(address)
             st.session_state["authed"] = True
             st.rerun()
+        locked_s = throttle.failed(address)  # counted per address, across sessions (rag.webui.login)
         time.sleep(WRONG_PASSWORD_DELAY_S)  # slows down guessing from one session
-        st.error(tr(lang, "password_wrong"))
+        st.error(tr(lang, "password_locked", minutes=math.ceil(locked_s / 60)) if locked_s else
+                 tr(lang, "password_wrong"))
     return False
 
 

@@ -186,6 +186,7 @@ TEXT: dict[str, dict[str, str]] = {
         "password_label": "密码",
         "password_button": "进入",
         "password_wrong": "密码不正确。",
+        "password_locked": "密码错误次数过多，请 {minutes} 分钟后再试。",
         "exposed_warning": "页面监听在 `{address}` 上且没有设置密码，局域网内的任何人都能访问。"
                            "设置 KBQA_PASSWORD 或只监听 127.0.0.1。",
         "config_error": "配置有误：{error}",
@@ -369,6 +370,7 @@ TEXT: dict[str, dict[str, str]] = {
         "password_label": "Password",
         "password_button": "Enter",
         "password_wrong": "Wrong password.",
+        "password_locked": "Too many wrong passwords from this address; try again in {minutes} min.",
         "exposed_warning": "The page listens on `{address}` with no password: anyone on the network can use it. "
                            "Set KBQA_PASSWORD or listen on 127.0.0.1 only.",
         "config_error": "Configuration error: {error}",

@@ -272,6 +272,27 @@ def test_conversations_are_restored_per_browser_and_bound_to_the_password(site: 
     other = login("pw-two", saved[0].id)  # the same browser and URL with another password sees nothing
     assert len(other.chat_message) == 0 and "还没有保存的对话" in texts(other.sidebar)
 
+
+def test_password_guessing_is_locked_out_per_address_across_sessions(site: Site,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each wrong password from a new session (a new tab, a script) counts for the address (issue 17 #12)."""
+    from rag.webui import state
+    from rag.webui.login import LoginThrottle
+
+    throttle = LoginThrottle(max_failures=3)
+    monkeypatch.setattr(state, "get_login_throttle", lambda: throttle)
+    monkeypatch.setattr(state, "WRONG_PASSWORD_DELAY_S", 0.0)
+    monkeypatch.setenv(kb.ENV_PASSWORD, "s3cret-口令")
+    for attempt in range(3):
+        at = site.app()
+        at.text_input[0].input(f"guess-{attempt}")
+        at.button[0].click().run()
+    assert "密码错误次数过多，请 5 分钟后再试。" in texts(at)
+    at = site.app()  # a fresh session with the right password: still refused while locked out
+    assert len(at.text_input) == 0 and "密码错误次数过多，请 5 分钟后再试。" in texts(at)
+    assert len(at.chat_input) == 0
+
+
 def write_adapter(folder: Path, base_model: str) -> None:
     """An adapter folder with the files the registry checks (weights are not read on the extractive backend)."""
     folder.mkdir(parents=True)

@@ -1,5 +1,5 @@
 """The page's helpers without Streamlit: uploads (sanitised, size-limited, inside the folder only), deletes, index and
-document listings, settings, feedback JSONL, the generation queue (rag.answer.gate) and the UI text (rag.webui.text)."""
+document listings, settings, feedback JSONL, the UI text (rag.webui.text)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import json
 import re
 import string
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from rag.answer.gate import GateTimeout, GenerationGate
 from rag.core.config import LoadConfig, load_config
 from rag.core.errors import ConfigError, RagError
 from rag.embed.embedder import HashEmbedder
@@ -183,74 +181,6 @@ def test_feedback_appends_from_many_threads_never_interleave(tmp_path: Path) -> 
         thread.join()
     assert sorted(json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines()) == sorted(
         f"id{i}" for i in range(16))
-
-
-# --- the generation queue -------------------------------------------------------------------------------------------
-
-
-def test_gate_serves_first_come_first_served_and_reports_places() -> None:
-    gate = GenerationGate(slots=1)
-    order: list[str] = []
-    seen: dict[str, list[int]] = {"b": [], "c": []}
-    hold = threading.Event()
-
-    def first() -> None:
-        with gate.turn():
-            order.append("a")
-            hold.wait(5)
-
-    def later(name: str) -> None:
-        with gate.turn(on_wait=seen[name].append, poll_s=0.01):
-            order.append(name)
-
-    runner = threading.Thread(target=first)
-    runner.start()
-    while gate.busy() < 1:
-        time.sleep(0.001)
-    waiters = []
-    for name in ("b", "c"):
-        waiters.append(threading.Thread(target=later, args=(name,)))
-        waiters[-1].start()
-        while gate.waiting() < len(waiters):
-            time.sleep(0.001)
-    time.sleep(0.05)
-    assert seen == {"b": [1], "c": [2]}
-    hold.set()
-    for thread in (runner, *waiters):
-        thread.join(5)
-    assert order == ["a", "b", "c"]
-    assert seen["c"][0] == 2 and gate.busy() == 0
-
-
-def test_gate_waiter_that_gives_up_leaves_the_line() -> None:
-    gate = GenerationGate(slots=1)
-
-    class Closed(Exception):
-        pass
-
-    def hang_up(position: int) -> None:
-        raise Closed  # what Streamlit does when the browser tab went away
-
-    with gate.turn():
-        with pytest.raises(Closed), gate.turn(on_wait=hang_up):
-            pass
-        assert gate.waiting() == 0
-        with pytest.raises(GateTimeout, match="waited 0 s for a turn; 2 answers ahead"), \
-                gate.turn(timeout_s=0.05, poll_s=0.01):
-            pass
-    with gate.turn():  # nothing left blocked
-        assert gate.busy() == 1
-
-
-def test_gate_with_two_slots_runs_two_at_once_and_frees_a_slot_on_error() -> None:
-    gate = GenerationGate(slots=2)
-    with gate.turn(), gate.turn():
-        assert gate.busy() == 2
-    with pytest.raises(RuntimeError), gate.turn():
-        raise RuntimeError("generation failed")
-    assert gate.busy() == 0
-    with pytest.raises(ValueError, match="slots=0 must be at least 1"):
-        GenerationGate(0)
 
 
 # --- UI text --------------------------------------------------------------------------------------------------------

@@ -167,6 +167,73 @@ def test_bad_requests_get_openai_style_errors(server: Server) -> None:
     assert no_question.json()["error"]["message"] == "the last message must be the user's question"
 
 
+BAD_FIELDS = [  # (body, status, param, message): what an outside probe sent (issue 17 #7) and the answer it gets
+    ({"messages": [{"role": ["user"], "content": "年假"}]}, 400, "messages[0].role",
+     "messages[0].role=['user'] must be one of: system, developer, user, assistant, tool, function"),
+    ({"messages": [{"role": "user", "content": {"text": "年假"}}]}, 400, "messages[0].content",
+     "messages[0].content must be a string or a list of content parts, not dict"),
+    ({"messages": [{"role": "user", "content": [1, 2]}]}, 400, "messages[0].content[0]",
+     'messages[0].content[0] must be a content part like {"type": "text", "text": "..."}'),
+    ({"messages": ["年假"]}, 400, "messages[0]", "messages[0] must be an object with role and content"),
+    ({"messages": "年假"}, 400, "messages", "messages must be a non-empty list of {role, content}"),
+    ({"max_tokens": "ten"}, 400, "max_tokens", "max_tokens='ten' must be an integer"),
+    ({"max_tokens": 1.5}, 400, "max_tokens", "max_tokens=1.5 must be an integer"),
+    ({"max_tokens": 10**30}, 400, "max_tokens", f"max_tokens={10**30} must be between 1 and {1 << 20}"),
+    ({"temperature": [0.5]}, 400, "temperature", "temperature=[0.5] must be a number"),
+    ({"temperature": 9}, 400, "temperature", "temperature=9 must be between 0.0 and 2.0"),
+    ({"model": 7}, 400, "model", "model=7 must be a string"),
+    ({"stream": "yes"}, 400, "stream", "stream='yes' must be true or false"),
+    ({"kbqa": []}, 400, "kbqa", "kbqa=[] must be an object"),
+]
+
+
+@pytest.mark.parametrize(("fields", "status", "param", "message"), BAD_FIELDS)
+def test_wrong_fields_get_a_4xx_naming_the_field(server: Server, fields: dict[str, object], status: int, param: str,
+                                                 message: str) -> None:
+    body = {"model": "kbqa", "messages": [{"role": "user", "content": "年假"}], **fields}
+    reply = httpx.post(f"{server.api}/chat/completions", headers=auth(), json=body)
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"] | {"message": message} == {"message": message, "type": "invalid_request_error",
+                                                             "param": param, "code": None}
+    assert reply.json()["error"]["message"] == message
+
+
+@pytest.mark.parametrize("constant", ["Infinity", "-Infinity", "NaN"])
+def test_non_json_numbers_are_refused(server: Server, constant: str) -> None:
+    raw = '{"model": "kbqa", "max_tokens": ' + constant + ', "messages": [{"role": "user", "content": "年假"}]}'
+    reply = httpx.post(f"{server.api}/chat/completions", headers={**auth(), "Content-Type": "application/json"},
+                       content=raw.encode())
+    assert reply.status_code == 400
+    assert reply.json()["error"]["message"] == (f"the request body is not valid JSON ({constant} is not a JSON "
+                                                "number); send a JSON object")
+
+
+def test_request_size_limits(server: Server) -> None:
+    big = httpx.post(f"{server.api}/chat/completions", headers=auth(),
+                     json={"messages": [{"role": "user", "content": "年" * 400_000}]})  # 1.2 MB of UTF-8
+    assert big.status_code == 413
+    assert big.json()["error"]["message"] == ("the request body is larger than 1000000 bytes (the server's "
+                                              "--max-body-bytes); send fewer or shorter messages")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the cap holds while the body is read
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(40):
+            yield b"x" * 100_000
+        yield b'"}]}'
+
+    streamed = httpx.post(f"{server.api}/chat/completions", headers=auth(), content=chunks())
+    assert streamed.status_code == 413
+    many = httpx.post(f"{server.api}/chat/completions", headers=auth(),
+                      json={"messages": [{"role": "user", "content": "年假"}] * 300})
+    assert many.status_code == 400
+    assert many.json()["error"]["message"] == "messages has 300 entries, more than 256; send a shorter history"
+    long = httpx.post(f"{server.api}/chat/completions", headers=auth(),
+                      json={"messages": [{"role": "user", "content": "x" * 100_001}]})
+    assert long.status_code == 400
+    assert long.json()["error"]["param"] == "messages[0].content"
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}  # and the server still answers
+
+
 def test_openai_chat_model_raw_mode_streams(server: Server) -> None:
     """Raw chat (no retrieval here): the extractive server answers from the passages quoted in the prompt."""
     model = OpenAIChatModel(server.api, "kbqa", api_key=API_KEY)

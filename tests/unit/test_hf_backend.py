@@ -192,9 +192,20 @@ def test_concurrent_calls_are_serialised_and_match_sequential(chat: HFChatModel,
     assert peak[0] == 1
 
 
-def test_waiting_requests_run_in_arrival_order(chat: HFChatModel) -> None:
+def test_waiting_requests_run_in_arrival_order(chat: HFChatModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    generating, resume = threading.Event(), threading.Event()
+    generate = chat.model.generate
+
+    def held_generate(*args: Any, **kwargs: Any) -> Any:  # the first request keeps the model until resumed
+        if not generating.is_set():
+            generating.set()
+            resume.wait(60)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(chat.model, "generate", held_generate)
     first: Any = chat.stream(talkative(chat))  # a generator: close() cancels it
-    next(first)  # holds the model while paused here
+    threading.Thread(target=lambda: next(first), daemon=True).start()
+    assert generating.wait(30)
     order: list[int] = []
 
     def worker(i: int) -> None:
@@ -211,10 +222,55 @@ def test_waiting_requests_run_in_arrival_order(chat: HFChatModel) -> None:
             time.sleep(0.005)
         assert chat.queue_depth() == i + 1
     assert order == []  # nobody ran while the first request holds the model
-    first.close()  # the caller stops reading: generation is cancelled and the model handed on
+    resume.set()
     for t in threads:
         t.join(timeout=60)
     assert order == [0, 1, 2] and chat.queue_depth() == 0
+    first.close()
+
+
+def test_a_dropped_stream_that_nobody_closes_frees_the_model(chat: HFChatModel) -> None:
+    """A client that hangs up mid-answer leaves its generator suspended and uncollected (issue 17 #1: the served API
+    then waited forever for the model): the generation thread hands the model on when it ends."""
+    abandoned: Any = chat.stream(talkative(chat))
+    next(abandoned)  # suspended mid-answer and still referenced: never closed, never collected
+    done: list[str] = []
+    waiter = threading.Thread(target=lambda: done.append(chat.generate([Message("user", LINES[0])])), daemon=True)
+    waiter.start()
+    waiter.join(timeout=60)
+    assert done and isinstance(done[0], str), "the next request still waits for the abandoned one"
+    assert chat.queue_depth() == 0
+    abandoned.close()
+
+
+def test_closing_a_stream_on_its_own_generation_thread_does_not_join_itself(chat: HFChatModel,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The garbage collector may finalise an abandoned generator on any thread, the generation thread included."""
+    stream: Any = None
+    errors: list[BaseException] = []
+    suspended = threading.Event()
+    run_generate = chat._run_generate
+
+    def close_from_worker(*args: Any) -> None:
+        args[3].put(torch.tensor([chat.encode_messages([Message("user", "x")])]))  # the prompt, skipped
+        args[3].put(torch.tensor(chat.tokenizer.encode("你好", add_special_tokens=False)))
+        args[3].end()
+        suspended.wait(30)
+        try:
+            stream.close()
+        except BaseException as exc:  # before the fix: RuntimeError("cannot join current thread")
+            errors.append(exc)
+
+    monkeypatch.setattr(chat, "_run_generate", close_from_worker)
+    stream = chat.stream([Message("user", LINES[0])])
+    assert next(stream)
+    suspended.set()
+    deadline = time.monotonic() + 30
+    while chat._turns.busy() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert errors == [] and chat._turns.busy() == 0
+    monkeypatch.setattr(chat, "_run_generate", run_generate)
+    assert isinstance(chat.generate([Message("user", LINES[1])]), str)
 
 
 # --- adapters ------------------------------------------------------------------------------------------------------
@@ -441,21 +497,21 @@ def test_fast_decode_follows_the_adapter_of_each_request(models_dir: Path, fast_
     off, on = load(base_folder, fast_decode="off"), load(base_folder, fast_decode="on")
     prompt = talkative(off)
     assert on.generate(prompt) == off.generate(prompt)  # the fast decoder is built before any adapter loads ...
-    built = on._fast
+    built = on._decoder.generator
     for name, seed, targets in (("a", 11, "all-linear"), ("b", 22, ("q_proj", "v_proj"))):
         folder = models_dir / f"fast-lora-{name}"
         if not folder.is_dir():
             make_lora_adapter(base_folder, folder, seed=seed, targets=targets)
         off.load_adapter(name, folder)
         on.load_adapter(name, folder)
-    assert on._fast is None and built is not None  # ... and rebuilt after: the model and its layers changed
+    assert on._decoder.generator is None and built is not None  # ... and rebuilt after: the model and its layers changed
     answers = {name: off.generate(prompt, adapter=name) for name in ("a", None, "b")}
     assert len(set(answers.values())) == 3  # the adapters change the answer
     plan = ["a", None, "b", "a", None, "b"]
     assert [on.generate(prompt, adapter=name) for name in plan] == [answers[name] for name in plan]
     if fast_backend == "eager":  # adapter a (every linear) ran fused; b (q and v, not k) through peft's forward
-        assert any(fused is not None for fused in on._fast._lora.values())
-        assert any(fused is None for fused in on._fast._lora.values())
+        assert any(fused is not None for fused in on._decoder.generator._lora.values())
+        assert any(fused is None for fused in on._decoder.generator._lora.values())
     results: list[str] = [""] * len(plan)
 
     def worker(i: int) -> None:
@@ -560,7 +616,7 @@ def test_warm_up_on_gpu_captures_the_graph_before_the_first_request(models_dir: 
     thread = start_warm_up(warm)
     assert thread is not None
     thread.join(timeout=300)
-    assert (None, False) in warm._fast_warm and warm.info().extra["fast_decode"].startswith("graph")
+    assert (None, False) in warm._decoder.warm and warm.info().extra["fast_decode"].startswith("graph")
     prompt = talkative(cold)
     started = time.perf_counter()
     cold_text = cold.generate(prompt)  # builds and captures inside the first request
@@ -616,15 +672,15 @@ def test_warm_up_builds_the_fast_decoder_before_the_first_request(tiny_llama: Pa
     from rag.answer.backend import start_warm_up
 
     on = load(tiny_llama, fast_decode="on")
-    assert on.info().extra["fast_decode"] == "on" and not on._fast_warm  # nothing built at load
+    assert on.info().extra["fast_decode"] == "on" and not on._decoder.warm  # nothing built at load
     thread = start_warm_up(on)
     assert thread is not None
     thread.join(timeout=120)
-    assert not thread.is_alive() and (None, False) in on._fast_warm
+    assert not thread.is_alive() and (None, False) in on._decoder.warm
     assert on.info().extra["fast_decode"] != "on"  # the decoder exists (its backend is named)
     assert on.warm_up() is False  # already warm: no second capture
     prompt = talkative(chat)
     assert list(on.stream(prompt)) == list(chat.stream(prompt))
     for idle in (load(tiny_llama, fast_decode="off"), load(tiny_llama)):  # off; auto on CPU
-        assert idle.warm_up() is False and idle._fast is None
+        assert idle.warm_up() is False and idle._decoder.generator is None
     assert start_warm_up(object()) is None  # backends without a fast decoder (extractive, openai)

@@ -1,9 +1,11 @@
 """A local transformers chat model (ChatGLM3 through native GLM, or any HF chat model) with LoRA adapters.
 
 One :class:`HFChatModel` holds one base model on one device and any number of peft LoRA adapters on top of it.
-Requests are served **one at a time, first come first served**: :meth:`HFChatModel.stream` takes a ticket when the
+Requests are served **one at a time, first come first served**: :meth:`HFChatModel.stream` takes a turn when the
 caller starts iterating and keeps the model until the answer ends or the caller stops iterating (closing the
-generator cancels the generation). Others wait their turn; :meth:`HFChatModel.queue_depth` says how many wait.
+generator, from any thread, cancels the generation at its next token). The generation thread itself gives the turn
+back when it ends, so a generator that is dropped without being closed (a client that hung up) holds the model at
+most until its ``max_new_tokens`` are generated, never for good. Others wait their turn; :meth:`HFChatModel.queue_depth` says how many wait.
 The adapter of a request (or "adapters disabled" for the base model) is switched while holding the model, so
 concurrent requests with different adapters never mix.
 
@@ -15,7 +17,7 @@ state, rebuilt after an adapter loads; the streamer gets its tokens one at a tim
 text pieces are the same. If it cannot be set up, ``auto`` logs a warning once and answers with ``generate`` from then
 on; ``on`` raises. Prompts come from :mod:`rag.models.templates` when the chat template is known, else from the
 tokenizer's own ``chat_template``. Loading (resolution, device, dtype, quantization) is in :mod:`rag.llm.hf.load`,
-the fast-decoder plumbing in :mod:`rag.llm.hf.fast`, the FIFO lock in :mod:`rag.core.fifo`. Importing this module
+the fast decoder (a collaborator it owns) in :mod:`rag.llm.hf.fast`, the FIFO lock in :mod:`rag.core.fifo`. Importing this module
 loads neither torch nor transformers.
 """
 
@@ -26,17 +28,18 @@ import copy
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 # ``x``: re-exported, finetune / rag.cli.models / rag.embed.embedder / tests import these from here
 from rag.core.config import LLMConfig
 from rag.core.device import is_oom, release_memory
-from rag.core.errors import ConfigError, RagError
+from rag.core.errors import RagError
 from rag.core.fifo import FifoTurns
 from rag.core.types import Hit, Message
 from rag.llm.base import GenerationConfig, ModelInfo
-from rag.llm.hf.fast import FAST_DECODE, FastDecodeMixin
+from rag.llm.hf.fast import FastDecoder
 from rag.llm.hf.load import GPUOutOfMemoryError, chat_template_for, load_pretrained
 
 logger = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ class PromptTooLongError(RagError):
     """The prompt plus ``max_new_tokens`` does not fit the model's context window."""
 
 
-class HFChatModel(FastDecodeMixin):
+class HFChatModel:
     """A transformers causal LM + tokenizer (+ peft LoRA adapters) behind the :class:`rag.llm.base.ChatModel` protocol.
 
     Build it with :meth:`load`; the constructor takes objects already loaded (tests, notebooks, benchmarks).
@@ -60,8 +63,6 @@ class HFChatModel(FastDecodeMixin):
     def __init__(self, model: Any, tokenizer: Any, *, model_id: str, revision: str = "", context_window: int = 0,
                  default_gen: GenerationConfig | None = None, origin: str = "", quantization: str = "",
                  fast_decode: str = "auto") -> None:
-        if fast_decode not in FAST_DECODE:
-            raise ConfigError(f"llm.fast_decode={fast_decode!r} is not one of {', '.join(FAST_DECODE)}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id, self.revision, self.origin, self.quantization = model_id, revision, origin, quantization
@@ -74,9 +75,8 @@ class HFChatModel(FastDecodeMixin):
         self._turns = FifoTurns()
         self._tokenizer_lock = threading.Lock()  # fast tokenizers raise "Already borrowed" when shared unguarded
         self.fast_decode = fast_decode
-        self._fast: Any = None  # the FastGenerator, built by the first request that uses it (under the FIFO turn)
-        self._fast_warm: set[tuple[str | None, bool]] = set()  # (adapter, sampling) states whose graph is captured
-        self._fast_failure = ""  # why fast_decode=auto gave up on the fast decoder (warned once)
+        self._decoder = FastDecoder(fast_decode, model_id=model_id, context_window=self.context_window,
+                                    tokenizer=tokenizer)
 
     # --- loading ------------------------------------------------------------------------------------------------
 
@@ -121,7 +121,7 @@ class HFChatModel(FastDecodeMixin):
                 self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
             self.model.eval()
             self._adapters[name] = path
-            self._drop_fast()  # its graphs and fused LoRA weights were made for the old set of adapters
+            self._decoder.drop()  # its graphs and fused LoRA weights were made for the old set of adapters
         logger.info("adapter %s loaded from %s", name, path)
 
     @property
@@ -188,10 +188,34 @@ class HFChatModel(FastDecodeMixin):
             dtype=str(self.model.dtype).removeprefix("torch."), device=str(self.model.device),
             adapters=self.adapters, template=self.template_name,
             extra={"origin": self.origin, "quantization": self.quantization, "context_window": str(self.context_window),
-                   "fast_decode": self._fast_state()},
+                   "fast_decode": self._decoder.state()},
         )
 
     # --- generation ---------------------------------------------------------------------------------------------
+
+    def _uses_fast(self, gen: GenerationConfig) -> bool:
+        """Whether this request goes through the fast decoder (decided before queueing; see ``llm.fast_decode``)."""
+        return self._decoder.wanted(gen, device=str(self.model.device), quantized=bool(self.quantization),
+                                    model_type=getattr(self.base_config, "model_type", ""))
+
+    def warm_up(self, adapter: str | None = None) -> bool:
+        """Build the fast decoder and capture its greedy graph for ``adapter`` now, through the normal request queue
+        (a 2-token answer), so that the first user does not wait for it (~15 s for a 6B model on an H100). Returns
+        whether anything was warmed: False when requests would not use the fast decoder (CPU, ``fast_decode=off``,
+        a quantized model, or it already failed once)."""
+        gen = replace(self.default_gen, max_new_tokens=2, temperature=0.0, repetition_penalty=1.0)
+        if not self._uses_fast(gen) or (adapter, False) in self._decoder.warm:
+            return False
+        for _ in self.stream([Message(role="user", content="你好")], gen, adapter):
+            pass
+        return (adapter, False) in self._decoder.warm
+
+    def _run_fast(self, ids: list[int], gen: GenerationConfig, adapter: str | None, streamer: Any,
+                  cancel: threading.Event, failure: list[BaseException]) -> None:
+        """Worker thread body with the fast decoder (falls back to :meth:`_run_generate` where it cannot run)."""
+        self._decoder.run(self.model, self._FAST_BACKEND, ids, gen, adapter, lambda: self._adapter_scope(adapter),
+                          self.stop_token_ids, streamer, cancel, failure,
+                          fallback=lambda: self._run_generate(ids, gen, adapter, streamer, cancel, failure))
 
     def _stop_tokens(self) -> list[int]:
         """The template's stop tokens plus every eos id the tokenizer and generation config name."""
@@ -248,20 +272,31 @@ class HFChatModel(FastDecodeMixin):
                     fast: bool = False) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
-        with self._turns.turn():
-            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            cancel = threading.Event()
-            failure: list[BaseException] = []
-            target = self._run_fast if fast else self._run_generate
-            worker = threading.Thread(target=target, args=(ids, gen, adapter, streamer, cancel, failure),
-                                      name="hf-generate", daemon=True)
-            worker.start()
+        ticket = self._turns.acquire()
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        failure: list[BaseException] = []
+        target = self._run_fast if fast else self._run_generate
+
+        def work() -> None:
             try:
-                for piece in streamer:
-                    if piece:
-                        yield piece
-            finally:  # normal end, an error, or the caller closed the generator: stop and wait for the worker
-                cancel.set()
+                target(ids, gen, adapter, streamer, cancel, failure)
+            finally:  # the worker frees the model: an abandoned generator that nobody closes cannot keep it
+                self._turns.release(ticket)
+
+        worker = threading.Thread(target=work, name="hf-generate", daemon=True)
+        try:
+            worker.start()
+        except BaseException:
+            self._turns.release(ticket)
+            raise
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:  # normal end, an error, or the caller closed the generator: stop the worker at its next token
+            cancel.set()
+            if threading.current_thread() is not worker:  # a generator collected on the worker thread: never join it
                 worker.join()
         if failure:
             exc = failure[0]
