@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.cli.common import add_config_args, config_from_args, run_cli, table
+from rag.cli.common import add_config_args, config_from_args, fallback_note, run_cli, table
 from rag.core.errors import RagError
 from rag.core.types import Hit
 
@@ -218,7 +218,7 @@ def main(args: argparse.Namespace) -> int:
 
         pipeline, fallback = open_pipeline(cfg, args.index)
         if fallback:
-            print(f"note: {fallback} — answering extractively", file=sys.stderr)
+            print(fallback_note(fallback), file=sys.stderr)
         scores = evaluate_answers(pipeline, questions, Path(args.out) if args.out else None)
         print(json.dumps({"model": pipeline.model.info().model_id, **scores}, ensure_ascii=False))
         print(" ".join(f"{k}={v}" for k, v in scores.items()))

@@ -73,11 +73,12 @@ def test_citations_are_verified_and_out_of_range_dropped(retriever: Retriever, c
 
 
 def test_followup_is_rewritten_before_retrieval(retriever: Retriever, cfg: RagConfig) -> None:
-    model = ScriptedModel(["VPN 网关的 UDP 端口是多少？", "端口是 51820[1]。"])
-    history = [Message("user", "怎么连接办公室 VPN？"), Message("assistant", "安装 WireGuard 客户端[1]。")]
-    stream = QAPipeline(retriever, model, cfg).ask("它的端口呢？", history)
+    model = ScriptedModel(["Which UDP port does the VPN gateway use?", "UDP port 51820[1]."])
+    history = [Message("user", "How do I connect to the office VPN?"),
+               Message("assistant", "Install the WireGuard client[1].")]
+    stream = QAPipeline(retriever, model, cfg).ask("And its port?", history)
     stream.text()
-    assert stream.standalone_question == "VPN 网关的 UDP 端口是多少？"
+    assert stream.standalone_question == "Which UDP port does the VPN gateway use?"
     assert stream.answer is not None and stream.answer.hits[0].chunk.source == "en/vpn.md"
     answer_messages = model.calls[1][0]
     assert [m.role for m in answer_messages] == ["system", "user", "assistant", "user"]
