@@ -38,7 +38,8 @@ QUESTION_WORDS = frozenset(
      "进行", "具体", "一般", "通常", "目前", "现在", "情况", "方法", "办法", "步骤", "时候", "what", "which", "how", "many", "much",
      "does", "do", "did", "is", "are", "was", "were", "there", "can", "could", "would", "should", "will",
      "tell", "me", "about", "please", "any", "get", "use", "used", "using", "the", "a", "an", "if", "i", "my",
-     "our", "your", "you", "be", "need", "needs", "way", "ways"])
+     "our", "your", "you", "be", "need", "needs", "way", "ways", "long", "often", "kind"])
+_ASKING = re.compile(r"^(?:几|多(?=[少久长大远高重宽厚快]))[\u4e00-\u9fff]?$")  # 几台 几个月 多久 多长: asking, not a topic
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 
 
@@ -147,7 +148,7 @@ def key_terms(question: str, corpus: Corpus | None = None) -> list[Term]:
     lowered = text.lower()
     found: dict[str, bool] = {}
     for word in _words(lowered):
-        if len(word) > 1 and word not in QUESTION_WORDS and word not in STOPWORDS:
+        if len(word) > 1 and word not in QUESTION_WORDS and word not in STOPWORDS and not _ASKING.match(word):
             found.setdefault(word, False)
     latin = _CJK_RUN.sub(" ", lowered)
     for word in _TERM.findall(latin):
@@ -281,8 +282,10 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     if neutral and other:  # the other language can only match names and numbers, and needs a close passage
         other_best = max(other, key=lambda c: (share(c.credit, neutral) + share(c.own, neutral), c.dense,
                                                -c.hit_number))
-        if share(other_best.credit, neutral) >= 1.0 and other_best.dense >= cross_language_min_dense and (
-                not same or share(best.credit, terms) < min_coverage):
+        # names and numbers can only carry an answer across languages when they are most of the question
+        mostly_names = sum(t.weight for t in neutral) >= 0.6 * sum(t.weight for t in terms)
+        if mostly_names and share(other_best.credit, neutral) >= 1.0 and (
+                other_best.dense >= cross_language_min_dense) and (not same or share(best.credit, terms) < min_coverage):
             pool, scored, best, cross = neutral, other, other_best, True
     if not scored:
         return Assessment(False, 0.0, tuple(terms), tuple(t.text for t in terms), cross_language=True,
@@ -312,7 +315,13 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         used += len(following.text)
     coverage = share(credit, pool)
     missing = tuple(t.text for t in terms if credit.get(t.text, 0.0) < 0.5)
-    answerable = cross or coverage >= min_coverage
+    # the decision counts only the best passage's sentences: pieces of unrelated passages (流量 from one, 上限 from
+    # another) do not add up to an answer
+    own_passage: dict[str, float] = {}
+    for c in chosen:
+        if c.hit_number == best.hit_number:
+            own_passage = _merge(own_passage, c.credit)
+    answerable = cross or share(own_passage, pool) >= min_coverage
     support = tuple(Support(c.text, c.hit_number, c.order, frozenset(c.credit)) for c in sorted(
         chosen, key=lambda c: (min(o.hit_number for o in chosen if o.order[0] == c.order[0]), c.order)))
     return Assessment(answerable, round(coverage, 3), tuple(terms), missing, support if answerable else (),

@@ -170,21 +170,9 @@ def parent_text(chunk: Chunk, neighbours: Sequence[Chunk]) -> tuple[str, int]:
 
 
 def is_whole_sentence(sentence: str, source: str) -> bool:
-    """``sentence`` (citations removed) ends with sentence punctuation and occurs in ``source`` starting at a
-    sentence start (text start, after sentence punctuation or a line break). Whitespace is ignored."""
+    """``sentence`` (citations removed) ends with sentence punctuation and starts where a sentence of ``source``
+    starts (as :func:`segment` cuts it: a PDF line break inside a sentence is no start). Whitespace is ignored."""
     wanted = normalise(sentence).rstrip("".join(_ENDS))
     if not sentence.strip().endswith(_ENDS) or not wanted:
         return False
-    flat, breaks = [], set()
-    for ch in unicodedata.normalize("NFKC", source).lower():
-        if ch == "\n":
-            breaks.add(len(flat))
-        elif not ch.isspace():
-            flat.append(ch)
-    joined = "".join(flat)
-    position = joined.find(wanted)
-    while position >= 0:
-        if position == 0 or position in breaks or joined[position - 1] in "".join(_ENDS) + "”’\"」』）)：:":
-            return True
-        position = joined.find(wanted, position + 1)
-    return False
+    return any(normalise(s.text).startswith(wanted) for s in segment(source))
