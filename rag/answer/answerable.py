@@ -318,9 +318,9 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     # the decision counts only the best passage's sentences: pieces of unrelated passages (流量 from one, 上限 from
     # another) do not add up to an answer
     own_passage: dict[str, float] = {}
-    for c in chosen:
-        if c.hit_number == best.hit_number:
-            own_passage = _merge(own_passage, c.credit)
+    for picked in chosen:
+        if picked.hit_number == best.hit_number:
+            own_passage = _merge(own_passage, picked.credit)
     answerable = cross or share(own_passage, pool) >= min_coverage
     support = tuple(Support(c.text, c.hit_number, c.order, frozenset(c.credit)) for c in sorted(
         chosen, key=lambda c: (min(o.hit_number for o in chosen if o.order[0] == c.order[0]), c.order)))

@@ -85,3 +85,16 @@ def test_previous_answers_are_not_repeated_unless_asked_again() -> None:
     history = [Message("user", "VPN 服务器地址是什么？"), Message("assistant", "服务器地址填写 vpn.x.example。[1]")]
     assert previous_sentences(history, "那验证码呢？") == ["服务器地址填写 vpn.x.example。"]
     assert previous_sentences(history, "VPN 服务器地址是什么?") == []
+
+
+def test_question_sets_of_the_answer_eval_are_well_formed() -> None:
+    from pathlib import Path
+
+    from rag.cli.eval import read_questions
+
+    root = Path(__file__).resolve().parents[2] / "eval"
+    unanswerable = read_questions(root / "dev_unanswerable.jsonl")
+    assert len(unanswerable) >= 40 and not any(q.answerable for q in unanswerable)
+    assert {q.split for q in unanswerable} == {"tune", "test"}
+    kb = read_questions(root / "kb_questions.jsonl")
+    assert sum(q.answerable for q in kb) >= 20 and sum(not q.answerable for q in kb) >= 20
