@@ -89,7 +89,8 @@ class Assessment:
 
     Attributes:
         answerable: the passages cover the question well enough to answer it.
-        coverage: share of the key terms' weight the supporting sentences cover (0..1).
+        coverage: share of the key terms' weight that the supporting sentences of the best passage cover (0..1),
+            what ``min_coverage`` is compared with.
         terms: the key terms.
         missing: key terms no supporting sentence covers (what the prompt tells the model the passages lack).
         support: the supporting sentences, in document order (empty when refused).
@@ -313,7 +314,6 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         chosen.append(following)
         credit = _merge(credit, following.credit)
         used += len(following.text)
-    coverage = share(credit, pool)
     missing = tuple(t.text for t in terms if credit.get(t.text, 0.0) < 0.5)
     # the decision counts only the best passage's sentences: pieces of unrelated passages (流量 from one, 上限 from
     # another) do not add up to an answer
@@ -321,8 +321,9 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     for picked in chosen:
         if picked.hit_number == best.hit_number:
             own_passage = _merge(own_passage, picked.credit)
-    answerable = cross or share(own_passage, pool) >= min_coverage
+    decided = share(own_passage, pool)
+    answerable = cross or decided >= min_coverage
     support = tuple(Support(c.text, c.hit_number, c.order, frozenset(c.credit)) for c in sorted(
         chosen, key=lambda c: (min(o.hit_number for o in chosen if o.order[0] == c.order[0]), c.order)))
-    return Assessment(answerable, round(coverage, 3), tuple(terms), missing, support if answerable else (),
-                      cross_language=cross, reason="" if answerable else f"coverage {coverage:.2f}")
+    return Assessment(answerable, round(decided, 3), tuple(terms), missing, support if answerable else (),
+                      cross_language=cross, reason="" if answerable else f"coverage {decided:.2f}")

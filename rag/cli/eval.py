@@ -218,8 +218,11 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
         else:
             unanswerable += 1
             refused_unanswerable += int(answer.refused)
-        coverage = stream.assessment.coverage if getattr(stream, "assessment", None) is not None else None
+        assessment = getattr(stream, "assessment", None)
+        coverage = assessment.coverage if assessment is not None else None
+        cross = assessment.cross_language if assessment is not None else None
         lines.append({"id": question.id, "answer": answer.text, "refused": answer.refused, "coverage": coverage,
+                      "cross_language": cross,
                       "answerable": question.answerable, "citations": [
             {"n": c.number, "source": c.chunk.source, "page": c.chunk.page, "chunk_id": c.chunk.id,
              "supported": c.supported} for c in answer.citations]})
