@@ -322,7 +322,9 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         if picked.hit_number == best.hit_number:
             own_passage = _merge(own_passage, picked.credit)
     decided = share(own_passage, pool)
-    answerable = cross or decided >= min_coverage
+    # a name or number the question gives (VPN, 169.254, sources.list) anchors it: the answer's passage must hold it
+    anchored = all(own_passage.get(t.text, 0.0) >= 1.0 for t in pool if t.neutral)
+    answerable = cross or (decided >= min_coverage and anchored)
     support = tuple(Support(c.text, c.hit_number, c.order, frozenset(c.credit)) for c in sorted(
         chosen, key=lambda c: (min(o.hit_number for o in chosen if o.order[0] == c.order[0]), c.order)))
     return Assessment(answerable, round(decided, 3), tuple(terms), missing, support if answerable else (),

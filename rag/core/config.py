@@ -145,7 +145,7 @@ class AnswerConfig:
     drop_unsupported_citations: bool = True  # False = keep them, flagged unsupported
     # answerability (rag/answer/answerable.py), for every backend: the share of the question's key-term weight
     # (idf) the supporting sentences must cover, else the answer is the refusal and no model is called
-    min_term_coverage: float = 0.6
+    min_term_coverage: float = 0.6  # docs/EVAL.md "Answers: the answerability decision"
     cross_language_min_dense: float = 0.8  # an answer in the other language also needs this dense similarity
     max_sentences: int = 3  # extractive answers: at most this many sentences
 

@@ -74,7 +74,10 @@ def test_key_terms_drop_question_words_and_keep_names_and_numbers() -> None:
 def test_unrelated_sentences_do_not_answer_and_a_second_sentence_must_add_support() -> None:
     handbook = Hit(Chunk(1, "公司实行弹性上班制度，最晚到岗时间为 9:30。每月迟到累计 3 次以上的，由部门负责人进行提醒谈话。",
                          "员工手册.docx", 0), 1.0)
-    assert not assess("公司停车场每月停车费是多少？", [handbook]).answerable
+    common = _Neighbours([])
+    common.idf = {"公司": 0.5, "每月": 1.0}.get  # type: ignore[method-assign]  # words the index has; 停车费 it lacks
+    common.max_idf = lambda: 3.0  # type: ignore[method-assign]
+    assert not assess("公司停车场每月停车费是多少？", [handbook], common).answerable
     vpn = Hit(Chunk(2, "同一个账号最多可以同时在 2 台设备上连接 VPN。连接后如果 60 分钟内没有任何网络流量，VPN 会自动断开。",
                     "faq.html", 0, heading=("VPN 连接",)), 1.0)
     decision = assess("同一个账号最多能在几台设备上连接 VPN？", [vpn, handbook])
