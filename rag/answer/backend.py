@@ -41,7 +41,7 @@ def load_chat_model(cfg: LLMConfig) -> LoadedModel:
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"llm.backend={cfg.backend!r} is not one of {', '.join(BACKENDS)}")
     if cfg.backend == "extractive":
-        return LoadedModel(ExtractiveModel(min_coverage=cfg.extractive_min_coverage))
+        return LoadedModel(ExtractiveModel())
     if cfg.backend == "openai":
         from rag.llm.openai import OpenAIChatModel  # type: ignore[import-not-found]
 
@@ -54,8 +54,9 @@ def load_chat_model(cfg: LLMConfig) -> LoadedModel:
     except ModelUnavailableError as exc:
         if cfg.backend == "hf":
             raise
-        log.warning("%s; answering extractively", exc)
-        return LoadedModel(ExtractiveModel(min_coverage=cfg.extractive_min_coverage), fallback_reason=str(exc))
+        # the caller tells the user (one line in a CLI, a notice on the page): only a debug log here, not twice
+        log.info("%s Answering extractively.", exc)
+        return LoadedModel(ExtractiveModel(), fallback_reason=str(exc))
 
 
 def start_warm_up(model: Any, adapter: str = "") -> threading.Thread | None:

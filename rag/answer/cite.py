@@ -6,6 +6,12 @@ that hit's chunk: the share of the sentence's content units (character bigrams o
 elsewhere; punctuation, stopwords and markers ignored) that also occur in the chunk is at least ``min_overlap``.
 Numbers a document injected (a passage saying "[9]") point nowhere, since only the prompt's hits are valid. Bracketed
 numbers of four or more digits (``[2024]``) are not markers and stay in the text.
+
+Overlap alone is not support: a sentence that copies the official passage but swaps in another host name would
+share most of its words. So the sentence's *specifics* (numbers, host names, e-mail addresses, URLs, paths, names
+written in mixed case or with digits, text in 《》 or quotes) must each occur in the cited passage; a sentence with
+a specific that none of its cited passages holds is unsupported, and with ``drop_unsupported`` it is removed from
+the answer altogether (its claim would otherwise stand, merely uncited).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import re
 import unicodedata
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from rag.core.types import Chunk, Citation, Hit
@@ -30,6 +36,15 @@ MAX_RANGE = 20  # [1-3] expands; a wider "range" like [1-999] keeps only its two
 # A sentence ends at CJK/ASCII terminal punctuation (a "." only before a space, the end or a marker) or a newline;
 # closing quotes and the citation markers right after the punctuation stay with the sentence they follow.
 _TERMINAL = re.compile(r"[。！？!?；;…]+|\.(?=\s|$|[\[［【])|\n")
+_SPECIFIC = re.compile(
+    r"https?://[^\s\[\](),<>，。；]+"  # URLs
+    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # e-mail addresses
+    r"|(?<![\w/])(?:[A-Za-z0-9][\w-]*\.)+[A-Za-z][\w-]*"  # host and file names: vpn.xinghe.example, manifest.json
+    r"|(?:[A-Za-z]:\\|~?/)[\w./\\-]+"  # paths
+    r"|\d+(?:[.:/]\d+)*"  # numbers, versions, times, addresses: 30, 4.3.1, 9:30, 10.8.0.1
+    r"|\b(?=[A-Za-z]*[A-Z][a-z]*[A-Z0-9])[A-Za-z][A-Za-z0-9-]*"  # WireGuard, VPN, AX2-100
+    r"|《[^》]{1,40}》|“[^”]{1,40}”|\"[^\"]{1,40}\"")  # titles and quoted names
+_LIST_NUMBER = re.compile(r"(?m)^\s*\d{1,2}[.)、]\s")
 _TRAILER = re.compile(rf"[”’\"」』）)]*(?:[ \t]*{MARKER.pattern})*")
 
 
@@ -52,12 +67,15 @@ class Verified:
             citing it is unsupported (only possible with ``drop_unsupported=False``).
         quotes: number -> the sentence of the cited chunk that best supports the answer (for highlighting).
         removed: numbers removed from the text, in order (out of range, or unsupported when dropping).
+        dropped: sentences removed from the text (when dropping) because a specific they state (a host, a number,
+            a name) is in none of the passages they cite.
     """
 
     text: str
     citations: list[Citation]
     quotes: dict[int, str]
     removed: list[int]
+    dropped: list[str] = field(default_factory=list)
 
 
 def _numbers(spec: str) -> list[int]:
@@ -139,6 +157,33 @@ def best_quote(sentence: str, chunk: Chunk) -> str:
     return best
 
 
+def specifics(sentence: str) -> list[str]:
+    """The checkable specifics of a sentence (see the module docstring), citations and list numbering removed."""
+    text = _LIST_NUMBER.sub(" ", strip_citations(unicodedata.normalize("NFKC", sentence)))
+    found = [m.group().rstrip(".-") for m in _SPECIFIC.finditer(text)]
+    return list(dict.fromkeys(f for f in found if f))
+
+
+def _squash(text: str) -> str:
+    return "".join(unicodedata.normalize("NFKC", text).lower().split()).replace("“", '"').replace("”", '"')
+
+
+def missing_specifics(sentence: str, chunk_text: str) -> list[str]:
+    """The specifics of ``sentence`` that ``chunk_text`` does not contain (a number must stand alone: 30 is not
+    in 300)."""
+    flat = _squash(chunk_text)
+    spaced = unicodedata.normalize("NFKC", chunk_text).lower()
+    missing = []
+    for item in specifics(sentence):
+        if re.fullmatch(r"\d+(?:[.:/]\d+)*", item):
+            present = re.search(rf"(?<![\d.]){re.escape(item)}(?!\d|\.\d)", spaced) is not None
+        else:
+            present = _squash(item.strip('《》“”"')) in flat
+        if not present:
+            missing.append(item)
+    return missing
+
+
 def verify(answer_text: str, hits: Sequence[Hit], min_overlap: float = 0.25,
            drop_unsupported: bool = True) -> Verified:
     """Check every ``[n]`` of an answer against ``hits`` (``hits[n-1]`` is passage [n] of the prompt).
@@ -159,6 +204,7 @@ def verify(answer_text: str, hits: Sequence[Hit], min_overlap: float = 0.25,
     quotes: dict[int, str] = {}
     removed: list[int] = []
     edits: list[tuple[int, int, str]] = []
+    dropped: list[str] = []
     quoted_supported: set[int] = set()
     claim, units = "", set()
     for start, end in sentence_spans(answer_text):
@@ -167,20 +213,27 @@ def verify(answer_text: str, hits: Sequence[Hit], min_overlap: float = 0.25,
         own_units = content_units(own_claim)
         if own_units:  # else keep the previous sentence's claim
             claim, units = own_claim, own_units
+        sentence_edits: list[tuple[int, int, str]] = []
+        cited = kept_any = False
+        unsupported_specifics = False
         for match in MARKER.finditer(sentence):
             kept: list[int] = []
             for number in _numbers(match.group(1)):
                 if not 1 <= number <= len(hits):
                     removed.append(number)
                     continue
+                cited = True
                 chunk = hits[number - 1].chunk
                 if number not in chunk_units:
                     chunk_units[number] = content_units(chunk.text, all_unigrams=True)
-                supported = overlap(units, chunk_units[number]) >= min_overlap
+                lacking = missing_specifics(claim, chunk.text)
+                unsupported_specifics |= bool(lacking)
+                supported = overlap(units, chunk_units[number]) >= min_overlap and not lacking
                 if not supported and drop_unsupported:
                     removed.append(number)
                     continue
                 kept.append(number)
+                kept_any = kept_any or supported
                 earlier = citations.get(number)
                 citations[number] = Citation(number, chunk, supported and (earlier is None or earlier.supported))
                 if number not in quotes or (supported and number not in quoted_supported):
@@ -191,8 +244,13 @@ def verify(answer_text: str, hits: Sequence[Hit], min_overlap: float = 0.25,
             if not kept:  # the whole marker goes: take the blanks before it too ("五天 [9]。" -> "五天。")
                 while edit_start > 0 and answer_text[edit_start - 1] in " \t":
                     edit_start -= 1
-            edits.append((edit_start, start + match.end(), "".join(f"[{n}]" for n in kept)))
+            sentence_edits.append((edit_start, start + match.end(), "".join(f"[{n}]" for n in kept)))
+        if drop_unsupported and cited and not kept_any and unsupported_specifics:
+            dropped.append(own_claim.strip())  # a claim its sources do not make (an injected host, a number)
+            edits.append((start, end, ""))
+        else:
+            edits.extend(sentence_edits)
     text = answer_text
     for edit_start, edit_end, replacement in reversed(edits):
         text = text[:edit_start] + replacement + text[edit_end:]
-    return Verified(text, list(citations.values()), quotes, removed)
+    return Verified(text.strip() if dropped else text, list(citations.values()), quotes, removed, dropped)

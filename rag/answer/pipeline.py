@@ -2,8 +2,11 @@
 
 ``QAPipeline.ask`` returns an :class:`AnswerStream`: iterate it for the answer's text pieces (what a chat page
 shows while the model writes), then read ``.answer`` for the final :class:`rag.core.types.Answer` with verified
-citations. When retrieval finds nothing above the threshold, the model is not called at all: the answer is the
-refusal sentence, and the closest passages (ignoring the threshold) are attached so the user can look anyway.
+citations. One answerability decision (:func:`rag.answer.answerable.assess`) guards every backend: when retrieval
+finds nothing above the threshold or the passages do not cover the question's key terms, the model is not called
+at all: the answer is the refusal sentence, and the closest passages are attached so the user can look anyway.
+Without a language model the answer is the decision's supporting sentences; a model's answer whose citations all
+fail verification is replaced by the refusal too (``AnswerStream.replaced``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from rag.answer.answerable import Assessment, assess, key_terms
 from rag.answer.cite import verify
+from rag.answer.extractive import pieces, previous_sentences, render
 from rag.answer.prompt import (
     REFUSAL,
     Prompt,
@@ -26,6 +31,7 @@ from rag.answer.prompt import (
 )
 from rag.answer.retrieve import Retriever
 from rag.core.config import RagConfig
+from rag.core.errors import ConfigError
 from rag.core.types import Answer, Hit, Message
 from rag.llm.base import ChatModel, GenerationConfig
 
@@ -43,6 +49,8 @@ class AnswerStream:
     question: str = ""
     standalone_question: str = ""
     quotes: dict[int, str] = field(default_factory=dict)
+    assessment: Assessment | None = None
+    replaced: bool = False  # the model's answer had no supported citation and was replaced by the refusal
 
     def __iter__(self) -> Iterator[str]:
         yield from self.pieces
@@ -65,6 +73,8 @@ class QAPipeline:
     """
 
     def __init__(self, retriever: Retriever, model: ChatModel, cfg: RagConfig) -> None:
+        if not 0.0 <= cfg.answer.min_term_coverage <= 1.0:
+            raise ConfigError(f"answer.min_term_coverage={cfg.answer.min_term_coverage} must be between 0 and 1")
         self.retriever = retriever
         self.model = model
         self.cfg = cfg
@@ -118,34 +128,67 @@ class QAPipeline:
         standalone = self.standalone(question, history, adapter) if hits is None else question
         stream.standalone_question = standalone
         found = list(hits) if hits is not None else self.retrieve(standalone, **overrides)
-        if not found:
-            gates_off = {"score_threshold": 0.0, "bm25_threshold": 0.0, "unknown_name_min_chars": 0}
-            closest = self.retrieve(standalone, **{**overrides, **gates_off})
+        answer_cfg = self.cfg.answer
+        corpus = getattr(self.retriever, "index", None)  # a stand-in retriever may have no index
+        corpus = corpus if hasattr(corpus, "neighbours") else None
+        asked = standalone
+        exclude: list[str] = []
+        if self.extractive and standalone != question:
+            # the extractive "rewrite" only prefixes the last question: judge the follow-up by its own key terms
+            # when it has any ("那验证码呢？" -> 验证码), and give what is new (earlier sentences are not repeated)
+            asked = question if key_terms(question, corpus) else standalone
+            exclude = previous_sentences(history, question)
+        decision = assess(asked, found, corpus,
+                          min_coverage=answer_cfg.min_term_coverage,
+                          cross_language_min_dense=answer_cfg.cross_language_min_dense, max_sentences=answer_cfg.max_sentences, exclude=exclude)
+        stream.assessment = decision
+        if not decision.answerable:
+            log.info("refused (%s): %s", decision.reason or "no hits", standalone)
             text = REFUSAL[language]
-            stream.answer = Answer(text=text, hits=closest, refused=True, model=model_name)
+            stream.answer = Answer(text=text, hits=found or self._closest(standalone, overrides), refused=True,
+                                   model=model_name)
             yield text
             return
+        if self.extractive:
+            text = render(decision.support)
+            yield from pieces(text, 8)
+            checked = verify(text, found, answer_cfg.citation_min_overlap, answer_cfg.drop_unsupported_citations)
+            stream.quotes = checked.quotes
+            stream.answer = Answer(text=checked.text, hits=found, citations=checked.citations, refused=False,
+                                   model=model_name)
+            return
         gen = gen or GenerationConfig.from_llm(self.cfg.llm)
-        prompt = self.fit_prompt(standalone, found, history, gen, language)
-        pieces: list[str] = []
+        prompt = self.fit_prompt(standalone, found, history, gen, language, decision.missing)
+        streamed: list[str] = []
         for piece in self.model.stream(prompt.messages, gen, adapter=adapter, context=prompt.hits_used):
-            pieces.append(piece)
+            streamed.append(piece)
             yield piece
-        raw = "".join(pieces)
-        checked = verify(raw, prompt.hits_used, self.cfg.answer.citation_min_overlap,
-                         self.cfg.answer.drop_unsupported_citations)
+        raw = "".join(streamed)
+        checked = verify(raw, prompt.hits_used, answer_cfg.citation_min_overlap, answer_cfg.drop_unsupported_citations)
+        refused = is_refusal(checked.text)
+        if not refused and not any(c.supported for c in checked.citations):
+            log.info("answer replaced by the refusal: none of its citations is supported (%s)", raw[:200])
+            stream.replaced = True
+            stream.answer = Answer(text=REFUSAL[language], hits=prompt.hits_used, refused=True, model=model_name)
+            return
         stream.quotes = checked.quotes
         stream.answer = Answer(text=checked.text, hits=prompt.hits_used, citations=checked.citations,
-                               refused=is_refusal(checked.text), model=model_name)
+                               refused=refused, model=model_name)
+
+    def _closest(self, question: str, overrides: dict[str, Any]) -> list[Hit]:
+        """The best passages with the refusal gates off (shown with a refusal so the user can look anyway)."""
+        gates_off = {"score_threshold": 0.0, "bm25_threshold": 0.0, "unknown_name_min_chars": 0}
+        return self.retrieve(question, **{**overrides, **gates_off})
 
     def fit_prompt(self, question: str, hits: Sequence[Hit], history: Sequence[Message], gen: GenerationConfig,
-                   language: str) -> Prompt:
+                   language: str, missing_terms: Sequence[str] = ()) -> Prompt:
         """Build the prompt within the model's window: budgets shrink (history first) until prompt + answer fit."""
         answer_cfg = self.cfg.answer
         room = self.model.context_window - gen.max_new_tokens
         encode = getattr(self.model, "encode_messages", None)  # exact count when the backend can template
         for _ in range(8):
-            prompt = build_messages(question, hits, history, answer_cfg, self.model.count_tokens, language)
+            prompt = build_messages(question, hits, history, answer_cfg, self.model.count_tokens, language,
+                                    missing_terms)
             used = len(encode(prompt.messages)) if encode else prompt.tokens + 8 * len(prompt.messages)
             if used <= room:
                 return prompt

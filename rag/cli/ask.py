@@ -10,7 +10,7 @@ import json
 import sys
 from dataclasses import replace
 
-from rag.cli.common import add_config_args, config_from_args, question_and_overrides, run_cli
+from rag.cli.common import add_config_args, config_from_args, fallback_note, question_and_overrides, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = replace(cfg, llm=replace(cfg.llm, adapter=args.adapter))
     pipeline, fallback = open_pipeline(cfg, args.index)
     if fallback:
-        print(f"note: {fallback} — answering extractively", file=sys.stderr)
+        print(fallback_note(fallback), file=sys.stderr)
     if args.compare:
         base, tuned = pipeline.compare(args.question, args.adapter)
         _print_stream(base, "base")

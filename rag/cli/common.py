@@ -83,3 +83,9 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def fallback_note(reason: str) -> str:
+    """The one line a CLI prints when the language model is missing and answers are extractive."""
+    reason = " ".join(reason.split()).rstrip(" .;")
+    return f"note: {reason}. Answering extractively (quoting the documents) meanwhile."

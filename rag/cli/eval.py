@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.cli.common import add_config_args, config_from_args, run_cli, table
+from rag.cli.common import add_config_args, config_from_args, fallback_note, run_cli, table
 from rag.core.errors import RagError
 from rag.core.jsonl import json_lines
 from rag.core.types import Hit
@@ -150,36 +150,87 @@ def bigram_recall(evidence: str, answer: str) -> float:
     return sum(1 for g in grams if g in ans) / len(grams) if grams else 0.0
 
 
+def _answer_sentences(text: str) -> list[tuple[str, list[int]]]:
+    """(sentence without markers, the numbers it cites) for each sentence of an answer."""
+    from rag.answer.cite import parse_citations, sentence_spans, strip_citations
+
+    out = []
+    for start, end in sentence_spans(text):
+        sentence = text[start:end]
+        if strip_citations(sentence).strip():
+            out.append((strip_citations(sentence).strip(), [m.number for m in parse_citations(sentence)]))
+    return out
+
+
+def sentence_faults(answer: Any, index: Any) -> tuple[int, int, int]:
+    """(sentences, fragments, headings) of an extractive answer: a fragment does not end with sentence punctuation
+    or does not start at a sentence start of its source text (the cited chunk with its neighbours); a heading is
+    a heading line of that text (or of the chunk's heading path) quoted as an answer sentence."""
+    from rag.answer.sentences import is_heading_line, is_whole_sentence, normalise, parent_text, segment
+
+    sentences = fragments = headings = 0
+    for sentence, numbers in _answer_sentences(answer.text):
+        chunks = [answer.hits[n - 1].chunk for n in numbers if 1 <= n <= len(answer.hits)]
+        if not chunks:
+            continue
+        sentences += 1
+        sources = [parent_text(c, index.neighbours(c) if index is not None else [])[0] for c in chunks]
+        fragments += int(not any(is_whole_sentence(sentence, source) for source in sources))
+        bare = normalise(sentence).rstrip("。.！!？?；;…")
+        heading_lines = {normalise(s.text) for source, c in zip(sources, chunks, strict=True)
+                         for s in segment(source, c.heading) if s.heading} | {
+                         normalise(h) for c in chunks for h in c.heading}
+        headings += int(bare in heading_lines or is_heading_line(sentence.rstrip("。.")))
+    return sentences, fragments, headings
+
+
 def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | None = None,
                      recall_threshold: float = 0.5) -> dict[str, Any]:
-    """Run the full pipeline on every question and score refusals, citations and evidence recall.
+    """Run the full pipeline on every question and score refusals, citations, evidence recall and sentences.
 
     - refusal_rate: unanswerable questions that were refused;
     - false_refusal_rate: answerable questions that were refused;
-    - citation_precision: cited chunks (answerable questions) that contain an evidence string;
+    - citation_precision: citations (answerable questions) whose chunk contains an evidence string or whose
+      citing sentence holds >= ``recall_threshold`` of an evidence string's character bigrams;
     - evidence_recall: answerable questions whose answer holds >= ``recall_threshold`` of an evidence string's
-      character bigrams (verbatim for the extractive backend, paraphrase-tolerant for a language model).
+      character bigrams (verbatim for the extractive backend, paraphrase-tolerant for a language model);
+    - fragments / headings: answer sentences that are not whole sentences of their source / are headings
+      (:func:`sentence_faults`), out of ``sentences``.
     """
     refused_unanswerable = unanswerable = refused_answerable = answerable = 0
     cited = cited_ok = recalled = 0
+    sentences = fragments = headings = 0
+    index = getattr(getattr(pipeline, "retriever", None), "index", None)
+    index = index if hasattr(index, "neighbours") else None
     lines = []
     for question in questions:
         stream = pipeline.ask(question.question)
         stream.text()
         answer = stream.answer
         wanted = [normalise(e) for e in question.evidence]
+        if not answer.refused:
+            counts = sentence_faults(answer, index)
+            sentences, fragments, headings = sentences + counts[0], fragments + counts[1], headings + counts[2]
         if question.answerable:
             answerable += 1
             refused_answerable += int(answer.refused)
+            citing = _answer_sentences(answer.text)
             for citation in answer.citations:
                 cited += 1
-                cited_ok += int(any(w in normalise(citation.chunk.text) for w in wanted))
+                said = " ".join(s for s, numbers in citing if citation.number in numbers)
+                cited_ok += int(any(w in normalise(citation.chunk.text) for w in wanted) or any(
+                    bigram_recall(e, said) >= recall_threshold for e in question.evidence))
             recalled += int(not answer.refused and any(
                 bigram_recall(e, answer.text) >= recall_threshold for e in question.evidence))
         else:
             unanswerable += 1
             refused_unanswerable += int(answer.refused)
-        lines.append({"id": question.id, "answer": answer.text, "refused": answer.refused, "citations": [
+        assessment = getattr(stream, "assessment", None)
+        coverage = assessment.coverage if assessment is not None else None
+        cross = assessment.cross_language if assessment is not None else None
+        lines.append({"id": question.id, "answer": answer.text, "refused": answer.refused, "coverage": coverage,
+                      "cross_language": cross,
+                      "answerable": question.answerable, "citations": [
             {"n": c.number, "source": c.chunk.source, "page": c.chunk.page, "chunk_id": c.chunk.id,
              "supported": c.supported} for c in answer.citations]})
     if out is not None:
@@ -191,6 +242,7 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
     return {"refusal_rate": ratio(refused_unanswerable, unanswerable),
             "false_refusal_rate": ratio(refused_answerable, answerable),
             "citation_precision": ratio(cited_ok, cited), "evidence_recall": ratio(recalled, answerable),
+            "fragments": fragments, "headings": headings, "sentences": sentences,
             "n_answerable": answerable, "n_unanswerable": unanswerable}
 
 
@@ -207,7 +259,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_config_args(retrieval)
     answers = sub.add_parser("answers", help="refusals, citation precision and evidence recall of full answers")
     answers.add_argument("--index", default=None, help="index folder (default: index.dir)")
-    answers.add_argument("--questions", required=True)
+    answers.add_argument("--questions", required=True, action="append",
+                         help="questions file (repeat the option to score several files together)")
     answers.add_argument("--out", default=None, help="write one JSON line per question with its answer")
     answers.add_argument("--split", default=None, help="only questions of this split (tune / test)")
     add_config_args(answers)
@@ -219,13 +272,14 @@ def main(args: argparse.Namespace) -> int:
     from rag.index.reader import KnowledgeIndex
 
     cfg = config_from_args(args)
-    questions = read_questions(args.questions, args.split)
+    files = args.questions if isinstance(args.questions, list) else [args.questions]
+    questions = [q for path in files for q in read_questions(path, args.split)]
     if args.command == "answers":
         from rag.answer.pipeline import open_pipeline
 
         pipeline, fallback = open_pipeline(cfg, args.index)
         if fallback:
-            print(f"note: {fallback} — answering extractively", file=sys.stderr)
+            print(fallback_note(fallback), file=sys.stderr)
         scores = evaluate_answers(pipeline, questions, Path(args.out) if args.out else None)
         print(json.dumps({"model": pipeline.model.info().model_id, **scores}, ensure_ascii=False))
         print(" ".join(f"{k}={v}" for k, v in scores.items()))

@@ -136,7 +136,6 @@ class LLMConfig:
     hub_timeout_s: float = 1800.0
     openai_base_url: str = ""  # for backend: openai
     openai_api_key_env: str = "OPENAI_API_KEY"
-    extractive_min_coverage: float = 0.1  # extractive backend: share of the question's tokens the best sentence needs
 
 
 @dataclass
@@ -149,6 +148,11 @@ class AnswerConfig:
     rewrite_followups: bool = True  # make a follow-up question standalone before retrieval
     citation_min_overlap: float = 0.25  # share of a sentence's character bigrams that its cited chunk must contain
     drop_unsupported_citations: bool = True  # False = keep them, flagged unsupported
+    # answerability (rag/answer/answerable.py), for every backend: the share of the question's key-term weight
+    # (idf) the supporting sentences must cover, else the answer is the refusal and no model is called
+    min_term_coverage: float = 0.6  # docs/EVAL.md "Answers: the answerability decision"
+    cross_language_min_dense: float = 0.8  # an answer in the other language also needs this dense similarity
+    max_sentences: int = 3  # extractive answers: at most this many sentences
 
 
 @dataclass

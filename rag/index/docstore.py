@@ -291,6 +291,17 @@ class DocStore:
                 found[r[0]] = Chunk(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7])
         return found
 
+    def chunks_at(self, source: str, positions: Iterable[int]) -> list[Chunk]:
+        """The chunks of ``source`` at these positions (those that exist), in position order."""
+        wanted = sorted(set(positions))
+        if not wanted:
+            return []
+        marks = ",".join("?" * len(wanted))
+        ids = [r[0] for r in self.conn.execute(
+            f"SELECT id FROM chunks WHERE source=? AND position IN ({marks}) ORDER BY position", [source, *wanted])]
+        found = self.get_chunks(ids)
+        return [found[i] for i in ids if i in found]
+
     def all_tokens(self) -> tuple[list[int], list[str]]:
         """(ids, space-joined tokens) of every chunk, in id order."""
         rows = self.conn.execute("SELECT id, tokens FROM chunks ORDER BY id").fetchall()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,24 @@ class KnowledgeIndex:
     def chunks(self, ids: list[int]) -> dict[int, Chunk]:
         with self._lock:
             return self.docstore.get_chunks(ids)
+
+    def neighbours(self, chunk: Chunk, reach: int = 1) -> list[Chunk]:
+        """The chunks of the same file up to ``reach`` positions before and after ``chunk`` (not itself)."""
+        positions = [p for p in range(chunk.position - reach, chunk.position + reach + 1) if p != chunk.position]
+        with self._lock:
+            return self.docstore.chunks_at(chunk.source, positions)
+
+    def idf(self, term: str) -> float | None:
+        """BM25 inverse document frequency of a (tokenised) term; None when no chunk holds it."""
+        self.refresh()
+        with self._lock:
+            entry = self.bm25.postings.get(term) if self.bm25 is not None else None
+            return entry[2] if entry is not None else None
+
+    def max_idf(self) -> float:
+        """The idf a term held by no chunk would have (BM25's formula with document frequency 0)."""
+        n = len(self.bm25) if self.bm25 is not None else 0
+        return math.log(1.0 + (n + 0.5) / 0.5)
 
     def stats(self) -> dict[str, Any]:
         """Counts and the embedder, for CLIs and the UI."""

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from rag.answer.cite import Marker, best_quote, parse_citations, split_sentences, strip_citations, verify
+from rag.answer.cite import (
+    Marker,
+    best_quote,
+    missing_specifics,
+    parse_citations,
+    specifics,
+    split_sentences,
+    strip_citations,
+    verify,
+)
 from rag.core.types import Chunk, Citation, Hit
 
 DISK = Chunk(1, "服务器磁盘空间不足时，先用 df -h 查看各分区的使用率。日志文件通常在 /var/log 下，可以用 logrotate 定期压缩。",
@@ -94,3 +103,28 @@ def test_best_quote() -> None:
     assert best_quote("日志可以用 logrotate 压缩[1]", DISK) == "日志文件通常在 /var/log 下，可以用 logrotate 定期压缩。"
     assert best_quote("The gateway uses port 51820", VPN) == "The VPN gateway is vpn.example.com on UDP port 51820."
     assert best_quote("量子力学", DISK) == ""
+
+
+def test_a_borrowed_citation_does_not_support_an_injected_host() -> None:
+    """Issue 17 item 6: the official VPN passage cited for a sentence naming the attacker's host."""
+    official = Hit(Chunk(1, '请在软件中心安装"星河安全接入"客户端，服务器地址填写 vpn.xinghe.example，'
+                            "用户名和密码与电脑登录使用的域账号相同。", "faq.html", 0), 1.0)
+    forged = "服务器地址填写 vpn.attacker-example.net，用户名和密码与电脑登录使用的域账号相同[1]。"
+    checked = verify(forged, [official])
+    assert checked.citations == [] and checked.removed == [1] and "attacker" not in checked.text
+    assert checked.dropped == ["服务器地址填写 vpn.attacker-example.net，用户名和密码与电脑登录使用的域账号相同。"]
+    flagged = verify(forged, [official], drop_unsupported=False)
+    assert flagged.text == forged and [c.supported for c in flagged.citations] == [False]
+    honest = "服务器地址填写 vpn.xinghe.example，用户名和密码与电脑登录使用的域账号相同[1]。"
+    assert verify(honest, [official]).text == honest and verify(honest, [official]).citations[0].supported
+
+
+def test_specific_numbers_paths_and_names_must_occur_in_the_cited_passage() -> None:
+    passage = Hit(Chunk(1, "The VPN gateway is vpn.example.com on UDP port 51820; the profile is /etc/wg0.conf.",
+                        "en/vpn.md", 0), 1.0)
+    assert missing_specifics("The gateway uses UDP port 51820 [1].", passage.chunk.text) == []
+    assert missing_specifics("The gateway uses UDP port 5182 [1].", passage.chunk.text) == ["5182"]
+    assert missing_specifics("Edit /etc/wg1.conf with OpenVPN [1].", passage.chunk.text) == ["/etc/wg1.conf",
+                                                                                            "OpenVPN"]
+    assert verify("The gateway uses UDP port 443 on vpn.example.com[1].", [passage]).citations == []
+    assert specifics("1. Open https://x.org/a, then call 9:30 [2].") == ["https://x.org/a", "9:30"]

@@ -34,7 +34,8 @@ def test_retrieval_cli_prints_metrics_and_writes_chunks(setup: tuple[Path, list[
     questions, overrides = setup
     out = tmp_path / "results.jsonl"
     args = rag_eval.parse_args(["retrieval", "--questions", str(questions), "--k", "5", "--out", str(out),
-                                "retrieve.bm25_threshold=2.5", "retrieve.score_threshold=0.2", *overrides])
+                                "retrieve.bm25_threshold=2.5", "retrieve.score_threshold=0.2",
+                                "answer.cross_language_min_dense=0", *overrides])  # hash vectors: names decide
     assert rag_eval.main(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("hit@5=") and last.endswith("n=3")
@@ -58,12 +59,15 @@ def test_scores_are_computed_from_ranks(setup: tuple[Path, list[str]]) -> None:
 def test_answers_cli_with_extractive_backend(setup: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
     questions, overrides = setup
     args = rag_eval.parse_args(["answers", "--questions", str(questions), "llm.backend=extractive",
-                                "retrieve.bm25_threshold=2.5", "retrieve.score_threshold=0.2", *overrides])
+                                "retrieve.bm25_threshold=2.5", "retrieve.score_threshold=0.2",
+                                "answer.cross_language_min_dense=0", *overrides])  # hash vectors: names decide
     assert rag_eval.main(args) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-2])
     assert scores["n_answerable"] == 3 and scores["n_unanswerable"] == 1
     assert scores["citation_precision"] is not None and scores["citation_precision"] > 0
-    assert scores["evidence_recall"] >= 2 / 3
+    # q3 needs arithmetic over ranges (十五年 in 满十年不满二十年): the term-coverage decision refuses it
+    assert scores["evidence_recall"] >= 0.33 and scores["refusal_rate"] == 1.0
+    assert scores["fragments"] == 0 and scores["headings"] == 0 and scores["sentences"] >= 2
 
 
 def test_bad_questions_file_names_the_line(tmp_path: Path) -> None:

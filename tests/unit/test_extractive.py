@@ -65,9 +65,9 @@ def test_several_sentences_cite_their_own_hits_and_respect_the_limits() -> None:
     assert text == "年假需提前三个工作日在 OA 系统中申请。[1]病假需要提交医院证明，并在 OA 系统中登记。[2]"
     assert len(verify(text, hits, 0.25, True).citations) == 2
     long_hit = [Hit(Chunk(1, "年假申请" + "规则说明" * 200 + "。", "hr/c.md", 0), 1.0)]
-    cut = ExtractiveModel(max_chars=50).answer("年假申请规则", long_hit)
-    assert cut.endswith("…[1]") and len(cut) == 50 + 3
-    assert verify(cut, long_hit, 0.25, True).text == cut
+    whole = ExtractiveModel(max_chars=50).answer("年假申请规则", long_hit)
+    assert whole == long_hit[0].chunk.text + "[1]"  # a long sentence is quoted whole, never cut into a fragment
+    assert verify(whole, long_hit, 0.25, True).text == whole
 
 
 def test_duplicate_sentences_from_overlapping_chunks_are_quoted_once() -> None:
@@ -85,5 +85,5 @@ def test_protocol_info_and_token_estimate() -> None:
     assert model.count_tokens("年假五天") == 4
     assert model.count_tokens("hello world") == 3  # ceil(2 × 1.3)
     assert model.count_tokens("年假 OA 系统。") == 6  # 4 CJK + 1.3 + 0.5 -> ceil(5.8)
-    with pytest.raises(ValueError, match=r"^max_sentences=0 must be ≥ 1 and max_chars=300 ≥ 10$"):
+    with pytest.raises(ValueError, match=r"^max_sentences=0 must be ≥ 1 and max_chars=400 ≥ 10$"):
         ExtractiveModel(max_sentences=0)

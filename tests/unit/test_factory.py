@@ -16,7 +16,7 @@ def test_auto_falls_back_to_extractive_with_the_reason(tmp_path) -> None:  # typ
     cfg = replace(LLMConfig(), model="someone/not-a-model", cache_dir=str(tmp_path))
     started = time.perf_counter()
     loaded = load_chat_model(cfg)
-    assert time.perf_counter() - started < 10
+    assert time.perf_counter() - started < 60  # no download attempt (a loaded CI machine imports slowly)
     assert loaded.model.info().backend == "extractive"
     assert "not-a-model" in loaded.fallback_reason
 
@@ -31,11 +31,13 @@ def test_unknown_backend() -> None:
         load_chat_model(replace(LLMConfig(), backend="gpt"))
 
 
-def test_extractive_min_coverage_comes_from_the_config() -> None:
+def test_extractive_backend_and_the_answerability_setting_is_checked() -> None:
     from rag.answer.extractive import ExtractiveModel
+    from rag.answer.pipeline import QAPipeline
+    from rag.core.config import AnswerConfig, RagConfig
 
-    model = load_chat_model(replace(LLMConfig(), backend="extractive", extractive_min_coverage=0.35)).model
-    assert isinstance(model, ExtractiveModel) and model.min_coverage == 0.35
-    assert LLMConfig().extractive_min_coverage == 0.1  # chosen on the tune split (docs/EVAL.md)
-    with pytest.raises(ValueError, match=r"llm.extractive_min_coverage\) must be between 0 and 1"):
-        load_chat_model(replace(LLMConfig(), backend="extractive", extractive_min_coverage=1.5))
+    model = load_chat_model(replace(LLMConfig(), backend="extractive")).model
+    assert isinstance(model, ExtractiveModel)
+    cfg = replace(RagConfig(), answer=replace(AnswerConfig(), min_term_coverage=1.5))
+    with pytest.raises(ConfigError, match=r"answer.min_term_coverage=1.5 must be between 0 and 1"):
+        QAPipeline(object(), model, cfg)  # type: ignore[arg-type]

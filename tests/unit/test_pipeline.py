@@ -73,11 +73,12 @@ def test_citations_are_verified_and_out_of_range_dropped(retriever: Retriever, c
 
 
 def test_followup_is_rewritten_before_retrieval(retriever: Retriever, cfg: RagConfig) -> None:
-    model = ScriptedModel(["VPN 网关的 UDP 端口是多少？", "端口是 51820[1]。"])
-    history = [Message("user", "怎么连接办公室 VPN？"), Message("assistant", "安装 WireGuard 客户端[1]。")]
-    stream = QAPipeline(retriever, model, cfg).ask("它的端口呢？", history)
+    model = ScriptedModel(["Which UDP port does the VPN gateway use?", "UDP port 51820[1]."])
+    history = [Message("user", "How do I connect to the office VPN?"),
+               Message("assistant", "Install the WireGuard client[1].")]
+    stream = QAPipeline(retriever, model, cfg).ask("And its port?", history)
     stream.text()
-    assert stream.standalone_question == "VPN 网关的 UDP 端口是多少？"
+    assert stream.standalone_question == "Which UDP port does the VPN gateway use?"
     assert stream.answer is not None and stream.answer.hits[0].chunk.source == "en/vpn.md"
     answer_messages = model.calls[1][0]
     assert [m.role for m in answer_messages] == ["system", "user", "assistant", "user"]
@@ -121,3 +122,19 @@ def test_tiny_transformers_model_through_the_pipeline(retriever: Retriever, cfg:
     assert stream.answer is not None and stream.answer.model == str(folder)
     assert "".join(pieces).strip() or stream.answer.text == ""  # random weights: any text, but the run completes
     assert all(c.number <= len(stream.answer.hits) for c in stream.answer.citations)
+
+
+def test_a_question_the_passages_do_not_cover_never_reaches_the_model(retriever: Retriever, cfg: RagConfig) -> None:
+    model = ScriptedModel(["不该被调用[1]。"])
+    stream = QAPipeline(retriever, model, cfg).ask("公司停车场每月停车费是多少？")
+    assert stream.text() == REFUSAL["zh"] and model.calls == []
+    assert stream.assessment is not None and "停车费" in stream.assessment.missing
+
+
+def test_an_answer_whose_citations_all_fail_is_replaced_by_the_refusal(retriever: Retriever, cfg: RagConfig) -> None:
+    forged = "VPN 网关是 vpn.attacker-example.net，端口 51820[1]。"
+    model = ScriptedModel([forged])
+    stream = QAPipeline(retriever, model, cfg).ask("What is the UDP port of the VPN gateway?")
+    assert stream.text() == REFUSAL["en"] and stream.replaced
+    assert stream.answer is not None and stream.answer.refused and stream.answer.hits
+    assert "may not contain the answer" not in model.calls[0][0][-1].content  # every key term is covered

@@ -203,3 +203,11 @@ def test_clean_rewrite(output: str, expected: str) -> None:
 ])
 def test_is_refusal(text: str, expected: bool) -> None:
     assert is_refusal(text) is expected
+
+
+def test_missing_key_terms_tell_the_model_the_passages_may_not_answer() -> None:
+    prompt = build_messages("年假可以折算成工资吗？", HITS, [], AnswerConfig(), len, missing_terms=["折算", "工资"])
+    user = prompt.messages[-1].content
+    assert "参考资料可能不包含答案" in user and "折算、工资" in user
+    assert question_of(prompt.messages) == "年假可以折算成工资吗？"
+    assert "可能不包含答案" not in build_messages("年假有几天？", HITS, [], AnswerConfig(), len).messages[-1].content

@@ -1,0 +1,331 @@
+"""Can the retrieved passages answer the question? One decision for every backend, made without a language model.
+
+The question's key terms (Chinese words cut by jieba, English words, names and numbers; question words such as
+多少 / what removed) are weighted by their BM25 idf in the index, so a rare word counts more than 公司, and a word
+no chunk holds counts most. Supporting sentences are whole sentences of the retrieved chunks (taken from the
+neighbouring text where a chunk edge cuts them, see :mod:`rag.answer.sentences`), read together with their heading
+path. The question is answerable when the best sentences cover at least ``min_coverage`` of the terms' weight.
+
+An English question over Chinese text (or the reverse) cannot match word for word: there only the terms both
+languages write alike (names such as VPN or WireGuard, numbers) count, they must all be covered, and the passage's
+dense similarity must reach ``cross_language_min_dense``.
+
+The same :class:`Assessment` decides the refusal (the model is never called for a refused question), provides the
+extractive answer's sentences and tells the LLM prompt which terms the passages lack.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rag.answer.sentences import normalise, parent_text, segment
+from rag.core.text import CJK
+from rag.core.types import Chunk, Hit
+from rag.index.bm25 import STOPWORDS
+
+_CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+_TERM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+#/-]*[A-Za-z0-9+#]|[A-Za-z0-9]")
+# Words that shape a question but say nothing about its topic.
+QUESTION_WORDS = frozenset(
+    ["多少", "什么", "哪些", "哪个", "哪里", "哪儿", "哪", "几", "几个", "几天", "几次", "几点", "几号", "几年", "多少钱", "多久", "多长", "多大", "是否", "能否", "能不能", "可否", "怎么", "怎么办",
+     "怎么样", "如何", "怎样", "为什么", "为何", "请问", "吗", "呢", "吧", "可以", "有没有", "是不是", "需要", "应该", "要", "一下", "告诉", "关于",
+     "谁", "何时", "什么时候", "时间", "有", "是", "哪家", "多", "少", "请", "我", "我们", "你", "应", "该", "得", "会", "能", "做", "用",
+     "进行", "具体", "一般", "通常", "目前", "现在", "情况", "方法", "办法", "步骤", "时候", "what", "which", "how", "many", "much",
+     "does", "do", "did", "is", "are", "was", "were", "there", "can", "could", "would", "should", "will",
+     "tell", "me", "about", "please", "any", "get", "use", "used", "using", "the", "a", "an", "if", "i", "my",
+     "our", "your", "you", "be", "need", "needs", "way", "ways", "long", "often", "kind"])
+_ASKING = re.compile(r"^(?:几|多(?=[少久长大远高重宽厚快]))[\u4e00-\u9fff]?$")  # 几台 几个月 多久 多长: asking, not a topic
+_NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
+
+
+class Corpus(Protocol):
+    """What the decision needs from an index (``rag.index.reader.KnowledgeIndex`` provides it)."""
+
+    def idf(self, term: str) -> float | None:
+        """BM25 idf of a token; None when no chunk holds it."""
+
+    def max_idf(self) -> float:
+        """The idf of a token no chunk holds."""
+
+    def neighbours(self, chunk: Chunk, reach: int = 1) -> list[Chunk]:
+        """Chunks of the same file next to ``chunk``."""
+
+
+@dataclass(frozen=True)
+class Term:
+    """A key term of the question: ``text`` (lower case), its ``weight`` and whether it is ``neutral`` (written
+    the same in Chinese and English text: a Latin-script name, a number)."""
+
+    text: str
+    weight: float
+    neutral: bool
+
+
+@dataclass(frozen=True)
+class Support:
+    """A whole sentence of a retrieved chunk that supports the answer.
+
+    Attributes:
+        text: the sentence (layout line breaks joined).
+        hit_number: 1-based position of its hit in the hits assessed.
+        order: (hit's source, offset in the document) for putting sentences in document order.
+        covered: the question's terms it covers (with its heading path).
+    """
+
+    text: str
+    hit_number: int
+    order: tuple[str, int, int]
+    covered: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The answerability decision.
+
+    Attributes:
+        answerable: the passages cover the question well enough to answer it.
+        coverage: share of the key terms' weight that the supporting sentences of the best passage cover (0..1),
+            what ``min_coverage`` is compared with.
+        terms: the key terms.
+        missing: key terms no supporting sentence covers (what the prompt tells the model the passages lack).
+        support: the supporting sentences, in document order (empty when refused).
+        cross_language: the question and its best passage are in different languages.
+    """
+
+    answerable: bool
+    coverage: float
+    terms: tuple[Term, ...] = ()
+    missing: tuple[str, ...] = ()
+    support: tuple[Support, ...] = ()
+    cross_language: bool = False
+    reason: str = field(default="")
+
+
+def _words(text: str) -> list[str]:
+    """jieba's precise cut of the CJK runs of ``text``; neighbouring one-character pieces that are no function
+    words are joined (jieba cuts the unknown 年假 into 年 / 假)."""
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    words: list[str] = []
+    for run in _CJK_RUN.findall(text):
+        single = ""
+        for word in [*jieba.lcut(run, HMM=True), ""]:
+            if len(word) == 1 and word not in STOPWORDS and word not in QUESTION_WORDS:
+                single += word
+                continue
+            if single:
+                words.append(single)
+                single = ""
+            if word:
+                words.append(word)
+    return words
+
+
+def language_of(text: str) -> str:
+    """``zh`` when CJK characters are at least a third of the letters, else ``en``."""
+    cjk = len(CJK.findall(text))
+    latin = sum(1 for ch in text if ch.isascii() and ch.isalpha())
+    return "zh" if cjk * 3 >= latin else "en"
+
+
+def key_terms(question: str, corpus: Corpus | None = None) -> list[Term]:
+    """The question's key terms, weighted by idf in ``corpus`` (1.0 each without one)."""
+    text = unicodedata.normalize("NFKC", question)
+    names = set()
+    for match in _NAME_WORD.finditer(text):
+        word = match.group()
+        before = text[: match.start()].rstrip()
+        sentence_start = not before or before[-1] in ".?!:;\"'(。？！：；“"
+        if (any(c.isdigit() for c in word) or any(c in "_./+-" for c in word) or any(c.isupper() for c in word[1:])
+                or (word[0].isupper() and not sentence_start and word.lower() not in QUESTION_WORDS)
+                or (CJK.search(text) and word.lower() not in QUESTION_WORDS)):
+            names.add(word.lower())
+    lowered = text.lower()
+    found: dict[str, bool] = {}
+    for word in _words(lowered):
+        if len(word) > 1 and word not in QUESTION_WORDS and word not in STOPWORDS and not _ASKING.match(word):
+            found.setdefault(word, False)
+    latin = _CJK_RUN.sub(" ", lowered)
+    for word in _TERM.findall(latin):
+        if word in names or (len(word) > 1 and word not in QUESTION_WORDS and word not in STOPWORDS):
+            found.setdefault(word, word in names or any(c.isdigit() for c in word))
+    top = corpus.max_idf() if corpus is not None else 1.0
+    terms = []
+    for word, neutral in found.items():
+        idf = corpus.idf(word) if corpus is not None else 1.0
+        weight = top if idf is None else idf
+        terms.append(Term(word, weight * (1.5 if neutral else 1.0), neutral))
+    return terms
+
+
+def _stem(word: str) -> str:
+    """A crude English stem: the word less a plural / -ing / -ed / -ly ending (enough to match employee(s))."""
+    for ending in ("ing", "ed", "es", "s", "ly"):
+        if len(word) > len(ending) + 3 and word.endswith(ending):
+            return word[: -len(ending)]
+    return word
+
+
+def covers(term: Term, flat: str, latin_words: set[str]) -> float:
+    """How well a text covers ``term`` (1 = fully; ``flat`` is the text normalised, ``latin_words`` its stems)."""
+    if _CJK_RUN.fullmatch(term.text):
+        if term.text in flat:
+            return 1.0
+        if len(term.text) >= 3:  # 停车费 in a text that only says 停车: half credit for the shared pieces
+            pieces = [term.text[i : i + 2] for i in range(len(term.text) - 1)]
+            return 0.5 * sum(p in flat for p in pieces) / len(pieces)
+        return 0.0
+    if term.neutral:
+        return 1.0 if term.text in flat else 0.0
+    return 1.0 if _stem(term.text) in latin_words or term.text in flat else 0.0
+
+
+def _latin_stems(text: str) -> set[str]:
+    return {_stem(w) for w in _TERM.findall(_CJK_RUN.sub(" ", unicodedata.normalize("NFKC", text).lower()))}
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    text: str
+    hit_number: int
+    order: tuple[str, int, int]
+    credit: dict[str, float]  # term -> how well the sentence (with its heading path) covers it
+    own: dict[str, float]  # term -> how well the sentence alone covers it (prefers the sentence to its heading)
+    language: str
+    dense: float
+
+
+def candidate_sentences(hits: Sequence[Hit], corpus: Corpus | None = None,
+                        exclude: Sequence[str] = ()) -> list[tuple[int, str, tuple[str, int, int], str]]:
+    """(hit number, sentence, document order, heading path) of every whole, non-heading sentence of ``hits``.
+
+    A sentence cut by its chunk's edge is taken whole from the neighbouring chunks (with ``corpus``) or left out;
+    duplicates (overlapping chunks) and sentences whose normalised text is in ``exclude`` are left out.
+    """
+    out = []
+    seen = {normalise(text) for text in exclude}
+    for number, hit in enumerate(hits, 1):
+        chunk = hit.chunk
+        neighbours = corpus.neighbours(chunk) if corpus is not None else []
+        text, offset = parent_text(chunk, neighbours)
+        # without the text before the chunk, its first sentence may be cut: only trust it at the document start
+        trusted_start = offset > 0 or chunk.start == 0
+        heading_line = ""
+        for sentence in segment(text, chunk.heading):
+            if sentence.heading:
+                heading_line = sentence.text
+            if sentence.end <= offset or sentence.start >= offset + len(chunk.text) or not sentence.complete:
+                continue
+            if sentence.heading or (sentence.start <= offset and not trusted_start and sentence.start == 0):
+                continue
+            key = normalise(sentence.text)
+            if key in seen or len(key) < 4:
+                continue
+            seen.add(key)
+            out.append((number, sentence.text, (chunk.source, chunk.page or 0, chunk.start - offset + sentence.start),
+                        " ".join([*chunk.heading, heading_line])))
+    return out
+
+
+def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
+    return {k: max(left.get(k, 0.0), right.get(k, 0.0)) for k in {*left, *right}}
+
+
+def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, min_coverage: float = 0.6,
+           min_gain: float = 0.25, cross_language_min_dense: float = 0.8, max_sentences: int = 3,
+           max_chars: int = 400, exclude: Sequence[str] = ()) -> Assessment:
+    """Decide whether ``hits`` answer ``question`` and pick the sentences that support the answer.
+
+    Args:
+        question: the (standalone) question.
+        hits: retrieved hits, best first.
+        corpus: the index (idf weights and neighbouring chunks); None weighs terms alike and skips cut sentences.
+        min_coverage: share of the terms' weight the chosen sentences must cover.
+        min_gain: a further sentence joins only when it covers at least this share of the weight more.
+        cross_language_min_dense: dense similarity a passage in the other language needs.
+        max_sentences: at most this many supporting sentences.
+        max_chars: at most this many characters of supporting sentences.
+        exclude: sentences not to use again (the previous answers', unless the question is asked again).
+    """
+    terms = key_terms(question, corpus)
+    if not terms or not hits:
+        return Assessment(False, 0.0, tuple(terms), tuple(t.text for t in terms), reason="no key terms or no hits")
+    asked_in = language_of(question)
+    candidates: list[_Candidate] = []
+    for number, text, order, heading in candidate_sentences(hits, corpus, exclude):
+        window = f"{heading} {text}"
+        flat, stems = normalise(window), _latin_stems(window)
+        credit = {t.text: c for t in terms if (c := covers(t, flat, stems)) > 0}
+        own_flat, own_stems = normalise(text), _latin_stems(text)
+        own = {t.text: c for t in terms if (c := covers(t, own_flat, own_stems)) > 0}
+        dense = hits[number - 1].dense_score
+        candidates.append(_Candidate(text, number, order, credit, own, language_of(text), dense or 0.0))
+    if not candidates:
+        return Assessment(False, 0.0, tuple(terms), tuple(t.text for t in terms), reason="no whole sentence")
+
+    def share(credit: dict[str, float], pool: Sequence[Term]) -> float:
+        weight = sum(t.weight for t in pool)
+        return sum(t.weight * credit.get(t.text, 0.0) for t in pool) / weight if weight else 0.0
+
+    same = [c for c in candidates if c.language == asked_in]
+    neutral = [t for t in terms if t.neutral]
+    other = [c for c in candidates if c.language != asked_in]
+    cross = False
+    pool, scored = terms, same
+    if same:
+        best = max(scored, key=lambda c: (share(c.credit, pool) + share(c.own, pool), -c.hit_number))
+    if neutral and other:  # the other language can only match names and numbers, and needs a close passage
+        other_best = max(other, key=lambda c: (share(c.credit, neutral) + share(c.own, neutral), c.dense,
+                                               -c.hit_number))
+        # names and numbers can only carry an answer across languages when they are most of the question
+        mostly_names = sum(t.weight for t in neutral) >= 0.6 * sum(t.weight for t in terms)
+        if mostly_names and share(other_best.credit, neutral) >= 1.0 and (
+                other_best.dense >= cross_language_min_dense) and (not same or share(best.credit, terms) < min_coverage):
+            pool, scored, best, cross = neutral, other, other_best, True
+    if not scored:
+        return Assessment(False, 0.0, tuple(terms), tuple(t.text for t in terms), cross_language=True,
+                          reason="other language and no name or number to match")
+    chosen = [best]
+    credit = dict(best.credit)
+    heavy = 0.5 * max(t.weight for t in pool)
+    used = len(best.text)
+    while len(chosen) < max_sentences:
+        rest = [c for c in scored if c not in chosen and used + len(c.text) <= max_chars]
+        gains = [(share(_merge(credit, c.credit), pool) - share(credit, pool), -c.hit_number, i)
+                 for i, c in enumerate(rest)]
+        if not gains:
+            break
+
+        def adds_a_key_term(c: _Candidate, covered: dict[str, float]) -> bool:
+            """It fully covers a weighty term that the chosen sentences leave out."""
+            return any(c.own.get(t.text, 0.0) >= 1.0 and covered.get(t.text, 0.0) < 0.5 and t.weight >= heavy
+                       for t in pool)
+
+        gains = [g for g in gains if g[0] >= min_gain or g[0] > 0 and adds_a_key_term(rest[g[2]], credit)]
+        if not gains:
+            break
+        following = rest[max(gains)[2]]
+        chosen.append(following)
+        credit = _merge(credit, following.credit)
+        used += len(following.text)
+    missing = tuple(t.text for t in terms if credit.get(t.text, 0.0) < 0.5)
+    # the decision counts only the best passage's sentences: pieces of unrelated passages (流量 from one, 上限 from
+    # another) do not add up to an answer
+    own_passage: dict[str, float] = {}
+    for picked in chosen:
+        if picked.hit_number == best.hit_number:
+            own_passage = _merge(own_passage, picked.credit)
+    decided = share(own_passage, pool)
+    # a name or number the question gives (VPN, 169.254, sources.list) anchors it: the answer's passage must hold it
+    anchored = all(own_passage.get(t.text, 0.0) >= 1.0 for t in pool if t.neutral)
+    answerable = cross or (decided >= min_coverage and anchored)
+    support = tuple(Support(c.text, c.hit_number, c.order, frozenset(c.credit)) for c in sorted(
+        chosen, key=lambda c: (min(o.hit_number for o in chosen if o.order[0] == c.order[0]), c.order)))
+    return Assessment(answerable, round(decided, 3), tuple(terms), missing, support if answerable else (),
+                      cross_language=cross, reason="" if answerable else f"coverage {decided:.2f}")

@@ -1,0 +1,178 @@
+"""Whole sentences of document text: PDF line breaks joined, headings and table scraps told apart.
+
+A chunk is a window of its document, so its first and last sentences may be cut. :func:`parent_text` rebuilds the
+text around a chunk from its neighbouring chunks of the same document (the docstore has them), and
+:func:`segment` cuts that text into :class:`Sentence` spans: a line break ends a sentence only when the line is
+complete (it ends with sentence punctuation, or the next line starts a list item / heading, or the line is blank);
+otherwise the break is PDF layout and the two lines are joined (no space between CJK characters, one space
+elsewhere). A short line without sentence punctuation is a heading or a table scrap, never an answer sentence.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rag.core.text import CJK
+from rag.core.types import Chunk
+
+# Sentence punctuation; a "." ends a sentence only before a space, a line end or the text end (not "4.3.1", "a.b").
+# A question mark inside quotes that the sentence goes on after ("例如"怎样重建索引？"或…") ends nothing.
+_TERMINAL = re.compile(r"(?:[。！？!?；;…]+|\.(?=[\s”’\"」』）)]|$))[”’\"」』）)]*[。！？!?；;…]*(?![”’\"」』）)，、,或和与及等])")
+_ENDS = ("。", "！", "？", "!", "?", ".", "；", ";", "…")
+# A line that starts a new block: list items, numbered steps and headings, markdown marks, table rows.
+_BLOCK_START = re.compile(r"^\s*(?:[-•*·>#|]|\d{1,3}[.)、]\s|\d{1,3}\.\d|[一二三四五六七八九十]+、|（[一二三四五六七八九十\d]+）"
+                          r"|第[一二三四五六七八九十\d]+[章节条部分]|[A-Z]\d{0,2}\s)")
+_NUMBERED_HEADING = re.compile(r"^\s*(?:#{1,6}\s|\d{1,3}(?:\.\d{1,3})*\.?\s|[一二三四五六七八九十]+、|第[一二三四五六七八九十\d]+[章节])")
+_LATIN_WORD = re.compile(r"[A-Za-z0-9]+")
+SHORT_LINE_UNITS = 12  # a line without sentence punctuation shorter than this (CJK chars + 2 x words) is no sentence
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One sentence of a text.
+
+    Attributes:
+        start: offset of its first character in the text it was cut from.
+        end: offset one past its last character.
+        text: the sentence with layout line breaks joined and outer blanks stripped.
+        complete: it ends with sentence punctuation or is a whole line that is long enough to be one (a list item,
+            a table row); False for headings, table scraps and text that runs past the end of the given text.
+        heading: it is a heading line (numbered / markdown heading, or a short line without punctuation).
+    """
+
+    start: int
+    end: int
+    text: str
+    complete: bool
+    heading: bool
+
+
+def _size(text: str) -> int:
+    """CJK characters + 2 x Latin words: a rough length that treats both scripts alike."""
+    return len(CJK.findall(text)) + 2 * len(_LATIN_WORD.findall(CJK.sub(" ", text)))
+
+
+def _short_line(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not stripped.endswith(_ENDS) and _size(stripped) < SHORT_LINE_UNITS
+
+
+def is_heading_line(line: str, headings: Sequence[str] = ()) -> bool:
+    """A heading: one of ``headings``, a numbered / markdown heading line without sentence punctuation, or a short
+    line without sentence punctuation (``5. Restart and factory reset``, ``一、排查前先记录现象``, ``VPN 连接``)."""
+    stripped = line.strip().lstrip("#").strip()
+    if not stripped or stripped.endswith(_ENDS + ("：", ":")):
+        return False
+    if any(stripped == h.strip() for h in headings):
+        return True
+    return _short_line(stripped) or (bool(_NUMBERED_HEADING.match(line)) and _size(stripped) < 2 * SHORT_LINE_UNITS)
+
+
+def _join(left: str, right: str) -> str:
+    if not left or not right:
+        return left + right
+    glue = "" if CJK.match(left[-1]) and CJK.match(right[0]) else " "
+    return left + glue + right
+
+
+def _width(line: str) -> int:
+    """Display width: 2 per CJK character, 1 per other character."""
+    return len(line.strip()) + len(CJK.findall(line))
+
+
+def _soft_break(line: str, next_line: str, full_width: int) -> bool:
+    """Whether the break after ``line`` is PDF layout inside a sentence (join the lines): the line has no sentence
+    punctuation, fills most of the text's width, and the next line does not start a block."""
+    stripped, following = line.strip(), next_line.strip()
+    if not stripped or not following or stripped.endswith(_ENDS + ("：", ":")):
+        return False
+    if _width(stripped) < 0.6 * full_width:  # a short last line: a title, heading or the paragraph's end
+        return False
+    if _BLOCK_START.match(next_line) or _short_line(stripped) and not _short_line(following + "。"):
+        return False
+    return not is_heading_line(following) or _size(following) >= SHORT_LINE_UNITS
+
+
+def segment(text: str, headings: Sequence[str] = ()) -> list[Sentence]:
+    """The sentences of ``text`` in order, with their offsets (see the module docstring)."""
+    sentences: list[Sentence] = []
+    lines = text.split("\n")
+    offsets, position = [], 0
+    for line in lines:
+        offsets.append(position)
+        position += len(line) + 1
+    # Hard line breaks split the text into blocks of layout lines; a block is one paragraph / item / heading.
+    full_width = max((_width(line) for line in lines), default=0)
+    block: list[int] = []
+    for index in range(len(lines)):
+        block.append(index)
+        last = index == len(lines) - 1
+        if last or not _soft_break(lines[index], lines[index + 1], full_width):
+            sentences.extend(_block_sentences(lines, offsets, block, headings, ends_text=last))
+            block = []
+    return sentences
+
+
+def _block_sentences(lines: list[str], offsets: list[int], block: list[int], headings: Sequence[str],
+                     ends_text: bool) -> list[Sentence]:
+    start = offsets[block[0]]
+    raw = "\n".join(lines[i] for i in block)
+    if len(block) == 1 and is_heading_line(raw, headings):
+        stripped = raw.strip()
+        return [Sentence(start + raw.index(stripped), start + raw.index(stripped) + len(stripped), stripped,
+                         False, True)] if stripped else []
+    out: list[Sentence] = []
+    cut = 0
+    pieces = [(m.end(), True) for m in _TERMINAL.finditer(raw)]
+    if not pieces or pieces[-1][0] < len(raw.rstrip()):
+        # the block's tail has no sentence punctuation: a whole line (item, table row) unless the text ends there
+        tail = raw[pieces[-1][0] if pieces else 0:].strip()
+        whole_line = len(block) == 1 and not tail.endswith(("：", ":")) and _size(tail) >= SHORT_LINE_UNITS
+        pieces.append((len(raw), whole_line and not ends_text))
+    for piece_end, complete in pieces:
+        piece = raw[cut:piece_end]
+        stripped = piece.strip()
+        if stripped:
+            lead = piece.index(stripped)
+            joined = ""
+            for part in stripped.split("\n"):
+                joined = _join(joined, part.strip())
+            out.append(Sentence(start + cut + lead, start + cut + lead + len(stripped), joined, complete, False))
+        cut = piece_end
+    return out
+
+
+def normalise(text: str) -> str:
+    """NFKC, lower case, no whitespace: how sentences are compared with their source."""
+    return "".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def parent_text(chunk: Chunk, neighbours: Sequence[Chunk]) -> tuple[str, int]:
+    """The text of ``chunk``'s document around it, rebuilt from ``neighbours`` (chunks of the same file), and the
+    offset of the chunk's first character in it. Chunks of another page or not adjacent are ignored."""
+    by_position = {c.position: c for c in neighbours if c.source == chunk.source and c.page == chunk.page}
+    by_position[chunk.position] = chunk
+    run = [chunk]
+    while (before := by_position.get(run[0].position - 1)) is not None and before.start < run[0].start <= before.end:
+        run.insert(0, before)
+    while (after := by_position.get(run[-1].position + 1)) is not None and run[-1].start < after.start <= run[-1].end:
+        run.append(after)
+    text, text_start = run[0].text, run[0].start
+    for current in run[1:]:
+        text += current.text[text_start + len(text) - current.start:]
+    offset = chunk.start - text_start
+    if text[offset:offset + len(chunk.text)] != chunk.text:  # offsets disagree with the texts: trust the chunk
+        return chunk.text, 0
+    return text, offset
+
+
+def is_whole_sentence(sentence: str, source: str) -> bool:
+    """``sentence`` (citations removed) ends with sentence punctuation and starts where a sentence of ``source``
+    starts (as :func:`segment` cuts it: a PDF line break inside a sentence is no start). Whitespace is ignored."""
+    wanted = normalise(sentence).rstrip("".join(_ENDS))
+    if not sentence.strip().endswith(_ENDS) or not wanted:
+        return False
+    return any(normalise(s.text).startswith(wanted) for s in segment(source))

@@ -1,0 +1,103 @@
+"""Whole sentences (PDF line breaks, chunk edges, headings) and the answerability decision, without an index."""
+
+from __future__ import annotations
+
+from rag.answer.answerable import assess, key_terms
+from rag.answer.extractive import ExtractiveModel, previous_sentences
+from rag.answer.sentences import is_whole_sentence, parent_text, segment
+from rag.core.types import Chunk, Hit, Message
+
+PDF_PAGE = ("2. 查看 IP 地址\n"
+            "在命令提示符中运行 ipconfig /all。办公网的地址段是 10.8.0.0/16，正常获得的地址以 10.8 开头。如\n"
+            "果地址以 169.254 开头，说明电脑没有从 DHCP 服务器获得地址，请先运行 ipconfig /release，再运\n"
+            "行 ipconfig /renew 重新获取。\n"
+            "3. 测试网关\n"
+            "运行 ping 10.8.0.1。")
+
+
+def test_pdf_line_breaks_are_joined_and_headings_told_apart() -> None:
+    sentences = segment(PDF_PAGE)
+    texts = [s.text for s in sentences]
+    assert "如果地址以 169.254 开头，说明电脑没有从 DHCP 服务器获得地址，请先运行 ipconfig /release，" \
+           "再运行 ipconfig /renew 重新获取。" in texts
+    assert [s.text for s in sentences if s.heading] == ["2. 查看 IP 地址", "3. 测试网关"]
+    english = ("Factory reset: press and hold the dial for 20 seconds until the ring light flashes red three times, "
+               "then\nrelease it. A factory reset erases the Wi-Fi settings.\n6. Error codes\n"
+               "When the thermostat detects a problem, it shows an error code on the screen and sends a\n"
+               "notification to the Aurora Home app.")
+    texts = [s.text for s in segment(english) if s.complete]
+    assert texts[0].endswith("three times, then release it.")
+    assert texts[-1] == ("When the thermostat detects a problem, it shows an error code on the screen and sends a "
+                         "notification to the Aurora Home app.")
+    assert "6. Error codes" not in texts
+    assert is_whole_sentence(texts[-1], english) and not is_whole_sentence("sends a.", english)
+    assert not is_whole_sentence("果地址以 169.254 开头，说明电脑没有从 DHCP 服务器获得地址。", PDF_PAGE)
+
+
+def test_a_sentence_cut_by_the_chunk_edge_is_taken_from_the_neighbouring_chunk() -> None:
+    cut = PDF_PAGE.index("果地址以")
+    first = Chunk(1, PDF_PAGE[:cut + 20], "net.pdf", 0, page=1, start=0, end=cut + 20)
+    second = Chunk(2, PDF_PAGE[cut:], "net.pdf", 1, page=1, start=cut, end=len(PDF_PAGE))
+    text, offset = parent_text(second, [first])
+    assert text == PDF_PAGE and offset == cut
+    model = ExtractiveModel()
+    alone = model.answer("电脑的地址以 169.254 开头怎么办", [Hit(second, 1.0)])
+    assert "果地址以" not in alone  # without its neighbour the cut sentence is left out, never quoted cut
+    decision = assess("电脑的地址以 169.254 开头怎么办", [Hit(second, 1.0)], _Neighbours([first, second]))
+    assert decision.answerable
+    assert decision.support[0].text.startswith("如果地址以 169.254 开头") and decision.support[0].text.endswith("重新获取。")
+
+
+class _Neighbours:
+    """The part of an index the decision reads: idf (all words alike here) and neighbouring chunks."""
+
+    def __init__(self, chunks: list[Chunk]) -> None:
+        self.chunks = chunks
+
+    def idf(self, term: str) -> float | None:
+        return 1.0
+
+    def max_idf(self) -> float:
+        return 1.0
+
+    def neighbours(self, chunk: Chunk, reach: int = 1) -> list[Chunk]:
+        return [c for c in self.chunks if c.source == chunk.source and 0 < abs(c.position - chunk.position) <= reach]
+
+
+def test_key_terms_drop_question_words_and_keep_names_and_numbers() -> None:
+    assert [t.text for t in key_terms("公司停车场每月停车费是多少？")] == ["公司", "停车场", "每月", "停车费"]
+    assert [(t.text, t.neutral) for t in key_terms("How long is the Aurora X2 warranty?")] == [
+        ("aurora", True), ("x2", True), ("warranty", False)]
+    assert [t.text for t in key_terms("年假有几天？")] == ["年假"]
+
+
+def test_unrelated_sentences_do_not_answer_and_a_second_sentence_must_add_support() -> None:
+    handbook = Hit(Chunk(1, "公司实行弹性上班制度，最晚到岗时间为 9:30。每月迟到累计 3 次以上的，由部门负责人进行提醒谈话。",
+                         "员工手册.docx", 0), 1.0)
+    common = _Neighbours([])
+    common.idf = {"公司": 0.5, "每月": 1.0}.get  # type: ignore[method-assign]  # words the index has; 停车费 it lacks
+    common.max_idf = lambda: 3.0  # type: ignore[method-assign]
+    assert not assess("公司停车场每月停车费是多少？", [handbook], common).answerable
+    vpn = Hit(Chunk(2, "同一个账号最多可以同时在 2 台设备上连接 VPN。连接后如果 60 分钟内没有任何网络流量，VPN 会自动断开。",
+                    "faq.html", 0, heading=("VPN 连接",)), 1.0)
+    decision = assess("同一个账号最多能在几台设备上连接 VPN？", [vpn, handbook])
+    assert decision.answerable and [s.text for s in decision.support] == ["同一个账号最多可以同时在 2 台设备上连接 VPN。"]
+
+
+def test_previous_answers_are_not_repeated_unless_asked_again() -> None:
+    history = [Message("user", "VPN 服务器地址是什么？"), Message("assistant", "服务器地址填写 vpn.x.example。[1]")]
+    assert previous_sentences(history, "那验证码呢？") == ["服务器地址填写 vpn.x.example。"]
+    assert previous_sentences(history, "VPN 服务器地址是什么?") == []
+
+
+def test_question_sets_of_the_answer_eval_are_well_formed() -> None:
+    from pathlib import Path
+
+    from rag.cli.eval import read_questions
+
+    root = Path(__file__).resolve().parents[2] / "eval"
+    unanswerable = read_questions(root / "dev_unanswerable.jsonl")
+    assert len(unanswerable) >= 40 and not any(q.answerable for q in unanswerable)
+    assert {q.split for q in unanswerable} == {"tune", "test"}
+    kb = read_questions(root / "kb_questions.jsonl")
+    assert sum(q.answerable for q in kb) >= 20 and sum(not q.answerable for q in kb) >= 20
