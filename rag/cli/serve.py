@@ -230,7 +230,7 @@ def create_app(pipeline: QAPipeline, api_key: str | None = None, limits: Request
                         yield event({"content": rest})
                     yield event({}, limit.finish_reason, kbqa=final_extra())
                     if isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage"):
-                        last = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": name,
+                        last: dict[str, Any] = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": name,
                                 "choices": [], "usage": usage(limit.text)}  # OpenAI's usage chunk: no choices
                         yield f"data: {json.dumps(last)}\n\n"
                 except (RagError, AnswerCancelled) as exc:  # headers are gone: report in the stream, as vLLM does
