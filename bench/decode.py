@@ -93,6 +93,20 @@ def build_model(shape: dict[str, int], device: torch.device, dtype: torch.dtype,
     return model.eval()
 
 
+def copy_bandwidth_gb_s(device: torch.device) -> int:
+    """The memory-bandwidth ceiling, measured: read + write of a 2 GiB bf16 copy, 5 times (GB/s)."""
+    src = torch.empty(2**30, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize(device)
+    return round(5 * 2 * src.nbytes / (start.elapsed_time(end) / 1e3) / 1e9)
+
+
 def prompt_of(length: int, vocab: int, seed: int) -> list[int]:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(10, vocab, (length,), generator=gen).tolist()
@@ -257,14 +271,21 @@ def fast_time(gen: FastGenerator, prompts: list[list[int]], new_tokens: int, run
             "new_tokens": new_tokens, "prompt_tokens": [len(p) for p in prompts]}
 
 
-def logit_check(b: Bench, model: Any, gen: FastGenerator, prompt: list[int], steps: int) -> dict[str, Any]:
-    """Teacher-forced: fast logits per step vs the model's full forward and vs HF's incremental (generate) path."""
+def tokens_and_logits(gen: FastGenerator, prompt: list[int], steps: int) -> tuple[list[int], torch.Tensor]:
+    """Greedy tokens of ``steps`` decode steps and the float32 logits of each step ``[steps, vocab]``."""
     chunk_tokens, gen.chunk_tokens = gen.chunk_tokens, 1
-    tokens, fast = [], []
+    tokens, logits = [], []
     for chunk in gen.generate(prompt, max_new_tokens=steps):
         tokens.append(chunk[0])
-        fast.append(gen.logits[0].clone())
+        logits.append(gen.logits[0].clone())
     gen.chunk_tokens = chunk_tokens
+    return tokens, torch.stack(logits)
+
+
+def logit_check(b: Bench, model: Any, gen: FastGenerator, prompt: list[int], steps: int) -> dict[str, Any]:
+    """Teacher-forced: fast logits per step vs the model's full forward and vs HF's incremental (generate) path."""
+    tokens, fast_logits = tokens_and_logits(gen, prompt, steps)
+    fast = list(fast_logits)
     seq = torch.tensor([prompt + tokens], device=b.device)
     with torch.no_grad():
         full = model(seq).logits[0, len(prompt) - 1 : len(prompt) - 1 + steps].float()
@@ -321,19 +342,8 @@ def main() -> None:
            params_b=round(sum(p.numel() for p in model.parameters()) / 1e9, 3), build_s=round(time.perf_counter() - t0, 1),
            attn_implementation=str(getattr(model.config, "_attn_implementation", "?")), shape=shape,
            weight_gb=round(sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9, 2))
-    if device.type == "cuda":  # the memory-bandwidth ceiling, measured: read + write of a 2 GiB copy
-        src = torch.empty(2**30, dtype=torch.bfloat16, device=device).normal_()
-        dst = torch.empty_like(src)
-        dst.copy_(src)
-        start_ev, end_ev = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start_ev.record()
-        for _ in range(5):
-            dst.copy_(src)
-        end_ev.record()
-        b.sync()
-        bandwidth = 5 * 2 * src.nbytes / (start_ev.elapsed_time(end_ev) / 1e3)
-        RESULTS["env"]["copy_bandwidth_gb_s"] = round(bandwidth / 1e9)
-        del src, dst
+    if device.type == "cuda":
+        RESULTS["env"]["copy_bandwidth_gb_s"] = copy_bandwidth_gb_s(device)
     vocab = shape["vocab_size"]
     if args.serve:
         serve(b, model, args, vocab, skip)

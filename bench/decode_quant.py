@@ -34,7 +34,17 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.decode import CHATGLM3_6B, RESULTS, SMALL, Bench, build_model, fast_time, prompt_of
+from bench.decode import (
+    CHATGLM3_6B,
+    RESULTS,
+    SMALL,
+    Bench,
+    build_model,
+    copy_bandwidth_gb_s,
+    fast_time,
+    prompt_of,
+    tokens_and_logits,
+)
 from rag.llm.fastgen.generator import FastGenerator
 from rag.llm.fastgen.quant import quantize_linear
 
@@ -57,16 +67,6 @@ def kernels(model: Any, device: torch.device, dtype: torch.dtype) -> dict[str, A
                 want = x.float() @ ref_w.t() + (linear.bias.float() if linear.bias is not None else 0)
                 out[f"{name}_{q.kind}_m{rows}"] = rel(q(x), want)
     return out
-
-
-def logits_and_tokens(gen: FastGenerator, prompt: list[int], new_tokens: int) -> tuple[list[int], torch.Tensor]:
-    chunk, gen.chunk_tokens = gen.chunk_tokens, 1
-    tokens, logits = [], []
-    for piece in gen.generate(prompt, max_new_tokens=new_tokens):
-        tokens.append(piece[0])
-        logits.append(gen.logits[0].clone())
-    gen.chunk_tokens = chunk
-    return tokens, torch.stack(logits)
 
 
 def forced_logits(gen: FastGenerator, prompt: list[int], tokens: list[int]) -> torch.Tensor:
@@ -109,17 +109,7 @@ def main() -> None:
     b.emit("env", torch=torch.__version__, transformers=transformers.__version__, dtype=str(dtype), shape=shape,
            params_b=round(sum(p.numel() for p in model.parameters()) / 1e9, 3))
     if cuda:
-        src = torch.empty(2**30, dtype=torch.bfloat16, device=device).normal_()
-        dst = torch.empty_like(src)
-        dst.copy_(src)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(5):
-            dst.copy_(src)
-        end.record()
-        b.sync()
-        RESULTS["env"]["copy_bandwidth_gb_s"] = round(5 * 2 * src.nbytes / (start.elapsed_time(end) / 1e3) / 1e9)
-        del src, dst
+        RESULTS["env"]["copy_bandwidth_gb_s"] = copy_bandwidth_gb_s(device)
     prompt = prompt_of(args.prompt_tokens, shape["vocab_size"], 1)
     embed_bytes = model.get_input_embeddings().weight.nbytes
     bf16_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed_bytes
@@ -129,7 +119,7 @@ def main() -> None:
     def measure(gen: FastGenerator, label: str) -> dict[str, Any]:
         list(gen.generate(prompt, max_new_tokens=40))  # capture the graph (and autotune the kernels)
         timing = fast_time(gen, [prompt], args.time_tokens, runs=3)
-        tokens, logits = logits_and_tokens(gen, prompt, args.new_tokens)
+        tokens, logits = tokens_and_logits(gen, prompt, args.new_tokens)
         out: dict[str, Any] = {**timing, "weight_gb_read_per_token": round((gen.weight_bytes or bf16_bytes) / 1e9, 2)}
         if label == "bf16":
             ref["tokens"], ref["logits"] = tokens, logits

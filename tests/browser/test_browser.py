@@ -192,6 +192,19 @@ def goto_view(page: Page, label: str) -> None:
     page.get_by_test_id("stMainBlockContainer").get_by_test_id("stRadioOption").filter(has_text=label).click()
 
 
+
+def set_file_until_listed(uploader: Any, path: Path, chip: Any, tries: int = 3) -> None:
+    """Give ``uploader`` the file until its chip shows: a file set while the page still reruns (after a creation, a
+    refused file) is sometimes dropped by Streamlit, so it is set again."""
+    for attempt in range(tries):
+        uploader.set_input_files(str(path))
+        try:
+            expect(chip).to_be_visible(timeout=TIMEOUT_MS // 3)
+            return
+        except AssertionError:
+            if attempt == tries - 1:
+                raise
+
 def test_chat_sources_upload_and_model_pages(browser: Any, server: Server) -> None:
     page = open_page(browser, server, DESKTOP)
     expect(page.get_by_text("本地知识库问答")).to_be_visible()
@@ -451,14 +464,7 @@ def test_a_knowledge_base_made_from_the_page_is_asked_renamed_and_deleted(browse
     doc = server.knowledge.parent / "婚假.md"
     doc.write_text("# 婚假\n\n员工结婚可享受婚假十五天，需提供结婚证复印件。\n", encoding="utf-8")
     chip = page.get_by_role("button", name="Remove 婚假.md")
-    for attempt in range(3):  # a file set while the page still reruns after the creation is sometimes dropped
-        page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(doc))
-        try:
-            expect(chip).to_be_visible(timeout=TIMEOUT_MS // 3)
-            break
-        except AssertionError:
-            if attempt == 2:
-                raise
+    set_file_until_listed(page.get_by_test_id("stFileUploaderDropzoneInput"), doc, chip)
     expect(page.get_by_role("button", name="保存并重新索引")).to_be_enabled()
     page.get_by_role("button", name="保存并重新索引").click()
     expect(page.get_by_text("已保存 婚假.md")).to_be_visible()

@@ -36,6 +36,7 @@ from tests.browser.test_browser import (
     DESKTOP,
     free_port,
     goto_view,
+    set_file_until_listed,
     stop_process,
     wait_healthy,
 )
@@ -317,14 +318,7 @@ def test_upload_limit_is_enforced(browser: Any, limited_server: PageServer, tmp_
 
     page.route("**/_stcore/upload_file/**", swap_body)
     chip = page.get_by_role("button", name=f"Remove {small.name}")
-    for attempt in range(3):  # a file set while the page reruns after the refused one is sometimes dropped: set again
-        uploader.set_input_files(str(small))
-        try:
-            expect(chip).to_be_visible(timeout=TIMEOUT_MS // 3)
-            break
-        except AssertionError:
-            if attempt == 2:
-                raise
+    set_file_until_listed(uploader, small, chip)  # set again when the rerun after the refused one drops it
     save = page.get_by_role("button", name="保存并重新索引")
     expect(save).to_be_enabled(timeout=TIMEOUT_MS)  # the server holds the (swapped) upload
     save.click()
