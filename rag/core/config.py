@@ -36,6 +36,8 @@ class LoadConfig:
     ocr_min_confidence: float = 0.5  # OCR lines recognised with a lower score are dropped
     ocr_min_page_chars: int = 10  # a PDF page whose text layer has fewer non-space characters is OCR'd (auto)
     ocr_dpi: int = 200  # PDF pages are rendered at this resolution for OCR
+    ocr_pictures_per_file: int = 8  # auto: at most this many pictures inside text pages are OCR'd per PDF (a manual
+    # full of screenshots would otherwise spend minutes of CPU per file); scanned pages are always read; 0 = none
 
 
 @dataclass

@@ -116,6 +116,8 @@ def test_scanned_pdf_pages_and_pictures_in_text_pages(tmp_path: Path) -> None:
     assert [(d.page, squash(d.text), d.metadata.get("ocr")) for d in auto] == [
         (1, "HelloPDFpageonewithtext", None), (1, "截图里的设置：代理端口8080", "pictures")]
     assert [d.text for d in parse_file(mixed, "mixed.pdf", LoadConfig(ocr="off"))] == ["Hello PDF page one with text"]
+    capped = parse_file(mixed, "mixed.pdf", LoadConfig(ocr_pictures_per_file=0))  # the per-file picture budget
+    assert [d.text for d in capped] == ["Hello PDF page one with text"]
     forced = parse_file(mixed, "mixed.pdf", LoadConfig(ocr="force"))
     assert len(forced) == 1 and forced[0].metadata["ocr"] == "page" and "代理端口8080" in squash(forced[0].text)
 

@@ -103,12 +103,14 @@ def parse_pdf(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
 def _with_ocr(path: Path, source: str, documents: list[Document], cfg: LoadConfig) -> list[Document]:
     """OCR the pages that need it: with ``force`` every page (its text layer replaced); with ``auto`` the pages with
     fewer than ``load.ocr_min_page_chars`` characters that hold a picture (a scan), and the pictures on the other
-    pages (their text becomes a Document of its own on the same page). Pages are rendered at ``load.ocr_dpi``."""
+    pages (their text becomes a Document of its own on the same page), at most ``load.ocr_pictures_per_file`` of them
+    per file, in page order. Pages are rendered at ``load.ocr_dpi``."""
     import pypdfium2 as pdfium
 
     metadata = {"parser": "pypdfium2+" + OCR_PARSER, "page_count": str(len(documents))}
     pdf = pdfium.PdfDocument(str(path))
     out: list[Document] = []
+    pictures_left = cfg.ocr_pictures_per_file
     try:
         for index, document in enumerate(documents):
             page = pdf[index]
@@ -122,6 +124,13 @@ def _with_ocr(path: Path, source: str, documents: list[Document], cfg: LoadConfi
                     out.append(ocr_document(ocr_image(image, cfg), source, index + 1, "page", metadata))
                     continue
                 out.append(document)
+                if pictures_left <= 0 or not objects:
+                    continue
+                objects = objects[:pictures_left]
+                pictures_left -= len(objects)
+                if pictures_left <= 0:
+                    logger.info("%s: OCR'd %d pictures inside text pages (load.ocr_pictures_per_file); the rest are "
+                                "not read", source, cfg.ocr_pictures_per_file)
                 pictures = [ocr_image(picture, cfg) for picture in _decoded(objects)]
                 pictures = [result for result in pictures if result.text]
                 if pictures:
