@@ -31,6 +31,7 @@ from tests.browser.test_browser import (
 )
 
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 except ImportError:  # test_browser.py skips the module first; this keeps mypy and the import honest
     pytest.skip("playwright is not installed", allow_module_level=True)
@@ -159,9 +160,18 @@ def test_markdown_in_a_file_name_is_shown_as_text(browser: Any, server: Server) 
     page.set_viewport_size({"width": 1280, "height": 1400})
     goto_view(page, "知识库")
     expander = page.get_by_test_id("stExpander").filter(has_text="删除文档")
-    expander.locator("summary").click()
-    expander.get_by_test_id("stSelectbox").click()
-    page.get_by_role("option", name=MARKDOWN_NAME).click()
+    choose = expander.get_by_test_id("stSelectbox")
+    for attempt in range(4):  # a rerun that lands after the click redraws the expander closed: open it again
+        if not choose.is_visible():
+            expander.locator("summary").click()
+        try:
+            expect(choose).to_be_visible(timeout=5_000)
+            choose.click(timeout=5_000)
+            page.get_by_role("option", name=MARKDOWN_NAME).click(timeout=5_000)  # the list closes on a rerun too
+            break
+        except (AssertionError, PlaywrightTimeout):
+            if attempt == 3:
+                raise
     page.get_by_text("确认删除此文件").click()
     page.get_by_role("button", name="删除并重新索引").click()
     alert = page.get_by_test_id("stAlert").filter(has_text="已删除")
