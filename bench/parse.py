@@ -52,9 +52,9 @@ def dirt(texts: list[str]) -> dict[str, int]:
 
 def raw_pdfium(path: Path) -> list[str]:
     """The raw parser call: pypdfium2 page text, in this process, without the worker or any cleaning."""
-    from rag.ingest.parsers.pdf import _pdf_pages_pdfium
+    from rag.ingest.parsers.pdf import pdf_pages_pdfium
 
-    return _pdf_pages_pdfium(path)
+    return pdf_pages_pdfium(path)
 
 
 def main(argv: list[str] | None = None) -> int:

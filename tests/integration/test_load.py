@@ -103,7 +103,7 @@ def test_pdf_pypdf_engine_and_fallback(broken: tuple[Path, dict[str, str]], monk
     def refuse(path: Path) -> list[str]:
         raise RuntimeError("pdfium cannot read this")
 
-    monkeypatch.setattr(parsers, "_pdf_pages_pdfium", refuse)
+    monkeypatch.setattr(parsers, "pdf_pages_pdfium", refuse)
     assert [d.metadata["parser"] for d in parse(broken, "valid.pdf")] == ["pypdf", "pypdf"]
     error = load_error(broken, "truncated.pdf")
     assert error.kind == "corrupt" and "pypdfium2: RuntimeError: pdfium cannot read this; pypdf: " in str(error)

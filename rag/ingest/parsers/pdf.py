@@ -32,7 +32,7 @@ MAX_RENDER_PIXELS = 40_000_000  # a page rendered for OCR (A4 at 200 dpi: 3.9 M)
 MIN_PICTURE_PX = 64  # pictures narrower than this (or under a quarter of it high) hold no readable line
 
 
-def _pdf_pages_pdfium(path: Path) -> list[str]:
+def pdf_pages_pdfium(path: Path) -> list[str]:  # public: bench/parse.py times it as the raw-extraction baseline
     import pypdfium2 as pdfium
     import pypdfium2.raw as pdfium_c
 
@@ -69,7 +69,7 @@ def parse_pdf(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
 
     ``metadata["page_count"]`` holds the number of pages, blank ones included.
     """
-    engines = [("pypdfium2", _pdf_pages_pdfium), ("pypdf", _pdf_pages_pypdf)]
+    engines = [("pypdfium2", pdf_pages_pdfium), ("pypdf", _pdf_pages_pypdf)]
     if cfg.pdf_engine == "pypdf":
         engines.reverse()
     failures = []
