@@ -12,6 +12,9 @@ Stages (one JSON line each, then a summary with the ratios, all in one process o
     int4      quantize="int4" (group 128; output layer int8), same measures
     int4_8k   a fresh generator with release_weights=True and an 8k-token cache: memory after freeing the bf16
               weights, and peak during a decode of --new-tokens after a 4k-token prompt
+    bf16_separate_qkv / profile_bf16   q, k, v as three GEMVs (the same-run baseline of fuse_qkv), and a kernel
+              profile of the bf16 decode step
+    --serve   llm.quantization end to end through HFChatModel (see serve_quantized)
 
 The bandwidth bound is the copy bandwidth measured here over the bytes one decode step reads (weights; the KV cache
 and activations are small at these lengths). Random weights make "greedy agreement" a stress test: logits of a
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import statistics
 import sys
 import time
@@ -45,6 +49,7 @@ from bench.decode import (
     prompt_of,
     tokens_and_logits,
 )
+from rag.core.types import Message
 from rag.llm.fastgen.generator import FastGenerator
 from rag.llm.fastgen.quant import quantize_linear
 
@@ -78,6 +83,98 @@ def forced_logits(gen: FastGenerator, prompt: list[int], tokens: list[int]) -> t
     return torch.stack(steps)
 
 
+def serve_quantized(b: Bench, model: Any, shape: dict[str, int], args: argparse.Namespace) -> None:
+    """``llm.quantization`` end to end: the random model saved as a checkpoint, then loaded by HFChatModel.load as
+    bf16, int8 and int4 (first start: quantize + write the cache; second start: from the cache), each timed for
+    load, peak GPU memory while loading, warm-up, decode rate and time to the first piece of a 2,000-token prompt
+    through ``stream`` vs the bare decoder's prefill (same model, same process)."""
+    from bench.decode import chat_tokenizer, serve_time
+    from rag.core.config import LLMConfig
+    from rag.llm.base import GenerationConfig
+    from rag.llm.hf.model import HFChatModel
+
+    root = Path(args.checkpoint_dir)
+    folder, cache = root / "glm6b-random", root / "cache"
+    tokenizer = chat_tokenizer(shape["vocab_size"])
+
+    def save() -> dict[str, Any]:
+        t = time.perf_counter()
+        model.generation_config.eos_token_id = [tokenizer.eos_token_id]
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return {"save_s": round(time.perf_counter() - t, 1), "folder_gb": round(sum(
+            f.stat().st_size for f in folder.iterdir()) / 1e9, 2)}
+
+    b.run("checkpoint", save)
+    rng = random.Random(3)
+    short = [Message("user", "".join(chr(rng.randrange(0x4E00, 0x9FA6)) for _ in range(200)))]
+    long = [Message("user", "".join(chr(rng.randrange(0x4E00, 0x9FA6)) for _ in range(1990)))]
+
+    def one(kind: str, start: str) -> Any:
+        def go() -> dict[str, Any]:
+            gc.collect()
+            torch.cuda.empty_cache()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            chat = HFChatModel.load(LLMConfig(model=str(folder), quantization=kind, device="cuda", dtype="bfloat16",
+                                              cache_dir=str(cache), context_window=8192, max_new_tokens=128))
+            load_s = time.perf_counter() - t
+            load_peak = (torch.cuda.max_memory_allocated() - before) / 2**30
+            t = time.perf_counter()
+            chat.warm_up()
+            warm_s = time.perf_counter() - t
+            try:
+                rate = serve_time(chat, short, GenerationConfig(max_new_tokens=128, temperature=0.0), runs=3)
+                first = serve_time(chat, long, GenerationConfig(max_new_tokens=4, temperature=0.0), runs=5)
+                bare = chat._decoder.generator
+                ids = chat.encode_messages(long)
+                prefill = fast_time(bare, [ids], 4, runs=5)["ttft_ms"] if bare is not None else None
+                return {"origin": chat.origin, "load_s": round(load_s, 1), "load_peak_gib": round(load_peak, 2),
+                        "resident_gib": round((torch.cuda.memory_allocated() - before) / 2**30, 2),
+                        "warm_up_s": round(warm_s, 1), "decode_tok_s": rate["decode_tok_s"],
+                        "ttft_2000_tokens_ms": first["ttft_ms"], "bare_prefill_2000_tokens_ms": prefill,
+                        "stream_overhead_ms": round(first["ttft_ms"] - prefill, 1) if prefill else None,
+                        "prompt_tokens": len(ids), "fast_decode": chat.info().extra["fast_decode"]}
+            finally:
+                del chat
+        return go
+
+    for kind, start in (("", "first"), ("int4", "first"), ("int4", "cached"), ("int8", "first"), ("int8", "cached")):
+        b.run(f"serve_{kind or 'bf16'}_{start}", one(kind, start), needs_s=40)
+    rates = {k: RESULTS.get(f"serve_{k}_first", {}).get("decode_tok_s") for k in ("bf16", "int8", "int4")}
+    b.emit("serve_summary", **{f"{k}_tok_s": v for k, v in rates.items()},
+           int8_over_bf16=round(rates["int8"] / rates["bf16"], 2) if rates["int8"] and rates["bf16"] else None,
+           int4_over_bf16=round(rates["int4"] / rates["bf16"], 2) if rates["int4"] and rates["bf16"] else None,
+           int4_load_first_vs_cached_s=[RESULTS.get(f"serve_int4_{s}", {}).get("load_s") for s in ("first", "cached")])
+
+
+def kernel_profile(gen: FastGenerator, vocab: int, steps: int = 64) -> dict[str, Any]:
+    """Where a decode step's GPU time goes: kernels of ``steps`` graph replays (an 8-token prompt, so prefill is
+    negligible) by total time per token, and the busy share (kernel time / wall time per token)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prompt = prompt_of(8, vocab, 5)
+    list(gen.generate(prompt, max_new_tokens=40))  # capture
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        list(gen.generate(prompt, max_new_tokens=steps))
+        torch.cuda.synchronize()
+    wall_us = (time.perf_counter() - t0) * 1e6 / steps
+    rows = []
+    for event in prof.key_averages():
+        total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if total and event.key and not event.key.startswith(("cudaGraphLaunch", "Memcpy", "Memset")):
+            rows.append((total / steps, event.count / steps, event.key[:90]))
+    rows.sort(reverse=True)
+    busy = sum(r[0] for r in rows)
+    return {"steps": steps, "wall_us_per_token_profiled": round(wall_us, 1), "kernel_us_per_token": round(busy, 1),
+            "kernels_per_token": round(sum(r[1] for r in rows), 1),
+            "top": [{"us_per_token": round(t, 1), "calls_per_token": round(c, 2), "kernel": k} for t, c, k in rows[:14]],
+            "note": "kernels inside CUDA graphs as CUPTI reports them; wall time includes the profiler's overhead"}
+
+
 def agreement(tokens: list[int], reference: list[int]) -> dict[str, Any]:
     prefix = next((i for i, (a, b) in enumerate(zip(tokens, reference, strict=False)) if a != b), len(tokens))
     same = sum(a == b for a, b in zip(tokens, reference, strict=False)) / max(1, len(reference))
@@ -93,6 +190,10 @@ def main() -> None:
     parser.add_argument("--forced-steps", type=int, default=8, help="teacher-forced logit comparisons")
     parser.add_argument("--deadline-s", type=float, default=560.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--serve", action="store_true",
+                        help="only llm.quantization through HFChatModel.load/stream: bf16, int8, int4, first and cached "
+                             "start (writes a ~12.5 GB checkpoint and the caches under --checkpoint-dir; CUDA)")
+    parser.add_argument("--checkpoint-dir", default="/tmp/decode_quant_serve")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
@@ -113,6 +214,9 @@ def main() -> None:
     prompt = prompt_of(args.prompt_tokens, shape["vocab_size"], 1)
     embed_bytes = model.get_input_embeddings().weight.nbytes
     bf16_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed_bytes
+    if args.serve:
+        serve_quantized(b, model, shape, args)
+        return
     b.run("kernels", lambda: kernels(model, device, dtype))
     ref: dict[str, Any] = {}
 
@@ -150,6 +254,10 @@ def main() -> None:
         return go
 
     b.run("bf16", variant("bf16"))
+    b.run("bf16_separate_qkv", variant("bf16_separate_qkv", fuse_qkv=False), needs_s=60)
+    if cuda:
+        b.run("profile_bf16", lambda: kernel_profile(FastGenerator(model, max_batch=1, max_len=4096, backend=backend),
+                                                     shape["vocab_size"]), needs_s=60)
     b.run("int8", variant("int8", quantize="int8"), needs_s=60)
 
     def int8_lora() -> dict[str, Any]:

@@ -343,7 +343,7 @@ def test_out_of_memory_becomes_one_clear_error_and_frees_the_model(chat: HFChatM
     with monkeypatch.context() as patch:
         patch.setattr(chat.model, "generate", oom)
         with pytest.raises(GPUOutOfMemoryError, match=r"^the GPU ran out of memory while answering \(prompt \d+ "
-                           r"tokens, max_new_tokens 12\); its cache was freed\. .*llm.quantization=4bit$"):
+                           r"tokens, max_new_tokens 12\); its cache was freed\. .*llm.quantization=int4$"):
             list(chat.stream(prompt))
     assert chat.generate(prompt) == good != "" and chat.queue_depth() == 0
 
@@ -366,7 +366,7 @@ def test_out_of_memory_while_loading_names_the_fix(tiny_llama: Path, monkeypatch
     with pytest.raises(GPUOutOfMemoryError) as info:
         load(tiny_llama)
     assert str(info.value) == (f"not enough memory on cpu to load {tiny_llama} in float32; free the GPU, or set "
-                               "llm.quantization=4bit (about a quarter of the memory)")
+                               "llm.quantization=int4 (about a third of the memory)")
 
 
 def test_other_generation_errors_pass_through(chat: HFChatModel, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -414,7 +414,7 @@ def test_auto_dtype_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_quantization_needs_bitsandbytes_and_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     assert quantization_config("", "cpu", torch.float32) is None
-    with pytest.raises(ConfigError, match=r"^llm.quantization='3bit' is not one of '', 4bit, 8bit$"):
+    with pytest.raises(ConfigError, match=r"^llm.quantization='3bit' is not one of '', int8, int4, nf4, 4bit, 8bit$"):
         quantization_config("3bit", "cuda", torch.float16)
     monkeypatch.setattr(hf_load.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"^llm.quantization=4bit needs bitsandbytes: pip install bitsandbytes"):

@@ -29,7 +29,7 @@ fusion in :mod:`rag.llm.fastgen.ops`; this module is the generator: static cache
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -42,12 +42,13 @@ from rag.llm.fastgen.ops import (
     compiled,
     fuse_lora,
     gated,
+    lora_active,
     lora_mm,
     lora_sum,
     rms_norm,
 )
 from rag.llm.fastgen.quant import KINDS as QUANT_KINDS
-from rag.llm.fastgen.quant import QuantLinear, quantize_model_linears
+from rag.llm.fastgen.quant import QuantLinear, concat_quant, quantize_served, served_linears
 
 SUPPORTED_MODEL_TYPES = ("glm", "llama", "qwen2", "mistral")
 BACKENDS = ("auto", "graph", "eager", "hf")
@@ -72,11 +73,17 @@ class FastGenerator:
             stay unmerged and switchable. Needs ``fuse_lora`` and plain LoRA adapters.
         release_weights: with ``quantize``, free the model's own copies of those weights (the memory saving; the
             model can then only answer through this generator).
+        fuse_qkv: serve each layer's q, k and v projections as one matrix (their weights become views of it, so no
+            memory is added; quantized, one extra copy of q/k/v): one GEMV instead of three per layer and token,
+            the k and v ones being small and far from the memory bandwidth.
+        quantized: with ``quantize``, the quantized copies already made (by name, see
+            :func:`rag.llm.fastgen.quant.quantize_served`), e.g. loaded from the cache of :mod:`rag.llm.hf.quantized`.
     """
 
     def __init__(self, model: Any, max_batch: int = 1, max_len: int = 4096, *, backend: str = "auto",
                  compile: bool = True, attention: str = "auto", chunk_tokens: int = 16, fuse_lora: bool = True,
-                 quantize: str = "", release_weights: bool = False) -> None:
+                 quantize: str = "", release_weights: bool = False, fuse_qkv: bool = True,
+                 quantized: Mapping[str, QuantLinear] | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
         if quantize and quantize not in QUANT_KINDS:
@@ -137,24 +144,50 @@ class FastGenerator:
         self._fast = {**{k: compiled(f) for k, f in self._eager.items()}, "lora": compiled(lora_sum)} \
             if self.compile else self._eager
         if quantize:
-            self._quant = self._quantized(quantize, release_weights)
+            self._quant = self._quantized(quantize, release_weights, quantized)
+        self._cat = self._concatenated() if fuse_qkv else {}
         self._graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}
         self._state: tuple[Any, ...] = ("base",)  # adapter state of the current call
         self._lora: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = {}
 
-    def _quantized(self, kind: str, release: bool) -> dict[int, QuantLinear]:
-        """Quantized copies of every block linear (``kind``) and of the output layer (int8), by module id."""
-        def base(module: Any) -> Any:
-            return getattr(module, "base_layer", module)
+    def _quantized(self, kind: str, release: bool, made: Mapping[str, QuantLinear] | None) -> dict[int, QuantLinear]:
+        """Quantized copies of every block linear (``kind``) and of the output layer (int8), by module id: ``made``
+        (by name, from :func:`rag.llm.fastgen.quant.quantize_served` or its cache) or quantized here."""
+        modules = served_linears(self.lm)
+        if made is None:
+            made = quantize_served(self.lm, kind, release=release)
+        missing = sorted(set(modules) - set(made))
+        if missing:
+            raise ValueError(f"quantized weights are missing for {len(missing)} linears (e.g. {missing[0]}); "
+                             "they were made for another model")
+        return {id(module): made[name] for name, module in modules.items()}
 
-        blocks = {f"{i}.{name}": base(module) for i, layer in enumerate(self._layers)
-                  for name, module in layer.named_modules() if isinstance(base(module), torch.nn.Linear)
-                  and "lora_" not in name and not name.endswith("base_layer")}
-        quant = quantize_model_linears(blocks, kind, release=release)
-        head = self.lm.get_output_embeddings()
-        if head.weight.data_ptr() != self._embed.weight.data_ptr():  # a tied output layer stays as it is
-            quant.update(quantize_model_linears({"lm_head": head}, "int8", release=release))
-        return quant
+    def _concatenated(self) -> dict[tuple[int, ...], tuple[Any, torch.Tensor | None, list[int]]]:
+        """Per layer, by the ids of its q/k/v base linears: (one weight [sum out, in] or one QuantLinear, the biases
+        together or None, the widths). Plain weights are moved into the joined matrix and left as views of it."""
+        out: dict[tuple[int, ...], tuple[Any, torch.Tensor | None, list[int]]] = {}
+        for layer in self._layers:
+            attn = layer.self_attn
+            bases = [getattr(m, "base_layer", m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+            widths = [b.out_features for b in bases]
+            if not all(isinstance(b, torch.nn.Linear) for b in bases) or \
+                    len({b.bias is None for b in bases}) != 1:
+                continue
+            bias = None if bases[0].bias is None else torch.cat([b.bias.detach() for b in bases])
+            if self._quant:
+                parts = [self._quant[id(b)] for b in bases]
+                if len({(p.kind, p.group) for p in parts}) != 1:
+                    continue
+                out[tuple(map(id, bases))] = (concat_quant(parts), bias, widths)
+                continue
+            weight = torch.cat([b.weight.detach() for b in bases])
+            for b, piece in zip(bases, weight.split(widths), strict=True):
+                b.weight.data = piece  # the model's own forward reads the same numbers, stored once
+            if bias is not None:
+                for b, piece in zip(bases, bias.split(widths), strict=True):
+                    b.bias.data = piece
+            out[tuple(map(id, bases))] = (weight, bias, widths)
+        return out
 
     @property
     def weight_bytes(self) -> int:
@@ -184,8 +217,13 @@ class FastGenerator:
         if key not in self._lora:
             self._lora[key] = self._fused_lora(modules)
         fused = self._lora[key]
-        if fused is None:
-            return [self._plain(m, x) for m in modules]
+        cat = self._cat.get(tuple(id(getattr(m, "base_layer", m)) for m in modules)) if len(modules) > 1 else None
+        if cat is not None and (fused is not None or not any(lora_active(m) for m in modules)):
+            return self._joined(fns, cat, fused, x)
+        if fused is None:  # not fusable as a group (e.g. LoRA on q and v, not k): each module on its own
+            if len(modules) > 1:
+                return [self._linears(fns, [m], x)[0] for m in modules]
+            return [self._plain(modules[0], x)]
         a_cat, b_block, bias = fused
         flat = x.reshape(-1, x.shape[-1])
         delta = fns["lora"](flat, a_cat, b_block, bias)  # bias + sum of scaled B(A x): [M, sum out]
@@ -199,6 +237,19 @@ class FastGenerator:
             outs.append(out.view(*x.shape[:-1], width))
             offset += width
         return outs
+
+    def _joined(self, fns: dict[str, Any], cat: tuple[Any, torch.Tensor | None, list[int]],
+                fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, x: torch.Tensor) -> list[torch.Tensor]:
+        """q, k and v through their joined weight (one GEMV), plus the fused LoRA delta when adapters are on."""
+        weight, bias, widths = cat
+        flat = x.reshape(-1, x.shape[-1])
+        if fused is None:
+            out = weight(flat) if isinstance(weight, QuantLinear) else F.linear(flat, weight, bias)
+        else:  # the delta carries the biases
+            delta = fns["lora"](flat, *fused)
+            out = weight(flat, with_bias=False) + delta if isinstance(weight, QuantLinear) else \
+                torch.addmm(delta, flat, weight.t())
+        return [part.view(*x.shape[:-1], part.shape[-1]) for part in out.split(widths, dim=-1)]
 
     def _plain(self, module: Any, x: torch.Tensor) -> torch.Tensor:
         """``module(x)`` for a linear whose LoRA (if any) is not fused: through its quantized copy when it has one."""

@@ -53,6 +53,13 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return _COMPILED[fn]
 
 
+def lora_active(module: Any) -> bool:
+    """Whether a (peft LoRA) linear adds an adapter to its base layer's output now (a plain linear: never)."""
+    if not hasattr(module, "lora_A") or module.disable_adapters:
+        return False
+    return bool(module.merged) or any(a in module.lora_A for a in module.active_adapters)
+
+
 def fuse_lora(modules: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """For peft LoRA linears sharing one input: (A [sum r, in], scaled block-diagonal B [sum out, sum r], bias).
 

@@ -123,10 +123,31 @@ def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: str, 
     return layer
 
 
+def concat_quant(parts: list[QuantLinear]) -> QuantLinear:
+    """Layers of one kind and group that read the same input, as one layer whose outputs are theirs side by side
+    (int8 rows keep their scales; int4 values are joined unpacked and packed again)."""
+    first = parts[0]
+    bias = None if any(p.bias is None for p in parts) else torch.cat([p.bias for p in parts])  # type: ignore[misc]
+    out_features = sum(p.out_features for p in parts)
+    if first.kind == "int8":
+        return QuantLinear("int8", first.in_features, out_features, torch.cat([p.qweight for p in parts]),
+                           torch.cat([p.scales for p in parts]), bias)
+    values = torch.cat([unpack_int4(p) if p.packed else p.qweight for p in parts])
+    layer = QuantLinear("int4", first.in_features, out_features, values, torch.cat([p.scales for p in parts], dim=1),
+                        bias, group=first.group)
+    if first.packed:
+        layer.qweight, layer.packed = pack_int4(values), True
+    return layer
+
+
+def nibble_pairs(q: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[out, in]`` values 0..15 -> uint8 ``[out, in / 2]``, two values a byte, high nibble first."""
+    return (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+
+
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[out, in]`` values 0..15 -> tinygemm's packed CUDA layout (two values a byte, high nibble first)."""
-    pairs = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
-    return torch._convert_weight_to_int4pack(pairs.contiguous(), INT4_INNER_K_TILES)
+    """uint8 ``[out, in]`` values 0..15 -> tinygemm's packed CUDA layout (from :func:`nibble_pairs`)."""
+    return torch._convert_weight_to_int4pack(nibble_pairs(q).contiguous(), INT4_INNER_K_TILES)
 
 
 def unpack_int4(layer: QuantLinear) -> torch.Tensor:
@@ -138,16 +159,43 @@ def unpack_int4(layer: QuantLinear) -> torch.Tensor:
     return (raw.t().float() + 8).round().to(torch.uint8)
 
 
-def quantize_model_linears(modules: dict[str, Any], kind: str, group: int = INT4_GROUP,
-                           release: bool = False) -> dict[int, QuantLinear]:
-    """``{name: nn.Linear}`` -> ``{id(module): QuantLinear}``; with ``release`` each module's bf16 weight is freed (the
-    model can then only run through the fast decoder, which reads the quantized copies)."""
-    out: dict[int, QuantLinear] = {}
-    for module in modules.values():
-        out[id(module)] = quantize_linear(module.weight, module.bias, kind, group)
+LM_HEAD = "lm_head"  # the output layer's name in :func:`served_linears`; always int8 (int4 costs it too much)
+
+
+def served_linears(lm: Any) -> dict[str, Any]:
+    """``{name: nn.Linear}`` of every linear the fast decoder serves quantized: the decoder layers' linears (a LoRA
+    wrapper seen through to its base layer; names as in the plain model's ``state_dict`` without ``.weight``) and the
+    output layer (:data:`LM_HEAD`) unless it is tied to the input embeddings."""
+    def base(module: Any) -> Any:
+        return getattr(module, "base_layer", module)
+
+    out = {f"model.layers.{i}.{name}": base(module) for i, layer in enumerate(lm.model.layers)
+           for name, module in layer.named_modules() if isinstance(base(module), torch.nn.Linear)
+           and "lora_" not in name and not name.endswith("base_layer")}
+    head = lm.get_output_embeddings()
+    if head.weight is not lm.model.embed_tokens.weight:  # a tied output layer stays as it is (same Parameter)
+        out[LM_HEAD] = head
+    return out
+
+
+def quantize_served(lm: Any, kind: str, *, release: bool, device: torch.device | str | None = None,
+                    group: int = INT4_GROUP) -> dict[str, QuantLinear]:
+    """``{name: QuantLinear}`` for :func:`served_linears` of ``lm`` (the output layer int8), made on ``device`` (default:
+    where each weight is). A model loaded on the CPU is quantized one layer at a time on the GPU this way, so the GPU
+    never holds the bf16 weights; with ``release`` each bf16 weight is freed (left as an empty tensor on ``device``)."""
+    if kind not in KINDS:
+        raise ValueError(f"quantize={kind!r} is not one of {', '.join(KINDS)}")
+    out: dict[str, QuantLinear] = {}
+    for name, module in served_linears(lm).items():
+        target = torch.device(device) if device is not None else module.weight.device
+        bias = module.bias.detach().to(target) if module.bias is not None else None
+        out[name] = quantize_linear(module.weight.detach().to(target), bias, "int8" if name == LM_HEAD else kind,
+                                    group)
         if release:
-            module.weight.data = torch.empty(0, dtype=module.weight.dtype, device=module.weight.device)
-    if release and any(m.device.type == "cuda" for m in (q.qweight for q in out.values())):
+            module.weight.data = torch.empty(0, dtype=module.weight.dtype, device=target)
+            if module.bias is not None:
+                module.bias.data = bias  # type: ignore[assignment]
+    if release and torch.device(device or "cpu").type == "cuda":
         torch.cuda.empty_cache()
     return out
 
@@ -189,3 +237,33 @@ def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias
     _int8_gemv_kernel[grid](x, qweight, scales, bias if bias is not None else scales, out, out_features, in_features,
                             HAS_BIAS=bias is not None)
     return out
+
+
+# ---- a portable on-disk form (the quantized checkpoint cached beside the native conversion) ----
+
+def portable_tensors(name: str, layer: QuantLinear) -> dict[str, torch.Tensor]:
+    """``layer`` as plain CPU tensors under ``name.*``: int4 is stored as two values a byte (high nibble first), not in
+    tinygemm's packing, which is a CUDA kernel detail that may change between PyTorch versions."""
+    q = unpack_int4(layer) if layer.kind == "int4" and layer.packed else layer.qweight
+    if layer.kind == "int4":
+        q = nibble_pairs(q)
+    out = {f"{name}.qweight": q.cpu().contiguous(), f"{name}.scales": layer.scales.cpu().contiguous(),
+           f"{name}.shape": torch.tensor([layer.in_features, layer.out_features, layer.group])}
+    if layer.bias is not None:
+        out[f"{name}.bias"] = layer.bias.cpu().contiguous()
+    return out
+
+
+def from_portable(tensors: dict[str, torch.Tensor], name: str, device: torch.device | str) -> QuantLinear:
+    """The inverse of :func:`portable_tensors`, on ``device`` (int4 re-packed for tinygemm on CUDA)."""
+    in_features, out_features, group = (int(v) for v in tensors[f"{name}.shape"])
+    q = tensors[f"{name}.qweight"].to(device)
+    scales = tensors[f"{name}.scales"].to(device)
+    bias = tensors[f"{name}.bias"].to(device) if f"{name}.bias" in tensors else None
+    if not group:
+        return QuantLinear("int8", in_features, out_features, q, scales, bias)
+    values = torch.stack([q >> 4, q & 15], dim=-1).view(out_features, in_features)
+    layer = QuantLinear("int4", in_features, out_features, values, scales, bias, group=group)
+    if torch.device(device).type == "cuda":
+        layer.qweight, layer.packed = pack_int4(values), True
+    return layer

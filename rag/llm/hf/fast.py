@@ -33,19 +33,31 @@ class FastDecoder:
         model_id: for the log.
         context_window: the generator's cache length.
         tokenizer: the chat model's tokenizer (to tell stop tokens with text from silent ones).
+        quantize: ``int8`` | ``int4`` when the model's linears are served quantized (``quantized``, by name; their
+            own weights are freed): every request goes through the fast decoder, which has no fallback then.
     """
 
-    def __init__(self, mode: str, *, model_id: str, context_window: int, tokenizer: Any) -> None:
+    def __init__(self, mode: str, *, model_id: str, context_window: int, tokenizer: Any, quantize: str = "",
+                 quantized: dict[str, Any] | None = None) -> None:
         if mode not in FAST_DECODE:
             raise ConfigError(f"llm.fast_decode={mode!r} is not one of {', '.join(FAST_DECODE)}")
+        if quantize and mode == "off":
+            raise ConfigError(f"llm.quantization={quantize} is served by the fast decoder; llm.fast_decode=off "
+                              "cannot be combined with it")
         self.mode, self.model_id, self.context_window = mode, model_id, context_window
         self.tokenizer = tokenizer
+        self.quantize, self.quantized = quantize, quantized
         self.generator: Any = None  # the FastGenerator, built by the first request that uses it (under the FIFO turn)
         self.warm: set[tuple[str | None, bool]] = set()  # (adapter, sampling) states whose graph is captured
         self.failure = ""  # why fast_decode=auto gave up on the fast decoder (warned once)
 
     def wanted(self, gen: GenerationConfig, *, device: str, quantized: bool, model_type: str) -> bool:
         """Whether this request goes through the fast decoder (decided before queueing; see ``llm.fast_decode``)."""
+        if self.quantize:
+            if gen.repetition_penalty != 1.0:
+                raise ConfigError(f"llm.quantization={self.quantize} answers through the fast decoder, which cannot "
+                                  f"apply repetition_penalty={gen.repetition_penalty}; set llm.repetition_penalty=1.0")
+            return True
         if self.mode == "off" or self.failure:
             return False
         if gen.repetition_penalty != 1.0:  # FastGenerator samples from the raw logits
@@ -77,7 +89,8 @@ class FastDecoder:
         if self.generator is None:
             from rag.llm.fastgen.generator import FastGenerator
 
-            self.generator = FastGenerator(model, max_batch=1, max_len=self.context_window, backend=backend)
+            self.generator = FastGenerator(model, max_batch=1, max_len=self.context_window, backend=backend,
+                                           quantize=self.quantize, quantized=self.quantized)
             logger.info("fast decoder for %s: %s", self.model_id, self.state())
         if (adapter, sample) not in self.warm:  # first use: capture (and the first time, compile) the step
             for _ in self.generator.generate(probe, max_new_tokens=2, temperature=1.0 if sample else 0.0):
@@ -108,9 +121,13 @@ class FastDecoder:
                 fast = self._warmed(model, backend, adapter, gen.temperature > 0, ids[:8])
         except Exception as exc:  # no compiler, a layer it cannot run, a graph capture that failed, ...
             self.drop()
-            if self.mode == "on":
-                error = RagError(f"llm.fast_decode=on, but the fast decoder could not be set up ({type(exc).__name__}: "
-                                 f"{exc}); set llm.fast_decode=auto to answer with transformers' generate instead")
+            if self.quantize or self.mode == "on":  # quantized: the model's own weights are gone, nothing else can answer
+                why = f"{type(exc).__name__}: {exc}"
+                error = RagError(
+                    f"llm.quantization={self.quantize} needs the fast decoder, which could not be set up ({why}); set "
+                    "llm.quantization=nf4 or empty" if self.quantize else
+                    f"llm.fast_decode=on, but the fast decoder could not be set up ({why}); set llm.fast_decode=auto "
+                    "to answer with transformers' generate instead")
                 error.__cause__ = exc
                 failure.append(error)
                 streamer.end()

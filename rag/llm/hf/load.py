@@ -10,8 +10,10 @@ Out-of-memory recognition is here too: loading and generating both turn a full G
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +26,20 @@ from rag.models.ids import is_model_folder
 
 logger = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("", "4bit", "8bit")
+QUANTIZATIONS = ("", "int8", "int4", "nf4", "4bit", "8bit")
+BNB_QUANTIZATIONS = ("nf4", "4bit", "8bit")  # bitsandbytes (transformers' forward); int8/int4: rag.llm.hf.quantized
 
 
 class GPUOutOfMemoryError(RagError):
     """The accelerator ran out of memory while answering; its cache has been freed."""
 
 
-
-
-
-
 def quantization_config(kind: str, device: str, compute_dtype: Any) -> Any:
     """A ``BitsAndBytesConfig`` for ``llm.quantization`` (None when empty); clear errors when it cannot work here."""
-    if not kind:
-        return None
     if kind not in QUANTIZATIONS:
-        raise ConfigError(f"llm.quantization={kind!r} is not one of '', 4bit, 8bit")
+        raise ConfigError(f"llm.quantization={kind!r} is not one of '', {', '.join(QUANTIZATIONS[1:])}")
+    if kind not in BNB_QUANTIZATIONS:
+        return None
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError(f"llm.quantization={kind} needs bitsandbytes: pip install bitsandbytes "
                           "(or set llm.quantization= to load the model unquantised)")
@@ -92,12 +91,6 @@ def chat_template_for(tokenizer: Any) -> tuple[str, Any]:
                                 "use a chat (instruct) model, not a base model")
 
 
-
-
-
-
-
-
 def load_pretrained(cfg: LLMConfig, network: bool = True) -> tuple[Any, Any, str, str, Any]:
     """(model, tokenizer, origin, device, dtype) for ``cfg``: resolved, converted and loaded as
     :meth:`rag.llm.hf.model.HFChatModel.load` describes (which wraps them into the chat model).
@@ -109,6 +102,20 @@ def load_pretrained(cfg: LLMConfig, network: bool = True) -> tuple[Any, Any, str
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    folder, origin, trust, device, dtype = resolve(cfg, network)
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "trust_remote_code": trust}
+    if (quant := quantization_config(cfg.quantization, device, dtype)) is not None:
+        kwargs["quantization_config"] = quant
+    if device != "cpu":
+        kwargs["device_map"] = {"": device}  # weights go straight to the accelerator, not via host memory
+    with load_errors(cfg, folder, device, dtype):
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    return model, tokenizer, origin, device, dtype
+
+
+def resolve(cfg: LLMConfig, network: bool = True) -> tuple[Path, str, bool, str, Any]:
+    """(folder to load, origin, remote code allowed, device, dtype) for ``cfg``: found, converted, checked."""
     trust = remote_code_allowed(cfg)
     path, origin = hub.resolve_model(cfg.model, revision=cfg.revision, source=cfg.source,
                                      modelscope_id=cfg.modelscope_id, cache_dir=cfg.cache_dir,
@@ -118,14 +125,15 @@ def load_pretrained(cfg: LLMConfig, network: bool = True) -> tuple[Any, Any, str
     trust = trust and folder == path  # the native copy has no code of its own
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "trust_remote_code": trust}
-    if (quant := quantization_config(cfg.quantization, device, dtype)) is not None:
-        kwargs["quantization_config"] = quant
-    if device != "cpu":
-        kwargs["device_map"] = {"": device}  # weights go straight to the accelerator, not via host memory
+    quantization_config(cfg.quantization, device, dtype)  # a setting that cannot work here fails before any loading
+    return folder, origin, trust, device, dtype
+
+
+@contextlib.contextmanager
+def load_errors(cfg: LLMConfig, folder: Path, device: str, dtype: Any) -> Iterator[None]:
+    """Loading errors as the project's errors, each naming the fix."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        yield
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise ConfigError(
@@ -141,6 +149,5 @@ def load_pretrained(cfg: LLMConfig, network: bool = True) -> tuple[Any, Any, str
             raise
         raise GPUOutOfMemoryError(
             f"not enough memory on {device} to load {cfg.model} in {str(dtype).removeprefix('torch.')}; "
-            "free the GPU, or set llm.quantization=4bit (about a quarter of the memory)"
+            "free the GPU, or set llm.quantization=int4 (about a third of the memory)"
         ) from exc
-    return model, tokenizer, origin, device, dtype

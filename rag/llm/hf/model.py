@@ -35,12 +35,22 @@ from typing import Any
 # ``x``: re-exported, finetune / rag.cli.models / rag.embed.embedder / tests import these from here
 from rag.core.config import LLMConfig
 from rag.core.device import is_oom, release_memory
-from rag.core.errors import RagError
+from rag.core.errors import ConfigError, RagError
 from rag.core.fifo import FifoTurns
+from rag.core.paths import cache_root
+from rag.core.serial import SerialWorker
 from rag.core.types import Hit, Message
 from rag.llm.base import GenerationConfig, ModelInfo
 from rag.llm.hf.fast import FastDecoder
-from rag.llm.hf.load import GPUOutOfMemoryError, chat_template_for, load_pretrained
+from rag.llm.hf.load import (
+    BNB_QUANTIZATIONS,
+    GPUOutOfMemoryError,
+    chat_template_for,
+    load_errors,
+    load_pretrained,
+    resolve,
+)
+from rag.llm.hf.quantized import FAST_QUANTIZATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +72,7 @@ class HFChatModel:
 
     def __init__(self, model: Any, tokenizer: Any, *, model_id: str, revision: str = "", context_window: int = 0,
                  default_gen: GenerationConfig | None = None, origin: str = "", quantization: str = "",
-                 fast_decode: str = "auto") -> None:
+                 fast_decode: str = "auto", quantized: dict[str, Any] | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id, self.revision, self.origin, self.quantization = model_id, revision, origin, quantization
@@ -76,7 +86,9 @@ class HFChatModel:
         self._tokenizer_lock = threading.Lock()  # fast tokenizers raise "Already borrowed" when shared unguarded
         self.fast_decode = fast_decode
         self._decoder = FastDecoder(fast_decode, model_id=model_id, context_window=self.context_window,
-                                    tokenizer=tokenizer)
+                                    tokenizer=tokenizer, quantize=quantization if quantized is not None else "",
+                                    quantized=quantized)
+        self._worker = SerialWorker("hf-generate")  # one long-lived generation thread (see _stream_ids)
 
     # --- loading ------------------------------------------------------------------------------------------------
 
@@ -89,10 +101,27 @@ class HFChatModel:
             ModelUnavailableError: the model is nowhere to be had, or its folder does not load.
             ConfigError: a setting cannot work here (dtype, quantization without CUDA / bitsandbytes, remote code).
         """
-        model, tokenizer, origin, device, dtype = load_pretrained(cfg, network)
+        quantized: dict[str, Any] | None = None
+        if cfg.quantization in FAST_QUANTIZATIONS:  # weight-only int8/int4, served by the fast decoder
+            from transformers import AutoTokenizer
+
+            from rag.llm.hf import quantized as fast_quant
+
+            folder, origin, trust, device, dtype = resolve(cfg, network)
+            fast_quant.check_device(cfg.quantization, device)
+            if cfg.fast_decode == "off":
+                raise ConfigError(f"llm.quantization={cfg.quantization} is served by the fast decoder; it cannot be "
+                                  "combined with llm.fast_decode=off (use auto, or llm.quantization=nf4)")
+            with load_errors(cfg, folder, device, dtype):
+                tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust)
+                model, quantized, how = fast_quant.load(folder, cfg.quantization, device, dtype,
+                                                        cache_root(cfg.cache_dir), trust)
+            origin = f"{origin}; {cfg.quantization} weights {'from the cache' if how == 'cache' else 'quantized now'}"
+        else:
+            model, tokenizer, origin, device, dtype = load_pretrained(cfg, network)
         chat = cls(model, tokenizer, model_id=cfg.model, revision=cfg.revision, context_window=cfg.context_window,
                    default_gen=GenerationConfig.from_llm(cfg), origin=origin, quantization=cfg.quantization,
-                   fast_decode=cfg.fast_decode)
+                   fast_decode=cfg.fast_decode, quantized=quantized)
         logger.info("loaded %s from %s on %s (%s), template %s", cfg.model, origin, device, dtype, chat.template_name)
         if cfg.adapter:
             from rag.llm.adapters import load_named_adapter
@@ -195,7 +224,8 @@ class HFChatModel:
 
     def _uses_fast(self, gen: GenerationConfig) -> bool:
         """Whether this request goes through the fast decoder (decided before queueing; see ``llm.fast_decode``)."""
-        return self._decoder.wanted(gen, device=str(self.model.device), quantized=bool(self.quantization),
+        return self._decoder.wanted(gen, device=str(self.model.device),
+                                    quantized=self.quantization in BNB_QUANTIZATIONS,
                                     model_type=getattr(self.base_config, "model_type", ""))
 
     def warm_up(self, adapter: str | None = None) -> bool:
@@ -284,9 +314,8 @@ class HFChatModel:
             finally:  # the worker frees the model: an abandoned generator that nobody closes cannot keep it
                 self._turns.release(ticket)
 
-        worker = threading.Thread(target=work, name="hf-generate", daemon=True)
         try:
-            worker.start()
+            done = self._worker.submit(work)
         except BaseException:
             self._turns.release(ticket)
             raise
@@ -296,8 +325,8 @@ class HFChatModel:
                     yield piece
         finally:  # normal end, an error, or the caller closed the generator: stop the worker at its next token
             cancel.set()
-            if threading.current_thread() is not worker:  # a generator collected on the worker thread: never join it
-                worker.join()
+            if not self._worker.is_current():  # a generator collected on the worker thread: never wait for itself
+                done.wait()
         if failure:
             exc = failure[0]
             if is_oom(exc):
@@ -305,6 +334,6 @@ class HFChatModel:
                     f"the GPU ran out of memory while answering (prompt {len(ids)} tokens, max_new_tokens "
                     f"{gen.max_new_tokens}); its cache was freed. Shorten the history or the retrieved context "
                     "(answer.history_tokens, answer.context_tokens), lower llm.max_new_tokens, or load the model "
-                    "with llm.quantization=4bit"
+                    "with llm.quantization=int4"
                 ) from exc
             raise exc
