@@ -3,7 +3,7 @@
 Stages (one JSON line each, then a summary with the ratios, all in one process on one GPU):
 
     kernels   each quantized linear kind on the GPU vs ``x @ dequantize().T`` (the Triton int8 GEMV at decode, the
-              dequantizing prefill path, PyTorch's tinygemm int4 kernel): relative error, so a packing or kernel
+              dequantizing prefill paths, the Triton int4 GEMV): relative error, so a packing or kernel
               mistake shows up here and not as "speed"
     bf16      FastGenerator on the model's own weights: decode tokens/s (batch 1), the reference tokens and logits
     int8      quantize="int8": tokens/s, logits vs bf16 (teacher-forced on the bf16 tokens: relative L2 per step),

@@ -123,7 +123,7 @@ class LLMConfig:
     revision: str = ""  # pin a hub revision (commit / tag); empty = the hub's default
     source: str = "auto"  # auto | local | modelscope | huggingface
     dtype: str = "auto"  # auto (bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU) | bfloat16 | float16 | float32
-    quantization: str = ""  # "" | 4bit | 8bit (bitsandbytes, for small GPUs)
+    quantization: str = ""  # "" | int8 | int4 (fast decoder, CUDA) | nf4 / 4bit / 8bit (bitsandbytes)
     device: str = "auto"
     fast_decode: str = "auto"  # auto (CUDA-graph decoder on CUDA for GLM/Llama/Qwen2, else off) | on | off
     adapter: str = ""  # default LoRA adapter name under adapters_dir; "" = the base model

@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from rag.llm.fastgen.generator import FastGenerator
-from rag.llm.fastgen.quant import int4_group_for, quantize_int4, quantize_int8, quantize_linear
+from rag.llm.fastgen.quant import (
+    int4_group_for,
+    nibble_pairs,
+    quantize_int4,
+    quantize_int8,
+    quantize_linear,
+    unpack_pairs,
+)
 
 PROMPT = [5, 17, 33, 8, 99, 64, 3, 120, 41]
 
@@ -52,11 +59,12 @@ def test_round_trip_error_is_at_most_half_a_step() -> None:
     assert torch.equal(layer.dequantize(), deq4.view(64, 256))
 
 
-def test_int4_takes_only_shapes_the_kernel_holds() -> None:
+def test_int4_takes_widths_a_group_size_divides() -> None:
     assert int4_group_for(4096, 13696 * 2) == 128
     assert int4_group_for(13696, 4096) == 128  # ChatGLM3-6B's down_proj: 107 groups
-    assert int4_group_for(4000, 4096) == 0  # K not a multiple of 128 (tinygemm's tiles): that layer stays int8
-    assert quantize_linear(torch.randn(16, 64), None, "int4").kind == "int8"
+    assert int4_group_for(4000, 4096) == 32  # the largest group size (128, 64, 32) that divides the width
+    assert quantize_linear(torch.randn(16, 64), None, "int4").group == 64
+    assert quantize_linear(torch.randn(16, 100), None, "int4").kind == "int8"  # no group size divides 100
     with pytest.raises(ValueError, match="quantize='int3' is not one of int8, int4"):
         quantize_linear(torch.randn(16, 64), None, "int3")
 
@@ -130,3 +138,30 @@ def test_quantize_errors_say_what_to_change() -> None:
         FastGenerator(model, backend="eager", quantize="int8", fuse_lora=False)
     with pytest.raises(ValueError, match="not backend='hf'"):
         FastGenerator(model, backend="hf", quantize="int8")
+
+
+def test_int4_is_stored_two_values_a_byte() -> None:
+    q = torch.randint(0, 16, (8, 64), dtype=torch.uint8)
+    pairs = nibble_pairs(q)
+    assert pairs.shape == (8, 32) and torch.equal(unpack_pairs(pairs), q)
+    assert int(pairs[0, 0]) == int(q[0, 0]) * 16 + int(q[0, 1])  # high nibble first
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_gpu_kernels_compute_what_the_quantized_numbers_stand_for(kind: str) -> None:
+    """The Triton GEMVs (decode rows) and the int4 dequantizing kernel (prefill) against ``x @ dequantize().T`` in
+    float32, on widths that are no multiple of any block size; bf16 inputs and outputs: ~0.3 % relative error."""
+    torch.manual_seed(0)
+    for out_features, in_features, group in ((4100, 13696, 128), (300, 4096, 64), (72, 96, 32)):
+        weight = torch.randn(out_features, in_features, device="cuda", dtype=torch.bfloat16)
+        bias = torch.randn(out_features, device="cuda", dtype=torch.bfloat16)
+        layer = quantize_linear(weight, bias, kind, group=group)
+        assert layer.kind == kind
+        reference = layer.dequantize(torch.float32)
+        for rows in (1, 3, 16, 40):  # GEMV up to 16 rows, then the dequantizing path
+            x = torch.randn(rows, in_features, device="cuda", dtype=torch.bfloat16)
+            want = x.float() @ reference.t() + bias.float()
+            got = layer(x).float()
+            assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows)
