@@ -203,7 +203,7 @@ def quantization_note(info: AdapterInfo, serving_quantization: str) -> str:
     """One line when the adapter was trained on a differently quantised base than the one serving it ("" if the
     same). Not a refusal: a QLoRA adapter works on the unquantised base and vice versa, answers differ slightly."""
     trained = info.metadata.base_quantization if info.metadata is not None else ""
-    if trained == serving_quantization:
+    if trained == serving_quantization or {trained, serving_quantization} == {"4bit", "nf4"}:  # nf4 is 4bit's name
         return ""
     trained_on, served_on = (f"{kind} quantised" if kind else "unquantised" for kind in (trained, serving_quantization))
     return (f"adapter {info.name} was trained on the {trained_on} base but is served on the {served_on} one; "

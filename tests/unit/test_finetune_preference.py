@@ -170,7 +170,7 @@ def test_registry_records_stage_and_notes_a_quantisation_mismatch(tmp_path: Path
     assert info.usable and info.metadata is not None
     assert (info.metadata.stage, info.metadata.reference_adapter, info.metadata.base_quantization) == (
         "dpo", "adapters/sft", "4bit")
-    assert quantization_note(info, "4bit") == ""
+    assert quantization_note(info, "4bit") == quantization_note(info, "nf4") == ""  # nf4 is 4bit by its name
     assert quantization_note(info, "") == (
         "adapter qlora was trained on the 4bit quantised base but is served on the unquantised one; answers may "
         "differ slightly from its evaluation (set llm.quantization=4bit to match)")
