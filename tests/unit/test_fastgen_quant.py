@@ -165,3 +165,9 @@ def test_gpu_kernels_compute_what_the_quantized_numbers_stand_for(kind: str) -> 
             want = x.float() @ reference.t() + bias.float()
             got = layer(x).float()
             assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows)
+            # a per-row addend instead of the bias (a fused LoRA delta, here a column slice of a wider tensor)
+            wide = torch.randn(rows, out_features + 8, device="cuda", dtype=torch.bfloat16)
+            addend = wide[:, 8:]
+            want = x.float() @ reference.t() + addend.float()
+            got = layer(x, add=addend).float()
+            assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows, "add")

@@ -233,7 +233,7 @@ class FastGenerator:
             width = base.out_features
             part = delta[:, offset : offset + width]
             quant = self._quant.get(id(base))
-            out = torch.addmm(part, flat, base.weight.t()) if quant is None else quant(flat, with_bias=False) + part
+            out = torch.addmm(part, flat, base.weight.t()) if quant is None else quant(flat, add=part)
             outs.append(out.view(*x.shape[:-1], width))
             offset += width
         return outs
@@ -247,7 +247,7 @@ class FastGenerator:
             out = weight(flat) if isinstance(weight, QuantLinear) else F.linear(flat, weight, bias)
         else:  # the delta carries the biases
             delta = fns["lora"](flat, *fused)
-            out = weight(flat, with_bias=False) + delta if isinstance(weight, QuantLinear) else \
+            out = weight(flat, add=delta) if isinstance(weight, QuantLinear) else \
                 torch.addmm(delta, flat, weight.t())
         return [part.view(*x.shape[:-1], part.shape[-1]) for part in out.split(widths, dim=-1)]
 

@@ -65,16 +65,25 @@ class QuantLinear:
             weight = ((groups - 8) * scale[..., None] + zero[..., None]).view(self.out_features, self.in_features)
         return weight if dtype is None else weight.to(dtype)
 
-    def __call__(self, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
-        bias = self.bias if with_bias else None
+    def __call__(self, x: torch.Tensor, with_bias: bool = True, add: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ w.T`` plus the bias (``with_bias``) or plus ``add`` ``[M, out]`` instead (a LoRA delta that already
+        holds the bias): on CUDA the GEMV kernels add it as they store, one kernel fewer per linear."""
+        bias = add if add is not None else self.bias if with_bias else None
         if x.device.type == "cuda" and HAS_TRITON:
             if x.shape[0] <= GEMV_MAX_ROWS:
                 if self.kind == "int8":
                     return int8_gemv(x, self.qweight, self.scales, bias)
                 return int4_gemv(x, self.qweight, self.scales, self.group, bias)
             if self.kind == "int4":
-                return F.linear(x, int4_dequantize(self.qweight, self.scales, self.group, x.dtype), bias)
-        return F.linear(x, self.dequantize(x.dtype), bias)
+                return linear_plus(x, int4_dequantize(self.qweight, self.scales, self.group, x.dtype), bias)
+        return linear_plus(x, self.dequantize(x.dtype), bias)
+
+
+def linear_plus(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias``, the bias a row ``[out]`` or one per input row ``[M, out]``."""
+    if bias is None or bias.dim() == 1:
+        return F.linear(x, weight, bias)
+    return torch.addmm(bias, x, weight.t())
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +199,7 @@ if HAS_TRITON:
                                               (8, 1024, 8), (2, 2048, 4), (4, 512, 2), (2, 1024, 2))],
                      key=["N", "K", "ROW_BUCKET"])
     @triton.jit
-    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, ROW_BUCKET, HAS_BIAS: tl.constexpr,
+    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, b_stride, out_ptr, N, K, ROW_BUCKET, HAS_BIAS: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # program (block of BLOCK_N output rows, row m of x): dot products of those weight rows with x[m]
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -204,9 +213,19 @@ if HAS_TRITON:
             w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0)
             acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
         acc = acc * tl.load(s_ptr + rows, mask=row_ok, other=0.0)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:  # a bias row (b_stride 0) or one addend row per input row
+            acc += tl.load(b_ptr + m * b_stride + rows, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + m * N + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+def addend_stride(bias: torch.Tensor | None) -> int:
+    """Row stride of what the GEMV kernels add: 0 for a bias ``[out]``, the row stride of an addend ``[M, out]``
+    (a column slice of a wider tensor is fine; its columns must be contiguous)."""
+    if bias is None or bias.dim() == 1:
+        return 0
+    if bias.stride(1) != 1:
+        raise ValueError("the addend's columns must be contiguous")
+    return bias.stride(0)
 
 
 def row_bucket(rows: int) -> int:
@@ -219,13 +238,13 @@ def row_bucket(rows: int) -> int:
 def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x [M, in] @ (qweight * scales).T + bias`` on CUDA, reading the int8 weights (not a dequantized copy)."""
     if not HAS_TRITON:
-        return F.linear(x, (qweight.float() * scales[:, None]).to(x.dtype), bias)
+        return linear_plus(x, (qweight.float() * scales[:, None]).to(x.dtype), bias)
     x = x.contiguous()
     rows, (out_features, in_features) = x.shape[0], qweight.shape
     out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows)  # noqa: E731
-    _int8_gemv_kernel[grid](x, qweight, scales, bias if bias is not None else scales, out, out_features, in_features,
-                            row_bucket(rows), HAS_BIAS=bias is not None)
+    _int8_gemv_kernel[grid](x, qweight, scales, bias if bias is not None else scales, addend_stride(bias), out,
+                            out_features, in_features, row_bucket(rows), HAS_BIAS=bias is not None)
     return out
 
 
@@ -237,7 +256,7 @@ if HAS_TRITON:
                                               (2, 1024, 2), (2, 2048, 4))],
                      key=["N", "K", "ROW_BUCKET", "GROUP"])
     @triton.jit
-    def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, ROW_BUCKET, GROUP: tl.constexpr,
+    def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, b_stride, out_ptr, N, K, ROW_BUCKET, GROUP: tl.constexpr,
                           HAS_BIAS: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # program (block of BLOCK_N output rows, row m of x). Per K block: the bytes [BLOCK_N, BLOCK_K / 2] hold the
@@ -266,8 +285,8 @@ if HAS_TRITON:
             scale = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
             zero = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32)
             acc += tl.sum(scale * dots + zero * xsum[None, :], axis=1)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:  # a bias row (b_stride 0) or one addend row per input row
+            acc += tl.load(b_ptr + m * b_stride + rows, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + m * N + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
 
     @triton.jit
@@ -295,8 +314,8 @@ def int4_gemv(x: torch.Tensor, pairs: torch.Tensor, scales: torch.Tensor, group:
     rows, out_features, in_features = x.shape[0], pairs.shape[0], pairs.shape[1] * 2
     out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows)  # noqa: E731
-    _int4_gemv_kernel[grid](x, pairs, scales, bias if bias is not None else scales, out, out_features, in_features,
-                            row_bucket(rows), GROUP=group, HAS_BIAS=bias is not None)
+    _int4_gemv_kernel[grid](x, pairs, scales, bias if bias is not None else scales, addend_stride(bias), out,
+                            out_features, in_features, row_bucket(rows), GROUP=group, HAS_BIAS=bias is not None)
     return out
 
 
