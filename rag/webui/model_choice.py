@@ -211,7 +211,8 @@ def load_choice_model(cfg: LLMConfig, choice: ModelChoice) -> LoadedModel:
         return LoadedModel(ExtractiveModel(), fallback_reason=str(exc))
 
 
-FAILURE_KINDS = ("unreachable", "key_refused", "no_such_model", "timeout", "not_a_model", "model_missing", "other")
+FAILURE_KINDS = ("unreachable", "key_refused", "no_such_model", "timeout", "not_a_model", "offline", "model_missing",
+                 "other")
 
 
 def explain_failure(lang: str, reason: str) -> str:
@@ -235,6 +236,8 @@ def failure_kind(reason: str) -> str:
         return "timeout"
     if "not a model folder" in text:
         return "not_a_model"
+    if "offline (" in text:
+        return "offline"
     if "not found:" in text or "cannot download" in text:
         return "model_missing"
     return "other"

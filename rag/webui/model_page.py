@@ -69,7 +69,8 @@ def describe(choice: ModelChoice, cfg: RagConfig, lang: str) -> str:
         return tr(lang, "what_local", model=f"`{choice.model}`")
     if choice.kind == "openai":
         return tr(lang, "what_openai", model=f"`{choice.model}`", url=f"`{choice.base_url}`")
-    return tr(lang, "what_config", model=f"`{cfg.llm.model}`")
+    model = "extractive" if cfg.llm.backend == "extractive" else cfg.llm.model
+    return tr(lang, "what_config", model=f"`{model}`")
 
 
 @st.cache_resource(show_spinner=False)
@@ -180,7 +181,7 @@ def download_progress(downloader: Downloader, lang: str, cfg: RagConfig, path: P
         st.button(tr(lang, "use_download"), key="use_download", type="primary",
                   on_click=_save, args=(path, ModelChoice("local", state.folder), lang, cfg))
     elif state.status == "failed":
-        st.error(tr(lang, "download_failed", why=markdown_literal(state.message)))
+        st.error(tr(lang, "download_failed", why=explain_failure(lang, state.message)))
     elif state.status == "cancelled":
         st.warning(tr(lang, "download_cancelled", done=human_bytes(state.done_bytes),
                       folder=markdown_literal(state.folder)))

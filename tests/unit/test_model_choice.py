@@ -131,6 +131,8 @@ def test_connect_failures_are_sorted_for_the_page(server: FakeOpenAI) -> None:
     assert explain_failure("zh", down.error).startswith("无法连接到服务（地址有误或服务未启动）。详情：")
     assert explain_failure("en", down.error).startswith("The server cannot be reached")
     assert not check_endpoint("localhost:1", "m").ok
+    assert failure_kind("cannot download x: offline (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE") == "offline"
+    assert failure_kind("language model x not found: no local folder, not in caches") == "model_missing"
 
 
 def test_a_chosen_endpoint_loads_or_falls_back_with_its_reason(server: FakeOpenAI) -> None:
