@@ -36,6 +36,9 @@ def keep_view() -> None:
     """Re-send the open view (对话 / 知识库 / 模型) with the new language's labels: the browser drops a radio's
     selection when its option labels change, although the page still shows that view."""
     st.session_state["view"] = st.session_state.get("view", "chat")
+    for key in ("model_kind", "download_source"):  # the model panel's choices drop the same way
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
 
 
 def main() -> None:

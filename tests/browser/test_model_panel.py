@@ -126,6 +126,14 @@ def test_connect_an_endpoint_answer_from_it_and_keep_it_after_a_reload(browser: 
     expect(main_area(page).get_by_test_id("stRadioOption").filter(has_text="OpenAI 兼容服务").locator("input")
            ).to_be_checked()
     expect(main_area(page).get_by_role("textbox", name="服务地址（URL）")).to_have_value(endpoint.url)
+    page.get_by_test_id("stSidebar").get_by_text("English", exact=True).click()  # the panel stays as it was
+    expect(main_area(page).get_by_test_id("stRadioOption").filter(has_text="OpenAI-compatible endpoint")
+           .locator("input")).to_be_checked()
+    expect(main_area(page)).to_contain_text("Backend: openai")
+    shot(page, "model_saved_en.png")
+    page.get_by_test_id("stSidebar").get_by_text("中文", exact=True).click()
+    expect(main_area(page).get_by_test_id("stRadioOption").filter(has_text="OpenAI 兼容服务").locator("input")
+           ).to_be_checked()
     page.context.close()
 
     phone = open_page(browser, server, PHONE)
