@@ -1,7 +1,7 @@
 """A small OpenAI-compatible chat server on loopback, for the model panel's tests (unit and browser).
 
 It serves ``GET /v1/models`` and streaming ``POST /v1/chat/completions``; with ``api_key`` set it answers 401 to a
-request without ``Authorization: Bearer <api_key>``. Every request is recorded (path, auth header, body), so a test
+request without ``Authorization: Bearer <api_key>``. ``lists_models=False`` makes it a server without ``/models`` (404), as some gateways are. Every request is recorded (path, auth header, body), so a test
 can check what the app really sent. The answer names the served model; when the prompt holds numbered passages (the
 RAG prompt), it quotes the first sentence of passage 1 and cites it ``[1]``, as an obedient model would, so the
 page's citation check keeps it.
@@ -31,8 +31,8 @@ class FakeOpenAI:
     """Start with ``FakeOpenAI(models=("qwen-mini",), api_key="sk-test")``; ``.url`` is the API root; ``close()``."""
 
     def __init__(self, models: tuple[str, ...] = ("fake-chat",), api_key: str = "",
-                 answer: str = "来自测试服务的回答：{model} 收到了问题。") -> None:
-        self.models, self.api_key, self.answer = models, api_key, answer
+                 answer: str = "来自测试服务的回答：{model} 收到了问题。", lists_models: bool = True) -> None:
+        self.models, self.api_key, self.answer, self.lists_models = models, api_key, answer, lists_models
         self.seen: list[Seen] = []
         owner = self
 
@@ -50,7 +50,7 @@ class FakeOpenAI:
                 owner.seen.append(Seen("GET", self.path, self.headers.get("authorization", "")))
                 if self._refused():
                     return
-                if self.path.rstrip("/") == "/v1/models":
+                if self.path.rstrip("/") == "/v1/models" and owner.lists_models:
                     self._json({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "test"}
                                                            for m in owner.models]})
                 else:

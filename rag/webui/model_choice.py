@@ -181,31 +181,50 @@ def save_choice(path: str | Path, choice: ModelChoice) -> ModelChoice:
 # --- loading and connecting -----------------------------------------------------------------------------------------
 
 
-def _endpoint_model(cfg: LLMConfig, choice: ModelChoice, timeout_s: float | None, retries: int) -> OpenAIChatModel:
-    from rag.llm.openai import OpenAIChatModel
+def _endpoint_model(cfg: LLMConfig, choice: ModelChoice, timeout_s: float | None,
+                    retries: int | None = None) -> OpenAIChatModel:
+    from rag.llm.openai import RETRIES, OpenAIChatModel
 
     return OpenAIChatModel(choice.base_url, choice.model, api_key=choice.api_key or None,
                            context_window=cfg.context_window, gen=GenerationConfig.from_llm(cfg),
-                           timeout_s=timeout_s, retries=retries)
+                           timeout_s=timeout_s, retries=RETRIES if retries is None else retries)
+
+
+def served_models(cfg: LLMConfig, choice: ModelChoice, timeout_s: float = CHECK_TIMEOUT_S) -> list[str]:
+    """The names the endpoint lists (``GET /models``, waiting at most ``timeout_s``); [] for a server without that
+    route (it can still chat).
+
+    Raises:
+        RagError: the server cannot be reached, refuses the key, or answers with an error.
+    """
+    probe = _endpoint_model(cfg, choice, timeout_s, 1)
+    try:
+        return probe.list_models()
+    except RagError as exc:
+        if "http 404" in str(exc).lower():
+            return []
+        raise
+    finally:
+        probe.close()
 
 
 def load_choice_model(cfg: LLMConfig, choice: ModelChoice) -> LoadedModel:
     """The model ``choice`` names on top of ``cfg``; when it cannot be had, the extractive backend and the reason.
 
-    An endpoint is asked for its model list once here, so a server that is not there shows as the reason at once
-    (not as an error on the first question); a model name it does not serve is a reason too.
+    An endpoint is asked for its model list once here (with the connect button's short timeout, not the answer's
+    long one), so a server that is not there shows as the reason at once, not as an error on the first question; a
+    model name it does not serve is a reason too.
     """
     from rag.answer.extractive import ExtractiveModel
 
     llm = choice.apply(cfg)
     try:
         if choice.kind == "openai":
-            model = _endpoint_model(llm, choice, None, 1)
-            served = model.list_models()
+            served = served_models(llm, choice)
             if served and choice.model not in served:
                 raise RagError(f"the server at {choice.base_url} does not serve a model {choice.model!r} "
                                f"(it serves {', '.join(served[:10])})")
-            return LoadedModel(model)
+            return LoadedModel(_endpoint_model(llm, choice, None))
         return load_chat_model(llm)
     except (RagError, ImportError, OSError) as exc:
         return LoadedModel(ExtractiveModel(), fallback_reason=str(exc))

@@ -362,6 +362,17 @@ def test_the_model_panel_connects_saves_and_answers_through_an_endpoint(site: Si
 
 
 
+def test_a_folder_without_a_model_is_refused_and_the_choice_kept(site: Site) -> None:
+    at = site.app()
+    at.radio(key="view").set_value("model").run()
+    at.radio(key="model_kind").set_value("local").run()
+    at.text_input(key="local_folder").set_value(str(site.knowledge))
+    at.button(key="use_local").click().run()
+    assert "未保存：" in texts(at) and "is not a model folder (it needs a config.json)" in texts(at)
+    assert not (site.root / "conversations" / "model.yaml").exists()
+    assert "**后端**: extractive" in texts(at)
+
+
 def test_a_chosen_endpoint_that_is_down_falls_back_and_says_why(site: Site) -> None:
     from rag.webui.model_choice import ModelChoice, save_choice
     from tests.unit.test_model_choice import closed_port_url

@@ -151,3 +151,15 @@ def test_a_folder_that_stopped_being_a_model_falls_back(tmp_path: Path) -> None:
     folder = model_folder(tmp_path)  # config.json but no weights and no tokenizer: cannot load
     loaded = load_choice_model(LLMConfig(), ModelChoice("local", str(folder)))
     assert loaded.model.info().backend == "extractive" and loaded.fallback_reason
+
+
+def test_a_server_without_a_model_list_can_still_be_used() -> None:
+    bare = FakeOpenAI(models=("qwen-mini",), lists_models=False)
+    try:
+        result = check_endpoint(bare.url, "qwen-mini")
+        assert result.ok and result.models == () and "qwen-mini" in result.reply, result
+        assert not check_endpoint(bare.url, "").ok  # nothing listed and no name: says to type one
+        loaded = load_choice_model(LLMConfig(), ModelChoice("openai", "qwen-mini", bare.url))
+        assert loaded.fallback_reason == "" and loaded.model.info().backend == "openai"
+    finally:
+        bare.close()
