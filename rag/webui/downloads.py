@@ -41,7 +41,7 @@ KNOWN_SIZES = {"chatglm3-6b": 25 * GB, "chatglm3-6b-32k": 25 * GB, "chatglm3-6b-
                "text2vec-base-chinese": 1 * GB}
 MIN_FREE_BYTES = 2 * GB  # an unknown model: at least this much must be free (a small model, or the start of one)
 SOURCES = ("auto", "modelscope", "huggingface")
-_RESULT = re.compile(r"^use it with: (?:llm|embed)\.model=(.+)$", re.MULTILINE)
+_RESULT = re.compile(r"^use it with: (llm|embed)\.model=(.+)$", re.MULTILINE)
 _ERROR = re.compile(r"^error: (.+)$", re.MULTILINE)
 
 
@@ -64,7 +64,8 @@ class DownloadState:
         done_bytes: bytes in its ``.partial`` folder (or the finished folder).
         total_bytes: its expected size; 0 when unknown.
         folder: the downloaded model's folder once done; the ``.partial`` folder otherwise.
-        message: the CLI's last line (its error when failed).
+        message: the CLI's error when failed; when done, the setting that uses the folder (``llm.model=...``, or
+            ``embed.model=...`` for an embedding model, which cannot answer).
     """
 
     status: str = "idle"
@@ -73,6 +74,11 @@ class DownloadState:
     total_bytes: int = 0
     folder: str = ""
     message: str = ""
+
+    @property
+    def answers(self) -> bool:
+        """A finished download of a language model (not an embedding model)."""
+        return self.status == "done" and self.message.startswith("llm.model=")
 
     @property
     def fraction(self) -> float | None:
@@ -188,8 +194,9 @@ class Downloader:
                 return DownloadState("cancelled", model, done, expected_size(model), partial)
             found = _RESULT.search(output)
             if code == 0 and found:
-                folder = found.group(1).strip()
-                return DownloadState("done", model, folder_bytes(Path(folder)), 0, folder)
+                folder = found.group(2).strip()
+                setting = f"{found.group(1)}.model={folder}"
+                return DownloadState("done", model, folder_bytes(Path(folder)), 0, folder, setting)
             error = _ERROR.findall(output)
             lines = [line for line in output.splitlines() if line.strip()]
             why = error[-1] if error else lines[-1] if lines else f"exit code {code}"

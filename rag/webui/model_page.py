@@ -178,8 +178,11 @@ def download_progress(downloader: Downloader, lang: str, cfg: RagConfig, path: P
         st.rerun()  # finished, failed or cancelled: the whole page again, so the buttons show the new state
     elif state.status == "done":
         st.success(tr(lang, "download_done", folder=markdown_literal(state.folder)))
-        st.button(tr(lang, "use_download"), key="use_download", type="primary",
-                  on_click=_save, args=(path, ModelChoice("local", state.folder), lang, cfg))
+        if state.answers:
+            st.button(tr(lang, "use_download"), key="use_download", type="primary",
+                      on_click=_save, args=(path, ModelChoice("local", state.folder), lang, cfg))
+        else:  # an embedding model: it goes into the config (and needs a re-index), not into this panel
+            st.caption(tr(lang, "download_embedder", setting=markdown_literal(state.message)))
     elif state.status == "failed":
         st.error(tr(lang, "download_failed", why=explain_failure(lang, state.message)))
     elif state.status == "cancelled":

@@ -43,7 +43,7 @@ STAND_IN = textwrap.dedent("""
     final = partial[: -len(".partial")]
     os.replace(partial, final)
     print(f"downloaded {model} to {final}")
-    print(f"use it with: llm.model={final}")
+    print(f"use it with: {'embed' if 'text2vec' in model else 'llm'}.model={final}")
 """)
 
 
@@ -75,6 +75,7 @@ def test_a_download_shows_progress_finishes_and_names_its_folder(tmp_path: Path)
     assert state.folder == str(tmp_path / "cache" / "org--tiny-model")
     assert any(f is not None and 0 < f < 1 for f in seen), seen  # a bar that moved, not only 0 and done
     assert state.done_bytes >= 8 * 65536
+    assert state.answers and state.message == f"llm.model={state.folder}"
 
 
 def test_cancel_keeps_the_partial_folder_and_a_new_start_resumes(tmp_path: Path) -> None:
@@ -94,6 +95,14 @@ def test_cancel_keeps_the_partial_folder_and_a_new_start_resumes(tmp_path: Path)
     job.start("org/tiny-model")
     assert job.wait(20).status == "done"
     assert f"resuming after {kept} pieces" in job.log_path.read_text(encoding="utf-8")
+
+
+def test_an_embedding_model_is_done_but_not_offered_for_answering(tmp_path: Path) -> None:
+    job = Downloader(str(tmp_path / "cache"), tmp_path / "logs", command=stand_in(0))  # type: ignore[arg-type]
+    job.start("org/text2vec-mini")
+    state = job.wait(20)
+    assert state.status == "done" and not state.answers
+    assert state.message == f"embed.model={tmp_path / 'cache' / 'org--text2vec-mini'}"
 
 
 def test_a_failed_download_says_why(tmp_path: Path) -> None:
