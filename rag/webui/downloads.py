@@ -7,8 +7,13 @@ many bytes have landed in the ``.partial`` folder, and stops it:
 - **background**: the child runs in its own process group and outlives the browser session that started it, so a
   reload or a second tab sees the same download (one at a time per page process);
 - **cancellable**: SIGTERM to its group; the CLI passes the stop on to the hub client it runs (:mod:`rag.cli.models`);
-- **resumable**: the ``.partial`` folder is kept when a download fails or is cancelled, and the hub clients continue
-  from what is there when it is started again;
+- **resumable**: the ``.partial`` folder is kept when a download fails or is cancelled, and starting again continues
+  from what is there. With huggingface_hub 2.4 that is per file: files that finished are kept and skipped, an
+  unfinished one is fetched again from its start (the client writes each file to a temporary name unique to its
+  process, so a later process cannot continue it); those orphaned ``*.incomplete`` files are removed before a restart
+  (:func:`drop_orphans`), so they neither fill the disk nor count as progress. A model in shards (chatglm3-6b: 7)
+  loses at most the shards that were in flight;
+- **progress** is the bytes in the ``.partial`` folder against the file list's sizes (:func:`listed_size`);
 - **disk space** is checked before starting: the model's size when it is known (:data:`KNOWN_SIZES`), else
   :data:`MIN_FREE_BYTES`.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -62,7 +68,8 @@ class DownloadState:
         status: idle | running | done | failed | cancelled.
         model: what is being (or was) downloaded.
         done_bytes: bytes in its ``.partial`` folder (or the finished folder).
-        total_bytes: its expected size; 0 when unknown.
+        total_bytes: its size as the hub listed it (:func:`listed_size`), else as known (:data:`KNOWN_SIZES`); 0 when
+            unknown.
         folder: the downloaded model's folder once done; the ``.partial`` folder otherwise.
         message: the CLI's error when failed; when done, the setting that uses the folder (``llm.model=...``, or
             ``embed.model=...`` for an embedding model, which cannot answer).
@@ -102,8 +109,34 @@ def partial_folders(model: str, cache_dir: str) -> list[Path]:
             if is_hub_id(repo)]
 
 
+def drop_orphans(partial: Path) -> int:
+    """Delete the unfinished ``*.incomplete`` files a stopped Hugging Face client left in ``partial`` (no later
+    process can continue them); the bytes freed."""
+    freed = 0
+    for orphan in (partial / ".cache" / "huggingface" / "download").glob("**/*.incomplete"):
+        with contextlib.suppress(OSError):
+            size = orphan.stat().st_size
+            orphan.unlink()
+            freed += size
+    return freed
+
+
 def expected_size(model: str) -> int:
     return KNOWN_SIZES.get(model.lower().rsplit("/", 1)[-1], 0)
+
+
+def listed_size(partial: Path) -> int:
+    """The repository's size as the Hugging Face client listed it: once it has the file list, ``snapshot_download``
+    keeps it in ``<local_dir>/.cache/huggingface/trees/<commit>.json`` (``{"files": {name: {"size": n}}}``). 0 when
+    that is not there (yet), or another client or format wrote the folder: then :data:`KNOWN_SIZES` is used."""
+    total = 0
+    for listing in (partial / ".cache" / "huggingface" / "trees").glob("*.json"):
+        try:
+            files = json.loads(listing.read_text(encoding="utf-8")).get("files", {})
+            total = max(total, sum(int(entry.get("size", 0)) for entry in files.values()))
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    return total
 
 
 def human_bytes(count: int) -> str:
@@ -149,7 +182,10 @@ class Downloader:
                 raise ConfigError(f"{self._model} is still downloading; cancel it first")
             root = cache_root(self.cache_dir)
             root.mkdir(parents=True, exist_ok=True)
-            have = sum(folder_bytes(p) for p in partial_folders(model, self.cache_dir) if p.is_dir())
+            partials = [p for p in partial_folders(model, self.cache_dir) if p.is_dir()]
+            for partial in partials:  # nothing is downloading into it now (one download at a time)
+                drop_orphans(partial)
+            have = sum(folder_bytes(p) for p in partials)
             need = max(expected_size(model) - have, 0) or MIN_FREE_BYTES
             free = shutil.disk_usage(root).free
             if free < need:
@@ -187,11 +223,12 @@ class Downloader:
             partials = [p for p in partial_folders(model, self.cache_dir) if p.is_dir()]
             done = sum(folder_bytes(p) for p in partials)
             partial = str(partials[0]) if partials else ""
+            total = max((listed_size(p) for p in partials), default=0) or expected_size(model)
             if code is None:
-                return DownloadState("running", model, done, expected_size(model), partial)
+                return DownloadState("running", model, done, total, partial)
             output = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.is_file() else ""
             if self._cancelled:
-                return DownloadState("cancelled", model, done, expected_size(model), partial)
+                return DownloadState("cancelled", model, done, total, partial)
             found = _RESULT.search(output)
             if code == 0 and found:
                 folder = found.group(2).strip()
@@ -200,7 +237,7 @@ class Downloader:
             error = _ERROR.findall(output)
             lines = [line for line in output.splitlines() if line.strip()]
             why = error[-1] if error else lines[-1] if lines else f"exit code {code}"
-            return DownloadState("failed", model, done, expected_size(model), partial, why)
+            return DownloadState("failed", model, done, total, partial, why)
 
     def wait(self, timeout_s: float) -> DownloadState:
         """The state once the download is no longer running, or after ``timeout_s`` (tests, scripts)."""

@@ -1,8 +1,9 @@
 """The page's background download (rag/webui/downloads.py): progress from the ``.partial`` folder, cancel, resume,
-the disk-space check, and the CLI's result and error lines. No hub is reachable here, so the child is a stand-in
-script with the CLI's output contract (``use it with: llm.model=<folder>`` / ``error: ...``) that writes its bytes
-into the same ``.partial`` folder a real download uses; the SIGTERM path of the real CLI is tested on its own.
-Also: the adapter catalogue's change signature (adapters appear without a rescan button)."""
+the disk-space check, and the CLI's result and error lines. No public hub is reachable here, so: the real
+``python -m rag.models download`` against a Hugging Face-compatible hub on loopback (tests/fake_hub.py, through
+``HF_ENDPOINT``), and, for quick cases, a stand-in child with the CLI's output contract (``use it with:
+llm.model=<folder>`` / ``error: ...``) that writes into the same ``.partial`` folder. Also: the adapter catalogue's
+change signature (adapters appear without a rescan button)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from rag.core.errors import ConfigError
 from rag.webui import downloads
 from rag.webui.downloads import Downloader, partial_folders
 from rag.webui.state import folder_signature
+from tests.fake_hub import FakeHub
 
 # writes 8 pieces of 64 KiB into <cache>/<org>--<name>.partial, resuming after the pieces already there; fails
 # on request; renames into place and prints the CLI's last lines when done
@@ -103,6 +105,51 @@ def test_an_embedding_model_is_done_but_not_offered_for_answering(tmp_path: Path
     state = job.wait(20)
     assert state.status == "done" and not state.answers
     assert state.message == f"embed.model={tmp_path / 'cache' / 'org--text2vec-mini'}"
+
+
+def test_the_real_cli_downloads_from_a_hub_with_progress_cancel_and_resume(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # the client writes in 10 MiB pieces (huggingface_hub's DOWNLOAD_CHUNK_SIZE): a 24 MiB shard sent in 1 MiB
+    # pieces (~4 s) grows in steps a test can see; a 1 MiB shard finishes at once
+    big, small = os.urandom(24 * 2**20), os.urandom(2**20)
+    files = {"config.json": b'{"model_type": "llama"}', "model-00001.safetensors": small,
+             "model-00002.safetensors": big}
+    hub = FakeHub("org/tiny-llm", files, piece_bytes=2**20, pause_s=0.15)
+    for name in ("HF_HUB_OFFLINE", "KBQA_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    try:
+        job = Downloader(str(tmp_path / "cache"), tmp_path / "logs")  # the real command: python -m rag.models ...
+        job.start("org/tiny-llm", "huggingface")
+        partial = partial_folders("org/tiny-llm", str(tmp_path / "cache"))[0]
+        deadline = time.monotonic() + 60
+        while ((state := job.state()).done_bytes < 11 * 2**20 or not (partial / "model-00001.safetensors").is_file()) \
+                and state.status == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state.status == "running", job.log_path.read_text(encoding="utf-8")
+        assert state.total_bytes == sum(map(len, files.values()))  # the hub's file list (the client's tree cache)
+        assert state.fraction is not None and 0 < state.fraction < 1
+        job.cancel()
+        cancelled = job.state()
+        assert cancelled.status == "cancelled" and cancelled.folder == str(partial)
+        time.sleep(0.5)
+        assert job.state().done_bytes == cancelled.done_bytes < len(big)  # the hub client stopped with the CLI
+        assert list(partial.glob(".cache/huggingface/download/*.incomplete"))  # what the killed client left
+
+        job.start("org/tiny-llm", "huggingface")  # drops the orphan first, keeps the finished shard
+        done = job.wait(60)
+        assert done.status == "done" and done.answers, job.log_path.read_text(encoding="utf-8")
+        folder = Path(done.folder)
+        assert (folder / "model-00002.safetensors").read_bytes() == big
+        assert (folder / "model-00001.safetensors").read_bytes() == small
+        fetched = [name for name, _ in hub.gets]
+        assert fetched.count("model-00001.safetensors") == 1  # the finished shard was not fetched again
+        assert fetched.count("model-00002.safetensors") == 2
+        assert not list(folder.glob(".cache/huggingface/download/*.incomplete"))
+    finally:
+        hub.close()
 
 
 def test_a_failed_download_says_why(tmp_path: Path) -> None:
