@@ -152,6 +152,15 @@ def test_the_real_cli_downloads_from_a_hub_with_progress_cancel_and_resume(tmp_p
         hub.close()
 
 
+def test_the_real_cli_offline_fails_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    job = Downloader(str(tmp_path / "cache"), tmp_path / "logs")
+    job.start("Qwen/Qwen2.5-0.5B-Instruct", "huggingface")
+    state = job.wait(60)
+    assert state.status == "failed"
+    assert state.message.startswith("cannot download Qwen/Qwen2.5-0.5B-Instruct: offline (HF_HUB_OFFLINE=1); unset")
+
+
 def test_a_failed_download_says_why(tmp_path: Path) -> None:
     job = Downloader(str(tmp_path / "cache"), tmp_path / "logs", command=stand_in(0))  # type: ignore[arg-type]
     job.start("org/broken")
