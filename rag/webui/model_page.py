@@ -18,7 +18,7 @@ from rag.answer.backend import INSTALL_HINT, LoadedModel
 from rag.core.config import RagConfig
 from rag.core.errors import ConfigError
 from rag.webui.downloads import SOURCES, Downloader, human_bytes, modelscope_installed
-from rag.webui.model_choice import ModelChoice, check_endpoint, explain_failure, save_choice
+from rag.webui.model_choice import ModelChoice, check_endpoint, explain_failure, normalise_base_url, save_choice
 from rag.webui.state import NEEDS_LLM, AdapterCatalog, AdapterRow, Session, reload_model
 from rag.webui.text import html_text, markdown_literal, tr
 
@@ -89,21 +89,30 @@ def _save(path: Path, choice: ModelChoice, lang: str, cfg: RagConfig) -> None:
     st.session_state.pop("connect_result", None)
 
 
+def _typed_or_saved_key(saved: ModelChoice) -> str:
+    """The key typed in the form, else the saved one, but only for the server it was saved for: a saved key is never
+    sent to another URL typed into the form."""
+    typed = str(st.session_state.get("openai_key", ""))
+    if typed or saved.kind != "openai" or st.session_state.get("openai_forget_key"):
+        return typed
+    try:
+        same_server = normalise_base_url(str(st.session_state.get("openai_url", ""))) == saved.base_url
+    except ConfigError:
+        same_server = False
+    return saved.api_key if same_server else ""
+
+
 def _save_endpoint(path: Path, saved: ModelChoice, lang: str, cfg: RagConfig) -> None:
-    typed_key = str(st.session_state.get("openai_key", ""))
-    keep = saved.kind == "openai" and not st.session_state.get("openai_forget_key")
-    key = typed_key or (saved.api_key if keep else "")
     choice = ModelChoice("openai", str(st.session_state.get("openai_model", "")),
-                         str(st.session_state.get("openai_url", "")), key)
+                         str(st.session_state.get("openai_url", "")), _typed_or_saved_key(saved))
     _save(path, choice, lang, cfg)
     st.session_state["openai_key"] = ""  # the key leaves the page once saved
     st.session_state["openai_forget_key"] = False
 
 
 def _connect(saved: ModelChoice, lang: str) -> None:
-    key = str(st.session_state.get("openai_key", "")) or (saved.api_key if saved.kind == "openai" else "")
     result = check_endpoint(str(st.session_state.get("openai_url", "")), str(st.session_state.get("openai_model", "")),
-                            key)
+                            _typed_or_saved_key(saved))
     if result.ok:
         if not str(st.session_state.get("openai_model", "")).strip() and result.models:
             st.session_state["openai_model"] = result.models[0]

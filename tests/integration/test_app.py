@@ -357,6 +357,18 @@ def test_the_model_panel_connects_saves_and_answers_through_an_endpoint(site: Si
         again = site.app()  # another session (a reload, a restart) answers with the saved choice
         again.radio(key="view").set_value("model").run()
         assert "**后端**: openai" in texts(again) and again.radio(key="model_kind").value == "openai"
+
+        other = FakeOpenAI(models=("qwen-mini",))  # another server typed in: the saved key is not sent there
+        try:
+            again.text_input(key="openai_url").set_value(other.url)
+            again.button(key="connect").click().run()
+            assert "连接成功" in texts(again)
+            assert {seen.authorization for seen in other.seen} == {""}
+            again.text_input(key="openai_url").set_value(server.url)  # back to the saved server: its key is used
+            again.button(key="connect").click().run()
+            assert "连接成功" in texts(again) and server.seen[-1].authorization == "Bearer sk-page-key"
+        finally:
+            other.close()
     finally:
         server.close()
 
