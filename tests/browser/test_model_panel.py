@@ -21,8 +21,6 @@ import pytest
 
 from rag.core.config import REPO_ROOT
 from tests.browser.test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     DESKTOP,
     PHONE,
     Server,
@@ -34,11 +32,12 @@ from tests.browser.test_browser import (
     shot,
     wait_answer,
 )
+from tests.browser.test_page_load import headless_chromium
 from tests.fake_hub import FakeHub
 from tests.fake_openai import FakeOpenAI
 
 try:
-    from playwright.sync_api import Page, expect, sync_playwright
+    from playwright.sync_api import Page, expect
 except ImportError:  # test_browser.py skips the module first; this keeps mypy and the import honest
     pytest.skip("playwright is not installed", allow_module_level=True)
 
@@ -77,11 +76,8 @@ def page_server(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub) -> Itera
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    assert CHROMIUM.is_file()
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    with headless_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 def main_area(page: Page) -> Any:
