@@ -79,14 +79,15 @@ def get_downloader(cache_dir: str, log_dir: str) -> Downloader:
     return Downloader(cache_dir, log_dir)
 
 
-def _save(path: Path, choice: ModelChoice, lang: str, cfg: RagConfig) -> None:
+def _save(path: Path, choice: ModelChoice, lang: str, cfg: RagConfig) -> bool:
     try:
         saved = save_choice(path, choice)
     except ConfigError as exc:
         st.session_state[NOTICE] = ("error", tr(lang, "save_failed", why=markdown_literal(str(exc))))
-        return
+        return False
     st.session_state[NOTICE] = ("success", tr(lang, "saved_choice", what=describe(saved, cfg, lang)))
     st.session_state.pop("connect_result", None)
+    return True
 
 
 def _typed_or_saved_key(saved: ModelChoice) -> str:
@@ -105,9 +106,9 @@ def _typed_or_saved_key(saved: ModelChoice) -> str:
 def _save_endpoint(path: Path, saved: ModelChoice, lang: str, cfg: RagConfig) -> None:
     choice = ModelChoice("openai", str(st.session_state.get("openai_model", "")),
                          str(st.session_state.get("openai_url", "")), _typed_or_saved_key(saved))
-    _save(path, choice, lang, cfg)
-    st.session_state["openai_key"] = ""  # the key leaves the page once saved
-    st.session_state["openai_forget_key"] = False
+    if _save(path, choice, lang, cfg):  # refused (no model name, a bad URL): what was typed stays to be fixed
+        st.session_state["openai_key"] = ""  # the key leaves the page once saved
+        st.session_state["openai_forget_key"] = False
 
 
 def _connect(saved: ModelChoice, lang: str) -> None:
