@@ -79,7 +79,8 @@ def get_downloader(cache_dir: str, log_dir: str) -> Downloader:
     return Downloader(cache_dir, log_dir)
 
 
-def _save(path: Path, choice: ModelChoice, lang: str, cfg: RagConfig) -> bool:
+def _saved(path: Path, choice: ModelChoice, lang: str, cfg: RagConfig) -> bool:
+    """Save ``choice`` and leave the notice for the next run; whether it was saved."""
     try:
         saved = save_choice(path, choice)
     except ConfigError as exc:
@@ -88,6 +89,10 @@ def _save(path: Path, choice: ModelChoice, lang: str, cfg: RagConfig) -> bool:
     st.session_state[NOTICE] = ("success", tr(lang, "saved_choice", what=describe(saved, cfg, lang)))
     st.session_state.pop("connect_result", None)
     return True
+
+
+def _save(path: Path, choice: ModelChoice, lang: str, cfg: RagConfig) -> None:
+    _saved(path, choice, lang, cfg)
 
 
 def _typed_or_saved_key(saved: ModelChoice) -> str:
@@ -106,7 +111,7 @@ def _typed_or_saved_key(saved: ModelChoice) -> str:
 def _save_endpoint(path: Path, saved: ModelChoice, lang: str, cfg: RagConfig) -> None:
     choice = ModelChoice("openai", str(st.session_state.get("openai_model", "")),
                          str(st.session_state.get("openai_url", "")), _typed_or_saved_key(saved))
-    if _save(path, choice, lang, cfg):  # refused (no model name, a bad URL): what was typed stays to be fixed
+    if _saved(path, choice, lang, cfg):  # refused (no model name, a bad URL): what was typed stays to be fixed
         st.session_state["openai_key"] = ""  # the key leaves the page once saved
         st.session_state["openai_forget_key"] = False
 
