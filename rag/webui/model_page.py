@@ -177,20 +177,16 @@ def download_form(lang: str, cfg: RagConfig, path: Path) -> None:
                  disabled=running, on_click=_start_download, args=(downloader, lang))
     cancel.button(tr(lang, "download_cancel"), key="download_cancel", icon=":material/cancel:", width="stretch",
                   disabled=not running, on_click=downloader.cancel)
-    download_progress(downloader, lang, cfg, path)
+    (download_watch if running else download_status)(downloader, lang, cfg, path)  # no timer when idle
 
 
-@st.fragment(run_every=1.0)
-def download_progress(downloader: Downloader, lang: str, cfg: RagConfig, path: Path) -> None:
-    """The download's progress bar, redrawn every second by itself (only this part of the page reruns)."""
+def download_status(downloader: Downloader, lang: str, cfg: RagConfig, path: Path) -> None:
+    """The download's progress bar while it runs, else how it ended."""
     state = downloader.state()
     if state.status == "running":
         total = tr(lang, "download_of", total=human_bytes(state.total_bytes)) if state.total_bytes else ""
         st.progress(state.fraction or 0.0, text=tr(lang, "download_running", model=state.model,
                                                    done=human_bytes(state.done_bytes), total=total))
-        st.session_state["download_seen_running"] = True
-    elif st.session_state.pop("download_seen_running", False):
-        st.rerun()  # finished, failed or cancelled: the whole page again, so the buttons show the new state
     elif state.status == "done":
         st.success(tr(lang, "download_done", folder=markdown_literal(state.folder)))
         if state.answers:
@@ -203,6 +199,15 @@ def download_progress(downloader: Downloader, lang: str, cfg: RagConfig, path: P
     elif state.status == "cancelled":
         st.warning(tr(lang, "download_cancelled", done=human_bytes(state.done_bytes),
                       folder=markdown_literal(state.folder)))
+
+
+@st.fragment(run_every=1.0)
+def download_watch(downloader: Downloader, lang: str, cfg: RagConfig, path: Path) -> None:
+    """:func:`download_status` redrawn every second by itself while the download runs (only this part of the page
+    reruns); once it has ended, the whole page again, so the buttons and the result show the new state."""
+    if downloader.state().status != "running":
+        st.rerun()
+    download_status(downloader, lang, cfg, path)
 
 
 def choice_panel(lang: str, cfg: RagConfig, saved: ModelChoice, path: Path) -> None:
