@@ -25,9 +25,10 @@ from rag.webui.chat import chat_view
 from rag.webui.kb_manage import manage_panel
 from rag.webui.kb_page import kb_view
 from rag.webui.knowledge_bases import config_for
+from rag.webui.model_choice import ModelChoice, load_choice, user_config_path
 from rag.webui.model_page import model_view
 from rag.webui.sidebar import sidebar
-from rag.webui.state import get_catalog, get_model, password_ok, secrets
+from rag.webui.state import get_catalog, password_ok, secrets, use_model
 from rag.webui.text import CSP_SCRIPT, CSS, LANGUAGES, SCROLL_TO_MARKS_JS, TEXT, tr
 
 
@@ -35,6 +36,9 @@ def keep_view() -> None:
     """Re-send the open view (对话 / 知识库 / 模型) with the new language's labels: the browser drops a radio's
     selection when its option labels change, although the page still shows that view."""
     st.session_state["view"] = st.session_state.get("view", "chat")
+    for key in ("model_kind", "download_source"):  # the model panel's choices drop the same way
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
 
 
 def main() -> None:
@@ -59,8 +63,14 @@ def main() -> None:
     except RagError as exc:
         st.error(tr(lang, "config_error", error=exc))
         st.stop()
+    choice_path = user_config_path(settings.conversations_dir, settings.user_config)
+    try:
+        choice = load_choice(choice_path)  # the model panel's choice: read on every run, so a save applies at once
+    except RagError as exc:
+        st.warning(tr(lang, "choice_file_bad", error=exc))
+        choice = ModelChoice()
     with st.spinner(tr(lang, "loading_model")):
-        loaded = get_model(source)
+        loaded = use_model(source, choice)
     catalog = get_catalog(source)
     adapters = catalog.rows(loaded.model, cfg)
     session, retriever, error, history_box = sidebar(lang, cfg, settings, source, loaded, adapters)
@@ -74,7 +84,7 @@ def main() -> None:
         kb_view(session, session_cfg, retriever, settings, source)
         manage_panel(session, cfg, settings, source)
     else:
-        model_view(session, cfg, loaded, adapters, catalog)
+        model_view(session, cfg, loaded, adapters, catalog, choice, choice_path)
     history.history_panel(history_box, lang, settings, owner)
 
 

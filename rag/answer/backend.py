@@ -17,11 +17,13 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "hf", "openai", "extractive")
 INSTALL_HINT = {
     "zh": "未找到语言模型，当前使用抽取式回答（直接摘录最相关的句子并标注出处）。安装 ChatGLM3-6B：\n"
-    "python -m rag.models download chatglm3-6b --source modelscope（或 --source huggingface），"
-    "然后在 configs/rag/default.yaml 中设置 llm.model=<下载得到的文件夹>。",
+    "python -m rag.models download chatglm3-6b（先 ModelScope；未安装 modelscope 时自动改用 Hugging Face），"
+    "然后在“模型”页的“选择回答所用的模型”中选择下载得到的文件夹（无需重启），或在 configs/rag/default.yaml 中设置 llm.model=<该文件夹>。",
     "en": "No language model found: answering extractively (quoting the best supporting sentences with citations). "
-    "Install ChatGLM3-6B with: python -m rag.models download chatglm3-6b --source modelscope (or huggingface), "
-    "then set llm.model=<the folder it prints>.",
+    "Install ChatGLM3-6B with: python -m rag.models download chatglm3-6b (ModelScope first; Hugging Face by itself "
+    "when modelscope is not installed), "
+    "then choose the folder it prints under 'Choose what answers' on the Model page (no restart), "
+    "or set llm.model=<that folder>.",
 }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import signal
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -171,6 +172,10 @@ def download_model(model: str, cfg: RagConfig, source: str, revision: str, cache
     return folder, f"llm.model={folder}"
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m rag.models", description=(__doc__ or "").split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +199,9 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "check":
         print("\n".join(check(cfg, online=args.online)))
         return 0
+    # a stop (the page's cancel sends SIGTERM) ends the hub client too: as SystemExit it passes through
+    # rag.models.hub, which kills the client's process group; the .partial folder stays for a resume
+    signal.signal(signal.SIGTERM, _stop)
     folder, setting = download_model(args.model, cfg, args.source, args.revision, args.cache_dir or cfg.llm.cache_dir,
                                      args.timeout if args.timeout is not None else cfg.llm.hub_timeout_s)
     print(f"downloaded {args.model} to {folder}")

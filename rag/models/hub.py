@@ -130,6 +130,11 @@ def _run_child(script: str, args: list[str], timeout_s: float, show_progress: bo
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: hub clients start helper processes
         proc.communicate()
         return None, f"timed out after {timeout_s:g} s"
+    except BaseException:  # Ctrl-C, or SIGTERM made SystemExit (the page's cancel): the hub client stops too
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     try:
         result = json.loads(lines[-1]) if lines else {"error": f"exit code {proc.returncode}"}

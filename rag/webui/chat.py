@@ -26,6 +26,7 @@ from rag.webui import kb
 from rag.webui.conversations import Turn
 from rag.webui.history import save_rating, save_turn
 from rag.webui.kb_page import run_reindex
+from rag.webui.model_choice import explain_failure
 from rag.webui.state import ConfigKey, Session, get_gate, same_path, turns
 from rag.webui.text import (
     answer_markdown,
@@ -262,6 +263,7 @@ def chat_view(session: Session, cfg: RagConfig, retriever: Retriever | None, err
         with intro.container():
             if loaded.fallback_reason:
                 st.info(tr(lang, "fallback_banner"))
+                st.caption(explain_failure(lang, loaded.fallback_reason))
             st.caption(tr(lang, "welcome"))
     for turn in turns():
         render_turn(turn, lang, settings, owner)

@@ -39,6 +39,7 @@ ENV_FEEDBACK = "KBQA_FEEDBACK"
 ENV_INDEXES = "KBQA_INDEXES"
 ENV_CONVERSATIONS = "KBQA_CONVERSATIONS"
 ENV_KNOWLEDGE_ROOT = "KBQA_KNOWLEDGE_ROOT"
+ENV_USER_CONFIG = "KBQA_USER_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class AppSettings:
         conversations_dir: the folder of ``conversations.sqlite``, where every user's chats are saved.
         knowledge_root: the folder that the documents folder of a knowledge base made from the page must be inside;
             "" = the folder above ``knowledge_dir``.
+        user_config: the YAML file the model panel saves its choice to; "" = ``model.yaml`` in
+            ``conversations_dir`` (:func:`rag.webui.model_choice.user_config_path`).
     """
 
     max_upload_mb: float = 50.0
@@ -64,6 +67,7 @@ class AppSettings:
     generation_slots: int = 1
     conversations_dir: str = "conversations"
     knowledge_root: str = ""
+    user_config: str = ""
 
 
 _SETTING_SOURCES = {  # field -> (environment variable, key in .streamlit/secrets.toml)
@@ -74,6 +78,7 @@ _SETTING_SOURCES = {  # field -> (environment variable, key in .streamlit/secret
     "generation_slots": ("KBQA_GENERATION_SLOTS", "generation_slots"),
     "conversations_dir": (ENV_CONVERSATIONS, "conversations_dir"),
     "knowledge_root": (ENV_KNOWLEDGE_ROOT, "knowledge_root"),
+    "user_config": (ENV_USER_CONFIG, "user_config"),
 }
 
 

@@ -20,12 +20,13 @@ import streamlit as st
 from rag.answer.backend import LoadedModel
 from rag.answer.retrieve import Retriever
 from rag.core.config import RagConfig
-from rag.core.errors import RagError
+from rag.core.errors import ConfigError, RagError
 from rag.core.fifo import FifoTurns
 from rag.llm.base import ChatModel
 from rag.webui import kb
 from rag.webui.conversations import ConversationStore, Turn
 from rag.webui.login import LoginThrottle
+from rag.webui.model_choice import ModelChoice
 from rag.webui.text import tr
 
 ConfigKey = tuple[str, tuple[str, ...]]
@@ -37,18 +38,43 @@ WRONG_PASSWORD_DELAY_S = 1.0
 
 
 @st.cache_resource(show_spinner=False)
-def get_model(source: ConfigKey) -> LoadedModel:
-    """The answering model; when the configured one cannot load, the extractive fallback and the reason."""
-    from rag.answer.backend import load_chat_model, start_warm_up
+def get_model(source: ConfigKey, choice_key: tuple[str, ...], _choice: ModelChoice) -> LoadedModel:
+    """The answering model: the model panel's choice (``_choice``, keyed by ``choice_key``, which holds no key) on top
+    of the config; when it cannot load, the extractive fallback and the reason."""
+    from rag.answer.backend import start_warm_up
     from rag.answer.extractive import ExtractiveModel
+    from rag.webui.model_choice import load_choice_model
 
     cfg = kb.load_app_config(source)
     try:
-        loaded = load_chat_model(cfg.llm)
-    except (RagError, ImportError) as exc:  # llm.backend=hf / openai named explicitly and not available
+        loaded = load_choice_model(cfg.llm, _choice)
+    except ConfigError as exc:  # a bad llm.backend in the config itself
         return LoadedModel(ExtractiveModel(), fallback_reason=str(exc))
-    start_warm_up(loaded.model, cfg.llm.adapter)  # the fast decoder's capture, before the first question
+    if not loaded.fallback_reason:
+        start_warm_up(loaded.model, cfg.llm.adapter)  # the fast decoder's capture, before the first question
     return loaded
+
+
+def use_model(source: ConfigKey, choice: ModelChoice) -> LoadedModel:
+    """The model for ``choice``. A model cached for an earlier choice is let go first, so switching never keeps two
+    6B models in memory (a session still answering with the old one finishes with it)."""
+    key = choice.cache_key()
+    current = get_model_keys()
+    if current.get("key") not in (None, key):
+        get_model.clear()
+    current["key"] = key
+    return get_model(source, key, choice)
+
+
+def reload_model() -> None:
+    """Load the chosen model again on the next run (the panel's 重新连接 button: the server may be up now)."""
+    get_model.clear()
+
+
+@st.cache_resource(show_spinner=False)
+def get_model_keys() -> dict[str, tuple[str, ...]]:
+    """The process's current model choice key: a model cached for another key is stale."""
+    return {}
 
 
 @st.cache_resource(show_spinner=False)
@@ -95,23 +121,44 @@ class AdapterRow:
     metadata: Any  # rag.models.adapters.AdapterMetadata or None
 
 
+def folder_signature(folder: str | Path) -> tuple[Any, ...]:
+    """What changes when an adapter is added, removed, renamed or rewritten under ``folder``: the names, times and
+    sizes of its sub-folders and of the files in them (a few ``stat`` calls: cheap enough for every rerun)."""
+    root = Path(folder).expanduser()
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        return ()
+    signature: list[Any] = []
+    for entry in entries:
+        try:
+            if entry.is_dir():
+                files = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(entry.iterdir()))
+                signature.append((entry.name, entry.stat().st_mtime_ns, files))
+        except OSError:  # removed while looking: the next rerun sees the new state
+            continue
+    return tuple(signature)
+
+
 class AdapterCatalog:
-    """The adapters under ``llm.adapters_dir`` as this process's model sees them; usable ones are loaded onto it."""
+    """The adapters under ``llm.adapters_dir`` as this process's model sees them; usable ones are loaded onto it.
+
+    Rescanned by itself when the folder changes or the model is another one (:func:`folder_signature`, checked on
+    every rerun), so an adapter trained while the page runs shows up on the next click without a button.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rows: list[AdapterRow] | None = None
+        self._seen: tuple[Any, ...] = ()
         self.error = ""
 
     def rows(self, model: ChatModel, cfg: RagConfig) -> list[AdapterRow]:
+        seen = (id(model), folder_signature(cfg.llm.adapters_dir))
         with self._lock:
-            if self._rows is None:
-                self._rows = self._scan(model, cfg)
+            if self._rows is None or seen != self._seen:
+                self._rows, self._seen = self._scan(model, cfg), seen
             return self._rows
-
-    def rescan(self, model: ChatModel, cfg: RagConfig) -> None:
-        with self._lock:
-            self._rows = self._scan(model, cfg)
 
     def _scan(self, model: ChatModel, cfg: RagConfig) -> list[AdapterRow]:
         self.error = ""

@@ -96,8 +96,10 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 
 
 
 @contextmanager
-def run_server(tmp: Path, knowledge: Path, extra: tuple[str, ...] = ()) -> Iterator[Server]:
-    """Index ``knowledge`` (hash embedder), then serve app.py on a free loopback port until the block ends."""
+def run_server(tmp: Path, knowledge: Path, extra: tuple[str, ...] = (),
+               environ: dict[str, str | None] | None = None) -> Iterator[Server]:
+    """Index ``knowledge`` (hash embedder), then serve app.py on a free loopback port until the block ends.
+    ``environ`` sets (or, with None, removes) the server's environment variables over the defaults (offline)."""
     overrides = [f"knowledge_dir={knowledge}", f"index.dir={tmp / 'indexes' / 'default'}", "embed.source=hash",
                  "llm.backend=extractive", "load.workers=2", f"llm.adapters_dir={tmp / 'adapters'}", *extra]
     sync_folder(knowledge, load_config(None, overrides), HashEmbedder())
@@ -107,6 +109,11 @@ def run_server(tmp: Path, knowledge: Path, extra: tuple[str, ...] = ()) -> Itera
            "KBQA_FEEDBACK": str(tmp / "feedback.jsonl"), "KBQA_PASSWORD": "", "HF_HUB_OFFLINE": "1",
            "KBQA_CONVERSATIONS": str(tmp / "conversations"),
            "KBQA_OFFLINE": "1"}
+    for name, value in (environ or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     log_path = tmp / "streamlit.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

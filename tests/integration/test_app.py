@@ -311,10 +311,92 @@ def test_extractive_backend_lists_adapters_disabled_and_says_how_to_install(site
     assert at.toggle(key="compare").disabled
     at.radio(key="view").set_value("model").run()
     page = texts(at)
-    assert "python -m rag.models download chatglm3-6b --source modelscope" in page  # INSTALL_HINT
+    assert "python -m rag.models download chatglm3-6b（先 ModelScope；未安装 modelscope 时自动改用 Hugging Face）" in page
     assert "law-qa" in page and "THUDM/chatglm3-6b" in page and "rouge-l 0.41" in page
     assert "抽取式回答不使用适配器" in page
     assert at.button(key="use-law-qa").disabled
+
+
+def test_an_adapter_written_while_the_page_runs_is_listed_on_the_next_run(site: Site) -> None:
+    at = site.app()
+    at.radio(key="view").set_value("model").run()
+    assert "law-qa" not in texts(at) and not [b for b in at.button if b.key == "rescan"]
+    write_adapter(site.adapters / "law-qa", "THUDM/chatglm3-6b")  # finetune finished meanwhile
+    at.run()
+    assert "law-qa" in texts(at) and "rouge-l 0.41" in texts(at)
+
+
+def test_the_model_panel_connects_saves_and_answers_through_an_endpoint(site: Site) -> None:
+    from tests.fake_openai import FakeOpenAI
+
+    server = FakeOpenAI(models=("qwen-mini",), api_key="sk-page-key")
+    try:
+        at = site.app()
+        at.radio(key="view").set_value("model").run()
+        at.radio(key="model_kind").set_value("openai").run()
+        at.text_input(key="openai_url").set_value(f"http://127.0.0.1:{server.port}")
+        at.text_input(key="openai_key").set_value("sk-page-key")
+        at.button(key="connect").click().run()
+        assert "连接成功" in texts(at) and "qwen-mini" in texts(at), texts(at)
+        assert at.text_input(key="openai_model").value == "qwen-mini"  # filled from the server's list
+        at.button(key="save_endpoint").click().run()
+        assert not at.exception, at.exception
+        page = texts(at)
+        assert "已保存并切换到" in page and "**后端**: openai" in page, page
+        assert at.text_input(key="openai_key").value == ""  # the key left the page
+        assert "sk-page-key" not in page and "已保存一个密钥" in page
+        saved = (site.root / "conversations" / "model.yaml").read_text(encoding="utf-8")
+        assert "kind: openai" in saved and f"base_url: {server.url}" in saved
+
+        at.radio(key="view").set_value("chat").run()
+        ask(at, "打印机的 IP 地址是多少？")
+        answer = texts(assistant_messages(at)[-1])
+        assert "以上由 qwen-mini 回答" in answer and "10.0.0.25" in answer, answer
+        assert server.chats()[-1].authorization == "Bearer sk-page-key"
+
+        again = site.app()  # another session (a reload, a restart) answers with the saved choice
+        again.radio(key="view").set_value("model").run()
+        assert "**后端**: openai" in texts(again) and again.radio(key="model_kind").value == "openai"
+
+        other = FakeOpenAI(models=("qwen-mini",))  # another server typed in: the saved key is not sent there
+        try:
+            again.text_input(key="openai_url").set_value(other.url)
+            again.button(key="connect").click().run()
+            assert "连接成功" in texts(again)
+            assert {seen.authorization for seen in other.seen} == {""}
+            again.text_input(key="openai_url").set_value(server.url)  # back to the saved server: its key is used
+            again.button(key="connect").click().run()
+            assert "连接成功" in texts(again) and server.seen[-1].authorization == "Bearer sk-page-key"
+        finally:
+            other.close()
+    finally:
+        server.close()
+
+
+
+def test_a_folder_without_a_model_is_refused_and_the_choice_kept(site: Site) -> None:
+    at = site.app()
+    at.radio(key="view").set_value("model").run()
+    at.radio(key="model_kind").set_value("local").run()
+    at.text_input(key="local_folder").set_value(str(site.knowledge))
+    at.button(key="use_local").click().run()
+    assert "未保存：" in texts(at) and "is not a model folder (it needs a config.json)" in texts(at)
+    assert not (site.root / "conversations" / "model.yaml").exists()
+    assert "**后端**: extractive" in texts(at)
+
+
+def test_a_chosen_endpoint_that_is_down_falls_back_and_says_why(site: Site) -> None:
+    from rag.webui.model_choice import ModelChoice, save_choice
+    from tests.unit.test_model_choice import closed_port_url
+
+    save_choice(site.root / "conversations" / "model.yaml", ModelChoice("openai", "m", closed_port_url()))
+    at = site.app()
+    assert "无法连接到服务（地址有误或服务未启动）" in texts(at)  # the chat's banner names the reason
+    ask(at, "打印机的 IP 地址是多少？")
+    assert "[1]" in texts(assistant_messages(at)[-1])  # answered extractively, with citations
+    at.radio(key="view").set_value("model").run()
+    assert "所选模型不可用，已改用抽取式回答。无法连接到服务" in texts(at)
+    assert [b for b in at.button if b.key == "reconnect"]
 
 
 # --- a real (tiny, random) transformers model with LoRA adapters ----------------------------------------------------
