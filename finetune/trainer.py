@@ -20,6 +20,7 @@ from finetune.config import FinetuneConfig
 from finetune.data.load import Conversation
 from finetune.evaluate import generate_answers, score
 from finetune.packing import PackedCollator, pack_rows
+from finetune.regional_compile import compile_decoder_layers, eager
 from rag.core.errors import ConfigError
 from rag.models.templates import ChatTemplate
 
@@ -132,8 +133,9 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
             rank, world = self.accelerator.process_index, self.accelerator.num_processes
             shard = list(generation_sample)[rank::world]
             model = self.accelerator.unwrap_model(self.model)
-            answers = generate_answers(model, tokenizer, template, shard, cfg.eval.max_new_tokens,
-                                       cfg.eval.generate_batch_size)
+            with eager():  # compiled layers would recompile at every KV-cache length
+                answers = generate_answers(model, tokenizer, template, shard, cfg.eval.max_new_tokens,
+                                           cfg.eval.generate_batch_size)
             pairs = gather_object([(a, c.messages[-1].content) for a, c in zip(answers, shard, strict=True)])
             return score([p for p, _ in pairs], [r for _, r in pairs])
 
@@ -144,13 +146,27 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
         max_length = cfg.data.max_input_tokens + cfg.data.max_output_tokens
         train_rows, dev_rows = pack_rows(train_rows, max_length, cfg.seed), pack_rows(dev_rows, max_length, cfg.seed)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        collator = PackedCollator(pad_id, pad_to_multiple_of=max_length if cfg.train.compile else None)
+        fixed_shape = cfg.train.compile or compiles_layers(cfg)  # a new row length would recompile
+        collator = PackedCollator(pad_id, pad_to_multiple_of=max_length if fixed_shape else None)
     trainer = RecipeTrainer(
         model=model, args=args, processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
         data_collator=collator,
     )
-    return finish_trainer(trainer, args, show_progress)
+    return finish_trainer(trainer, args, show_progress, compiles_layers(cfg))
+
+
+def compiles_layers(cfg: FinetuneConfig) -> bool:
+    """``train.compile_layers`` resolved: ``auto`` compiles where it was measured to pay (docs/BENCHMARKS.md): SFT on
+    a CUDA GPU, unquantised base, no gradient checkpointing, not already compiling the whole model."""
+    import torch
+
+    setting = cfg.train.compile_layers
+    if setting != "auto":
+        return bool(setting)
+    t = cfg.train
+    return (cfg.stage == "sft" and not cfg.model.quantization and not t.gradient_checkpointing and not t.compile
+            and t.device != "cpu" and torch.cuda.is_available())
 
 
 def lora_config(cfg: FinetuneConfig) -> Any:
@@ -163,13 +179,16 @@ def lora_config(cfg: FinetuneConfig) -> Any:
                       bias="none", task_type="CAUSAL_LM")
 
 
-def finish_trainer(trainer: Any, args: Any, show_progress: bool) -> Any:
-    """What every stage's trainer gets after construction: adapter inputs kept in the autocast dtype, our progress
-    bar instead of transformers' printer."""
+def finish_trainer(trainer: Any, args: Any, show_progress: bool, compile_layers: bool) -> Any:
+    """What every stage's trainer gets after construction: adapter inputs kept in the autocast dtype, the decoder
+    layers compiled when asked (after peft has put its LoRA layers inside them), our progress bar instead of
+    transformers' printer."""
     from transformers import PrinterCallback, ProgressCallback
 
     if args.bf16 or args.fp16:
         keep_adapter_inputs_in_autocast_dtype(trainer.model)
+    if compile_layers:
+        compile_decoder_layers(trainer.model)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if show_progress and trainer.is_world_process_zero():
