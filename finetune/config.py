@@ -103,6 +103,8 @@ class TrainSection:
     precision: str = "auto"  # auto (bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU) | bf16 | fp16 | fp32
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the whole model (CUDA; ~2.5 min before the first step on ChatGLM3-6B)
+    fused_lora: bool = True  # add LoRA's update inside its B GEMM (torch.addmm), not in two extra passes over each
+    #                          adapted layer's output (finetune/fused_lora.py); the same sum, one rounding less
     compile_layers: bool | str = "auto"  # torch.compile each decoder layer (finetune/regional_compile.py): one
     #   layer's graph serves all, so it compiles in a fraction of the time. auto = on for SFT on a CUDA GPU with an
     #   unquantised base and no gradient checkpointing; true | false. Either compile pads packed batches to one shape

@@ -25,7 +25,7 @@ from typing import Any
 from finetune.config import FinetuneConfig
 from finetune.data.preference import Judgement, PreferencePair
 from finetune.templates import prompt_and_completion
-from finetune.trainer import compiles_layers, finish_trainer, lora_config, shared_arguments
+from finetune.trainer import finish_trainer, lora_config, shared_arguments
 from rag.core.errors import ConfigError
 from rag.models.adapters import check_adapter, find_adapter
 from rag.models.templates import ChatTemplate
@@ -137,7 +137,7 @@ def make_preference_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, arg
     if continuing and cfg.preference.reference == "base" and REFERENCE_ADAPTER in trainer.model.peft_config:
         trainer.model.delete_adapter(REFERENCE_ADAPTER)  # TRL then disables the adapter for reference passes
         trainer.model.set_adapter("default")
-    return finish_trainer(trainer, args, show_progress, compiles_layers(cfg))
+    return finish_trainer(trainer, cfg, args, show_progress)
 
 
 def completion_logprob(model: Any, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> float:

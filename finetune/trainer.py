@@ -19,6 +19,7 @@ from typing import Any
 from finetune.config import FinetuneConfig
 from finetune.data.load import Conversation
 from finetune.evaluate import generate_answers, score
+from finetune.fused_lora import fuse_lora_additions
 from finetune.packing import PackedCollator, pack_rows
 from finetune.regional_compile import compile_decoder_layers, eager
 from rag.core.errors import ConfigError
@@ -153,7 +154,7 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
         data_collator=collator,
     )
-    return finish_trainer(trainer, args, show_progress, compiles_layers(cfg))
+    return finish_trainer(trainer, cfg, args, show_progress)
 
 
 def compiles_layers(cfg: FinetuneConfig) -> bool:
@@ -179,15 +180,17 @@ def lora_config(cfg: FinetuneConfig) -> Any:
                       bias="none", task_type="CAUSAL_LM")
 
 
-def finish_trainer(trainer: Any, args: Any, show_progress: bool, compile_layers: bool) -> Any:
-    """What every stage's trainer gets after construction: adapter inputs kept in the autocast dtype, the decoder
-    layers compiled when asked (after peft has put its LoRA layers inside them), our progress bar instead of
-    transformers' printer."""
+def finish_trainer(trainer: Any, cfg: FinetuneConfig, args: Any, show_progress: bool) -> Any:
+    """What every stage's trainer gets after construction (peft has put its LoRA layers in by now): adapter inputs
+    kept in the autocast dtype, LoRA updates added inside their GEMM (``train.fused_lora``), the decoder layers
+    compiled (``train.compile_layers``), our progress bar instead of transformers' printer."""
     from transformers import PrinterCallback, ProgressCallback
 
     if args.bf16 or args.fp16:
         keep_adapter_inputs_in_autocast_dtype(trainer.model)
-    if compile_layers:
+    if cfg.train.fused_lora:
+        fuse_lora_additions(trainer.model)
+    if compiles_layers(cfg):
         compile_decoder_layers(trainer.model)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
