@@ -14,9 +14,11 @@ and the others' do. Everything outside the layers (embedding, the block-diagonal
 TRL's chunked LM head and loss) stays eager. The arithmetic is the same as eager's up to kernel fusion order
 (tests/unit/test_finetune_speed.py compares loss and gradients).
 
-Shapes must stay fixed or every new shape recompiles: the recipe pads packed micro-batches to the full row length
-when layers are compiled (finetune.trainer.make_trainer). Generation during evaluation runs eagerly
-(:func:`eager`): its growing KV cache would recompile the layers at every length.
+Shapes are kept few and static (``dynamic=False``: no slower shape-generic kernels for the common case): the recipe
+pads packed micro-batches to the full row length when layers are compiled (finetune.trainer.make_trainer), so the
+only other training shape is an epoch's last, smaller micro-batch, compiled once when it first comes. Evaluation
+runs eagerly (:func:`eager`): generation's growing KV cache would recompile at every length, and the no-grad eval
+passes would spend compiles (Dynamo allows 8 per function) on a few seconds of work.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def compile_decoder_layers(model: Any, backend: str = "inductor") -> int:
                          "train.compile_layers cannot find its layers; set train.compile_layers=false, or "
                          "train.compile=true to compile the whole model")
     for layer in layers:
-        layer.compile(backend=backend)
+        layer.compile(backend=backend, dynamic=False)
     logger.info("compiling %d %s layers (backend %s) at the first step", len(layers), type(layers[0]).__name__,
                 backend)
     return len(layers)

@@ -111,6 +111,10 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
         """Adds BLEU-4 / ROUGE of greedy answers to every evaluation's metrics. Done in ``log`` because the eval
         metrics dict is logged first and then handed, the same object, to early stopping and best-model tracking."""
 
+        def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+            with eager():  # compiled layers: see finetune/regional_compile.py
+                return super().evaluate(*args, **kwargs)
+
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "eval_loss" in logs and generation_sample:
                 logs.update({f"eval_{k}": v for k, v in self.generation_metrics().items()})
@@ -134,9 +138,8 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
             rank, world = self.accelerator.process_index, self.accelerator.num_processes
             shard = list(generation_sample)[rank::world]
             model = self.accelerator.unwrap_model(self.model)
-            with eager():  # compiled layers would recompile at every KV-cache length
-                answers = generate_answers(model, tokenizer, template, shard, cfg.eval.max_new_tokens,
-                                           cfg.eval.generate_batch_size)
+            answers = generate_answers(model, tokenizer, template, shard, cfg.eval.max_new_tokens,
+                                       cfg.eval.generate_batch_size)
             pairs = gather_object([(a, c.messages[-1].content) for a, c in zip(answers, shard, strict=True)])
             return score([p for p, _ in pairs], [r for _, r in pairs])
 

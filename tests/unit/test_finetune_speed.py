@@ -214,9 +214,15 @@ def recipe_losses(tmp_path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -
 
 def test_recipe_with_compiled_layers_and_fused_lora_has_the_eager_loss_curve(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
     eager, _ = recipe_losses(tmp_path / "eager", False, monkeypatch)
+    counters.clear()
     compiled, trainer = recipe_losses(tmp_path / "compiled", True, monkeypatch)
+    assert counters["stats"]["unique_graphs"] == 2  # four steps of one shape: layer 0's graph and the others'
+    assert trainer.evaluate(trainer.train_dataset)["eval_loss"] > 0
+    assert counters["stats"]["unique_graphs"] == 2  # evaluation runs eagerly: no compile for no-grad passes
     assert len(eager) == 4 and eager[-1] < eager[0], eager  # it trains
     assert compiled == pytest.approx(eager, rel=1e-5), (compiled, eager)
     assert all(layer._compiled_call_impl is not None for layer in decoder_layers(trainer.model))
