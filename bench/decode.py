@@ -75,12 +75,19 @@ class Bench:
             torch.cuda.synchronize()
 
 
+def glm_config(shape: dict[str, int], attn: str = "sdpa") -> Any:
+    """ChatGLM3's architecture as transformers' native GLM (half rotary, q/k/v biases) with ``shape``'s sizes."""
+    from transformers import GlmConfig
+
+    return GlmConfig(**shape, partial_rotary_factor=0.5, attention_bias=True, rms_norm_eps=1e-5, pad_token_id=0,
+                     attn_implementation=attn)
+
+
 def build_model(shape: dict[str, int], device: torch.device, dtype: torch.dtype, attn: str = "sdpa") -> Any:
     """Random weights initialised where they live (no CPU copy of 12 GB), in eval mode."""
-    from transformers import GlmConfig, GlmForCausalLM
+    from transformers import GlmForCausalLM
 
-    config = GlmConfig(**shape, partial_rotary_factor=0.5, attention_bias=True, rms_norm_eps=1e-5, pad_token_id=0,
-                       attn_implementation=attn)
+    config = glm_config(shape, attn)
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -16,13 +16,24 @@ Modes, each in its own child process (clean peak-memory figures; an out-of-memor
     recipe   ``finetune.trainer.trainer_arguments`` + ``make_trainer`` exactly as ``python -m finetune train`` builds them
              from ``configs/finetune/chatglm3_lora_fast.yaml`` (the seed's model, LoRA shape and lengths with the
              recipe's defaults: 12 packed rows of 384 tokens, no LoRA dropout, SDPA attention, bf16 autocast, fused
-             AdamW); a variant ``recipe:key=value,...`` overrides any key, e.g. ``recipe:lora.dropout=0.1``
+             AdamW, TRL's chunked LM head + loss that never builds the [tokens, 65024] logits, and on a GPU the
+             decoder layers compiled one graph for all, ``train.compile_layers=auto``); a variant
+             ``recipe:key=value,...`` overrides any key, e.g. ``recipe:lora.dropout=0.1``,
+             ``recipe:train.compile_layers=false`` (the eager recipe: the baseline the speed options are checked
+             against, same first losses), ``recipe:train.compile=true`` (the whole model compiled)
 
     recipe:stage=dpo / recipe:stage=kto   the preference stages (finetune.preference) on pairs / judged answers made
              from the same mix (rejected = another answer of similar length), reference = the base with the adapter
              disabled, micro-batch 4 pairs (8 sequences) unless overridden
-    recipe:model.quantization=4bit,train.micro_batch_size=4   QLoRA: the block linears replaced by bitsandbytes NF4
-             (double quantisation, bf16 compute) in place, then prepared as the recipe prepares a k-bit base
+    recipe:model.quantization=4bit,train.micro_batch_size=4   QLoRA: the model made on the meta device and each decoder
+             layer given random weights on the GPU and quantised to bitsandbytes NF4 (double quantisation, bf16
+             compute) at once, as ``from_pretrained(quantization_config=...)`` loads a checkpoint (no bf16 copy of
+             the whole model), then prepared as the recipe prepares a k-bit base
+
+Memory: ``load_peak_memory_gib`` is the peak from the start of the child until the model and its LoRA are ready
+(``model_memory_gib`` is what stays allocated then); ``train_peak_memory_gib`` (= ``peak_memory_gib``) is the peak
+of ``trainer.train()`` alone, the counter reset just before it. Time to the first steps: ``first_step_s`` and
+``warmup_overhead_s`` (what the untimed steps cost beyond steady ones: compilation shows there).
 
 Tokens/s counts real (non-padding) tokens after ``--warmup`` steps. Utilisation, honestly:
 
@@ -38,7 +49,9 @@ Tokens/s counts real (non-padding) tokens after ``--warmup`` steps. Utilisation,
   that LoRA never computes, so it overstates utilisation by ~1.5x).
 
 The recipe child also checks that packing changes nothing: the loss of its first packed batch against the same
-conversations run one at a time (token-weighted), before any training step.
+conversations run one at a time (token-weighted), before any training step. The summary line compares every
+variant with naive and with the plain recipe in tokens/s (same run, same GPU), and its first five losses with the
+eager recipe's (``--loss-baseline``) where the batches are the same.
 
     python bench/train_speed.py                             # full shape, CUDA GPU, ~40 GB
     python bench/train_speed.py --small --steps 4 --warmup 1 # tiny shape on CPU in seconds (smoke test)
@@ -58,7 +71,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.decode import CHATGLM3_6B, build_model  # noqa: E402  (the same random ChatGLM3-6B-shaped model)
+from bench.decode import CHATGLM3_6B, build_model, glm_config  # noqa: E402  (the same random ChatGLM3-6B shape)
 
 SMALL = {"vocab_size": 1024, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "max_position_embeddings": 1024}
@@ -131,8 +144,16 @@ def counted_step_flops(run_step: Any) -> float:
                         (aten._scaled_dot_product_flash_attention_for_cpu_backward, flop_counter.sdpa_backward_flop)):
         if op not in flop_counter.flop_registry:  # torch counts the CUDA SDPA kernels but not the CPU one (--small)
             flop_counter.register_flop_formula(op, get_raw=True)(formula)
-    with FlopCounterMode(display=False) as counter:
-        run_step()
+    import trl.kernels.chunked_logprob as chunked
+
+    # TRL's chunked LM head accumulates with addmm(..., out_dtype=float32) on CUDA, which torch 2.11's counter rejects
+    # ("addmm_flop() got multiple values for argument 'out_shape'"); its fallback (float32 addmm_) runs the same GEMMs
+    out_dtype, chunked._MM_OUT_DTYPE = chunked._MM_OUT_DTYPE, False
+    try:
+        with FlopCounterMode(display=False) as counter:
+            run_step()
+    finally:
+        chunked._MM_OUT_DTYPE = out_dtype
     return float(counter.get_total_flops())
 
 
@@ -162,21 +183,32 @@ def utilisation(flops_per_token: float, tokens_per_s: float, peak_tflops: float)
 
 
 class Meter:
-    """Tokens and wall time from step ``warmup`` on (GPU work synchronised at every mark)."""
+    """Tokens and wall time from step ``warmup`` on (GPU work synchronised at every mark), and what the untimed
+    steps cost on top of steady ones: compilation (``train.compile_layers`` / ``train.compile``) happens there."""
 
     def __init__(self, warmup: int, cuda: bool) -> None:
         self.warmup, self.cuda = warmup, cuda
+        self.begin = 0.0  # training started (before step 1)
         self.start: tuple[float, int] | None = None
         self.last: tuple[float, int] = (0.0, 0)
+        self.first_step_end = 0.0
         self.losses: list[float] = []
 
-    def mark(self, step: int, tokens: int, loss: float) -> None:
+    def now(self) -> float:
         if self.cuda:
             import torch
 
             torch.cuda.synchronize()
-        now = time.perf_counter()
+        return time.perf_counter()
+
+    def train_begins(self) -> None:
+        self.begin = self.now()
+
+    def mark(self, step: int, tokens: int, loss: float) -> None:
+        now = self.now()
         self.losses.append(round(loss, 4))
+        if step == 1:
+            self.first_step_end = now
         if step == self.warmup:
             self.start = (now, tokens)
         self.last = (now, tokens)
@@ -187,22 +219,54 @@ class Meter:
         seconds, tokens = self.last[0] - self.start[0], self.last[1] - self.start[1]
         return tokens / max(seconds, 1e-9), tokens, seconds
 
+    def startup(self, timed_steps: int) -> dict[str, float]:
+        """``first_step_s``: training start to the end of step 1; ``warmup_overhead_s``: what the ``warmup`` untimed
+        steps took beyond as many steady steps (compile time, plus allocator and autotuning warm-up, which an eager
+        run shows on its own: compare the two)."""
+        assert self.start is not None
+        steady = (self.last[0] - self.start[0]) / max(1, timed_steps)
+        return {"first_step_s": round(self.first_step_end - self.begin, 2),
+                "warmup_overhead_s": round(self.start[0] - self.begin - self.warmup * steady, 2),
+                "steady_step_s": round(steady, 4)}
+
+
+def reset_peak_memory(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def memory_gib(cuda: bool, peak: bool = True) -> float | None:
+    """Peak (since the last reset) or current GPU memory allocated by tensors, GiB; None on CPU."""
+    if not cuda:
+        return None
+    import torch
+
+    torch.cuda.synchronize()
+    return round((torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated()) / 2**30, 2)
+
 
 def run_naive(args: argparse.Namespace, shape: dict[str, int], device: Any, dtype: Any) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
 
+    cuda = device.type == "cuda"
     model = build_model(shape, device, dtype, "eager")
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1, target_modules=TARGETS,
                                              task_type="CAUSAL_LM"))
     model.train()
+    memory = {"load_peak_memory_gib": memory_gib(cuda), "model_memory_gib": memory_gib(cuda, peak=False)}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
     rows = data_mix(args.steps + 1, shape["vocab_size"], args.seed)
     first = (torch.tensor([rows[0]["input_ids"]], device=device), torch.tensor([rows[0]["labels"]], device=device))
     flops = counted_step_flops(lambda: model(input_ids=first[0], labels=first[1]).loss.backward())
     model.zero_grad(set_to_none=True)
     analytic = analytic_step_flops(shape, 8, TARGETS, 1, first[0].shape[1], "eager")
-    meter, seen = Meter(args.warmup, device.type == "cuda"), 0
+    meter, seen = Meter(args.warmup, cuda), 0
+    reset_peak_memory(cuda)  # the training peak: the loop alone
+    meter.train_begins()
     for step, row in enumerate(rows[: args.steps], start=1):
         ids = torch.tensor([row["input_ids"]], device=device)
         labels = torch.tensor([row["labels"]], device=device)
@@ -217,14 +281,14 @@ def run_naive(args: argparse.Namespace, shape: dict[str, int], device: Any, dtyp
     return {"tokens_per_s": round(rate, 1), "tokens": tokens, "seconds": round(seconds, 2),
             "batch": "1 conversation, no padding", "first_losses": meter.losses[:5],
             "flops_per_token": round(flops / first[0].shape[1]),
-            "analytic_vs_counted": round(analytic / flops, 4)}
+            "analytic_vs_counted": round(analytic / flops, 4), **memory, "train_peak_memory_gib": memory_gib(cuda),
+            **meter.startup(args.steps - args.warmup)}
 
 
 def recipe_parts(args: argparse.Namespace, shape: dict[str, int], device: Any, dtype: Any) -> tuple[Any, ...]:
     """The recipe's own config, trainer arguments and trainer over the random model."""
     import tempfile
 
-    import torch
     from transformers import TrainerCallback
 
     from finetune.config import load_finetune_config
@@ -241,19 +305,23 @@ def recipe_parts(args: argparse.Namespace, shape: dict[str, int], device: Any, d
     template = get_template("chatglm3")
     tokenizer = build_tokenizer(work / "tok", "chatglm3", texts=["你好 hello world"] * 4, vocab_size=300)
     tokenizer.pad_token = template.eos_token
-    model = build_model(shape, device, dtype, cfg.model.attn_implementation)
     precision = "bf16" if device.type == "cuda" else "fp32"
     targs = trainer_arguments(cfg, precision, False, work / "run")
     if cfg.model.quantization:
         from finetune.base_model import quantization_settings
 
         quantization_settings(cfg.model.quantization, precision, device.type == "cpu")  # refuses on CPU, in one line
-        model = quantize_block_linears(model, cfg.model.quantization, dtype)
-        torch.cuda.reset_peak_memory_stats()  # the recipe loads k-bit layer by layer: no bf16 copy of the model
+        model = build_quantized_model(shape, device, dtype, cfg.model.attn_implementation, cfg.model.quantization,
+                                      cfg.train.gradient_checkpointing)
+    else:
+        model = build_model(shape, device, dtype, cfg.model.attn_implementation)
     rows = data_mix(args.rows, shape["vocab_size"], args.seed)
     meter = Meter(args.warmup, device.type == "cuda")
 
     class Timing(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
+            meter.train_begins()
+
         def on_log(self, a: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if logs and "loss" in logs and "num_tokens" in logs:
                 meter.mark(state.global_step, int(logs["num_tokens"]), float(logs["loss"]))
@@ -267,7 +335,9 @@ def recipe_parts(args: argparse.Namespace, shape: dict[str, int], device: Any, d
         trainer = make_preference_trainer(cfg, model, tokenizer, targs, preference_rows(rows, cfg.stage, args.seed),
                                           [], show_progress=False)
     trainer.add_callback(Timing())
-    return cfg, trainer, meter
+    cuda = device.type == "cuda"
+    memory = {"load_peak_memory_gib": memory_gib(cuda), "model_memory_gib": memory_gib(cuda, peak=False)}
+    return cfg, trainer, meter, memory
 
 
 def preference_rows(rows: list[dict[str, list[int]]], stage: str, seed: int) -> list[dict[str, Any]]:
@@ -286,37 +356,76 @@ def preference_rows(rows: list[dict[str, list[int]]], stage: str, seed: int) -> 
     return out
 
 
-def quantize_block_linears(model: Any, kind: str, compute_dtype: Any) -> Any:
-    """QLoRA on the random model: every linear layer of the decoder blocks becomes a bitsandbytes 4-bit (NF4, double
-    quantisation) or 8-bit layer holding the same weights, as ``from_pretrained(quantization_config=...)`` would
-    load them; then peft's ``prepare_model_for_kbit_training``, as the recipe does (finetune.base_model)."""
-    import bitsandbytes as bnb
+def build_quantized_model(shape: dict[str, int], device: Any, dtype: Any, attn: str, kind: str,
+                          gradient_checkpointing: bool) -> Any:
+    """QLoRA's random model, loaded the way ``from_pretrained(quantization_config=...)`` loads a checkpoint: the model
+    is made on the meta device, then each decoder layer in turn gets random bf16 weights on the GPU and has its
+    linear layers quantised at once, so no bf16 copy of the whole model ever exists (the load peak is the k-bit model
+    plus one bf16 layer, not the 12.5 GB a bf16 model would take first). Then peft's
+    ``prepare_model_for_kbit_training``, as the recipe does (finetune.base_model)."""
     import torch
     from peft import prepare_model_for_kbit_training
+    from transformers import GlmForCausalLM
+    from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
-    for block in model.model.layers:
-        for parent in list(block.modules()):
-            for name, child in list(parent.named_children()):
-                if not isinstance(child, torch.nn.Linear):
-                    continue
-                bias = child.bias is not None
-                if kind == "4bit":
-                    new: Any = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=bias, device="meta",
-                                                 compute_dtype=compute_dtype, compress_statistics=True,
-                                                 quant_type="nf4")
-                    new.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True,
-                                                   quant_type="nf4")
-                else:
-                    new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=bias, device="meta",
-                                              has_fp16_weights=False)
-                    new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
-                if bias:
-                    new.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-                setattr(parent, name, new.to(child.weight.device))
+    config = glm_config(shape, attn)
+    with torch.device("meta"):
+        model = GlmForCausalLM(config).to(dtype)
+    layers, model.model.layers = model.model.layers, torch.nn.ModuleList()
+    torch.manual_seed(0)
+    model.to_empty(device=device)  # embeddings, final norm, output layer
+    random_weights(model)
+    with torch.device(device):
+        model.model.rotary_emb = GlmRotaryEmbedding(config)  # computed buffers, not weights: rebuilt where they live
+    for layer in layers:
+        layer.to_empty(device=device)
+        random_weights(layer)
+        quantize_linears(layer, kind, dtype)
+    model.model.layers = layers
     torch.cuda.empty_cache()
     # the flags peft and TRL read; not is_quantized, which makes the Trainer look for from_pretrained's hf_quantizer
     model.is_loaded_in_4bit, model.is_loaded_in_8bit = kind == "4bit", kind == "8bit"
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def random_weights(module: Any) -> None:
+    """The initialisation transformers gives GLM (normal 0.02 matrices, zero biases, unit norm scales)."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim >= 2:
+                param.normal_(0.0, 0.02)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                param.fill_(1.0)
+
+
+def quantize_linears(block: Any, kind: str, compute_dtype: Any) -> None:
+    """Every linear layer of ``block`` becomes a bitsandbytes 4-bit (NF4, double quantisation) or 8-bit layer holding
+    the same weights (quantised as it moves to the GPU), as ``from_pretrained(quantization_config=...)`` loads them."""
+    import bitsandbytes as bnb
+    import torch
+
+    for parent in list(block.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, torch.nn.Linear):
+                continue
+            bias = child.bias is not None
+            if kind == "4bit":
+                new: Any = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=bias, device="meta",
+                                             compute_dtype=compute_dtype, compress_statistics=True,
+                                             quant_type="nf4")
+                new.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True,
+                                               quant_type="nf4")
+            else:
+                new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=bias, device="meta",
+                                          has_fp16_weights=False)
+                new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+            if bias:
+                new.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, new.to(child.weight.device))
 
 
 def packing_check(trainer: Any, device: Any) -> dict[str, Any]:
@@ -350,26 +459,42 @@ def packing_check(trainer: Any, device: Any) -> dict[str, Any]:
 
 
 def run_recipe(args: argparse.Namespace, shape: dict[str, int], device: Any, dtype: Any) -> dict[str, Any]:
-    cfg, trainer, meter = recipe_parts(args, shape, device, dtype)
-    check = packing_check(trainer, device) if cfg.stage == "sft" else None
+    from finetune.regional_compile import eager
+    from finetune.trainer import compiles_layers
+
+    cfg, trainer, meter, memory = recipe_parts(args, shape, device, dtype)
+    with eager():  # one-off passes: compiled layers would compile them too (no-grad graphs, per-conversation lengths)
+        check = packing_check(trainer, device) if cfg.stage == "sft" else None
     try:
-        flops, real, (rows, length) = trainer_step_flops(trainer)
-    except Exception as exc:  # a torch whose FLOP counter cannot run this step: the meta count (--count-meta) stands
+        with eager():
+            flops, real, (rows, length) = trainer_step_flops(trainer)
+    except Exception as exc:  # a torch whose FLOP counter cannot run this step: the analytic count stands in (SFT)
         extra: dict[str, Any] = {"flops_per_token": None, "flop_count_error": f"{type(exc).__name__}: {exc}"[:200]}
         flops = 0.0
+        if cfg.stage == "sft" and not cfg.model.quantization:
+            batch = next(iter(trainer.get_train_dataloader()))
+            rows, length = (int(x) for x in batch["input_ids"].shape)
+            analytic = analytic_step_flops(shape, cfg.lora.r, cfg.lora.target_modules, rows, length,
+                                           cfg.model.attn_implementation)
+            real = int(batch["num_real_tokens"] if "num_real_tokens" in batch else batch["attention_mask"].sum())
+            extra.update(flops_per_token=round(analytic / real), flops_source="analytic")
     else:
-        extra = {"flops_per_token": round(flops / real), "flop_batch": {"rows": rows, "length": length,
-                                                                        "real_tokens": real}}
+        extra = {"flops_per_token": round(flops / real), "flops_source": "FlopCounterMode",
+                 "flop_batch": {"rows": rows, "length": length, "real_tokens": real}}
     if flops and cfg.stage == "sft" and not cfg.model.quantization:
         analytic = analytic_step_flops(shape, cfg.lora.r, cfg.lora.target_modules, rows, length,
                                        cfg.model.attn_implementation)
         extra["analytic_vs_counted"] = round(analytic / flops, 4)
+    cuda = device.type == "cuda"
+    reset_peak_memory(cuda)  # the training peak: trainer.train() alone (optimizer state and compilation included)
     trainer.train()
     rate, tokens, seconds = meter.rate()
     t = cfg.train
     return {"tokens_per_s": round(rate, 1), "tokens": tokens, "seconds": round(seconds, 2),
             "batching": t.batching, "micro_batch_size": t.micro_batch_size, "grad_accum_steps": t.grad_accum_steps,
             "gradient_checkpointing": t.gradient_checkpointing, "lora_dropout": cfg.lora.dropout,
+            "compile": "model" if t.compile else "layers" if compiles_layers(cfg) else "none",
+            **meter.startup(args.steps - args.warmup), **memory, "train_peak_memory_gib": memory_gib(cuda),
             "attn": cfg.model.attn_implementation, "optim": trainer.args.optim,
             "tokens_per_step": round(tokens / max(1, args.steps - args.warmup)), "packing_check": check,
             "stage": cfg.stage, "quantization": cfg.model.quantization, "first_losses": meter.losses[:5], **extra}
@@ -383,7 +508,7 @@ def meta_counts(args: argparse.Namespace) -> None:
     disabled) plus the policy forward and backward on the 8 sequences."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import GlmConfig, GlmForCausalLM
+    from transformers import GlmForCausalLM
 
     from finetune.packing import PackedCollator, pack_rows
 
@@ -391,10 +516,8 @@ def meta_counts(args: argparse.Namespace) -> None:
     n = params_of(shape)
 
     def model_for(attn: str) -> Any:
-        config = GlmConfig(**shape, partial_rotary_factor=0.5, attention_bias=True, rms_norm_eps=1e-5, pad_token_id=0,
-                           attn_implementation=attn)
         with torch.device("meta"):
-            base = GlmForCausalLM(config).to(torch.bfloat16)
+            base = GlmForCausalLM(glm_config(shape, attn)).to(torch.bfloat16)
         return get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM"))
 
     def line(mode: str, flops: float, tokens: int, **extra: Any) -> None:
@@ -439,8 +562,7 @@ def child(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.small else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     shape = SMALL if args.small else CHATGLM3_6B
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device.type == "cuda")  # the load peak counts from here
     started = time.perf_counter()
     fields = run_naive(args, shape, device, dtype) if args.child == "naive" else run_recipe(args, shape, device, dtype)
     n = params_of(shape)
@@ -451,7 +573,7 @@ def child(args: argparse.Namespace) -> None:
                                                      args.peak_tflops) if fields["flops_per_token"] else None,
             "flops_per_token_over_n": round(fields["flops_per_token"] / n, 3) if fields["flops_per_token"] else None,
             "mfu_6n": utilisation(6 * n, fields["tokens_per_s"], args.peak_tflops),  # the convention, not executed
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+            "peak_memory_gib": fields["train_peak_memory_gib"],  # training; the load peak is load_peak_memory_gib
             "wall_s": round(time.perf_counter() - started, 1)}
     print("RESULT " + json.dumps(line), flush=True)
 
@@ -464,12 +586,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4000, help="conversations in the recipe's dataset")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peak-tflops", type=float, default=989.4, help="dense bf16 peak of the GPU")
-    parser.add_argument("--variants", default="naive;recipe;recipe:train.compile=true;"
+    parser.add_argument("--variants", default="naive;recipe;recipe:train.compile_layers=false;recipe:train.compile=true;"
                         "recipe:model.quantization=4bit,train.micro_batch_size=4;"
                         "recipe:stage=dpo,train.batching=padded,train.micro_batch_size=4;"
                         "recipe:stage=kto,train.batching=padded,train.micro_batch_size=8",
                         help="';'-separated runs: naive, recipe, or recipe:key=value,key=value (recipe overrides)")
     parser.add_argument("--naive-steps", type=int, default=0, help="steps for naive (default --steps)")
+    parser.add_argument("--loss-baseline", default="recipe:train.compile_layers=false",
+                        help="the variant whose first losses the others' are compared with (same batches only)")
     parser.add_argument("--out", type=Path, help="also append the JSON lines here")
     parser.add_argument("--count-meta", action="store_true",
                         help="only count FLOPs per token of naive / recipe / dpo on meta tensors (no GPU needed)")
@@ -501,17 +625,44 @@ def main() -> None:
             line = json.loads(found[-1])
         results.append(line)
         emit(line, args.out)
-    naive = next((r for r in results if r.get("mode") == "naive" and "tokens_per_s" in r), None)
-    best = max((r for r in results if r.get("mode") == "recipe" and "tokens_per_s" in r),
-               key=lambda r: r["tokens_per_s"], default=None)
-    if naive and best:
-        emit({"summary": True, "naive_tokens_per_s": naive["tokens_per_s"],
-              "naive_executed_flop_utilisation": naive["executed_flop_utilisation"],
-              "recipe": best["label"], "recipe_tokens_per_s": best["tokens_per_s"],
-              "recipe_executed_flop_utilisation": best["executed_flop_utilisation"], "recipe_mfu_6n": best["mfu_6n"],
-              "speedup": round(best["tokens_per_s"] / naive["tokens_per_s"], 2),
-              "recipe_peak_memory_gib": best["peak_memory_gib"], "naive_peak_memory_gib": naive["peak_memory_gib"]},
-             args.out)
+    summary = summarize(results, args.loss_baseline)
+    if summary:
+        emit(summary, args.out)
+
+
+def summarize(results: list[dict[str, Any]], loss_baseline: str) -> dict[str, Any] | None:
+    """The run's comparison line: the best recipe variant against naive, and for every variant its tokens/s as a
+    multiple of naive's and of the first plain ``recipe`` line's (all measured in this run, on this GPU), its
+    utilisation and memory, and how far its first losses are from ``loss_baseline``'s (the eager recipe by default:
+    a speed option must not change the loss; compared only where the batches are the same, i.e. the same stage,
+    batching, micro-batch and quantisation)."""
+    measured = [r for r in results if "tokens_per_s" in r]
+    naive = next((r for r in measured if r["mode"] == "naive"), None)
+    recipes = [r for r in measured if r["mode"] == "recipe"]
+    if not naive or not recipes:
+        return None
+    best = max(recipes, key=lambda r: r["tokens_per_s"])
+    plain = next((r for r in recipes if r["label"] == "recipe"), recipes[0])
+    baseline = next((r for r in recipes if r["label"] == loss_baseline), None)
+    same_batches = ("stage", "batching", "micro_batch_size", "quantization")
+    table = {}
+    for r in measured:
+        row = {"tokens_per_s": r["tokens_per_s"], "vs_naive": round(r["tokens_per_s"] / naive["tokens_per_s"], 2),
+               "vs_recipe": round(r["tokens_per_s"] / plain["tokens_per_s"], 3),
+               "executed_flop_utilisation": r.get("executed_flop_utilisation"),
+               "train_peak_memory_gib": r.get("train_peak_memory_gib"),
+               "load_peak_memory_gib": r.get("load_peak_memory_gib"), "warmup_overhead_s": r.get("warmup_overhead_s")}
+        if baseline and r is not baseline and all(r.get(k) == baseline.get(k) for k in same_batches):
+            pairs = list(zip(r["first_losses"], baseline["first_losses"], strict=False))
+            row["first_losses_max_rel_diff_vs_baseline"] = round(max(abs(a - b) / abs(b) for a, b in pairs), 5)
+        table[r["label"]] = row
+    return {"summary": True, "naive_tokens_per_s": naive["tokens_per_s"],
+            "naive_executed_flop_utilisation": naive["executed_flop_utilisation"],
+            "recipe": best["label"], "recipe_tokens_per_s": best["tokens_per_s"],
+            "recipe_executed_flop_utilisation": best["executed_flop_utilisation"], "recipe_mfu_6n": best["mfu_6n"],
+            "speedup": round(best["tokens_per_s"] / naive["tokens_per_s"], 2),
+            "recipe_peak_memory_gib": best["peak_memory_gib"], "naive_peak_memory_gib": naive["peak_memory_gib"],
+            "loss_baseline": baseline["label"] if baseline else None, "variants": table}
 
 
 def emit(line: dict[str, Any], out: Path | None) -> None:

@@ -137,7 +137,7 @@ def make_preference_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, arg
     if continuing and cfg.preference.reference == "base" and REFERENCE_ADAPTER in trainer.model.peft_config:
         trainer.model.delete_adapter(REFERENCE_ADAPTER)  # TRL then disables the adapter for reference passes
         trainer.model.set_adapter("default")
-    return finish_trainer(trainer, args, show_progress)
+    return finish_trainer(trainer, cfg, args, show_progress)
 
 
 def completion_logprob(model: Any, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> float:

@@ -188,6 +188,10 @@ def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
         trainer = make_preference_trainer(cfg, model, tokenizer, args, train_rows, dev_rows, show_progress)
 
     # 5. train, resuming from a checkpoint when asked
+    on_gpu = torch.cuda.is_available() and not use_cpu
+    load_peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0  # the model loaded (k-bit: no bf16 copy)
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()  # the training peak is then training's own
     resume = resume_checkpoint(cfg.train.resume, output_dir, get_last_checkpoint)
     started = time.perf_counter()
     with torch_threads(cfg.train.cpu_threads), out_of_memory_advice(cfg):
@@ -199,14 +203,15 @@ def train(cfg: FinetuneConfig, show_progress: bool = False) -> RunResult:
     metrics = summarize(trainer.state.log_history, int(best.rsplit("-", 1)[-1]) if best else None)
     adapter_dir = None
     if trainer.is_world_process_zero():
-        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() and not use_cpu else 0.0
+        peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
         facts = {"run": cfg.name, "base_model": base.model_id, "base_origin": base.origin, "template": template.name,
                  "precision": precision, "processes": trainer.accelerator.num_processes,
                  "parallelism": ("fsdp" if trainer.is_fsdp_enabled else
                                  "ddp" if trainer.accelerator.num_processes > 1 else "single"),
                  "seconds": round(seconds, 1), "steps": trainer.state.global_step,
                  "tokens_per_second": round(metrics.get("train_tokens", 0.0) / max(seconds, 1e-9), 1),
-                 "peak_gpu_memory_gib": round(peak, 2), "train_examples": len(train_rows),
+                 "peak_gpu_memory_gib": round(peak, 2), "load_peak_gpu_memory_gib": round(load_peak, 2),
+                 "train_examples": len(train_rows),
                  "dev_examples": len(dev_rows), "resumed_from": str(resume or ""), "stage": cfg.stage,
                  "quantization": cfg.model.quantization, "data_counts": counts,
                  "best_checkpoint": best or "", **dataset}

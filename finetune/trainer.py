@@ -19,7 +19,9 @@ from typing import Any
 from finetune.config import FinetuneConfig
 from finetune.data.load import Conversation
 from finetune.evaluate import generate_answers, score
+from finetune.fused_lora import fuse_lora_additions
 from finetune.packing import PackedCollator, pack_rows
+from finetune.regional_compile import compile_decoder_layers, eager
 from rag.core.errors import ConfigError
 from rag.models.templates import ChatTemplate
 
@@ -109,6 +111,10 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
         """Adds BLEU-4 / ROUGE of greedy answers to every evaluation's metrics. Done in ``log`` because the eval
         metrics dict is logged first and then handed, the same object, to early stopping and best-model tracking."""
 
+        def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+            with eager():  # compiled layers: see finetune/regional_compile.py
+                return super().evaluate(*args, **kwargs)
+
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "eval_loss" in logs and generation_sample:
                 logs.update({f"eval_{k}": v for k, v in self.generation_metrics().items()})
@@ -144,13 +150,30 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
         max_length = cfg.data.max_input_tokens + cfg.data.max_output_tokens
         train_rows, dev_rows = pack_rows(train_rows, max_length, cfg.seed), pack_rows(dev_rows, max_length, cfg.seed)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        collator = PackedCollator(pad_id, pad_to_multiple_of=max_length if cfg.train.compile else None)
+        fixed_shape = cfg.train.compile or compiles_layers(cfg)  # a new row length would recompile
+        collator = PackedCollator(pad_id, pad_to_multiple_of=max_length if fixed_shape else None)
     trainer = RecipeTrainer(
         model=model, args=args, processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
         data_collator=collator,
     )
-    return finish_trainer(trainer, args, show_progress)
+    return finish_trainer(trainer, cfg, args, show_progress)
+
+
+def compiles_layers(cfg: FinetuneConfig) -> bool:
+    """``train.compile_layers`` resolved. ``auto`` compiles where compiling is expected to pay (compiling the whole
+    model took the recipe from 29.8 % to 40.7 % of executed FLOPs on an H100; compiled layers are still to be measured
+    there, docs/BENCHMARKS.md): SFT on a CUDA GPU, unquantised base, no gradient checkpointing, not already compiling
+    the whole model. Everywhere else the step stays eager: CPU (no C++ build for a tiny run), bitsandbytes layers and
+    checkpointed layers (untested under compile here), preference stages (padded batches of varying length)."""
+    import torch
+
+    setting = cfg.train.compile_layers
+    if setting != "auto":
+        return bool(setting)
+    t = cfg.train
+    return (cfg.stage == "sft" and not cfg.model.quantization and not t.gradient_checkpointing and not t.compile
+            and t.device != "cpu" and torch.cuda.is_available())
 
 
 def lora_config(cfg: FinetuneConfig) -> Any:
@@ -163,13 +186,18 @@ def lora_config(cfg: FinetuneConfig) -> Any:
                       bias="none", task_type="CAUSAL_LM")
 
 
-def finish_trainer(trainer: Any, args: Any, show_progress: bool) -> Any:
-    """What every stage's trainer gets after construction: adapter inputs kept in the autocast dtype, our progress
-    bar instead of transformers' printer."""
+def finish_trainer(trainer: Any, cfg: FinetuneConfig, args: Any, show_progress: bool) -> Any:
+    """What every stage's trainer gets after construction (peft has put its LoRA layers in by now): adapter inputs
+    kept in the autocast dtype, LoRA updates added inside their GEMM (``train.fused_lora``), the decoder layers
+    compiled (``train.compile_layers``), our progress bar instead of transformers' printer."""
     from transformers import PrinterCallback, ProgressCallback
 
     if args.bf16 or args.fp16:
         keep_adapter_inputs_in_autocast_dtype(trainer.model)
+    if cfg.train.fused_lora:
+        fuse_lora_additions(trainer.model)
+    if compiles_layers(cfg):
+        compile_decoder_layers(trainer.model)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if show_progress and trainer.is_world_process_zero():

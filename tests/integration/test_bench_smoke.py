@@ -90,7 +90,15 @@ def test_train_speed_bench_smoke() -> None:
     assert recipe["batching"] == "packing" and recipe["micro_batch_size"] == 12 and recipe["lora_dropout"] == 0.0
     assert recipe["packing_check"]["sequences"] > recipe["micro_batch_size"]  # several conversations per row
     assert recipe["packing_check"]["abs_diff"] < 1e-4
+    assert recipe["compile"] == "none"  # train.compile_layers=auto compiles only on a CUDA GPU
+    for line in (naive, recipe):  # memory phases (None on CPU) and the cost of the untimed steps are reported
+        assert {"load_peak_memory_gib", "train_peak_memory_gib", "model_memory_gib", "first_step_s",
+                "warmup_overhead_s"} <= set(line)
+        assert line["first_step_s"] > 0 and line["steady_step_s"] > 0
     assert summary["summary"] and summary["speedup"] > 0
+    ratios = summary["variants"]
+    assert ratios["naive"]["vs_naive"] == 1.0 and ratios["recipe"]["vs_recipe"] == 1.0
+    assert ratios["recipe"]["vs_naive"] == round(recipe["tokens_per_s"] / naive["tokens_per_s"], 2)
 
 
 def test_ocr_bench_smoke(tmp_path: Path) -> None:
