@@ -144,6 +144,8 @@ def check_config(cfg: LoadConfig) -> None:
         raise ConfigError(f"load.pdf_engine={cfg.pdf_engine!r} is not one of {', '.join(PDF_ENGINES)}")
     if cfg.ocr not in OCR_MODES:
         raise ConfigError(f"load.ocr={cfg.ocr!r} is not one of {', '.join(OCR_MODES)}")
+    if cfg.ocr_threads < 1:
+        raise ConfigError(f"load.ocr_threads={cfg.ocr_threads} must be at least 1 (1 = pages one after the other)")
     if cfg.timeout_s <= 0 or cfg.workers < 1:
         raise ConfigError(f"load.timeout_s={cfg.timeout_s:g} and load.workers={cfg.workers} must be positive")
 

@@ -142,6 +142,8 @@ def test_ocr_setting_is_checked_and_off_skips_images(tmp_path: Path) -> None:
     render_text_image(["x"], dpi=72).save(path)  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=r"^load.ocr='maybe' is not one of off, auto, force$"):
         parse_file(path, "shot.png", LoadConfig(ocr="maybe"))
+    with pytest.raises(ConfigError, match=r"^load.ocr_threads=0 must be at least 1 \(1 = pages one after the other\)$"):
+        parse_file(path, "shot.png", LoadConfig(ocr_threads=0))
     with pytest.raises(LoadError) as info:
         parse_file(path, "shot.png", LoadConfig(ocr="off"))
     assert (info.value.kind, str(info.value)) == ("unsupported", ".png files are read only with OCR: set load.ocr=auto")
