@@ -20,6 +20,7 @@ from rag.embed.embedder import HashEmbedder
 from rag.index.reader import KnowledgeIndex
 from rag.index.sync import sync_folder
 from rag.ingest.load import parse_file, parse_files, parse_one_isolated
+from rag.ingest.parsers.ocr import ocr_memory_mb
 from tests.broken_files import PASSWD_MARKER, make_pdf
 from tests.integration.test_hostile_corpus import huge_png
 from tests.office_files import (
@@ -130,7 +131,7 @@ def test_pages_of_a_scan_ocrd_by_several_threads_come_back_in_page_order(tmp_pat
     pages.insert(2, Image.new("RGB", pages[0].size, "white"))  # type: ignore[attr-defined]  # a blank scanned page
     path = write(tmp_path, "scan.pdf", image_pdf(pages, dpi=150))
     one = parse_file(path, "scan.pdf", LoadConfig(ocr_threads=1))
-    three = parse_file(path, "scan.pdf", LoadConfig(ocr_threads=3))
+    three = parse_file(path, "scan.pdf", LoadConfig(ocr_threads=3, memory_mb=ocr_memory_mb(3)))
     assert [(d.page, squash(d.text)) for d in three] == [
         (1, squash(lines[0])), (2, squash(lines[1])), (4, squash(lines[2])), (5, squash(lines[3])),
         (6, squash(lines[4]))]

@@ -9,6 +9,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from rag.core.config import LoadConfig
+from rag.core.errors import ConfigError
+from rag.ingest.load import check_config
 from rag.ingest.parsers.ocr import run_in_order
 
 
@@ -71,3 +74,35 @@ def test_a_failing_page_raises_in_order_and_later_pages_are_not_started() -> Non
             results.append(result)
     assert results == [0, 1, 2]
     assert len(created) <= 3 + 2 + 1 and max(started) < len(created)  # the other 44+ pages were never built
+
+
+def test_more_pages_at_once_need_more_memory_and_the_error_says_how_much() -> None:
+    check_config(LoadConfig())  # the defaults: one page at a time in 2048 MB
+    check_config(LoadConfig(ocr_threads=2, memory_mb=2304))
+    check_config(LoadConfig(ocr="off", ocr_threads=4))  # no OCR, no OCR memory
+    with pytest.raises(ConfigError) as info:
+        check_config(LoadConfig(ocr_threads=2))
+    assert str(info.value) == ("load.ocr_threads=2 needs load.memory_mb >= 2304 (OCR peaks near 1792 MB one page at "
+                               "a time, about 512 MB more for each more page at once); raise load.memory_mb or set "
+                               "load.ocr_threads=1")
+
+
+def test_an_allocation_refused_inside_onnxruntime_is_a_memory_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's address-space cap makes onnxruntime fail an allocation: reported as memory, not a corrupt file."""
+    import numpy as np
+
+    from rag.ingest.parsers import ocr
+
+    def engine(message: str) -> Callable[[object], object]:
+        def run(image: object) -> object:
+            raise RuntimeError(f"Traceback (most recent call last):\n  ...\n{message}\n")
+        return run
+
+    page = np.full((64, 64, 3), 255, dtype=np.uint8)
+    monkeypatch.setattr(ocr, "ocr_engine", lambda: engine("RUNTIME_EXCEPTION : Failed to allocate memory for "
+                                                          "requested buffer of size 135000000"))
+    with pytest.raises(MemoryError, match="Failed to allocate memory for requested buffer of size 135000000$"):
+        ocr.ocr_image(page, LoadConfig())
+    monkeypatch.setattr(ocr, "ocr_engine", lambda: engine("INVALID_ARGUMENT : unexpected input shape"))
+    with pytest.raises(RuntimeError, match="unexpected input shape"):  # any other failure stays what it was
+        ocr.ocr_image(page, LoadConfig())

@@ -4,7 +4,7 @@ Used for image files (png, jpg, webp, bmp, tiff), for PDF pages without a text l
 (:mod:`rag.ingest.parsers.pdf`), under ``load.ocr=off|auto|force``. It runs where every parser runs: inside an isolated
 worker process, so the per-file time and memory limits apply. Lines recognised with a score below
 ``load.ocr_min_confidence`` are dropped; the rest are put in reading order (top to bottom, then left to right within a
-line). The pages of one PDF are OCR'd by a small pool of threads (:func:`run_in_order`, ``load.ocr_threads``). A
+line). The pages of one PDF can be OCR'd by a small pool of threads (:func:`run_in_order`, ``load.ocr_threads``). A
 Document made by OCR says so: ``metadata["ocr"]`` and ``metadata["ocr_confidence"]``, and a heading
 ``OCR (confidence 0.97)`` that the source card shows (a Chunk carries its Document's heading, not its metadata).
 """
@@ -33,6 +33,11 @@ OCR_MODES = ("off", "auto", "force")
 OCR_PARSER = "rapidocr"
 MISSING_RAPIDOCR = "OCR needs rapidocr-onnxruntime: pip install -r requirements.txt (or set load.ocr=off)"
 T = TypeVar("T")
+ALLOCATION_FAILED = ("Failed to allocate memory", "bad_alloc", "bad allocation", "Cannot allocate memory")
+# Address space (load.memory_mb) that OCR needs: one page at a time peaks near 1.7 GB (VmPeak, A4 scans rendered at
+# 200 dpi: RapidOCR caps the detector's input at 2000 px a side), each more page at once adds about OCR_THREAD_MB
+OCR_BASE_MB = 1792
+OCR_THREAD_MB = 512
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,12 @@ def ocr_image(image: Any, cfg: LoadConfig) -> OcrText:
     array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
     if array.ndim != 3 or min(array.shape[:2]) < 8:
         return OcrText("", 0.0)
-    result, _ = ocr_engine()(array[:, :, ::-1])  # RapidOCR takes OpenCV's BGR order
+    try:
+        result, _ = ocr_engine()(array[:, :, ::-1])  # RapidOCR takes OpenCV's BGR order
+    except Exception as exc:  # onnxruntime reports an allocation refused by the worker's memory cap as a RuntimeError
+        if any(sign in str(exc) for sign in ALLOCATION_FAILED):
+            raise MemoryError(str(exc).strip().splitlines()[-1]) from exc
+        raise
     kept = [(box, str(text), float(score)) for box, text, score in result or [] if str(text).strip()]
     confident = [item for item in kept if item[2] >= cfg.ocr_min_confidence]
     lines = [collapse(" ".join(text for _, text, _ in line)) for line in reading_order(confident)]
@@ -136,6 +146,11 @@ def run_in_order(jobs: Iterable[Callable[[], T]], threads: int) -> Iterator[T]:
             yield pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ocr_memory_mb(threads: int) -> int:
+    """The ``load.memory_mb`` that ``threads`` pages OCR'd at once need (measured: docs/BENCHMARKS.md, "OCR")."""
+    return OCR_BASE_MB + OCR_THREAD_MB * (max(threads, 1) - 1)
 
 
 def ocr_heading(confidence: float) -> str:
