@@ -12,9 +12,10 @@ The shared text handling and the plain-text parser are in :mod:`rag.ingest.parse
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +113,15 @@ def _with_ocr(path: Path, source: str, documents: list[Document], cfg: LoadConfi
     import pypdfium2 as pdfium
 
     pdf = pdfium.PdfDocument(str(path))
-    try:
-        jobs = _page_jobs(pdf, source, documents, cfg)
-        return [document for page in run_in_order(jobs, cfg.ocr_threads) for document in page]
+    try:  # closing(): a failed page stops the jobs generator at once, so its open page closes before the document
+        with contextlib.closing(_page_jobs(pdf, source, documents, cfg)) as jobs:
+            return [document for page in run_in_order(jobs, cfg.ocr_threads) for document in page]
     finally:
         pdf.close()
 
 
-def _page_jobs(pdf: Any, source: str, documents: list[Document], cfg: LoadConfig) -> Iterator[Callable[[], list[Document]]]:
+def _page_jobs(pdf: Any, source: str, documents: list[Document],
+               cfg: LoadConfig) -> Generator[Callable[[], list[Document]], None, None]:
     """For each page, what gives its Documents: the text layer as it is, or OCR of its render or of its pictures.
 
     Everything pdfium does (render, decode) happens here, in the caller's thread; the jobs only hold owned arrays.
