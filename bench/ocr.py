@@ -11,17 +11,24 @@ for 150 and 300 dpi, rotated by a random angle in [-3°, +3°] and given Gaussia
   ``load.workers`` 1 and 2, worker start and model load included); (c) RapidOCR's command line, one process a page
   (``--cli-pages`` of them; it loads the models each time). Runs are interleaved ``--repeat`` times, best kept, since
   the machine may be shared.
+* ``page_threads``: pages/s of one scanned PDF through the loader (one isolated worker, as an ingest parses a file)
+  with ``load.ocr_threads`` 1 (one page after the other, the code before per-page threads) and 2, interleaved
+  ``--repeat`` times; the PDF is the generated pages at 300 dpi, or ``--scan-pdf`` (e.g. a scanned dev2 copy from
+  ``scripts/make_scanned_copies.py``).
 
     .venv/bin/python bench/ocr.py                        # 12 pages per dpi, ~5 min on 2 busy cores
     .venv/bin/python bench/ocr.py --pages 2 --repeat 1 --cli-pages 1 --out /tmp/ocr.jsonl   # smoke
+    .venv/bin/python bench/ocr.py --skip-cer --skip-speed --pages 8 --repeat 2            # per-page threads only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -30,12 +37,15 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rag.core.config import LoadConfig  # noqa: E402
 from rag.ingest.load import parse_file, parse_files  # noqa: E402
-from tests.office_files import render_text_image  # noqa: E402  (the tests' page renderer: one definition)
+from rag.ingest.parsers.ocr import ocr_memory_mb  # noqa: E402
+from tests.office_files import image_pdf, render_text_image  # noqa: E402  (the tests' page renderer: one definition)
 
 START = time.perf_counter()
 LINES_PER_PAGE = 8
@@ -185,6 +195,43 @@ def measure_speed(pages: list[dict[str, Any]], repeat: int, cli_pages: int, out:
     return ratios
 
 
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_page_threads(pdf: Path, thread_counts: list[int], repeat: int, out: Any) -> dict[str, float]:
+    """Pages/s of one scanned PDF in one isolated worker for each ``load.ocr_threads``, best of ``repeat`` rounds."""
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument(str(pdf))
+    pages = len(document)
+    document.close()
+    best: dict[int, float] = {}
+    for attempt in range(repeat):
+        for threads in thread_counts:
+            cfg = LoadConfig(workers=1, timeout_s=3600, ocr_threads=threads, memory_mb=max(2048, ocr_memory_mb(threads)))
+            cpu_before = children_cpu_s()
+            started = time.perf_counter()
+            (result,) = parse_files([(pdf, pdf.name)], cfg)
+            seconds = time.perf_counter() - started
+            cpu_s = children_cpu_s() - cpu_before  # the worker's CPU time (it is waited for when it stops)
+            assert result.ok, result.error
+            best[threads] = min(best.get(threads, float("inf")), seconds)
+            emit({"kind": "page_threads_run", "pdf": pdf.name, "pages": pages, "ocr_threads": threads,
+                  "attempt": attempt, "seconds": round(seconds, 2), "pages_per_s": round(pages / seconds, 4),
+                  "parse_s": round(result.seconds, 2), "worker_cpu_s": round(cpu_s, 1), "chars": sum(len(d.text) for d in result.documents),
+                  "load_avg_1min": round(os.getloadavg()[0], 1)}, out)
+    baseline = pages / best[thread_counts[0]]
+    summary = {}
+    for threads in thread_counts:
+        rate = pages / best[threads]
+        summary[f"page_threads{threads}_pages_per_s"] = round(rate, 4)
+        emit({"kind": "page_threads", "pdf": pdf.name, "pages": pages, "ocr_threads": threads,
+              "pages_per_s": round(rate, 4), f"vs_threads{thread_counts[0]}": round(rate / baseline, 3)}, out)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pages", type=int, default=12, help="pages per dpi (half Chinese, half English)")
@@ -193,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-cer", action="store_true")
+    parser.add_argument("--skip-page-threads", action="store_true")
+    parser.add_argument("--page-threads", default="1,2", help="load.ocr_threads values to compare (first = baseline)")
+    parser.add_argument("--scan-pdf", type=Path, help="time this scanned PDF instead of the generated 300 dpi pages")
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
     args = parser.parse_args(argv)
     out = args.out.open("w", encoding="utf-8") if args.out else None
@@ -202,6 +252,14 @@ def main(argv: list[str] | None = None) -> int:
         summary = {} if args.skip_cer else measure_cer(pages, LoadConfig(), out)
         if not args.skip_speed:
             summary.update(measure_speed(pages, args.repeat, args.cli_pages, out))
+        if not args.skip_page_threads:
+            pdf = args.scan_pdf
+            if pdf is None:
+                pdf = Path(folder) / "scan300.pdf"
+                images = [Image.open(page["path"]) for page in pages if page["dpi"] == 300]
+                pdf.write_bytes(image_pdf(images, dpi=300))
+            thread_counts = [int(value) for value in args.page_threads.split(",")]
+            summary.update(measure_page_threads(pdf, thread_counts, args.repeat, out))
         emit({"stage": "summary", **summary}, out)
     if out is not None:
         out.close()

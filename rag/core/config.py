@@ -38,6 +38,7 @@ class LoadConfig:
     ocr_dpi: int = 200  # PDF pages are rendered at this resolution for OCR
     ocr_pictures_per_file: int = 8  # auto: at most this many pictures inside text pages are OCR'd per PDF (a manual
     # full of screenshots would otherwise spend minutes of CPU per file); scanned pages are always read; 0 = none
+    ocr_threads: int = 1  # pages of one PDF OCR'd at once inside its worker; each more needs ~512 MB more memory_mb
 
 
 @dataclass

@@ -30,7 +30,7 @@ from rag.core.errors import ConfigError, LoadError, RagError
 from rag.core.paths import open_inside, same_file
 from rag.core.types import Document, ParsedFile
 from rag.ingest.parsers.markup import parse_html, parse_markdown
-from rag.ingest.parsers.ocr import IMAGE_SUFFIXES, OCR_MODES, parse_image
+from rag.ingest.parsers.ocr import IMAGE_SUFFIXES, OCR_BASE_MB, OCR_MODES, OCR_THREAD_MB, ocr_memory_mb, parse_image
 from rag.ingest.parsers.office import parse_docx, parse_pptx
 from rag.ingest.parsers.pdf import parse_pdf
 from rag.ingest.parsers.sheet import parse_csv, parse_xls, parse_xlsx
@@ -144,6 +144,12 @@ def check_config(cfg: LoadConfig) -> None:
         raise ConfigError(f"load.pdf_engine={cfg.pdf_engine!r} is not one of {', '.join(PDF_ENGINES)}")
     if cfg.ocr not in OCR_MODES:
         raise ConfigError(f"load.ocr={cfg.ocr!r} is not one of {', '.join(OCR_MODES)}")
+    if cfg.ocr_threads < 1:
+        raise ConfigError(f"load.ocr_threads={cfg.ocr_threads} must be at least 1 (1 = pages one after the other)")
+    if cfg.ocr != "off" and cfg.ocr_threads > 1 and cfg.memory_mb < ocr_memory_mb(cfg.ocr_threads):
+        raise ConfigError(f"load.ocr_threads={cfg.ocr_threads} needs load.memory_mb >= {ocr_memory_mb(cfg.ocr_threads)} "
+                          f"(OCR peaks near {OCR_BASE_MB} MB one page at a time, about {OCR_THREAD_MB} MB more for "
+                          f"each more page at once); raise load.memory_mb or set load.ocr_threads=1")
     if cfg.timeout_s <= 0 or cfg.workers < 1:
         raise ConfigError(f"load.timeout_s={cfg.timeout_s:g} and load.workers={cfg.workers} must be positive")
 

@@ -102,14 +102,19 @@ def test_train_speed_bench_smoke() -> None:
 
 
 def test_ocr_bench_smoke(tmp_path: Path) -> None:
-    """bench/ocr.py on one page per dpi, no speed runs (OCR on a busy CPU takes seconds a page: no time bound here)."""
+    """bench/ocr.py on one page per dpi, no API/CLI speed runs, one round of the per-page thread comparison (OCR on a
+    busy CPU takes seconds a page: no time bound here)."""
     out = tmp_path / "ocr.jsonl"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "ocr.py"), "--pages", "1", "--skip-speed", "--out",
-                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "ocr.py"), "--pages", "1", "--skip-speed", "--repeat",
+                           "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     pages = [line for line in lines if line.get("kind") == "cer_page"]
     assert [(page["dpi"], page["language"]) for page in pages] == [(150, "zh"), (300, "zh")]
     assert all(0.0 <= page["cer"] <= 1.0 and -3 <= page["angle"] <= 3 for page in pages)
-    assert set(lines[-1]) == {"stage", "cer_150dpi", "cer_300dpi", "elapsed_s"} and lines[-1]["cer_300dpi"] < 0.5
+    runs = [line for line in lines if line.get("kind") == "page_threads_run"]
+    assert [(run["ocr_threads"], run["pages"]) for run in runs] == [(1, 1), (2, 1)]
+    assert runs[0]["chars"] == runs[1]["chars"] > 20  # the threads read the same text as one page after the other
+    assert set(lines[-1]) == {"stage", "cer_150dpi", "cer_300dpi", "page_threads1_pages_per_s",
+                              "page_threads2_pages_per_s", "elapsed_s"} and lines[-1]["cer_300dpi"] < 0.5
     assert len(out.read_text(encoding="utf-8").splitlines()) == len(lines)

@@ -20,6 +20,7 @@ from rag.embed.embedder import HashEmbedder
 from rag.index.reader import KnowledgeIndex
 from rag.index.sync import sync_folder
 from rag.ingest.load import parse_file, parse_files, parse_one_isolated
+from rag.ingest.parsers.ocr import ocr_memory_mb
 from tests.broken_files import PASSWD_MARKER, make_pdf
 from tests.integration.test_hostile_corpus import huge_png
 from tests.office_files import (
@@ -122,11 +123,28 @@ def test_scanned_pdf_pages_and_pictures_in_text_pages(tmp_path: Path) -> None:
     assert len(forced) == 1 and forced[0].metadata["ocr"] == "page" and "代理端口8080" in squash(forced[0].text)
 
 
+def test_pages_of_a_scan_ocrd_by_several_threads_come_back_in_page_order(tmp_path: Path) -> None:
+    """load.ocr_threads: the same Documents as one page after the other, page numbers in order, blank page left out."""
+    lines = ["第一页：机房门禁卡在前台登记", "Page two: backup tapes go offsite", "第三页：打印机在三楼",
+             "Page four: the wiki moved to wiki.example.com", "第五页：年假需提前两周申请"]
+    pages = [render_text_image([line], dpi=150) for line in lines]
+    pages.insert(2, Image.new("RGB", pages[0].size, "white"))  # type: ignore[attr-defined]  # a blank scanned page
+    path = write(tmp_path, "scan.pdf", image_pdf(pages, dpi=150))
+    one = parse_file(path, "scan.pdf", LoadConfig(ocr_threads=1))
+    three = parse_file(path, "scan.pdf", LoadConfig(ocr_threads=3, memory_mb=ocr_memory_mb(3)))
+    assert [(d.page, squash(d.text)) for d in three] == [
+        (1, squash(lines[0])), (2, squash(lines[1])), (4, squash(lines[2])), (5, squash(lines[3])),
+        (6, squash(lines[4]))]
+    assert three == one
+
+
 def test_ocr_setting_is_checked_and_off_skips_images(tmp_path: Path) -> None:
     path = tmp_path / "shot.png"
     render_text_image(["x"], dpi=72).save(path)  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=r"^load.ocr='maybe' is not one of off, auto, force$"):
         parse_file(path, "shot.png", LoadConfig(ocr="maybe"))
+    with pytest.raises(ConfigError, match=r"^load.ocr_threads=0 must be at least 1 \(1 = pages one after the other\)$"):
+        parse_file(path, "shot.png", LoadConfig(ocr_threads=0))
     with pytest.raises(LoadError) as info:
         parse_file(path, "shot.png", LoadConfig(ocr="off"))
     assert (info.value.kind, str(info.value)) == ("unsupported", ".png files are read only with OCR: set load.ocr=auto")

@@ -4,7 +4,8 @@ Used for image files (png, jpg, webp, bmp, tiff), for PDF pages without a text l
 (:mod:`rag.ingest.parsers.pdf`), under ``load.ocr=off|auto|force``. It runs where every parser runs: inside an isolated
 worker process, so the per-file time and memory limits apply. Lines recognised with a score below
 ``load.ocr_min_confidence`` are dropped; the rest are put in reading order (top to bottom, then left to right within a
-line). A Document made by OCR says so: ``metadata["ocr"]`` and ``metadata["ocr_confidence"]``, and a heading
+line). The pages of one PDF can be OCR'd by a small pool of threads (:func:`run_in_order`, ``load.ocr_threads``). A
+Document made by OCR says so: ``metadata["ocr"]`` and ``metadata["ocr_confidence"]``, and a heading
 ``OCR (confidence 0.97)`` that the source card shows (a Chunk carries its Document's heading, not its metadata).
 """
 
@@ -13,9 +14,12 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rag.core.config import LoadConfig
 from rag.core.errors import LoadError
@@ -28,6 +32,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 OCR_MODES = ("off", "auto", "force")
 OCR_PARSER = "rapidocr"
 MISSING_RAPIDOCR = "OCR needs rapidocr-onnxruntime: pip install -r requirements.txt (or set load.ocr=off)"
+T = TypeVar("T")
+ALLOCATION_FAILED = ("Failed to allocate memory", "bad_alloc", "bad allocation", "Cannot allocate memory")
+# Address space (load.memory_mb) that OCR needs: one page at a time peaks near 1.7 GB (VmPeak, A4 scans rendered at
+# 200 dpi: RapidOCR caps the detector's input at 2000 px a side), each more page at once adds about OCR_THREAD_MB
+OCR_BASE_MB = 1792
+OCR_THREAD_MB = 512
 
 
 @dataclass(frozen=True)
@@ -85,13 +95,62 @@ def ocr_image(image: Any, cfg: LoadConfig) -> OcrText:
     array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
     if array.ndim != 3 or min(array.shape[:2]) < 8:
         return OcrText("", 0.0)
-    result, _ = ocr_engine()(array[:, :, ::-1])  # RapidOCR takes OpenCV's BGR order
+    try:
+        result, _ = ocr_engine()(array[:, :, ::-1])  # RapidOCR takes OpenCV's BGR order
+    except Exception as exc:  # onnxruntime reports an allocation refused by the worker's memory cap as a RuntimeError
+        if any(sign in str(exc) for sign in ALLOCATION_FAILED):
+            raise MemoryError(str(exc).strip().splitlines()[-1]) from exc
+        raise
     kept = [(box, str(text), float(score)) for box, text, score in result or [] if str(text).strip()]
     confident = [item for item in kept if item[2] >= cfg.ocr_min_confidence]
     lines = [collapse(" ".join(text for _, text, _ in line)) for line in reading_order(confident)]
     weight = sum(len(text) for _, text, _ in confident)
     confidence = sum(len(text) * score for _, text, score in confident) / weight if weight else 0.0
     return OcrText("\n".join(line for line in lines if line), confidence, len(kept) - len(confident))
+
+
+def owned_rgb(image: Any) -> Any:
+    """An HxWx3 uint8 RGB array that owns its memory, for a PIL image that may share a pdfium bitmap's buffer.
+
+    pypdfium2's ``to_pil`` can map the bitmap's memory, which pdfium frees with the bitmap; a page handed to an OCR
+    thread must not depend on an object the rendering thread lets go.
+    """
+    import numpy as np
+
+    return np.array(image.convert("RGB"))
+
+
+def run_in_order(jobs: Iterable[Callable[[], T]], threads: int) -> Iterator[T]:
+    """Run ``jobs`` on ``threads`` threads and yield their results in the jobs' order.
+
+    Why threads and this shape: a long scan spends its time in onnxruntime and OpenCV, which release the GIL, so
+    pages overlap on one engine (its sessions may run concurrently) without loading the models again per process.
+    The jobs are taken lazily, at most ``threads + 1`` ahead of the result being waited for, so a 10,000-page scan
+    holds a few rendered pages in memory, not all of them; the caller builds each job (rendering with pdfium, which
+    is not thread-safe) in its own thread while the pool works. An exception in a job is raised here, in order, and
+    the jobs not yet started are cancelled. The file's time limit is the worker process's: killing it ends the
+    threads too.
+    """
+    if threads <= 1:
+        for job in jobs:
+            yield job()
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="ocr")
+    pending: deque[Future[T]] = deque()
+    try:
+        for job in jobs:
+            pending.append(pool.submit(job))
+            while len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ocr_memory_mb(threads: int) -> int:
+    """The ``load.memory_mb`` that ``threads`` pages OCR'd at once need (measured: docs/BENCHMARKS.md, "OCR")."""
+    return OCR_BASE_MB + OCR_THREAD_MB * (max(threads, 1) - 1)
 
 
 def ocr_heading(confidence: float) -> str:

@@ -12,14 +12,17 @@ The shared text handling and the plain-text parser are in :mod:`rag.ingest.parse
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
 from rag.core.config import LoadConfig
 from rag.core.errors import LoadError
 from rag.core.types import Document
-from rag.ingest.parsers.ocr import OCR_PARSER, OcrText, ocr_document, ocr_image
+from rag.ingest.parsers.ocr import OCR_PARSER, OcrText, ocr_document, ocr_image, owned_rgb, run_in_order
 from rag.ingest.parsers.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -104,46 +107,67 @@ def _with_ocr(path: Path, source: str, documents: list[Document], cfg: LoadConfi
     """OCR the pages that need it: with ``force`` every page (its text layer replaced); with ``auto`` the pages with
     fewer than ``load.ocr_min_page_chars`` characters that hold a picture (a scan), and the pictures on the other
     pages (their text becomes a Document of its own on the same page), at most ``load.ocr_pictures_per_file`` of them
-    per file, in page order. Pages are rendered at ``load.ocr_dpi``."""
+    per file, in page order. Pages are rendered at ``load.ocr_dpi``, here, one at a time, and OCR'd by
+    ``load.ocr_threads`` threads (:func:`~rag.ingest.parsers.ocr.run_in_order`): page order is kept, and only a few
+    rendered pages wait in memory."""
     import pypdfium2 as pdfium
 
-    metadata = {"parser": "pypdfium2+" + OCR_PARSER, "page_count": str(len(documents))}
     pdf = pdfium.PdfDocument(str(path))
-    out: list[Document] = []
-    pictures_left = cfg.ocr_pictures_per_file
-    try:
-        for index, document in enumerate(documents):
-            page = pdf[index]
-            try:
-                objects = _readable_pictures(page)
-                few_chars = len("".join(document.text.split())) < cfg.ocr_min_page_chars
-                if cfg.ocr == "force" or (few_chars and objects):  # a blank or drawing-only page loads no model
-                    width, height = page.get_size()  # points: a huge page is rendered smaller, not out of memory
-                    scale = min(cfg.ocr_dpi / 72, (MAX_RENDER_PIXELS / max(width * height, 1.0)) ** 0.5)
-                    image = page.render(scale=scale).to_pil()
-                    out.append(ocr_document(ocr_image(image, cfg), source, index + 1, "page", metadata))
-                    continue
-                out.append(document)
-                if pictures_left <= 0 or not objects:
-                    continue
-                objects = objects[:pictures_left]
-                pictures_left -= len(objects)
-                if pictures_left <= 0:
-                    logger.info("%s: OCR'd %d pictures inside text pages (load.ocr_pictures_per_file); the rest are "
-                                "not read", source, cfg.ocr_pictures_per_file)
-                pictures = [ocr_image(picture, cfg) for picture in _decoded(objects)]
-                pictures = [result for result in pictures if result.text]
-                if pictures:
-                    weight = sum(len(result.text) for result in pictures)
-                    confidence = sum(len(result.text) * result.confidence for result in pictures) / weight
-                    joined = OcrText("\n\n".join(result.text for result in pictures), confidence,
-                                     sum(result.dropped_lines for result in pictures))
-                    out.append(ocr_document(joined, source, index + 1, "pictures", metadata))
-            finally:
-                page.close()
+    try:  # closing(): a failed page stops the jobs generator at once, so its open page closes before the document
+        with contextlib.closing(_page_jobs(pdf, source, documents, cfg)) as jobs:
+            return [document for page in run_in_order(jobs, cfg.ocr_threads) for document in page]
     finally:
         pdf.close()
-    return out
+
+
+def _page_jobs(pdf: Any, source: str, documents: list[Document],
+               cfg: LoadConfig) -> Generator[Callable[[], list[Document]], None, None]:
+    """For each page, what gives its Documents: the text layer as it is, or OCR of its render or of its pictures.
+
+    Everything pdfium does (render, decode) happens here, in the caller's thread; the jobs only hold owned arrays.
+    """
+    metadata = {"parser": "pypdfium2+" + OCR_PARSER, "page_count": str(len(documents))}
+    pictures_left = cfg.ocr_pictures_per_file
+    for index, document in enumerate(documents):
+        page = pdf[index]
+        try:
+            objects = _readable_pictures(page)
+            few_chars = len("".join(document.text.split())) < cfg.ocr_min_page_chars
+            if cfg.ocr == "force" or (few_chars and objects):  # a blank or drawing-only page loads no model
+                width, height = page.get_size()  # points: a huge page is rendered smaller, not out of memory
+                scale = min(cfg.ocr_dpi / 72, (MAX_RENDER_PIXELS / max(width * height, 1.0)) ** 0.5)
+                image = owned_rgb(page.render(scale=scale).to_pil())
+                yield functools.partial(_ocr_page, image, source, index + 1, cfg, metadata)
+                continue
+            if pictures_left <= 0 or not objects:
+                yield functools.partial(list, [document])
+                continue
+            objects = objects[:pictures_left]
+            pictures_left -= len(objects)
+            if pictures_left <= 0:
+                logger.info("%s: OCR'd %d pictures inside text pages (load.ocr_pictures_per_file); the rest are "
+                            "not read", source, cfg.ocr_pictures_per_file)
+            images = [owned_rgb(picture) for picture in _decoded(objects)]
+            yield functools.partial(_ocr_pictures, document, images, source, index + 1, cfg, metadata)
+        finally:
+            page.close()
+
+
+def _ocr_page(image: Any, source: str, page: int, cfg: LoadConfig, metadata: dict[str, str]) -> list[Document]:
+    return [ocr_document(ocr_image(image, cfg), source, page, "page", metadata)]
+
+
+def _ocr_pictures(document: Document, images: list[Any], source: str, page: int, cfg: LoadConfig,
+                  metadata: dict[str, str]) -> list[Document]:
+    """The page's text layer, then one Document of the text read in its pictures (if any)."""
+    pictures = [result for result in (ocr_image(image, cfg) for image in images) if result.text]
+    if not pictures:
+        return [document]
+    weight = sum(len(result.text) for result in pictures)
+    confidence = sum(len(result.text) * result.confidence for result in pictures) / weight
+    joined = OcrText("\n\n".join(result.text for result in pictures), confidence,
+                     sum(result.dropped_lines for result in pictures))
+    return [document, ocr_document(joined, source, page, "pictures", metadata)]
 
 
 def _readable_pictures(page: Any) -> list[Any]:

@@ -1,0 +1,57 @@
+"""scripts/make_scanned_copies.py: the corpus copies behind the OCR retrieval check (docs/BENCHMARKS.md, "OCR")."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from rag.ingest.parsers.pdf import pdf_pages_pdfium
+from tests.broken_files import make_pdf
+
+pytestmark = pytest.mark.integration
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_scanned_copies.py"
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_scanned_copies", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scanned_copy_keeps_the_answering_pages_as_pictures_only(tmp_path: Path) -> None:
+    import pypdfium2 as pdfium
+
+    corpus = tmp_path / "corpus"
+    (corpus / "pdf").mkdir(parents=True)
+    pages = [["Page one talks about printers"], ["Page two is filler"], ["Page three: backups run at 02:00"]]
+    (corpus / "pdf" / "guide.pdf").write_bytes(make_pdf(pages))
+    (corpus / "notes.txt").write_text("plain notes", encoding="utf-8")
+    questions = [
+        {"id": "q1", "question": "When do backups run?", "evidence": ["backups run at 02:00"], "source": "pdf/guide.pdf"},
+        {"id": "q2", "question": "Printers?", "evidence": ["talks about printers"], "source": "pdf/guide.pdf"},
+        {"id": "q3", "question": "Backups?", "evidence": ["Page three"], "source": "pdf/guide.pdf"},
+        {"id": "q4", "question": "Notes?", "evidence": ["plain notes"], "source": "notes.txt"},
+    ]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
+    out = tmp_path / "out"
+    code = load_script().main(["--corpus", str(corpus), "--out", str(out), "--questions", str(tmp_path / "q.jsonl"),
+                               "--pages-per-file", "1", "--dpi", "72", "pdf/guide.pdf"])
+    assert code == 0
+    # page 3 answers two questions, page 1 one: with room for one page, page 3 is kept, in both copies
+    assert [text.strip() for text in pdf_pages_pdfium(out / "text" / "pdf" / "guide.pdf")] == [
+        "Page three: backups run at 02:00"]
+    assert pdf_pages_pdfium(out / "scanned" / "pdf" / "guide.pdf") == [""]  # no text layer left
+    original, scan = (pdfium.PdfDocument(str(out / side / "pdf" / "guide.pdf")) for side in ("text", "scanned"))
+    assert scan[0].get_size() == pytest.approx(original[0].get_size(), abs=1.0)  # the scan keeps the page size
+    assert [q["id"] for q in map(json.loads, (out / "questions.jsonl").read_text(encoding="utf-8").splitlines())] == [
+        "q1", "q3"]
+    assert (out / "text" / "notes.txt").read_text(encoding="utf-8") == "plain notes"
+    assert (out / "scanned" / "notes.txt").read_text(encoding="utf-8") == "plain notes"
+    assert load_script().main(["--corpus", str(corpus), "--out", str(out), "--questions", str(tmp_path / "q.jsonl"),
+                               "pdf/guide.pdf"]) == 1  # never writes into an existing folder
