@@ -12,6 +12,7 @@ from rag.core.config import RagConfig
 from rag.core.types import Chunk
 from rag.embed.embedder import Embedder
 from rag.index.bm25 import BM25, current_tokens
+from rag.index.bridge import Dictionary
 from rag.index.docstore import DocStore
 from rag.index.external import filter_known, open_external
 from rag.index.layout import DOCSTORE, check_embedder, faiss_path, read_manifest
@@ -118,6 +119,18 @@ class KnowledgeIndex:
         self.refresh()
         with self._lock:
             return self.bm25.search(query, k) if self.bm25 is not None else []
+
+    def search_bridge(self, query: str, dictionary: Dictionary, k: int) -> list[tuple[int, float]]:
+        """BM25 over the question's words in the other language (:mod:`rag.index.bridge`); empty when the
+        dictionary knows none of them."""
+        self.refresh()
+        with self._lock:
+            bm25 = self.bm25
+            if bm25 is None:
+                return []
+            translated = dictionary.bridge_query(query, lambda term: entry[2] if (
+                entry := bm25.postings.get(term)) is not None else None)
+            return bm25.search(translated, k) if translated else []
 
     def chunks(self, ids: list[int]) -> dict[int, Chunk]:
         with self._lock:
