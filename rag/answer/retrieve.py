@@ -15,10 +15,12 @@ import logging
 from dataclasses import replace
 from typing import Any, Protocol
 
+from rag.answer.blocks import rerank_by_blocks
 from rag.answer.names import unknown_names
 from rag.core.config import EmbedConfig, RetrieveConfig
 from rag.core.errors import ConfigError
 from rag.core.types import Hit
+from rag.index.bm25 import tokenize
 from rag.index.bridge import Dictionary, load_dictionary
 from rag.index.reader import KnowledgeIndex
 
@@ -61,6 +63,8 @@ def validate(cfg: RetrieveConfig) -> None:
         raise ConfigError(f"retrieve.top_k={cfg.top_k} must be at least 1")
     if cfg.candidates < cfg.top_k:
         raise ConfigError(f"retrieve.candidates={cfg.candidates} must be at least retrieve.top_k={cfg.top_k}")
+    if cfg.block_weight < 0:
+        raise ConfigError(f"retrieve.block_weight={cfg.block_weight} must be 0 (off) or more, e.g. retrieve.block_weight=0.5")
     if cfg.bridge_weight < 0:
         raise ConfigError(f"retrieve.bridge_weight={cfg.bridge_weight} must be 0 or more, e.g. retrieve.bridge_weight=1")
     if cfg.unknown_name_min_chars < 0:
@@ -129,7 +133,8 @@ class Retriever:
         dense = self.index.search_dense(query, pool) if mode in ("dense", "hybrid") else []
         bm25 = self.index.search_bm25(query, pool) if mode in ("bm25", "hybrid") else []
         dictionary = self._dictionary(cfg)
-        bridge = self.index.search_bridge(query, dictionary, pool) if dictionary and mode != "dense" else []
+        translated, bridge = self.index.search_bridge(query, dictionary, pool) if dictionary and mode != "dense" \
+            else ("", [])
         if not (dense or bm25 or bridge) or self._below_threshold(dense, bm25, cfg, mode):
             return []
         if mode == "dense":
@@ -139,8 +144,14 @@ class Retriever:
         else:
             ranking = fuse(dense, bm25, cfg, bridge)
         keep = max(top_k, cfg.rerank_candidates) if self.reranker is not None else top_k
-        ranking = ranking[:keep]
+        ranking = ranking[:max(keep, cfg.block_candidates if cfg.block_weight > 0 else 0)]
         chunks = self.index.chunks([i for i, _ in ranking])
+        if cfg.block_weight > 0 and mode != "dense":
+            terms = set(tokenize(query)) | set(translated.split())
+            weights = {t: w for t, w in self.index.idfs(terms).items() if w is not None}
+            ranking = rerank_by_blocks(ranking, {i: c.text for i, c in chunks.items()}, weights, cfg.rrf_k,
+                                       cfg.block_weight)
+        ranking = ranking[:keep]
         dense_scores, bm25_scores = dict(dense), dict(bm25)
         hits = [
             Hit(chunks[i], score, dense_scores.get(i), bm25_scores.get(i))

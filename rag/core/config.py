@@ -116,6 +116,10 @@ class RetrieveConfig:
     # "" = off (rag.index.bridge, docs/EVAL.md)
     bridge: str = "cedict"
     bridge_weight: float = 1.0
+    # rescore the top block_candidates chunks by their best blank-line block (an option with its description, a
+    # list item): that order is fused with weight block_weight; 0 = off (rag.answer.blocks, docs/EVAL.md)
+    block_weight: float = 0.5
+    block_candidates: int = 20
 
 
 @dataclass

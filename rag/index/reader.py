@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -120,17 +121,17 @@ class KnowledgeIndex:
         with self._lock:
             return self.bm25.search(query, k) if self.bm25 is not None else []
 
-    def search_bridge(self, query: str, dictionary: Dictionary, k: int) -> list[tuple[int, float]]:
-        """BM25 over the question's words in the other language (:mod:`rag.index.bridge`); empty when the
-        dictionary knows none of them."""
+    def search_bridge(self, query: str, dictionary: Dictionary, k: int) -> tuple[str, list[tuple[int, float]]]:
+        """BM25 over the question's words in the other language (:mod:`rag.index.bridge`): (that query, the
+        ranking); ("", []) when the dictionary knows none of them."""
         self.refresh()
         with self._lock:
             bm25 = self.bm25
             if bm25 is None:
-                return []
+                return "", []
             translated = dictionary.bridge_query(query, lambda term: entry[2] if (
                 entry := bm25.postings.get(term)) is not None else None)
-            return bm25.search(translated, k) if translated else []
+            return translated, bm25.search(translated, k) if translated else []
 
     def chunks(self, ids: list[int]) -> dict[int, Chunk]:
         with self._lock:
@@ -148,6 +149,13 @@ class KnowledgeIndex:
         with self._lock:
             entry = self.bm25.postings.get(term) if self.bm25 is not None else None
             return entry[2] if entry is not None else None
+
+    def idfs(self, terms: Iterable[str]) -> dict[str, float | None]:
+        """:meth:`idf` of several terms under one refresh."""
+        self.refresh()
+        with self._lock:
+            postings = self.bm25.postings if self.bm25 is not None else {}
+            return {t: entry[2] if (entry := postings.get(t)) is not None else None for t in terms}
 
     def max_idf(self) -> float:
         """The idf a term held by no chunk would have (BM25's formula with document frequency 0)."""
