@@ -49,6 +49,18 @@ _GLOSS_FILLER = STOPWORDS | {"sb", "sth", "one", "etc", "also", "used", "oneself
 _MEANINGS_READ = 4  # the first glosses of an entry; later ones are rare senses
 
 
+def _base_forms(phrase: str) -> list[str]:
+    """Dictionary forms to try for an inflected English word or phrase (its last word): sizes -> size,
+    matches -> match, copied -> copy, deleted -> delete, sorting -> sort; glosses are written uninflected."""
+    head, _, last = phrase.rpartition(" ")
+    forms = []
+    for suffix, replacement in (("ies", "y"), ("es", ""), ("s", ""), ("ied", "y"), ("ed", "e"), ("ed", ""),
+                                ("ing", "e"), ("ing", "")):
+        if last.endswith(suffix) and len(last) - len(suffix) >= 3:
+            forms.append(f"{head} {last[:-len(suffix)]}{replacement}".strip())
+    return forms
+
+
 @dataclass(frozen=True)
 class Dictionary:
     """Both directions of a bilingual word list.
@@ -114,7 +126,9 @@ class Dictionary:
         phrases = [" ".join(words[i:i + 2]) for i in range(len(words) - 1)]
         phrases += [w for w in words if w not in _GLOSS_FILLER]
         for phrase in phrases:
-            held = [(weight, h) for h in self.to_chinese.get(phrase, ()) if (weight := idf(h)) is not None]
+            heads = self.to_chinese.get(phrase) or next(
+                (self.to_chinese[base] for base in _base_forms(phrase) if base in self.to_chinese), ())
+            held = [(weight, h) for h in heads if (weight := idf(h)) is not None]
             translated.extend(h for _, h in sorted(held, key=lambda pair: -pair[0])[:CHINESE_PER_PHRASE])
         if not translated:
             return ""

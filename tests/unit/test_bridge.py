@@ -85,6 +85,13 @@ def test_an_english_question_gains_only_chinese_words_the_index_holds_rarest_fir
     assert "删除" not in query
 
 
+def test_inflected_english_words_find_their_uninflected_glosses(dictionary: Dictionary) -> None:
+    known = _idf_of({"删除": 1.0, "存档": 2.0, "档案": 2.5, "压缩": 1.5})
+    assert dictionary.bridge_query("Deleted archives", known).split() == ["deleted", "archives", "删除", "档案", "存档"]
+    assert dictionary.bridge_query("compressing", known).split() == ["compressing", "压缩"]
+    assert dictionary.bridge_query("bus", known) == ""  # too short to strip: "bu" is no base form
+
+
 def test_nothing_translatable_gives_an_empty_query(dictionary: Dictionary) -> None:
     assert dictionary.bridge_query("ls -la", _idf_of({})) == ""
 
