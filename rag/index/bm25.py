@@ -51,6 +51,11 @@ def _jieba() -> object:
     return jieba
 
 
+def is_cjk_token(token: str) -> bool:
+    """Whether a token of :func:`tokenize` is a Chinese word (it starts with a CJK character)."""
+    return _CJK.match(token) is not None
+
+
 def tokenize(text: str) -> list[str]:
     """Tokens for BM25: jieba search-mode words for CJK runs, lower-cased words for the rest; stopwords dropped."""
     text = unicodedata.normalize("NFKC", text).lower()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from rag.core.config import RagConfig
 from rag.core.types import Chunk
 from rag.embed.embedder import Embedder
 from rag.index.bm25 import BM25, current_tokens
+from rag.index.bridge import Dictionary
 from rag.index.docstore import DocStore
 from rag.index.external import filter_known, open_external
 from rag.index.layout import DOCSTORE, check_embedder, faiss_path, read_manifest
@@ -119,6 +121,18 @@ class KnowledgeIndex:
         with self._lock:
             return self.bm25.search(query, k) if self.bm25 is not None else []
 
+    def search_bridge(self, query: str, dictionary: Dictionary, k: int) -> tuple[str, list[tuple[int, float]]]:
+        """BM25 over the question's words in the other language (:mod:`rag.index.bridge`): (that query, the
+        ranking); ("", []) when the dictionary knows none of them."""
+        self.refresh()
+        with self._lock:
+            bm25 = self.bm25
+            if bm25 is None:
+                return "", []
+            translated = dictionary.bridge_query(query, lambda term: entry[2] if (
+                entry := bm25.postings.get(term)) is not None else None)
+            return translated, bm25.search(translated, k) if translated else []
+
     def chunks(self, ids: list[int]) -> dict[int, Chunk]:
         with self._lock:
             return self.docstore.get_chunks(ids)
@@ -135,6 +149,13 @@ class KnowledgeIndex:
         with self._lock:
             entry = self.bm25.postings.get(term) if self.bm25 is not None else None
             return entry[2] if entry is not None else None
+
+    def idfs(self, terms: Iterable[str]) -> dict[str, float | None]:
+        """:meth:`idf` of several terms under one refresh."""
+        self.refresh()
+        with self._lock:
+            postings = self.bm25.postings if self.bm25 is not None else {}
+            return {t: entry[2] if (entry := postings.get(t)) is not None else None for t in terms}
 
     def max_idf(self) -> float:
         """The idf a term held by no chunk would have (BM25's formula with document frequency 0)."""
