@@ -136,13 +136,16 @@ class Assessment:
     semantic: bool = False
 
 
-def _words(text: str) -> list[str]:
+def _cut(text: str) -> list[tuple[str, bool]]:
     """jieba's precise cut of the CJK runs of ``text``; neighbouring one-character pieces that are no function
-    words are joined (jieba cuts the unknown 年假 into 年 / 假)."""
+    words are joined (jieba cuts the unknown 年假 into 年 / 假). Each word comes with whether it is *unplaced*: in
+    no jieba dictionary, so joined here or guessed by jieba's HMM (时想 / 里存 of "时想让链接里存相对路径")."""
     import jieba
 
     jieba.setLogLevel(logging.WARNING)
-    words: list[str] = []
+    jieba.initialize()
+    known = jieba.dt.FREQ
+    words: list[tuple[str, bool]] = []
     for run in _CJK_RUN.findall(text):
         single = ""
         for word in [*jieba.lcut(run, HMM=True), ""]:
@@ -150,10 +153,10 @@ def _words(text: str) -> list[str]:
                 single += word
                 continue
             if single:
-                words.append(single)
+                words.append((single, not known.get(single)))
                 single = ""
             if word:
-                words.append(word)
+                words.append((word, not known.get(word)))
     return words
 
 
@@ -178,9 +181,12 @@ def key_terms(question: str, corpus: Corpus | None = None) -> list[Term]:
             names.add(word.lower())
     lowered = text.lower()
     found: dict[str, bool] = {}
-    for word in _words(lowered):
+    unplaced = set()
+    for word, guessed in _cut(lowered):
         if len(word) > 1 and word not in QUESTION_WORDS and word not in STOPWORDS and not _ASKING.match(word):
             found.setdefault(word, False)
+            if guessed:
+                unplaced.add(word)
     latin = _CJK_RUN.sub(" ", lowered)
     for word in _TERM.findall(latin):
         if word in names or (len(word) > 1 and word not in QUESTION_WORDS and word not in STOPWORDS):
@@ -189,6 +195,11 @@ def key_terms(question: str, corpus: Corpus | None = None) -> list[Term]:
     terms = []
     for word, neutral in found.items():
         idf = corpus.idf(word) if corpus is not None else 1.0
+        if idf is None and corpus is not None and word in unplaced:
+            # a word of no dictionary (年假, but also 时想 of "时想让") is in the index as its characters: weigh it
+            # as them, not as a word no document uses
+            known = [i for ch in word if (i := corpus.idf(ch)) is not None]
+            idf = sum(known) / len(known) if len(known) == len(word) else None
         weight = top if idf is None else idf
         terms.append(Term(word, weight * (1.5 if neutral else 1.0), neutral))
     return terms

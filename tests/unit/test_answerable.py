@@ -165,3 +165,13 @@ def test_the_opt_in_semantic_path_answers_a_paraphrase_whose_passage_holds_its_n
     # a name of the question that the passage lacks still refuses it, however similar a sentence is
     decision = assess("tree 列出来的时候想让文件夹都放在最上面，怎么弄？", [page], similarity=similar, min_similarity=0.9)
     assert not decision.answerable and "similarity 0.950" in decision.reason
+
+
+def test_pieces_jieba_joins_weigh_as_their_characters_not_as_a_word_no_document_uses() -> None:
+    index = _Neighbours([])
+    index.idf = {"时": 1.0, "想": 2.0, "链接": 3.0, "相对路径": 4.0}.get  # type: ignore[method-assign]
+    index.max_idf = lambda: 9.0  # type: ignore[method-assign]
+    weights = {t.text: t.weight for t in key_terms("ln -s 时想让链接里存相对路径", index)}
+    assert weights["时想"] == 1.5  # jieba's guess at 时 / 想 is no rare word
+    assert weights["相对路径"] == 4.0 and weights["里存"] == 9.0  # 里 / 存 unknown to the index: weighs as unknown
+    assert {t.text: t.weight for t in key_terms("公司停车场每月停车费是多少？", index)}["停车费"] == 9.0
