@@ -16,8 +16,9 @@ sentences as passages): a question whose coverage is short of ``min_coverage`` b
 ``semantic_min_coverage`` is answered when one sentence is at least ``min_similarity`` similar to it and its passage
 holds every name and number of the question; that sentence leads the answer. It is off because with the offline
 multilingual-e5-small a sentence about the right command is as similar to a question it does not answer ("gzip 怎么
-设置密码") as to one it does: on the dev2 set it halved false refusals and answered a third of the plausible
-unanswerable questions (docs/EVAL.md). Another embedder's similarities differ in scale: calibrate them for it.
+设置密码") as to one it does: on the dev2 test split it cut false refusals from 0.62 to 0.39 and refusals of
+unanswerable questions from 1.0 to 0.77 (docs/EVAL.md). Another embedder's similarities differ in scale: calibrate
+them for it.
 
 The same :class:`Assessment` decides the refusal (the model is never called for a refused question), provides the
 extractive answer's sentences and tells the LLM prompt which terms the passages lack.

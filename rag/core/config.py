@@ -155,8 +155,8 @@ class AnswerConfig:
     min_term_coverage: float = 0.6  # docs/EVAL.md "Answers: the answerability decision"
     cross_language_min_dense: float = 0.8  # an answer in the other language also needs this dense similarity
     # opt-in: a paraphrase (coverage short of min_term_coverage but >= semantic_min_coverage) is answered when a
-    # sentence is this similar to the question (the index's embedder); 0 = off. docs/EVAL.md: with the offline e5
-    # 0.89 / 0.3 halves false refusals on dev2 but answers a third of its plausible unanswerable questions
+    # sentence is this similar to the question (the index's embedder); 0 = off. docs/EVAL.md: with the offline e5,
+    # 0.89 / 0.3 cuts dev2 test false refusals 0.621 -> 0.388 but its refusal of unanswerable ones 1.0 -> 0.767
     min_sentence_similarity: float = 0.0
     semantic_min_coverage: float = 0.3
     max_sentences: int = 3  # extractive answers: at most this many sentences
