@@ -133,6 +133,18 @@ def segment(text: str, headings: Sequence[str] = ()) -> list[Sentence]:
     return sentences
 
 
+def _code_semicolon(raw: str, match: re.Match[str]) -> bool:
+    """An ASCII ``;`` between Latin words inside a Chinese sentence is a command line's (``while quilt push; do quilt
+    refresh; done 来验证这点``), not the end of the sentence."""
+    if match.group() != ";":
+        return False
+    before = raw[: match.start()]
+    clause = re.split(r"[。！？!?；]", before)[-1]
+    after = raw[match.end():].lstrip()
+    return bool(CJK.search(clause)) and bool(after) and after[0].isascii() and after[0].isalnum() and (
+        bool(before) and before[-1].isascii() and not before[-1].isspace())
+
+
 def _block_sentences(lines: list[str], offsets: list[int], block: list[int], headings: Sequence[str],
                      ends_text: bool) -> list[Sentence]:
     start = offsets[block[0]]
@@ -143,7 +155,7 @@ def _block_sentences(lines: list[str], offsets: list[int], block: list[int], hea
                          False, True)] if stripped else []
     out: list[Sentence] = []
     cut = 0
-    pieces = [(m.end(), True) for m in _TERMINAL.finditer(raw)]
+    pieces = [(m.end(), True) for m in _TERMINAL.finditer(raw) if not _code_semicolon(raw, m)]
     if not pieces or pieces[-1][0] < len(raw.rstrip()):
         # the block's tail has no sentence punctuation: a whole line (item, table row) unless the text ends there
         tail = raw[pieces[-1][0] if pieces else 0:].strip()

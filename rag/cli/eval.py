@@ -177,10 +177,13 @@ def sentence_faults(answer: Any, index: Any) -> tuple[int, int, int]:
         sources = [parent_text(c, index.neighbours(c) if index is not None else [])[0] for c in chunks]
         fragments += int(not any(is_whole_sentence(sentence, source) for source in sources))
         bare = normalise(sentence).rstrip("。.！!？?；;…")
-        heading_lines = {normalise(s.text) for source, c in zip(sources, chunks, strict=True)
-                         for s in segment(source, c.heading) if s.heading} | {
-                         normalise(h) for c in chunks for h in c.heading}
-        headings += int(bare in heading_lines or is_heading_line(sentence.rstrip("。.")))
+        cut = [(s, c) for source, c in zip(sources, chunks, strict=True) for s in segment(source, c.heading)]
+        heading_lines = {normalise(s.text) for s, _ in cut if s.heading} | {normalise(h) for c in chunks for h in c.heading}
+        # a short sentence its source ends with its own punctuation ("-r      递归复制整个目录。") is no heading that
+        # the answer punctuated
+        punctuated = normalise(sentence) in {normalise(s.text) for s, _ in cut if s.complete and s.text.endswith(
+            ("。", "！", "？", "!", "?", ".", "；", ";", "…"))}
+        headings += int(bare in heading_lines or not punctuated and is_heading_line(sentence.rstrip("。.")))
     return sentences, fragments, headings
 
 

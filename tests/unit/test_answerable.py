@@ -175,3 +175,10 @@ def test_pieces_jieba_joins_weigh_as_their_characters_not_as_a_word_no_document_
     assert weights["时想"] == 1.5  # jieba's guess at 时 / 想 is no rare word
     assert weights["相对路径"] == 4.0 and weights["里存"] == 9.0  # 里 / 存 unknown to the index: weighs as unknown
     assert {t.text: t.weight for t in key_terms("公司停车场每月停车费是多少？", index)}["停车费"] == 9.0
+
+
+def test_a_command_line_semicolon_inside_a_chinese_sentence_ends_nothing() -> None:
+    text = "补丁必须有清晰的边界。你应该通过 dquilt pop -a; while quilt\npush; do quilt refresh; done 来验证这点。"
+    assert [s.text for s in segment(text)][-1] == ("你应该通过 dquilt pop -a; while quilt push; do quilt refresh; done "
+                                                   "来验证这点。")
+    assert [s.text for s in segment("Use a semicolon; it ends a clause.")] == ["Use a semicolon;", "it ends a clause."]
