@@ -51,6 +51,11 @@ QUESTION_WORDS = frozenset(
      "tell", "me", "about", "please", "any", "get", "use", "used", "using", "the", "a", "an", "if", "i", "my",
      "our", "your", "you", "be", "need", "needs", "way", "ways", "long", "often", "kind"])
 _ASKING = re.compile(r"^(?:几|多(?=[少久长大远高重宽厚快]))[\u4e00-\u9fff]?$")  # 几台 几个月 多久 多长: asking, not a topic
+# The kind of thing asked for, right after a question word ("用哪个参数", "which option"): the answer names one
+# (-S, --inode) and need not say 参数 / option, so it is no key term there.
+_ASKED_KIND = re.compile(r"(哪个|哪些|什么|哪种|哪一个|哪条|哪项)\s*(?:参数|选项|命令|工具|字段|格式|用法|写法|意思)"
+                         r"|\b(which|what)\s+(?:option|options|flag|flags|command|commands|tool|parameter)\b",
+                         re.IGNORECASE)
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 
 
@@ -170,7 +175,7 @@ def language_of(text: str) -> str:
 
 def key_terms(question: str, corpus: Corpus | None = None) -> list[Term]:
     """The question's key terms, weighted by idf in ``corpus`` (1.0 each without one)."""
-    text = unicodedata.normalize("NFKC", question)
+    text = _ASKED_KIND.sub(lambda m: f"{m.group(1) or m.group(2)} ", unicodedata.normalize("NFKC", question))
     names = set()
     for match in _NAME_WORD.finditer(text):
         word = match.group()

@@ -71,6 +71,10 @@ def test_key_terms_drop_question_words_and_keep_names_and_numbers() -> None:
     assert [(t.text, t.neutral) for t in key_terms("How long is the Aurora X2 warranty?")] == [
         ("aurora", True), ("x2", True), ("warranty", False)]
     assert [t.text for t in key_terms("年假有几天？")] == ["年假"]
+    # the kind of thing asked for is no topic: the answer names the option and need not say 参数 / option
+    assert [t.text for t in key_terms("tar 处理 .xz 文件用哪个选项？")] == ["处理", "文件", "tar", "xz"]
+    assert "option" not in [t.text for t in key_terms("Which option makes cp keep the timestamps?")]
+    assert "选项" in [t.text for t in key_terms("这个选项有什么作用？")]  # not asked for here
 
 
 def test_unrelated_sentences_do_not_answer_and_a_second_sentence_must_add_support() -> None:
