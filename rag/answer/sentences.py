@@ -32,6 +32,8 @@ _LATIN_WORD = re.compile(r"[A-Za-z0-9]+")
 # The term of a definition list as manual pages write it: an option (``-G, --no-group``, ``--sort=WORD``, ``-c count``)
 # alone on its line, its description on the next, more deeply indented line.
 _OPTION_TERM = re.compile(r"^-{1,2}[A-Za-z0-9?#][^\s,]*(?:,?\s{1,2}-{1,2}[A-Za-z0-9][^\s,]*)*(?:[ =][^\s,]+)?$")
+# Any other term: a few Latin words without sentence punctuation (json-pretty, ibs=bytes, list-unit-files [PATTERN...]).
+_LATIN_TERM = re.compile(r"^[A-Za-z0-9%][\w%=:.+/\[\]{}<>|-]*(?: [\w%=:.+/\[\]{}<>|-]+){0,3}$")
 SHORT_LINE_UNITS = 12  # a line without sentence punctuation shorter than this (CJK chars + 2 x words) is no sentence
 
 
@@ -93,8 +95,13 @@ def _indent(line: str) -> int:
 
 
 def is_definition_term(line: str, next_line: str) -> bool:
-    """``line`` is an option term whose description is the next, more deeply indented line (a manual page)."""
-    return bool(_OPTION_TERM.match(line.strip())) and bool(next_line.strip()) and _indent(next_line) > _indent(line)
+    """``line`` is the term of a definition list whose description is the next, more deeply indented line (a manual
+    page): an option (``-i, --inode``), or an indented short Latin term (``json-pretty``, ``ibs=bytes``); a section
+    heading at the margin (``NAME``) is none."""
+    stripped = line.strip()
+    if not next_line.strip() or _indent(next_line) <= _indent(line):
+        return False
+    return bool(_OPTION_TERM.match(stripped)) or (_indent(line) >= 2 and bool(_LATIN_TERM.match(stripped)))
 
 
 def _soft_break(line: str, next_line: str, full_width: int) -> bool:

@@ -128,6 +128,13 @@ def test_a_manual_page_option_and_its_description_are_one_sentence() -> None:
     assert not any(s.heading for s in segment(LS_PAGE))  # an option above its description is no heading
     assert is_whole_sentence("-i, --inode 显示每个文件的索引编号（inode 号）。", LS_PAGE)
     assert not is_whole_sentence("显示每个文件的索引编号（inode 号）。", LS_PAGE)  # the option belongs to it
+    # other terms of a manual page's lists (output formats, operands) too; a section heading at the margin is none
+    page = ("           json-pretty\n               将日志项按照JSON数据结构格式化， 但是每个字段一行。\n\n"
+            "       ibs=bytes\n              一次读 bytes 字节。默认是512。\n\n"
+            "NAME\n       ls - list directory contents\n")
+    assert [(s.text, s.heading) for s in segment(page)] == [
+        ("json-pretty 将日志项按照JSON数据结构格式化， 但是每个字段一行。", False), ("ibs=bytes 一次读 bytes 字节。", False),
+        ("默认是512。", False), ("NAME", True), ("ls - list directory contents", True)]
     # a line that merely starts with a dash and is no option term above an indented description stays as it was
     assert [s.text for s in segment("- 一个列表项，没有更深的缩进\n- 另一个列表项，也没有缩进")] == [
         "- 一个列表项，没有更深的缩进", "- 另一个列表项，也没有缩进"]
