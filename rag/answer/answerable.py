@@ -10,6 +10,16 @@ An English question over Chinese text (or the reverse) cannot match word for wor
 languages write alike (names such as VPN or WireGuard, numbers) count, they must all be covered, and the passage's
 dense similarity must reach ``cross_language_min_dense``.
 
+Word overlap misses paraphrases ("文件夹都排在前面" answered by "将目录排在文件前面"). An opt-in semantic path
+(``min_similarity`` > 0, off by default) uses a ``similarity`` (the index's embedder: the question as a query, the
+sentences as passages): a question whose coverage is short of ``min_coverage`` but at least
+``semantic_min_coverage`` is answered when one sentence is at least ``min_similarity`` similar to it and its passage
+holds every name and number of the question; that sentence leads the answer. It is off because with the offline
+multilingual-e5-small a sentence about the right command is as similar to a question it does not answer ("gzip 怎么
+设置密码") as to one it does: on the dev2 test split it cut false refusals from 0.62 to 0.39 and refusals of
+unanswerable questions from 1.0 to 0.77 (docs/EVAL.md). Another embedder's similarities differ in scale: calibrate
+them for it.
+
 The same :class:`Assessment` decides the refusal (the model is never called for a refused question), provides the
 extractive answer's sentences and tells the LLM prompt which terms the passages lack.
 """
@@ -19,9 +29,10 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import PurePosixPath
+from typing import Any, Protocol
 
 from rag.answer.sentences import normalise, parent_text, segment
 from rag.core.text import CJK
@@ -40,7 +51,28 @@ QUESTION_WORDS = frozenset(
      "tell", "me", "about", "please", "any", "get", "use", "used", "using", "the", "a", "an", "if", "i", "my",
      "our", "your", "you", "be", "need", "needs", "way", "ways", "long", "often", "kind"])
 _ASKING = re.compile(r"^(?:几|多(?=[少久长大远高重宽厚快]))[\u4e00-\u9fff]?$")  # 几台 几个月 多久 多长: asking, not a topic
+# The kind of thing asked for, right after a question word ("用哪个参数", "which option"): the answer names one
+# (-S, --inode) and need not say 参数 / option, so it is no key term there.
+_ASKED_KIND = re.compile(r"(哪个|哪些|什么|哪种|哪一个|哪条|哪项)\s*(?:参数|选项|命令|工具|字段|格式|用法|写法|意思)"
+                         r"|\b(which|what)\s+(?:option|options|flag|flags|command|commands|tool|parameter)\b",
+                         re.IGNORECASE)
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
+
+
+# (question, sentences) -> one similarity per sentence, higher = closer
+SentenceSimilarity = Callable[[str, Sequence[str]], Sequence[float]]
+
+
+def embedder_similarity(embedder: Any) -> SentenceSimilarity:
+    """Cosine between the question (embedded as a query) and each sentence (embedded as a passage), with the
+    embedder's own prefixes (``query: `` / ``passage: `` for e5)."""
+    def similarity(question: str, sentences: Sequence[str]) -> list[float]:
+        if not sentences:
+            return []
+        query = embedder.embed_query(question)
+        return [float(x) for x in embedder.embed_documents(list(sentences)) @ query]
+
+    return similarity
 
 
 class Corpus(Protocol):
@@ -95,6 +127,8 @@ class Assessment:
         missing: key terms no supporting sentence covers (what the prompt tells the model the passages lack).
         support: the supporting sentences, in document order (empty when refused).
         cross_language: the question and its best passage are in different languages.
+        similarity: the best sentence similarity, when the semantic path was consulted (else None).
+        semantic: answered by the semantic path (coverage alone was short).
     """
 
     answerable: bool
@@ -104,15 +138,20 @@ class Assessment:
     support: tuple[Support, ...] = ()
     cross_language: bool = False
     reason: str = field(default="")
+    similarity: float | None = None
+    semantic: bool = False
 
 
-def _words(text: str) -> list[str]:
+def _cut(text: str) -> list[tuple[str, bool]]:
     """jieba's precise cut of the CJK runs of ``text``; neighbouring one-character pieces that are no function
-    words are joined (jieba cuts the unknown 年假 into 年 / 假)."""
+    words are joined (jieba cuts the unknown 年假 into 年 / 假). Each word comes with whether it is *unplaced*: in
+    no jieba dictionary, so joined here or guessed by jieba's HMM (时想 / 里存 of "时想让链接里存相对路径")."""
     import jieba
 
     jieba.setLogLevel(logging.WARNING)
-    words: list[str] = []
+    jieba.initialize()
+    known = jieba.dt.FREQ
+    words: list[tuple[str, bool]] = []
     for run in _CJK_RUN.findall(text):
         single = ""
         for word in [*jieba.lcut(run, HMM=True), ""]:
@@ -120,10 +159,10 @@ def _words(text: str) -> list[str]:
                 single += word
                 continue
             if single:
-                words.append(single)
+                words.append((single, not known.get(single)))
                 single = ""
             if word:
-                words.append(word)
+                words.append((word, not known.get(word)))
     return words
 
 
@@ -136,7 +175,7 @@ def language_of(text: str) -> str:
 
 def key_terms(question: str, corpus: Corpus | None = None) -> list[Term]:
     """The question's key terms, weighted by idf in ``corpus`` (1.0 each without one)."""
-    text = unicodedata.normalize("NFKC", question)
+    text = _ASKED_KIND.sub(lambda m: f"{m.group(1) or m.group(2)} ", unicodedata.normalize("NFKC", question))
     names = set()
     for match in _NAME_WORD.finditer(text):
         word = match.group()
@@ -148,9 +187,12 @@ def key_terms(question: str, corpus: Corpus | None = None) -> list[Term]:
             names.add(word.lower())
     lowered = text.lower()
     found: dict[str, bool] = {}
-    for word in _words(lowered):
+    unplaced = set()
+    for word, guessed in _cut(lowered):
         if len(word) > 1 and word not in QUESTION_WORDS and word not in STOPWORDS and not _ASKING.match(word):
             found.setdefault(word, False)
+            if guessed:
+                unplaced.add(word)
     latin = _CJK_RUN.sub(" ", lowered)
     for word in _TERM.findall(latin):
         if word in names or (len(word) > 1 and word not in QUESTION_WORDS and word not in STOPWORDS):
@@ -159,6 +201,11 @@ def key_terms(question: str, corpus: Corpus | None = None) -> list[Term]:
     terms = []
     for word, neutral in found.items():
         idf = corpus.idf(word) if corpus is not None else 1.0
+        if idf is None and corpus is not None and word in unplaced:
+            # a word of no dictionary (年假, but also 时想 of "时想让") is in the index as its characters: weigh it
+            # as them, not as a word no document uses
+            known = [i for ch in word if (i := corpus.idf(ch)) is not None]
+            idf = sum(known) / len(known) if len(known) == len(word) else None
         weight = top if idf is None else idf
         terms.append(Term(word, weight * (1.5 if neutral else 1.0), neutral))
     return terms
@@ -203,7 +250,9 @@ class _Candidate:
 
 def candidate_sentences(hits: Sequence[Hit], corpus: Corpus | None = None,
                         exclude: Sequence[str] = ()) -> list[tuple[int, str, tuple[str, int, int], str]]:
-    """(hit number, sentence, document order, heading path) of every whole, non-heading sentence of ``hits``.
+    """(hit number, sentence, document order, what it is about) of every whole, non-heading sentence of ``hits``;
+    what it is about is the document's name (:func:`document_name`), the chunk's heading path and the heading line
+    above the sentence.
 
     A sentence cut by its chunk's edge is taken whole from the neighbouring chunks (with ``corpus``) or left out;
     duplicates (overlapping chunks) and sentences whose normalised text is in ``exclude`` are left out.
@@ -229,8 +278,15 @@ def candidate_sentences(hits: Sequence[Hit], corpus: Corpus | None = None,
                 continue
             seen.add(key)
             out.append((number, sentence.text, (chunk.source, chunk.page or 0, chunk.start - offset + sentence.start),
-                        " ".join([*chunk.heading, heading_line])))
+                        " ".join([document_name(chunk.source), *chunk.heading, heading_line])))
     return out
+
+
+def document_name(source: str) -> str:
+    """The file name without extensions and with ``_-`` as spaces (``man/ls.1.txt`` -> ``ls``): what the document
+    is about, read with each of its sentences like a heading (a manual page's lines never repeat the command's
+    name)."""
+    return re.sub(r"[_-]+", " ", PurePosixPath(source).name.split(".")[0]).strip()
 
 
 def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
@@ -239,7 +295,8 @@ def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
 
 def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, min_coverage: float = 0.6,
            min_gain: float = 0.25, cross_language_min_dense: float = 0.8, max_sentences: int = 3,
-           max_chars: int = 400, exclude: Sequence[str] = ()) -> Assessment:
+           max_chars: int = 400, exclude: Sequence[str] = (), similarity: SentenceSimilarity | None = None,
+           min_similarity: float = 0.0, semantic_min_coverage: float = 0.0) -> Assessment:
     """Decide whether ``hits`` answer ``question`` and pick the sentences that support the answer.
 
     Args:
@@ -252,6 +309,9 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         max_sentences: at most this many supporting sentences.
         max_chars: at most this many characters of supporting sentences.
         exclude: sentences not to use again (the previous answers', unless the question is asked again).
+        similarity: question-to-sentence similarity (:func:`embedder_similarity`); None = coverage alone decides.
+        min_similarity: a sentence this similar answers a question whose coverage is short (0: never).
+        semantic_min_coverage: ... provided the coverage is at least this.
     """
     terms = key_terms(question, corpus)
     if not terms or not hits:
@@ -288,44 +348,71 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         if mostly_names and share(other_best.credit, neutral) >= 1.0 and (
                 other_best.dense >= cross_language_min_dense) and (not same or share(best.credit, terms) < min_coverage):
             pool, scored, best, cross = neutral, other, other_best, True
-    if not scored:
+
+    def extend(first: _Candidate, scored: Sequence[_Candidate], pool: Sequence[Term]) -> list[_Candidate]:
+        """``first`` and the sentences that each add at least ``min_gain`` of the weight (or a weighty term)."""
+        chosen = [first]
+        credit = dict(first.credit)
+        heavy = 0.5 * max(t.weight for t in pool)
+        used = len(first.text)
+        while len(chosen) < max_sentences:
+            rest = [c for c in scored if c not in chosen and used + len(c.text) <= max_chars]
+            gains = [(share(_merge(credit, c.credit), pool) - share(credit, pool), -c.hit_number, i)
+                     for i, c in enumerate(rest)]
+
+            def adds_a_key_term(c: _Candidate, covered: dict[str, float]) -> bool:
+                """It fully covers a weighty term that the chosen sentences leave out."""
+                return any(c.own.get(t.text, 0.0) >= 1.0 and covered.get(t.text, 0.0) < 0.5 and t.weight >= heavy
+                           for t in pool)
+
+            gains = [g for g in gains if g[0] >= min_gain or g[0] > 0 and adds_a_key_term(rest[g[2]], credit)]
+            if not gains:
+                break
+            following = rest[max(gains)[2]]
+            chosen.append(following)
+            credit = _merge(credit, following.credit)
+            used += len(following.text)
+        return chosen
+
+    def passage_credit(chosen: Sequence[_Candidate], hit_number: int) -> dict[str, float]:
+        held: dict[str, float] = {}
+        for picked in chosen:
+            if picked.hit_number == hit_number:
+                held = _merge(held, picked.credit)
+        return held
+
+    chosen: list[_Candidate] = []
+    decided, answerable = 0.0, False
+    if scored:
+        chosen = extend(best, scored, pool)
+        # the decision counts only the best passage's sentences: pieces of unrelated passages (流量 from one, 上限
+        # from another) do not add up to an answer
+        own_passage = passage_credit(chosen, best.hit_number)
+        decided = share(own_passage, pool)
+        # a name or number the question gives (VPN, 169.254, sources.list) anchors it: the answer's passage must
+        # hold it
+        anchored = all(own_passage.get(t.text, 0.0) >= 1.0 for t in pool if t.neutral)
+        answerable = cross or (decided >= min_coverage and anchored)
+    closest, semantic = None, False
+    if not answerable and similarity is not None and min_similarity > 0 and decided >= semantic_min_coverage:
+        # a paraphrase: the closest sentence in meaning leads, if its passage holds the question's names and numbers
+        scores = similarity(question, [c.text for c in candidates])
+        top = max(range(len(candidates)), key=lambda i: (scores[i], -candidates[i].hit_number))
+        lead, closest = candidates[top], round(float(scores[top]), 4)
+        held = passage_credit(candidates, lead.hit_number)
+        if closest >= min_similarity and all(held.get(t.text, 0.0) >= 1.0 for t in terms if t.neutral):
+            alike = [c for c in candidates if c.language == lead.language]
+            chosen, pool, answerable, semantic = extend(lead, alike, terms), terms, True, True
+            cross = lead.language != asked_in
+    if not chosen:
         return Assessment(False, 0.0, tuple(terms), tuple(t.text for t in terms), cross_language=True,
-                          reason="other language and no name or number to match")
-    chosen = [best]
-    credit = dict(best.credit)
-    heavy = 0.5 * max(t.weight for t in pool)
-    used = len(best.text)
-    while len(chosen) < max_sentences:
-        rest = [c for c in scored if c not in chosen and used + len(c.text) <= max_chars]
-        gains = [(share(_merge(credit, c.credit), pool) - share(credit, pool), -c.hit_number, i)
-                 for i, c in enumerate(rest)]
-        if not gains:
-            break
-
-        def adds_a_key_term(c: _Candidate, covered: dict[str, float]) -> bool:
-            """It fully covers a weighty term that the chosen sentences leave out."""
-            return any(c.own.get(t.text, 0.0) >= 1.0 and covered.get(t.text, 0.0) < 0.5 and t.weight >= heavy
-                       for t in pool)
-
-        gains = [g for g in gains if g[0] >= min_gain or g[0] > 0 and adds_a_key_term(rest[g[2]], credit)]
-        if not gains:
-            break
-        following = rest[max(gains)[2]]
-        chosen.append(following)
-        credit = _merge(credit, following.credit)
-        used += len(following.text)
-    missing = tuple(t.text for t in terms if credit.get(t.text, 0.0) < 0.5)
-    # the decision counts only the best passage's sentences: pieces of unrelated passages (流量 from one, 上限 from
-    # another) do not add up to an answer
-    own_passage: dict[str, float] = {}
+                          reason="other language and no name or number to match", similarity=closest)
+    covered: dict[str, float] = {}
     for picked in chosen:
-        if picked.hit_number == best.hit_number:
-            own_passage = _merge(own_passage, picked.credit)
-    decided = share(own_passage, pool)
-    # a name or number the question gives (VPN, 169.254, sources.list) anchors it: the answer's passage must hold it
-    anchored = all(own_passage.get(t.text, 0.0) >= 1.0 for t in pool if t.neutral)
-    answerable = cross or (decided >= min_coverage and anchored)
+        covered = _merge(covered, picked.credit)
+    missing = tuple(t.text for t in terms if covered.get(t.text, 0.0) < 0.5)
     support = tuple(Support(c.text, c.hit_number, c.order, frozenset(c.credit)) for c in sorted(
         chosen, key=lambda c: (min(o.hit_number for o in chosen if o.order[0] == c.order[0]), c.order)))
+    reason = "" if answerable else f"coverage {decided:.2f}" + (f", similarity {closest:.3f}" if closest else "")
     return Assessment(answerable, round(decided, 3), tuple(terms), missing, support if answerable else (),
-                      cross_language=cross, reason="" if answerable else f"coverage {decided:.2f}")
+                      cross_language=cross, reason=reason, similarity=closest, semantic=semantic)

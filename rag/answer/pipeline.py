@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rag.answer.answerable import Assessment, assess, key_terms
+from rag.answer.answerable import Assessment, SentenceSimilarity, assess, embedder_similarity, key_terms
 from rag.answer.cite import verify
 from rag.answer.extractive import pieces, previous_sentences, render
 from rag.answer.prompt import (
@@ -73,12 +73,16 @@ class QAPipeline:
     """
 
     def __init__(self, retriever: Retriever, model: ChatModel, cfg: RagConfig) -> None:
-        if not 0.0 <= cfg.answer.min_term_coverage <= 1.0:
-            raise ConfigError(f"answer.min_term_coverage={cfg.answer.min_term_coverage} must be between 0 and 1")
+        for key in ("min_term_coverage", "semantic_min_coverage", "min_sentence_similarity"):
+            if not 0.0 <= getattr(cfg.answer, key) <= 1.0:
+                raise ConfigError(f"answer.{key}={getattr(cfg.answer, key)} must be between 0 and 1")
         self.retriever = retriever
         self.model = model
         self.cfg = cfg
         self.extractive = model.info().backend == "extractive"
+        # the index's embedder compares the question with single sentences (the semantic path of the decision)
+        embedder = getattr(getattr(retriever, "index", None), "embedder", None)
+        self.similarity: SentenceSimilarity | None = embedder_similarity(embedder) if embedder is not None else None
 
     def standalone(self, question: str, history: Sequence[Message], adapter: str | None) -> str:
         """A follow-up made self-contained (by the model, or by prefixing the last question when extractive)."""
@@ -140,7 +144,10 @@ class QAPipeline:
             exclude = previous_sentences(history, question)
         decision = assess(asked, found, corpus,
                           min_coverage=answer_cfg.min_term_coverage,
-                          cross_language_min_dense=answer_cfg.cross_language_min_dense, max_sentences=answer_cfg.max_sentences, exclude=exclude)
+                          cross_language_min_dense=answer_cfg.cross_language_min_dense,
+                          max_sentences=answer_cfg.max_sentences, exclude=exclude, similarity=self.similarity,
+                          min_similarity=answer_cfg.min_sentence_similarity,
+                          semantic_min_coverage=answer_cfg.semantic_min_coverage)
         stream.assessment = decision
         if not decision.answerable:
             log.info("refused (%s): %s", decision.reason or "no hits", standalone)

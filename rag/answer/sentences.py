@@ -5,7 +5,9 @@ text around a chunk from its neighbouring chunks of the same document (the docst
 :func:`segment` cuts that text into :class:`Sentence` spans: a line break ends a sentence only when the line is
 complete (it ends with sentence punctuation, or the next line starts a list item / heading, or the line is blank);
 otherwise the break is PDF layout and the two lines are joined (no space between CJK characters, one space
-elsewhere). A short line without sentence punctuation is a heading or a table scrap, never an answer sentence.
+elsewhere). A short line without sentence punctuation is a heading or a table scrap, never an answer sentence,
+except the term of a definition list (a manual page's ``--group-directories-first`` above its indented
+description): the term and its description are one sentence, so an answer names the option it describes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ _BLOCK_START = re.compile(r"^\s*(?:[-•*·>#|]|\d{1,3}[.)、]\s|\d{1,3}\.\d|[�
                           r"|第[一二三四五六七八九十\d]+[章节条部分]|[A-Z]\d{0,2}\s)")
 _NUMBERED_HEADING = re.compile(r"^\s*(?:#{1,6}\s|\d{1,3}(?:\.\d{1,3})*\.?\s|[一二三四五六七八九十]+、|第[一二三四五六七八九十\d]+[章节])")
 _LATIN_WORD = re.compile(r"[A-Za-z0-9]+")
+# The term of a definition list as manual pages write it: an option (``-G, --no-group``, ``--sort=WORD``, ``-c count``)
+# alone on its line, its description on the next, more deeply indented line.
+_OPTION_TERM = re.compile(r"^-{1,2}[A-Za-z0-9?#][^\s,]*(?:,?\s{1,2}-{1,2}[A-Za-z0-9][^\s,]*)*(?:[ =][^\s,]+)?$")
+# Any other term: a few Latin words without sentence punctuation (json-pretty, ibs=bytes, list-unit-files [PATTERN...]).
+_LATIN_TERM = re.compile(r"^[A-Za-z0-9%][\w%=:.+/\[\]{}<>|-]*(?: [\w%=:.+/\[\]{}<>|-]+){0,3}$")
 SHORT_LINE_UNITS = 12  # a line without sentence punctuation shorter than this (CJK chars + 2 x words) is no sentence
 
 
@@ -83,10 +90,27 @@ def _width(line: str) -> int:
     return len(line.strip()) + len(CJK.findall(line))
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def is_definition_term(line: str, next_line: str) -> bool:
+    """``line`` is the term of a definition list whose description is the next, more deeply indented line (a manual
+    page): an option (``-i, --inode``), or an indented short Latin term (``json-pretty``, ``ibs=bytes``); a section
+    heading at the margin (``NAME``) is none."""
+    stripped = line.strip()
+    if not next_line.strip() or _indent(next_line) <= _indent(line):
+        return False
+    return bool(_OPTION_TERM.match(stripped)) or (_indent(line) >= 2 and bool(_LATIN_TERM.match(stripped)))
+
+
 def _soft_break(line: str, next_line: str, full_width: int) -> bool:
     """Whether the break after ``line`` is PDF layout inside a sentence (join the lines): the line has no sentence
-    punctuation, fills most of the text's width, and the next line does not start a block."""
+    punctuation, fills most of the text's width, and the next line does not start a block; or the line is a
+    definition term and the next its description."""
     stripped, following = line.strip(), next_line.strip()
+    if is_definition_term(line, next_line):
+        return True
     if not stripped or not following or stripped.endswith(_ENDS + ("：", ":")):
         return False
     if _width(stripped) < 0.6 * full_width:  # a short last line: a title, heading or the paragraph's end
@@ -116,6 +140,18 @@ def segment(text: str, headings: Sequence[str] = ()) -> list[Sentence]:
     return sentences
 
 
+def _code_semicolon(raw: str, match: re.Match[str]) -> bool:
+    """An ASCII ``;`` between Latin words inside a Chinese sentence is a command line's (``while quilt push; do quilt
+    refresh; done 来验证这点``), not the end of the sentence."""
+    if match.group() != ";":
+        return False
+    before = raw[: match.start()]
+    clause = re.split(r"[。！？!?；]", before)[-1]
+    after = raw[match.end():].lstrip()
+    return bool(CJK.search(clause)) and bool(after) and after[0].isascii() and after[0].isalnum() and (
+        bool(before) and before[-1].isascii() and not before[-1].isspace())
+
+
 def _block_sentences(lines: list[str], offsets: list[int], block: list[int], headings: Sequence[str],
                      ends_text: bool) -> list[Sentence]:
     start = offsets[block[0]]
@@ -126,11 +162,13 @@ def _block_sentences(lines: list[str], offsets: list[int], block: list[int], hea
                          False, True)] if stripped else []
     out: list[Sentence] = []
     cut = 0
-    pieces = [(m.end(), True) for m in _TERMINAL.finditer(raw)]
+    pieces = [(m.end(), True) for m in _TERMINAL.finditer(raw) if not _code_semicolon(raw, m)]
     if not pieces or pieces[-1][0] < len(raw.rstrip()):
         # the block's tail has no sentence punctuation: a whole line (item, table row) unless the text ends there
         tail = raw[pieces[-1][0] if pieces else 0:].strip()
-        whole_line = len(block) == 1 and not tail.endswith(("：", ":")) and _size(tail) >= SHORT_LINE_UNITS
+        # a line, or a definition term with its unpunctuated description (not the rest after a sentence of it)
+        item = len(block) == 1 or not pieces and is_definition_term(lines[block[0]], lines[block[1]])
+        whole_line = item and not tail.endswith(("：", ":")) and _size(tail) >= SHORT_LINE_UNITS
         pieces.append((len(raw), whole_line and not ends_text))
     for piece_end, complete in pieces:
         piece = raw[cut:piece_end]

@@ -177,10 +177,13 @@ def sentence_faults(answer: Any, index: Any) -> tuple[int, int, int]:
         sources = [parent_text(c, index.neighbours(c) if index is not None else [])[0] for c in chunks]
         fragments += int(not any(is_whole_sentence(sentence, source) for source in sources))
         bare = normalise(sentence).rstrip("。.！!？?；;…")
-        heading_lines = {normalise(s.text) for source, c in zip(sources, chunks, strict=True)
-                         for s in segment(source, c.heading) if s.heading} | {
-                         normalise(h) for c in chunks for h in c.heading}
-        headings += int(bare in heading_lines or is_heading_line(sentence.rstrip("。.")))
+        cut = [(s, c) for source, c in zip(sources, chunks, strict=True) for s in segment(source, c.heading)]
+        heading_lines = {normalise(s.text) for s, _ in cut if s.heading} | {normalise(h) for c in chunks for h in c.heading}
+        # a short sentence its source ends with its own punctuation ("-r      递归复制整个目录。") is no heading that
+        # the answer punctuated
+        punctuated = normalise(sentence) in {normalise(s.text) for s, _ in cut if s.complete and s.text.endswith(
+            ("。", "！", "？", "!", "?", ".", "；", ";", "…"))}
+        headings += int(bare in heading_lines or not punctuated and is_heading_line(sentence.rstrip("。.")))
     return sentences, fragments, headings
 
 
@@ -195,9 +198,12 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
     - evidence_recall: answerable questions whose answer holds >= ``recall_threshold`` of an evidence string's
       character bigrams (verbatim for the extractive backend, paraphrase-tolerant for a language model);
     - fragments / headings: answer sentences that are not whole sentences of their source / are headings
-      (:func:`sentence_faults`), out of ``sentences``.
+      (:func:`sentence_faults`), out of ``sentences``;
+    - false_refusal_retrieved: answerable questions refused although a retrieved chunk holds an evidence string
+      (the answer's own share of false refusals; the rest are retrieval misses), out of ``n_retrieved``.
     """
     refused_unanswerable = unanswerable = refused_answerable = answerable = 0
+    retrieved = refused_retrieved = 0
     cited = cited_ok = recalled = 0
     sentences = fragments = headings = 0
     index = getattr(getattr(pipeline, "retriever", None), "index", None)
@@ -214,6 +220,9 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
         if question.answerable:
             answerable += 1
             refused_answerable += int(answer.refused)
+            if first_hit_rank(question, answer.hits) is not None:
+                retrieved += 1
+                refused_retrieved += int(answer.refused)
             citing = _answer_sentences(answer.text)
             for citation in answer.citations:
                 cited += 1
@@ -228,8 +237,10 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
         assessment = getattr(stream, "assessment", None)
         coverage = assessment.coverage if assessment is not None else None
         cross = assessment.cross_language if assessment is not None else None
+        similarity = assessment.similarity if assessment is not None else None
+        semantic = assessment.semantic if assessment is not None else None
         lines.append({"id": question.id, "answer": answer.text, "refused": answer.refused, "coverage": coverage,
-                      "cross_language": cross,
+                      "cross_language": cross, "similarity": similarity, "semantic": semantic,
                       "answerable": question.answerable, "citations": [
             {"n": c.number, "source": c.chunk.source, "page": c.chunk.page, "chunk_id": c.chunk.id,
              "supported": c.supported} for c in answer.citations]})
@@ -241,6 +252,7 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
 
     return {"refusal_rate": ratio(refused_unanswerable, unanswerable),
             "false_refusal_rate": ratio(refused_answerable, answerable),
+            "false_refusal_retrieved": ratio(refused_retrieved, retrieved), "n_retrieved": retrieved,
             "citation_precision": ratio(cited_ok, cited), "evidence_recall": ratio(recalled, answerable),
             "fragments": fragments, "headings": headings, "sentences": sentences,
             "n_answerable": answerable, "n_unanswerable": unanswerable}

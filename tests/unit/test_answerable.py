@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from rag.answer.answerable import assess, key_terms
+from collections.abc import Sequence
+
+from rag.answer.answerable import assess, document_name, key_terms
 from rag.answer.extractive import ExtractiveModel, previous_sentences
 from rag.answer.sentences import is_whole_sentence, parent_text, segment
 from rag.core.types import Chunk, Hit, Message
@@ -69,6 +71,10 @@ def test_key_terms_drop_question_words_and_keep_names_and_numbers() -> None:
     assert [(t.text, t.neutral) for t in key_terms("How long is the Aurora X2 warranty?")] == [
         ("aurora", True), ("x2", True), ("warranty", False)]
     assert [t.text for t in key_terms("年假有几天？")] == ["年假"]
+    # the kind of thing asked for is no topic: the answer names the option and need not say 参数 / option
+    assert [t.text for t in key_terms("tar 处理 .xz 文件用哪个选项？")] == ["处理", "文件", "tar", "xz"]
+    assert "option" not in [t.text for t in key_terms("Which option makes cp keep the timestamps?")]
+    assert "选项" in [t.text for t in key_terms("这个选项有什么作用？")]  # not asked for here
 
 
 def test_unrelated_sentences_do_not_answer_and_a_second_sentence_must_add_support() -> None:
@@ -99,5 +105,91 @@ def test_question_sets_of_the_answer_eval_are_well_formed() -> None:
     unanswerable = read_questions(root / "dev_unanswerable.jsonl")
     assert len(unanswerable) >= 40 and not any(q.answerable for q in unanswerable)
     assert {q.split for q in unanswerable} == {"tune", "test"}
+    dev2 = read_questions(root / "dev2_unanswerable.jsonl")
+    assert len(dev2) >= 40 and not any(q.answerable for q in dev2) and {q.split for q in dev2} == {"tune", "test"}
     kb = read_questions(root / "kb_questions.jsonl")
     assert sum(q.answerable for q in kb) >= 20 and sum(not q.answerable for q in kb) >= 20
+
+
+LS_PAGE = ("       -g     类似 -l，但不列出所有者\n\n"
+           "       --group-directories-first\n"
+           "              将目录排在文件前面；此选项可与   --sort   一起使用\n\n"
+           "       -i, --inode\n"
+           "              显示每个文件的索引编号（inode 号）\n\n"
+           "       -s, --size\n"
+           "              显示给每个文件分配的大小，单位为块\n")
+
+
+def test_a_manual_page_option_and_its_description_are_one_sentence() -> None:
+    sentences = [s for s in segment(LS_PAGE) if s.complete]
+    texts = [s.text for s in sentences]
+    assert "--group-directories-first 将目录排在文件前面；" in texts
+    assert "-i, --inode 显示每个文件的索引编号（inode 号）" in texts
+    assert not any(s.heading for s in segment(LS_PAGE))  # an option above its description is no heading
+    assert is_whole_sentence("-i, --inode 显示每个文件的索引编号（inode 号）。", LS_PAGE)
+    assert not is_whole_sentence("显示每个文件的索引编号（inode 号）。", LS_PAGE)  # the option belongs to it
+    # other terms of a manual page's lists (output formats, operands) too; a section heading at the margin is none
+    page = ("           json-pretty\n               将日志项按照JSON数据结构格式化， 但是每个字段一行。\n\n"
+            "       ibs=bytes\n              一次读 bytes 字节。默认是512。\n\n"
+            "NAME\n       ls - list directory contents\n")
+    assert [(s.text, s.heading) for s in segment(page)] == [
+        ("json-pretty 将日志项按照JSON数据结构格式化， 但是每个字段一行。", False), ("ibs=bytes 一次读 bytes 字节。", False),
+        ("默认是512。", False), ("NAME", True), ("ls - list directory contents", True)]
+    # a line that merely starts with a dash and is no option term above an indented description stays as it was
+    assert [s.text for s in segment("- 一个列表项，没有更深的缩进\n- 另一个列表项，也没有缩进")] == [
+        "- 一个列表项，没有更深的缩进", "- 另一个列表项，也没有缩进"]
+
+
+def test_the_document_name_anchors_a_manual_page_that_never_repeats_it() -> None:
+    assert document_name("man/ls.1.txt") == "ls" and document_name("docs/product_manual-en.pdf") == "product manual en"
+    question = "ls 里显示每个文件的 inode 号是哪个参数？"
+    page = Hit(Chunk(1, LS_PAGE, "man/ls.1.txt", 0), 1.0)
+    decision = assess(question, [page])
+    assert decision.answerable
+    assert [s.text for s in decision.support][0] == "-i, --inode 显示每个文件的索引编号（inode 号）"
+    # the same text in a document that is not about ls does not answer a question about ls
+    assert not assess(question, [Hit(Chunk(1, LS_PAGE, "man/dir.1.txt", 0), 1.0)]).answerable
+
+
+class _Similar:
+    """A stand-in embedder similarity: ``close`` sentences are 0.95 similar to any question, others 0.5."""
+
+    def __init__(self, close: str) -> None:
+        self.close, self.calls = close, 0
+
+    def __call__(self, question: str, sentences: Sequence[str]) -> list[float]:
+        self.calls += 1
+        return [0.95 if self.close in s else 0.5 for s in sentences]
+
+
+def test_the_opt_in_semantic_path_answers_a_paraphrase_whose_passage_holds_its_names() -> None:
+    page = Hit(Chunk(1, LS_PAGE, "man/ls.1.txt", 0), 1.0)
+    question = "ls 列出来的时候想让文件夹都放在最上面，怎么弄？"  # shares only ls and 文件 with the answer
+    similar = _Similar("将目录排在文件前面")
+    assert not assess(question, [page], similarity=similar).answerable and similar.calls == 0  # off by default
+    decision = assess(question, [page], similarity=similar, min_similarity=0.9)
+    assert decision.answerable and decision.semantic and decision.similarity == 0.95
+    assert decision.support[0].text == "--group-directories-first 将目录排在文件前面；"
+    # not similar enough, or coverage below semantic_min_coverage: refused
+    assert not assess(question, [page], similarity=similar, min_similarity=0.96).answerable
+    assert not assess(question, [page], similarity=similar, min_similarity=0.9, semantic_min_coverage=0.9).answerable
+    # a name of the question that the passage lacks still refuses it, however similar a sentence is
+    decision = assess("tree 列出来的时候想让文件夹都放在最上面，怎么弄？", [page], similarity=similar, min_similarity=0.9)
+    assert not decision.answerable and "similarity 0.950" in decision.reason
+
+
+def test_pieces_jieba_joins_weigh_as_their_characters_not_as_a_word_no_document_uses() -> None:
+    index = _Neighbours([])
+    index.idf = {"时": 1.0, "想": 2.0, "链接": 3.0, "相对路径": 4.0}.get  # type: ignore[method-assign]
+    index.max_idf = lambda: 9.0  # type: ignore[method-assign]
+    weights = {t.text: t.weight for t in key_terms("ln -s 时想让链接里存相对路径", index)}
+    assert weights["时想"] == 1.5  # jieba's guess at 时 / 想 is no rare word
+    assert weights["相对路径"] == 4.0 and weights["里存"] == 9.0  # 里 / 存 unknown to the index: weighs as unknown
+    assert {t.text: t.weight for t in key_terms("公司停车场每月停车费是多少？", index)}["停车费"] == 9.0
+
+
+def test_a_command_line_semicolon_inside_a_chinese_sentence_ends_nothing() -> None:
+    text = "补丁必须有清晰的边界。你应该通过 dquilt pop -a; while quilt\npush; do quilt refresh; done 来验证这点。"
+    assert [s.text for s in segment(text)][-1] == ("你应该通过 dquilt pop -a; while quilt push; do quilt refresh; done "
+                                                   "来验证这点。")
+    assert [s.text for s in segment("Use a semicolon; it ends a clause.")] == ["Use a semicolon;", "it ends a clause."]

@@ -41,3 +41,6 @@ def test_extractive_backend_and_the_answerability_setting_is_checked() -> None:
     cfg = replace(RagConfig(), answer=replace(AnswerConfig(), min_term_coverage=1.5))
     with pytest.raises(ConfigError, match=r"answer.min_term_coverage=1.5 must be between 0 and 1"):
         QAPipeline(object(), model, cfg)  # type: ignore[arg-type]
+    cfg = replace(RagConfig(), answer=replace(AnswerConfig(), min_sentence_similarity=-0.2))
+    with pytest.raises(ConfigError, match=r"answer.min_sentence_similarity=-0.2 must be between 0 and 1"):
+        QAPipeline(object(), model, cfg)  # type: ignore[arg-type]
