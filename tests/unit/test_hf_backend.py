@@ -195,6 +195,7 @@ def test_concurrent_calls_are_serialised_and_match_sequential(chat: HFChatModel,
 def test_waiting_requests_run_in_arrival_order(chat: HFChatModel, monkeypatch: pytest.MonkeyPatch) -> None:
     generating, resume = threading.Event(), threading.Event()
     generate = chat.model.generate
+    prompt = talkative(chat)  # before the patch: talkative calls model.generate itself, which would hold the test
 
     def held_generate(*args: Any, **kwargs: Any) -> Any:  # the first request keeps the model until resumed
         if not generating.is_set():
@@ -203,7 +204,7 @@ def test_waiting_requests_run_in_arrival_order(chat: HFChatModel, monkeypatch: p
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(chat.model, "generate", held_generate)
-    first: Any = chat.stream(talkative(chat))  # a generator: close() cancels it
+    first: Any = chat.stream(prompt)  # a generator: close() cancels it
     threading.Thread(target=lambda: next(first), daemon=True).start()
     assert generating.wait(30)
     order: list[int] = []
