@@ -3,8 +3,8 @@ decoder, loaded without a bf16 copy on the GPU, cached, and still switching LoRA
 long-lived generation thread (rag.core.serial).
 
 On CPU the fast decoder's ``eager`` step runs the same math as the CUDA graph (quantized linears dequantize there), so
-these tests check the wiring and the cache; the GPU kernels and speed are bench/decode_quant.py's. The CUDA-only
-check (``check_device``) is patched out where a test loads through ``quantized.load`` on the CPU.
+these tests check the wiring and the cache (``quantized.load`` itself runs on any device; only
+``HFChatModel.load`` insists on CUDA); the GPU kernels and speed are bench/decode_quant.py's.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ def tiny_glm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def eager(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(HFChatModel, "_FAST_BACKEND", "eager")  # the decode step without a CUDA graph
-    monkeypatch.setattr(quantized, "check_device", lambda kind, device: None)
 
 
 def chat_of(folder: Path, cache: Path, kind: str = "int8") -> tuple[HFChatModel, str]:

@@ -173,13 +173,12 @@ class FastGenerator:
             if not all(isinstance(b, torch.nn.Linear) for b in bases) or \
                     len({b.bias is None for b in bases}) != 1:
                 continue
-            bias = None if bases[0].bias is None else torch.cat([b.bias.detach() for b in bases])
-            if self._quant:
+            if self._quant:  # the joined QuantLinear carries the biases itself
                 parts = [self._quant[id(b)] for b in bases]
-                if len({(p.kind, p.group) for p in parts}) != 1:
-                    continue
-                out[tuple(map(id, bases))] = (concat_quant(parts), bias, widths)
+                if len({(p.kind, p.group) for p in parts}) == 1:
+                    out[tuple(map(id, bases))] = (concat_quant(parts), None, widths)
                 continue
+            bias = None if bases[0].bias is None else torch.cat([b.bias.detach() for b in bases])
             weight = torch.cat([b.weight.detach() for b in bases])
             for b, piece in zip(bases, weight.split(widths), strict=True):
                 b.weight.data = piece  # the model's own forward reads the same numbers, stored once

@@ -18,6 +18,7 @@ from typing import Any
 from rag.core.device import is_oom, release_memory
 from rag.core.errors import ConfigError, RagError
 from rag.llm.base import GenerationConfig
+from rag.llm.hf.quantized import check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,8 @@ class FastDecoder:
                  quantized: dict[str, Any] | None = None) -> None:
         if mode not in FAST_DECODE:
             raise ConfigError(f"llm.fast_decode={mode!r} is not one of {', '.join(FAST_DECODE)}")
-        if quantize and mode == "off":
-            raise ConfigError(f"llm.quantization={quantize} is served by the fast decoder; llm.fast_decode=off "
-                              "cannot be combined with it")
+        if quantize:
+            check_settings(quantize, fast_decode=mode)
         self.mode, self.model_id, self.context_window = mode, model_id, context_window
         self.tokenizer = tokenizer
         self.quantize, self.quantized = quantize, quantized

@@ -125,7 +125,6 @@ def resolve(cfg: LLMConfig, network: bool = True) -> tuple[Path, str, bool, str,
     trust = trust and folder == path  # the native copy has no code of its own
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    quantization_config(cfg.quantization, device, dtype)  # a setting that cannot work here fails before any loading
     return folder, origin, trust, device, dtype
 
 

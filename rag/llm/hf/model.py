@@ -35,7 +35,7 @@ from typing import Any
 # ``x``: re-exported, finetune / rag.cli.models / rag.embed.embedder / tests import these from here
 from rag.core.config import LLMConfig
 from rag.core.device import is_oom, release_memory
-from rag.core.errors import ConfigError, RagError
+from rag.core.errors import RagError
 from rag.core.fifo import FifoTurns
 from rag.core.paths import cache_root
 from rag.core.serial import SerialWorker
@@ -108,10 +108,7 @@ class HFChatModel:
             from rag.llm.hf import quantized as fast_quant
 
             folder, origin, trust, device, dtype = resolve(cfg, network)
-            fast_quant.check_device(cfg.quantization, device)
-            if cfg.fast_decode == "off":
-                raise ConfigError(f"llm.quantization={cfg.quantization} is served by the fast decoder; it cannot be "
-                                  "combined with llm.fast_decode=off (use auto, or llm.quantization=nf4)")
+            fast_quant.check_settings(cfg.quantization, fast_decode=cfg.fast_decode, device=device)
             with load_errors(cfg, folder, device, dtype):
                 tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust)
                 model, quantized, how = fast_quant.load(folder, cfg.quantization, device, dtype,

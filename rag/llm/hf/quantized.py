@@ -32,9 +32,13 @@ FAST_QUANTIZATIONS = ("int8", "int4")
 CACHE_FORMAT = 1  # bump when the cached tensors' layout changes
 
 
-def check_device(kind: str, device: str) -> None:
-    """int8 / int4 are served by the CUDA-graph decoder only."""
-    if not device.startswith("cuda"):
+def check_settings(kind: str, *, fast_decode: str, device: str = "") -> None:
+    """int8 / int4 are served by the CUDA-graph decoder only: not with ``llm.fast_decode=off``, not off CUDA (checked
+    before any loading by :meth:`rag.llm.hf.model.HFChatModel.load`, and by the decoder built around such a model)."""
+    if fast_decode == "off":
+        raise ConfigError(f"llm.quantization={kind} is served by the fast decoder; llm.fast_decode=off cannot be "
+                          "combined with it (use auto, or llm.quantization=nf4)")
+    if device and not device.startswith("cuda"):
         raise ConfigError(f"llm.quantization={kind} is served by the fast GPU decoder, but the model runs on {device}; "
                           "set llm.quantization= (empty) on a CPU")
 
@@ -61,9 +65,8 @@ def load(folder: Path, kind: str, device: str, dtype: Any, cache_root: Path, tru
     """(model on ``device`` with its served linears' weights freed, ``{name: QuantLinear}``, "cache" | "quantized").
 
     Raises:
-        ConfigError: not on CUDA, or no safetensors weights.
+        ConfigError: no safetensors weights.
     """
-    check_device(kind, device)
     cached = cache_file(folder, kind, cache_root)
     if cached.is_file():
         t0 = time.perf_counter()
