@@ -322,7 +322,8 @@ def main() -> None:
     parser.add_argument("--naive-new-tokens", type=int, default=128)
     parser.add_argument("--rag-prompt-tokens", type=int, default=2000, help="prompt length for time to first token")
     parser.add_argument("--users", type=int, default=8, help="rows of the batched-decode measurement")
-    parser.add_argument("--skip", default="", help="comma-separated stages to skip: stock,compile (the no-compile variant),sdpa,lora,batch")
+    parser.add_argument("--skip", default="", help="comma-separated stages to skip: stock,compile (the no-compile variant),sdpa,lora,batch,"
+                        "unfused (the layer walk without the fused GEMVs)")
     parser.add_argument("--deadline-s", type=float, default=540.0, help="skip stages that would start after this")
     parser.add_argument("--out", type=Path, default=None, help="also append the JSON lines to this file")
     parser.add_argument("--serve", action="store_true",
@@ -387,6 +388,19 @@ def main() -> None:
 
     b.run("fast", fast)
     b.run("logits", lambda: logit_check(b, model, gen_holder["gen"], prompt, 16) if "gen" in gen_holder else {})
+
+    def unfused() -> dict[str, Any]:  # the general layer walk (cuBLAS GEMVs + separate norms), same run
+        gen = FastGenerator(model, max_batch=1, max_len=4096, backend=backend, fuse_gemv=False)
+        list(gen.generate(prompt, max_new_tokens=40))
+        out = fast_time(gen, [prompt], args.new_tokens, runs=3)
+        tokens = [t for c in gen.generate(prompt, max_new_tokens=64) for t in c]
+        fused = [t for c in gen_holder["gen"].generate(prompt, max_new_tokens=64) for t in c]
+        out["greedy_prefix_equal_to_fused"] = next(
+            (i for i, (x, y) in enumerate(zip(tokens, fused, strict=False)) if x != y), len(tokens))
+        return out
+
+    if "unfused" not in skip and "gen" in gen_holder:
+        b.run("fast_unfused", unfused, needs_s=20)
 
     def lora() -> dict[str, Any]:
         import peft
@@ -474,7 +488,8 @@ def main() -> None:
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) - model.get_input_embeddings().weight.nbytes
     bandwidth = RESULTS["env"].get("copy_bandwidth_gb_s")
     b.emit("summary", naive_tok_s=naive_r, stock_static_tok_s=stock_r, fast_tok_s=fast_r,
-           fast_no_compile_tok_s=rate("fast_no_compile"), fast_sdpa_tok_s=rate("fast_sdpa_attention"),
+           fast_no_compile_tok_s=rate("fast_no_compile"),
+           fast_unfused_tok_s=rate("fast_unfused"), fast_sdpa_tok_s=rate("fast_sdpa_attention"),
            fast_over_naive=round(best / naive_r, 2) if naive_r else None,
            fast_over_stock=round(best / stock_r, 2) if stock_r else None,
            ttft_rag_ms=RESULTS.get("fast", {}).get("ttft_rag_ms"),

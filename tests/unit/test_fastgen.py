@@ -50,14 +50,17 @@ def test_eager_step_matches_generate(kind: str) -> None:
     model = tiny_model(kind)
     fast = FastGenerator(model, max_batch=2, max_len=64, backend="eager", chunk_tokens=4)
     assert fast.attention == "sdpa"  # no Triton on CPU
+    assert fast._fusable is (kind == "glm")  # Llama's separate gate and up take the general walk
     expected = naive_greedy(model, PROMPT, 20)
     assert collect(fast.generate(PROMPT, max_new_tokens=20)) == expected
     assert collect(fast.generate(PROMPT, max_new_tokens=20)) == expected  # the cache is reused, not appended to
 
 
-def test_eager_logits_match_full_forward() -> None:
+@pytest.mark.parametrize("fuse", [True, False])
+def test_eager_logits_match_full_forward(fuse: bool) -> None:
     model = tiny_model("glm")
-    fast = FastGenerator(model, max_len=64, backend="eager", chunk_tokens=1)
+    fast = FastGenerator(model, max_len=64, backend="eager", chunk_tokens=1, fuse_gemv=fuse)
+    assert fast._fusable is fuse  # GLM (joined gate/up, SiLU, RMSNorm) takes the fused GEMV walk when asked
     steps = []
     for chunk in fast.generate(PROMPT, max_new_tokens=6):
         steps.append((chunk[0], fast.logits[0].clone()))
@@ -165,3 +168,42 @@ def test_triton_decode_attention_matches_sdpa_on_gpu() -> None:
         got = decode_attention(q, k, v, pos, dim**-0.5).float()
         ref = sdpa_decode(q.float(), k.float(), v.float(), pos, dim**-0.5)
         assert (got - ref).abs().max() < 2e-2
+
+
+def test_fused_gemv_formula_matches_the_modules() -> None:
+    """The fused GEMV's formula (its CPU path) against the unfused modules, in float32."""
+    from rag.llm.fastgen.gemv import fused_gemv
+    from rag.llm.fastgen.ops import rms_norm
+
+    torch.manual_seed(3)
+    x, up, res = torch.randn(3, 48), torch.randn(3, 48), torch.randn(3, 20)
+    w, g, bias = torch.randn(20, 48), torch.rand(48) + 0.5, torch.randn(20)
+    torch.testing.assert_close(fused_gemv(x, w, norm_weight=g, eps=1e-5, bias=bias, residual=res),
+                               rms_norm(x, g, 1e-5) @ w.t() + bias + res, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused_gemv(x, w, up=up), (torch.nn.functional.silu(x) * up) @ w.t(),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        fused_gemv(x, w, norm_weight=g, up=up)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_gemv_kernel_matches_formula_on_gpu() -> None:
+    """The Triton kernel against the float32 formula on ChatGLM3-like widths (K not a multiple of the block: 13,696),
+    1 and 3 rows, x and up as column slices of one tensor (the joined gate/up output). bf16 output: relative error
+    of the rounding, ~2^-8."""
+    from rag.llm.fastgen.gemv import HAS_TRITON, fused_gemv, reference
+
+    if not HAS_TRITON:
+        pytest.skip("no triton")
+    torch.manual_seed(4)
+    for n, k in ((4608, 4096), (4096, 13696), (200, 96)):
+        w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()
+        for rows in (1, 3):
+            both = torch.randn(rows, 2 * k, device="cuda").bfloat16()
+            x, up = both[:, :k], both[:, k:]
+            g = (torch.rand(k, device="cuda") + 0.5).bfloat16()
+            res, bias = torch.randn(rows, n, device="cuda").bfloat16(), torch.randn(n, device="cuda").bfloat16()
+            for kw in ({}, {"norm_weight": g, "eps": 1e-5, "bias": bias, "residual": res}, {"up": up}):
+                got, ref = fused_gemv(x, w, **kw).float(), reference(x, w, **kw).float()
+                assert ((got - ref).norm() / ref.norm()).item() < 1e-2, (n, k, rows, kw.keys())

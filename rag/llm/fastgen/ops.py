@@ -38,6 +38,20 @@ def lora_sum(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tens
     return (bias.float() + (low[:, None, :] * b.float()[None]).sum(-1)).to(x.dtype)  # [M, out]
 
 
+def rope_to_cache(rope: Callable[..., Any], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor, layer: torch.Tensor, rows: torch.Tensor,
+                  pos: torch.Tensor) -> torch.Tensor:
+    """Rotary on q and k [B, heads, 1, D] (the model's own ``rope``), the new k and v written into the caches
+    ``[layers, batch, kv_heads, len, D]`` at (``layer``, ``rows``, ``pos``); returns the rotated q. Compiled once, the
+    rotary and both cache writes are one or two kernels instead of four per layer; ``layer`` is a tensor so that
+    every layer shares the compiled code (shape [1]: a 0-d tensor index would be read on the host, a sync
+    that a CUDA graph cannot capture)."""
+    q, k = rope(q, k, cos, sin)
+    k_all[layer, rows, :, pos] = k[:, :, 0]
+    v_all[layer, rows, :, pos] = v[:, :, 0]
+    return q
+
+
 def gated(act: Callable[[torch.Tensor], torch.Tensor], gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return up * act(gate)
 

@@ -1,0 +1,122 @@
+"""A bf16 GEMV for the fast decoder's batch-1 step, with the layer's element-wise neighbours fused in.
+
+At batch 1 every linear is a matrix-vector product bound by reading its weight, and the small kernels between them
+(residual add + RMSNorm, the gated activation, cuBLAS's split-K reductions) cost a launch and a ramp each: on an H100
+they took ~0.7 ms of a 5.2 ms step for ChatGLM3-6B (docs/BENCHMARKS.md). :func:`fused_gemv` computes, in one
+kernel that reads the weight once,
+
+    out = W @ prologue(x) (+ bias) (+ residual)
+
+with ``prologue`` one of: nothing; RMSNorm (``norm_weight * x * rsqrt(mean(x²) + eps)``: the sum of squares is
+gathered in the same loop as the dot products and applied at the end, since the scale is one number per row of
+``x``); or the gated activation ``silu(x) * up`` (GLM / Llama SwiGLU). The residual add moves into the epilogue of
+the linear before the norm (o_proj, down_proj), so the residual stream is written once per half-layer.
+
+The arithmetic is float32 on bf16 inputs; the unfused modules round the normed / activated input to bf16 before the
+GEMV, so results differ from them by bf16 rounding (relative ~1e-3), as any change of kernel does. On CPU (tests) and
+without Triton, :func:`fused_gemv` computes the same formula with torch ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # CPU installs: the torch formula serves every call
+    HAS_TRITON = False
+
+MAX_ROWS = 16  # rows of x the kernel is meant for (decode); longer inputs (prefill) take the torch formula
+
+
+def reference(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
+              up: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The formula of :func:`fused_gemv` with torch ops (float32 prologue, like the kernel)."""
+    h = x.float()
+    if norm_weight is not None:
+        h = norm_weight.float() * h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    if up is not None:
+        h = F.silu(h) * up.float()
+    out = h @ weight.float().t()
+    if bias is not None:
+        out = out + bias.float()
+    if residual is not None:
+        out = out + residual.float()
+    return out.to(x.dtype)
+
+
+def fused_gemv(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
+               up: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight [N, K] @ prologue(x [M, K]) (+ bias [N]) (+ residual [M, N])`` -> ``[M, N]`` in ``x``'s dtype.
+
+    ``norm_weight`` (RMSNorm of x first) and ``up`` (``silu(x) * up`` first) exclude each other. ``x`` and ``up`` may
+    be column slices of a wider tensor (the two halves of a joined gate/up output): only their columns must be
+    contiguous.
+    """
+    if norm_weight is not None and up is not None:
+        raise ValueError("fused_gemv takes norm_weight or up, not both")
+    if not (HAS_TRITON and x.is_cuda and x.dim() == 2 and x.shape[0] <= MAX_ROWS):
+        return reference(x, weight, norm_weight=norm_weight, eps=eps, up=up, bias=bias, residual=residual)
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if up is not None and up.stride(1) != 1:
+        up = up.contiguous()
+    rows, (n, k) = x.shape[0], weight.shape
+    if weight.stride(1) != 1 or x.shape[1] != k:
+        raise ValueError(f"fused_gemv needs a row-major weight [N, K] and x [M, K]; got {tuple(weight.shape)} "
+                         f"(strides {weight.stride()}) and {tuple(x.shape)}")
+    out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    up_c = up if up is not None else x
+    res_c = residual.contiguous() if residual is not None else out
+    pro = 1 if norm_weight is not None else 2 if up is not None else 0
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)  # noqa: E731
+    _gemv_kernel[grid](x, x.stride(0), up_c, up_c.stride(0), norm_weight if norm_weight is not None else x,
+                       weight, weight.stride(0),
+                       bias if bias is not None else x, res_c, out, n, k, float(eps), 1 if rows == 1 else MAX_ROWS,
+                       PRO=pro, HAS_BIAS=bias is not None, HAS_RES=residual is not None)
+    return out
+
+
+if HAS_TRITON:
+
+    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+                              for n, k, w, s in ((8, 512, 4, 3), (16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 3),
+                                                 (4, 1024, 4, 3), (8, 1024, 8, 3), (16, 512, 8, 4), (32, 128, 4, 4),
+                                                 (4, 512, 2, 4), (2, 1024, 4, 4), (8, 256, 2, 4), (16, 1024, 8, 2))],
+                     key=["N", "K", "ROW_BUCKET", "PRO"])
+    @triton.jit
+    def _gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, b_ptr, r_ptr, out_ptr, N, K, eps,
+                     ROW_BUCKET, PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # program (block of BLOCK_N output rows, row m of x): dot products of those weight rows with prologue(x[m])
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m = tl.program_id(1)
+        row_ok = rows < N
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            col_ok = cols < K
+            x = tl.load(x_ptr + m * x_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
+            if PRO == 1:  # RMSNorm: weight now, 1 / rms at the end
+                squares += x * x
+                x = x * tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            if PRO == 2:  # silu(gate) * up
+                u = tl.load(up_ptr + m * up_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
+                x = x / (1.0 + tl.exp(-x)) * u
+            w = tl.load(w_ptr + rows[:, None] * w_stride + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
+                        other=0.0)
+            acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        if PRO == 1:
+            acc = acc * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if HAS_RES:
+            acc += tl.load(r_ptr + m * N + rows, mask=row_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + m * N + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
