@@ -189,12 +189,15 @@ def main() -> None:
     parser.add_argument("--time-tokens", type=int, default=256, help="new tokens per timed run")
     parser.add_argument("--forced-steps", type=int, default=8, help="teacher-forced logit comparisons")
     parser.add_argument("--deadline-s", type=float, default=560.0)
+    parser.add_argument("--skip", default="", help="comma-separated stages to skip: bf16_separate_qkv, profile_bf16, "
+                        "general_walk (int8/int4 without the fused GEMV prologues), int4_8k")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--serve", action="store_true",
                         help="only llm.quantization through HFChatModel.load/stream: bf16, int8, int4, first and cached "
                              "start (writes a ~12.5 GB checkpoint and the caches under --checkpoint-dir; CUDA)")
     parser.add_argument("--checkpoint-dir", default="/tmp/decode_quant_serve")
     args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
     shape = SMALL if args.small else CHATGLM3_6B
@@ -254,8 +257,9 @@ def main() -> None:
         return go
 
     b.run("bf16", variant("bf16"))
-    b.run("bf16_separate_qkv", variant("bf16_separate_qkv", fuse_qkv=False), needs_s=60)
-    if cuda:
+    if "bf16_separate_qkv" not in skip:
+        b.run("bf16_separate_qkv", variant("bf16_separate_qkv", fuse_qkv=False), needs_s=60)
+    if cuda and "profile_bf16" not in skip:
         b.run("profile_bf16", lambda: kernel_profile(FastGenerator(model, max_batch=1, max_len=4096, backend=backend),
                                                      shape["vocab_size"]), needs_s=60)
     b.run("int8", variant("int8", quantize="int8"), needs_s=60)
@@ -282,6 +286,9 @@ def main() -> None:
 
     b.run("int8_lora", int8_lora, needs_s=60)
     b.run("int4", variant("int4", quantize="int4"), needs_s=60)
+    if "general_walk" not in skip:  # the same weights through the general layer walk (no fused GEMV prologues)
+        b.run("int8_general_walk", variant("int8_general_walk", quantize="int8", fuse_gemv=False), needs_s=60)
+        b.run("int4_general_walk", variant("int4_general_walk", quantize="int4", fuse_gemv=False), needs_s=60)
 
     def int4_8k() -> dict[str, Any]:
         if cuda:
@@ -297,7 +304,8 @@ def main() -> None:
                 "peak_gib_decoding_4k_prompt": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
                 "max_len": gen.max_len, "note": "the bf16 weights were freed after quantizing; the embedding stays bf16"}
 
-    b.run("int4_8k", int4_8k, needs_s=40)
+    if "int4_8k" not in skip:
+        b.run("int4_8k", int4_8k, needs_s=40)
 
     def rate(stage: str) -> float | None:
         value = RESULTS.get(stage, {}).get("decode_tok_s")

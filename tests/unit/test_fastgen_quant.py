@@ -84,15 +84,20 @@ def dequantized_copy(model: Any, gen: FastGenerator) -> Any:
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 def test_every_linear_of_the_step_reads_the_quantized_weights(kind: str) -> None:
     model = small_glm()
-    gen = FastGenerator(model, max_len=64, backend="eager", quantize=kind)
+    gen = FastGenerator(model, max_len=64, backend="eager", quantize=kind, fuse_gemv=True)
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert len(gen._quant) == n_linear  # 2 layers x (q, k, v, o, gate_up, down) + lm_head
     kinds = {q.kind for q in gen._quant.values()}
     assert kinds == ({"int8"} if kind == "int8" else {"int4", "int8"})  # int4 blocks, int8 output layer
     twin = FastGenerator(dequantized_copy(model, gen), max_len=64, backend="eager")
+    assert gen._fusable and twin._fusable  # the fused GEMV walk, quantized and not
     got, want = step_logits(gen), step_logits(twin)
     # float32 on both sides; only the order of the same products differs (F.linear on the same numbers)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    default = FastGenerator(model, max_len=64, backend="eager", quantize=kind)
+    assert not default._fusable  # quantized weights take the general walk unless asked (slower fused on an H100)
+    general = step_logits(FastGenerator(model, max_len=64, backend="eager", quantize=kind, fuse_gemv=False))
+    assert torch.allclose(got, general, rtol=1e-4, atol=1e-4 * float(general.abs().max()))  # fused == general walk
 
 
 def test_int8_logits_stay_close_to_the_native_model() -> None:
@@ -171,3 +176,14 @@ def test_gpu_kernels_compute_what_the_quantized_numbers_stand_for(kind: str) -> 
             want = x.float() @ reference.t() + addend.float()
             got = layer(x, add=addend).float()
             assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows, "add")
+            # the fused decode step's prologues (RMSNorm / silu gate, x and up as slices of one tensor) + residual
+            both = torch.randn(rows, 2 * in_features, device="cuda", dtype=torch.bfloat16)
+            g = torch.rand(in_features, device="cuda", dtype=torch.bfloat16) + 0.5
+            res = torch.randn(rows, out_features, device="cuda", dtype=torch.bfloat16)
+            xs, up = both[:, :in_features].float(), both[:, in_features:].float()
+            normed = g.float() * xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + 1e-5)
+            for kw, inp in (({"norm_weight": g, "eps": 1e-5, "residual": res}, normed),
+                            ({"up": both[:, in_features:], "residual": res}, torch.nn.functional.silu(xs) * up)):
+                want = inp @ reference.t() + bias.float() + res.float()
+                got = layer(both[:, :in_features], **kw).float()
+                assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows, kw.keys())

@@ -83,15 +83,17 @@ class FastGenerator:
             the k and v ones being small and far from the memory bandwidth.
         quantized: with ``quantize``, the quantized copies already made (by name, see
             :func:`rag.llm.fastgen.quant.quantize_served`), e.g. loaded from the cache of :mod:`rag.llm.hf.quantized`.
-        fuse_gemv: decode steps with no adapter active (and no ``quantize``) run the fused GEMV layer walk
+        fuse_gemv: decode steps with no adapter active run the fused GEMV layer walk
             (:meth:`_forward_fused`) where the model allows it (joined q/k/v, a joined gate/up matrix, standard RMSNorm,
-            SiLU); other models and adapter states take the general walk.
+            SiLU); other models and adapter states take the general walk. ``None`` (default): on for bf16 weights,
+            off with ``quantize`` — the int8/int4 GEMVs take the same prologues, but on an H100 their fused walk
+            was 1-1.5 % slower than the general one (docs/BENCHMARKS.md), while bf16 gained 15 %.
     """
 
     def __init__(self, model: Any, max_batch: int = 1, max_len: int = 4096, *, backend: str = "auto",
                  compile: bool = True, attention: str = "auto", chunk_tokens: int = 16, fuse_lora: bool = True,
                  quantize: str = "", release_weights: bool = False, fuse_qkv: bool = True,
-                 quantized: Mapping[str, QuantLinear] | None = None, fuse_gemv: bool = True) -> None:
+                 quantized: Mapping[str, QuantLinear] | None = None, fuse_gemv: bool | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
         if quantize and quantize not in QUANT_KINDS:
@@ -154,7 +156,8 @@ class FastGenerator:
         if quantize:
             self._quant = self._quantized(quantize, release_weights, quantized)
         self._cat = self._concatenated() if fuse_qkv else {}
-        self._fusable = fuse_gemv and not quantize and self._fused_layers_ok()
+        fuse = (not quantize) if fuse_gemv is None else fuse_gemv
+        self._fusable = fuse and self._fused_layers_ok()
         self._layer_ids = torch.arange(len(self._layers), device=dev)
         self._graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}
         self._state: tuple[Any, ...] = ("base",)  # adapter state of the current call
@@ -352,10 +355,17 @@ class FastGenerator:
             hidden, x = self._add_norm(fns, after, hidden, self._mlp(fns, layer.mlp, x))
         return self._linears(fns, [self.lm.get_output_embeddings()], x[:, -1])[0].float()
 
+    def _gemv(self, module: Any, x: torch.Tensor, **fused: Any) -> torch.Tensor:
+        """``module``'s base linear on ``x`` with the fused prologue / epilogue ``fused`` (see
+        :func:`rag.llm.fastgen.gemv.fused_gemv`): its quantized copy's GEMV, or the bf16 one."""
+        base = getattr(module, "base_layer", module)
+        quant = self._quant.get(id(base))
+        return quant(x, **fused) if quant is not None else fused_gemv(x, base.weight, **fused)
+
     def _forward_fused(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The decode step's layer walk with no adapter active: per layer q/k/v GEMV (+ input norm), rotary + cache
         writes, attention, o GEMV (+ residual), gate/up GEMV (+ post-attention norm), down GEMV (+ SiLU gate,
-        + residual) — 6 kernels and the attention's own, instead of ~12."""
+        + residual) — 6 kernels and the attention's own, instead of ~12. bf16, int8 or int4 weights alike."""
         fns = self._fast
         batch = ids.shape[0]
         hidden = self._embed(ids)  # [B, 1, H]
@@ -368,20 +378,20 @@ class FastGenerator:
             bases = tuple(id(getattr(m, "base_layer", m)) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
             weight, bias, widths = self._cat[bases]
             norm = layer.input_layernorm
-            qkv = fused_gemv(hidden, weight, norm_weight=norm.weight, eps=norm.variance_epsilon, bias=bias)
+            qkv = weight(hidden, norm_weight=norm.weight, eps=norm.variance_epsilon) \
+                if isinstance(weight, QuantLinear) else \
+                fused_gemv(hidden, weight, norm_weight=norm.weight, eps=norm.variance_epsilon, bias=bias)
             q, k, v = (t.view(batch, 1, -1, self.head_dim).transpose(1, 2) for t in qkv.split(widths, dim=-1))
             q = fns["rope_cache"](self._rope, q, k, v, cos, sin, self._k, self._v, self._layer_ids[i : i + 1], rows,
                                  pos)
             out = attend(q[:, :, 0], self._k[i], self._v[i], pos, attn.scaling).reshape(batch, -1)
-            hidden = fused_gemv(out, getattr(attn.o_proj, "base_layer", attn.o_proj).weight, residual=hidden)
+            hidden = self._gemv(attn.o_proj, out, residual=hidden)
             norm = layer.post_attention_layernorm
-            gate_up = fused_gemv(hidden, getattr(mlp.gate_up_proj, "base_layer", mlp.gate_up_proj).weight,
-                                 norm_weight=norm.weight, eps=norm.variance_epsilon)
-            gate, up = gate_up.chunk(2, dim=-1)
-            hidden = fused_gemv(gate, getattr(mlp.down_proj, "base_layer", mlp.down_proj).weight, up=up,
-                                residual=hidden)
-        head = self.lm.get_output_embeddings()
-        return fused_gemv(hidden, head.weight, norm_weight=self._norm.weight, eps=self._norm.variance_epsilon).float()
+            gate, up = self._gemv(mlp.gate_up_proj, hidden, norm_weight=norm.weight,
+                                  eps=norm.variance_epsilon).chunk(2, dim=-1)
+            hidden = self._gemv(mlp.down_proj, gate, up=up, residual=hidden)
+        return self._gemv(self.lm.get_output_embeddings(), hidden, norm_weight=self._norm.weight,
+                          eps=self._norm.variance_epsilon).float()
 
     def _sample(self, logits: torch.Tensor, batch: int, sample: bool) -> torch.Tensor:
         """[B, vocab] -> [B] next tokens, on the device (no sync): argmax, or temperature + top-p per row."""

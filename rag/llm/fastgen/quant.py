@@ -65,17 +65,34 @@ class QuantLinear:
             weight = ((groups - 8) * scale[..., None] + zero[..., None]).view(self.out_features, self.in_features)
         return weight if dtype is None else weight.to(dtype)
 
-    def __call__(self, x: torch.Tensor, with_bias: bool = True, add: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, with_bias: bool = True, add: torch.Tensor | None = None, *,
+                 norm_weight: torch.Tensor | None = None, eps: float = 1e-6, up: torch.Tensor | None = None,
+                 residual: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ w.T`` plus the bias (``with_bias``) or plus ``add`` ``[M, out]`` instead (a LoRA delta that already
-        holds the bias): on CUDA the GEMV kernels add it as they store, one kernel fewer per linear."""
+        holds the bias): on CUDA the GEMV kernels add it as they store, one kernel fewer per linear.
+
+        ``norm_weight`` / ``up`` / ``residual`` are the fused decode step's prologues and epilogue, as in
+        :func:`rag.llm.fastgen.gemv.fused_gemv`: RMSNorm of ``x`` first, or ``silu(x) * up`` first; ``residual``
+        ``[M, out]`` added at the end."""
         bias = add if add is not None else self.bias if with_bias else None
+        fused = norm_weight is not None or up is not None or residual is not None
+        if norm_weight is not None and up is not None:
+            raise ValueError("a quantized linear takes norm_weight or up, not both")
         if x.device.type == "cuda" and HAS_TRITON:
             if x.shape[0] <= GEMV_MAX_ROWS:
                 if self.kind == "int8":
-                    return int8_gemv(x, self.qweight, self.scales, bias)
-                return int4_gemv(x, self.qweight, self.scales, self.group, bias)
-            if self.kind == "int4":
+                    return int8_gemv(x, self.qweight, self.scales, bias, norm_weight=norm_weight, eps=eps, up=up,
+                                     residual=residual)
+                return int4_gemv(x, self.qweight, self.scales, self.group, bias, norm_weight=norm_weight, eps=eps,
+                                 up=up, residual=residual)
+            if self.kind == "int4" and not fused:
                 return linear_plus(x, int4_dequantize(self.qweight, self.scales, self.group, x.dtype), bias)
+        if fused:
+            from rag.llm.fastgen.gemv import reference
+
+            weight = self.dequantize(x.dtype) if x.device.type != "cuda" or self.kind == "int8" else \
+                int4_dequantize(self.qweight, self.scales, self.group, x.dtype)
+            return reference(x, weight, norm_weight=norm_weight, eps=eps, up=up, bias=bias, residual=residual)
         return linear_plus(x, self.dequantize(x.dtype), bias)
 
 
@@ -197,24 +214,37 @@ if HAS_TRITON:
     @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
                               for n, k, w in ((4, 1024, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (32, 256, 8),
                                               (8, 1024, 8), (2, 2048, 4), (4, 512, 2), (2, 1024, 2))],
-                     key=["N", "K", "ROW_BUCKET"])
+                     key=["N", "K", "ROW_BUCKET", "PRO"])
     @triton.jit
-    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, b_stride, out_ptr, N, K, ROW_BUCKET, HAS_BIAS: tl.constexpr,
+    def _int8_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, s_ptr, b_ptr, b_stride, r_ptr, out_ptr,
+                          N, K, eps, ROW_BUCKET, PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # program (block of BLOCK_N output rows, row m of x): dot products of those weight rows with x[m]
+        # program (block of BLOCK_N output rows, row m of x): dot products of those weight rows with prologue(x[m])
+        # (PRO 1: RMSNorm, its 1 / rms applied at the end; PRO 2: silu(x) * up; see rag.llm.fastgen.gemv)
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         m = tl.program_id(1)
         row_ok = rows < N
         acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        squares = tl.zeros([BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             col_ok = cols < K
-            x = tl.load(x_ptr + m * K + cols, mask=col_ok, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + m * x_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
+            if PRO == 1:
+                squares += x * x
+                x = x * tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            if PRO == 2:
+                u = tl.load(up_ptr + m * up_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
+                x = x / (1.0 + tl.exp(-x)) * u
             w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0)
             acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
         acc = acc * tl.load(s_ptr + rows, mask=row_ok, other=0.0)
+        if PRO == 1:
+            acc = acc * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
         if HAS_BIAS:  # a bias row (b_stride 0) or one addend row per input row
             acc += tl.load(b_ptr + m * b_stride + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if HAS_RES:
+            acc += tl.load(r_ptr + m * N + rows, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + m * N + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
@@ -235,16 +265,37 @@ def row_bucket(rows: int) -> int:
     return 1 if rows == 1 else GEMV_MAX_ROWS
 
 
-def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x [M, in] @ (qweight * scales).T + bias`` on CUDA, reading the int8 weights (not a dequantized copy)."""
+def fused_args(x: torch.Tensor, up: torch.Tensor | None, norm_weight: torch.Tensor | None,
+               residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(x, up, norm weight, residual, prologue code) as the GEMV kernels take them: x and up with contiguous columns
+    (a column slice of a wider tensor is fine), stand-ins for what is not used."""
+    if norm_weight is not None and up is not None:
+        raise ValueError("norm_weight or up, not both")
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    up = x if up is None else up if up.stride(-1) == 1 else up.contiguous()
+    pro = 1 if norm_weight is not None else 2 if up is not x else 0
+    return (x, up, norm_weight if norm_weight is not None else x,
+            residual.contiguous() if residual is not None else x, pro)
+
+
+def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *,
+              norm_weight: torch.Tensor | None = None, eps: float = 1e-6, up: torch.Tensor | None = None,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [M, in] @ (qweight * scales).T + bias`` on CUDA, reading the int8 weights (not a dequantized copy); with
+    the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv`."""
     if not HAS_TRITON:
-        return linear_plus(x, (qweight.float() * scales[:, None]).to(x.dtype), bias)
-    x = x.contiguous()
+        from rag.llm.fastgen.gemv import reference
+
+        return reference(x, (qweight.float() * scales[:, None]).to(x.dtype), norm_weight=norm_weight, eps=eps, up=up,
+                         bias=bias, residual=residual)
+    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
     rows, (out_features, in_features) = x.shape[0], qweight.shape
     out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows)  # noqa: E731
-    _int8_gemv_kernel[grid](x, qweight, scales, bias if bias is not None else scales, addend_stride(bias), out,
-                            out_features, in_features, row_bucket(rows), HAS_BIAS=bias is not None)
+    _int8_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, qweight, scales,
+                            bias if bias is not None else scales, addend_stride(bias), res, out,
+                            out_features, in_features, float(eps), row_bucket(rows), PRO=pro,
+                            HAS_BIAS=bias is not None, HAS_RES=residual is not None)
     return out
 
 
@@ -254,20 +305,22 @@ if HAS_TRITON:
                               for n, k, w in ((8, 512, 4), (16, 256, 4), (16, 512, 4), (32, 256, 4), (32, 256, 8),
                                               (64, 128, 4), (16, 1024, 8), (32, 512, 8), (4, 512, 2), (4, 1024, 4),
                                               (2, 1024, 2), (2, 2048, 4))],
-                     key=["N", "K", "ROW_BUCKET", "GROUP"])
+                     key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"])
     @triton.jit
-    def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, b_stride, out_ptr, N, K, ROW_BUCKET, GROUP: tl.constexpr,
-                          HAS_BIAS: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _int4_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, s_ptr, b_ptr, b_stride, r_ptr, out_ptr,
+                          N, K, eps, ROW_BUCKET, GROUP: tl.constexpr, PRO: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # program (block of BLOCK_N output rows, row m of x). Per K block: the bytes [BLOCK_N, BLOCK_K / 2] hold the
         # even (high nibble) and odd (low nibble) columns; each group's dot product of (q - 8) with x is scaled by
-        # the group's scale, and the group's zero multiplies the group's sum of x.
+        # the group's scale, and the group's zero multiplies the group's sum of x. x is prologue(x) first (PRO 1:
+        # RMSNorm, its 1 / rms applied at the end, as both terms are linear in x; PRO 2: silu(x) * up).
         HALF: tl.constexpr = BLOCK_K // 2
         G: tl.constexpr = BLOCK_K // GROUP
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         m = tl.program_id(1)
         row_ok = rows < N
         acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        squares = tl.zeros([HALF], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             pairs = k0 // 2 + tl.arange(0, HALF)
             pair_ok = pairs < K // 2
@@ -275,8 +328,17 @@ if HAS_TRITON:
                         other=0x88)  # (8, 8): zero after the -8
             hi = (w >> 4).to(tl.float32) - 8.0
             lo = (w & 15).to(tl.float32) - 8.0
-            xe = tl.load(x_ptr + m * K + 2 * pairs, mask=pair_ok, other=0.0).to(tl.float32)
-            xo = tl.load(x_ptr + m * K + 2 * pairs + 1, mask=pair_ok, other=0.0).to(tl.float32)
+            xe = tl.load(x_ptr + m * x_stride + 2 * pairs, mask=pair_ok, other=0.0).to(tl.float32)
+            xo = tl.load(x_ptr + m * x_stride + 2 * pairs + 1, mask=pair_ok, other=0.0).to(tl.float32)
+            if PRO == 1:
+                squares += xe * xe + xo * xo
+                xe = xe * tl.load(g_ptr + 2 * pairs, mask=pair_ok, other=0.0).to(tl.float32)
+                xo = xo * tl.load(g_ptr + 2 * pairs + 1, mask=pair_ok, other=0.0).to(tl.float32)
+            if PRO == 2:
+                ue = tl.load(up_ptr + m * up_stride + 2 * pairs, mask=pair_ok, other=0.0).to(tl.float32)
+                uo = tl.load(up_ptr + m * up_stride + 2 * pairs + 1, mask=pair_ok, other=0.0).to(tl.float32)
+                xe = xe / (1.0 + tl.exp(-xe)) * ue
+                xo = xo / (1.0 + tl.exp(-xo)) * uo
             dots = tl.sum(tl.reshape(hi * xe[None, :] + lo * xo[None, :], [BLOCK_N, G, GROUP // 2]), axis=2)
             xsum = tl.sum(tl.reshape(xe + xo, [G, GROUP // 2]), axis=1)
             groups = k0 // GROUP + tl.arange(0, G)
@@ -285,8 +347,12 @@ if HAS_TRITON:
             scale = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
             zero = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32)
             acc += tl.sum(scale * dots + zero * xsum[None, :], axis=1)
+        if PRO == 1:
+            acc = acc * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
         if HAS_BIAS:  # a bias row (b_stride 0) or one addend row per input row
             acc += tl.load(b_ptr + m * b_stride + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if HAS_RES:
+            acc += tl.load(r_ptr + m * N + rows, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + m * N + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
 
     @triton.jit
@@ -308,14 +374,18 @@ if HAS_TRITON:
 
 
 def int4_gemv(x: torch.Tensor, pairs: torch.Tensor, scales: torch.Tensor, group: int,
-              bias: torch.Tensor | None) -> torch.Tensor:
-    """``x [M, in] @ dequantized(pairs).T + bias`` on CUDA, reading the 4-bit weights (not a dequantized copy)."""
-    x = x.contiguous()
+              bias: torch.Tensor | None, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
+              up: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [M, in] @ dequantized(pairs).T + bias`` on CUDA, reading the 4-bit weights (not a dequantized copy); with
+    the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv`."""
+    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
     rows, out_features, in_features = x.shape[0], pairs.shape[0], pairs.shape[1] * 2
     out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows)  # noqa: E731
-    _int4_gemv_kernel[grid](x, pairs, scales, bias if bias is not None else scales, addend_stride(bias), out,
-                            out_features, in_features, row_bucket(rows), GROUP=group, HAS_BIAS=bias is not None)
+    _int4_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, pairs, scales,
+                            bias if bias is not None else scales, addend_stride(bias), res, out,
+                            out_features, in_features, float(eps), row_bucket(rows), GROUP=group, PRO=pro,
+                            HAS_BIAS=bias is not None, HAS_RES=residual is not None)
     return out
 
 
