@@ -85,6 +85,31 @@ def fused_gemv(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tens
 
 if HAS_TRITON:
 
+    @triton.jit
+    def prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, col_ok, squares, PRO: tl.constexpr):
+        """prologue(x[m, cols]) in float32 and the running sum of squares: PRO 0 x; 1 RMSNorm (norm weight now,
+        1 / rms at the end, :func:`epilogue_store`); 2 silu(x) * up. Shared by the bf16 and quantized GEMVs."""
+        x = tl.load(x_ptr + m * x_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if PRO == 1:
+            squares += x * x
+            x = x * tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if PRO == 2:
+            u = tl.load(up_ptr + m * up_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
+            x = x / (1.0 + tl.exp(-x)) * u
+        return x, squares
+
+    @triton.jit
+    def epilogue_store(acc, squares, K, eps, b_ptr, b_stride, r_ptr, out_ptr, m, N, rows, row_ok, PRO: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr):
+        """out[m, rows] = acc (/ rms of x, PRO 1) + bias or addend row (``b_stride`` 0: one bias row) + residual."""
+        if PRO == 1:
+            acc = acc * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + m * b_stride + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if HAS_RES:
+            acc += tl.load(r_ptr + m * N + rows, mask=row_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + m * N + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
+
     @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
                               for n, k, w, s in ((8, 512, 4, 3), (16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 3),
                                                  (4, 1024, 4, 3), (8, 1024, 8, 3), (16, 512, 8, 4), (32, 128, 4, 4),
@@ -103,20 +128,8 @@ if HAS_TRITON:
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             col_ok = cols < K
-            x = tl.load(x_ptr + m * x_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
-            if PRO == 1:  # RMSNorm: weight now, 1 / rms at the end
-                squares += x * x
-                x = x * tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            if PRO == 2:  # silu(gate) * up
-                u = tl.load(up_ptr + m * up_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
-                x = x / (1.0 + tl.exp(-x)) * u
+            x, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, col_ok, squares, PRO)
             w = tl.load(w_ptr + rows[:, None] * w_stride + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
                         other=0.0)
             acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-        if PRO == 1:
-            acc = acc * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        if HAS_RES:
-            acc += tl.load(r_ptr + m * N + rows, mask=row_ok, other=0.0).to(tl.float32)
-        tl.store(out_ptr + m * N + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
+        epilogue_store(acc, squares, K, eps, b_ptr, 0, r_ptr, out_ptr, m, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES)

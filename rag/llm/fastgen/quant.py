@@ -29,6 +29,8 @@ try:
     import triton
     import triton.language as tl
 
+    from rag.llm.fastgen.gemv import epilogue_store, prologue_load
+
     HAS_TRITON = True
 except ImportError:  # CPU installs: the dequantizing path serves every call
     HAS_TRITON = False
@@ -229,23 +231,12 @@ if HAS_TRITON:
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             col_ok = cols < K
-            x = tl.load(x_ptr + m * x_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
-            if PRO == 1:
-                squares += x * x
-                x = x * tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            if PRO == 2:
-                u = tl.load(up_ptr + m * up_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
-                x = x / (1.0 + tl.exp(-x)) * u
+            x, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, col_ok, squares, PRO)
             w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0)
             acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
         acc = acc * tl.load(s_ptr + rows, mask=row_ok, other=0.0)
-        if PRO == 1:
-            acc = acc * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
-        if HAS_BIAS:  # a bias row (b_stride 0) or one addend row per input row
-            acc += tl.load(b_ptr + m * b_stride + rows, mask=row_ok, other=0.0).to(tl.float32)
-        if HAS_RES:
-            acc += tl.load(r_ptr + m * N + rows, mask=row_ok, other=0.0).to(tl.float32)
-        tl.store(out_ptr + m * N + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
+        epilogue_store(acc, squares, K, eps, b_ptr, b_stride, r_ptr, out_ptr, m, N, rows, row_ok, PRO, HAS_BIAS,
+                       HAS_RES)
 
 
 def addend_stride(bias: torch.Tensor | None) -> int:
@@ -328,17 +319,10 @@ if HAS_TRITON:
                         other=0x88)  # (8, 8): zero after the -8
             hi = (w >> 4).to(tl.float32) - 8.0
             lo = (w & 15).to(tl.float32) - 8.0
-            xe = tl.load(x_ptr + m * x_stride + 2 * pairs, mask=pair_ok, other=0.0).to(tl.float32)
-            xo = tl.load(x_ptr + m * x_stride + 2 * pairs + 1, mask=pair_ok, other=0.0).to(tl.float32)
-            if PRO == 1:
-                squares += xe * xe + xo * xo
-                xe = xe * tl.load(g_ptr + 2 * pairs, mask=pair_ok, other=0.0).to(tl.float32)
-                xo = xo * tl.load(g_ptr + 2 * pairs + 1, mask=pair_ok, other=0.0).to(tl.float32)
-            if PRO == 2:
-                ue = tl.load(up_ptr + m * up_stride + 2 * pairs, mask=pair_ok, other=0.0).to(tl.float32)
-                uo = tl.load(up_ptr + m * up_stride + 2 * pairs + 1, mask=pair_ok, other=0.0).to(tl.float32)
-                xe = xe / (1.0 + tl.exp(-xe)) * ue
-                xo = xo / (1.0 + tl.exp(-xo)) * uo
+            xe, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, 2 * pairs, pair_ok, squares,
+                                        PRO)
+            xo, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, 2 * pairs + 1, pair_ok,
+                                        squares, PRO)
             dots = tl.sum(tl.reshape(hi * xe[None, :] + lo * xo[None, :], [BLOCK_N, G, GROUP // 2]), axis=2)
             xsum = tl.sum(tl.reshape(xe + xo, [G, GROUP // 2]), axis=1)
             groups = k0 // GROUP + tl.arange(0, G)
@@ -347,13 +331,8 @@ if HAS_TRITON:
             scale = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
             zero = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32)
             acc += tl.sum(scale * dots + zero * xsum[None, :], axis=1)
-        if PRO == 1:
-            acc = acc * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
-        if HAS_BIAS:  # a bias row (b_stride 0) or one addend row per input row
-            acc += tl.load(b_ptr + m * b_stride + rows, mask=row_ok, other=0.0).to(tl.float32)
-        if HAS_RES:
-            acc += tl.load(r_ptr + m * N + rows, mask=row_ok, other=0.0).to(tl.float32)
-        tl.store(out_ptr + m * N + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
+        epilogue_store(acc, squares, K, eps, b_ptr, b_stride, r_ptr, out_ptr, m, N, rows, row_ok, PRO, HAS_BIAS,
+                       HAS_RES)
 
     @triton.jit
     def _int4_dequantize_kernel(w_ptr, s_ptr, out_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
