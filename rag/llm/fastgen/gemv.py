@@ -76,10 +76,10 @@ def fused_gemv(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tens
     res_c = residual.contiguous() if residual is not None else out
     pro = 1 if norm_weight is not None else 2 if up is not None else 0
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)  # noqa: E731
-    _gemv_kernel[grid](x, x.stride(0), up_c, up_c.stride(0), norm_weight if norm_weight is not None else x,
-                       weight, weight.stride(0),
-                       bias if bias is not None else x, res_c, out, n, k, float(eps), 1 if rows == 1 else MAX_ROWS,
-                       PRO=pro, HAS_BIAS=bias is not None, HAS_RES=residual is not None)
+    gemv_kernel[grid](x, x.stride(0), up_c, up_c.stride(0), norm_weight if norm_weight is not None else x,
+                       weight, weight.stride(0), x, bias if bias is not None else x, 0, res_c, out, n, k, float(eps),
+                       1 if rows == 1 else MAX_ROWS, PRO=pro, HAS_SCALE=False, HAS_BIAS=bias is not None,
+                       HAS_RES=residual is not None)
     return out
 
 
@@ -113,13 +113,17 @@ if HAS_TRITON:
     @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
                               for n, k, w, s in ((8, 512, 4, 3), (16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 3),
                                                  (4, 1024, 4, 3), (8, 1024, 8, 3), (16, 512, 8, 4), (32, 128, 4, 4),
-                                                 (4, 512, 2, 4), (2, 1024, 4, 4), (8, 256, 2, 4), (16, 1024, 8, 2))],
-                     key=["N", "K", "ROW_BUCKET", "PRO"])
+                                                 (4, 512, 2, 4), (2, 1024, 4, 4), (8, 256, 2, 4), (16, 1024, 8, 2),
+                                                 # the int8 kernel's own (one byte a weight: wider K blocks)
+                                                 (16, 256, 4, 3), (16, 512, 8, 3), (32, 256, 8, 3), (2, 2048, 4, 3),
+                                                 (4, 512, 2, 3), (2, 1024, 2, 3))],
+                     key=["N", "K", "ROW_BUCKET", "PRO", "HAS_SCALE"])
     @triton.jit
-    def _gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, b_ptr, r_ptr, out_ptr, N, K, eps,
-                     ROW_BUCKET, PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # program (block of BLOCK_N output rows, row m of x): dot products of those weight rows with prologue(x[m])
+    def gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
+                     out_ptr, N, K, eps, ROW_BUCKET, PRO: tl.constexpr, HAS_SCALE: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # program (block of BLOCK_N output rows, row m of x): dot products of those weight rows (bf16, or int8 with one
+        # scale per row: HAS_SCALE) with prologue(x[m])
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         m = tl.program_id(1)
         row_ok = rows < N
@@ -130,6 +134,9 @@ if HAS_TRITON:
             col_ok = cols < K
             x, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, col_ok, squares, PRO)
             w = tl.load(w_ptr + rows[:, None] * w_stride + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
-                        other=0.0)
+                        other=0)
             acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-        epilogue_store(acc, squares, K, eps, b_ptr, 0, r_ptr, out_ptr, m, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES)
+        if HAS_SCALE:
+            acc = acc * tl.load(s_ptr + rows, mask=row_ok, other=0.0)
+        epilogue_store(acc, squares, K, eps, b_ptr, b_stride, r_ptr, out_ptr, m, N, rows, row_ok, PRO, HAS_BIAS,
+                       HAS_RES)

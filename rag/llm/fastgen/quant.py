@@ -29,7 +29,7 @@ try:
     import triton
     import triton.language as tl
 
-    from rag.llm.fastgen.gemv import epilogue_store, prologue_load
+    from rag.llm.fastgen.gemv import epilogue_store, gemv_kernel, prologue_load
 
     HAS_TRITON = True
 except ImportError:  # CPU installs: the dequantizing path serves every call
@@ -211,34 +211,6 @@ def quantize_served(lm: Any, kind: str, *, release: bool, device: torch.device |
     return out
 
 
-if HAS_TRITON:
-
-    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
-                              for n, k, w in ((4, 1024, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8), (32, 256, 8),
-                                              (8, 1024, 8), (2, 2048, 4), (4, 512, 2), (2, 1024, 2))],
-                     key=["N", "K", "ROW_BUCKET", "PRO"])
-    @triton.jit
-    def _int8_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, s_ptr, b_ptr, b_stride, r_ptr, out_ptr,
-                          N, K, eps, ROW_BUCKET, PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # program (block of BLOCK_N output rows, row m of x): dot products of those weight rows with prologue(x[m])
-        # (PRO 1: RMSNorm, its 1 / rms applied at the end; PRO 2: silu(x) * up; see rag.llm.fastgen.gemv)
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m = tl.program_id(1)
-        row_ok = rows < N
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        squares = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            col_ok = cols < K
-            x, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, col_ok, squares, PRO)
-            w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0)
-            acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-        acc = acc * tl.load(s_ptr + rows, mask=row_ok, other=0.0)
-        epilogue_store(acc, squares, K, eps, b_ptr, b_stride, r_ptr, out_ptr, m, N, rows, row_ok, PRO, HAS_BIAS,
-                       HAS_RES)
-
-
 def addend_stride(bias: torch.Tensor | None) -> int:
     """Row stride of what the GEMV kernels add: 0 for a bias ``[out]``, the row stride of an addend ``[M, out]``
     (a column slice of a wider tensor is fine; its columns must be contiguous)."""
@@ -283,10 +255,10 @@ def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias
     rows, (out_features, in_features) = x.shape[0], qweight.shape
     out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows)  # noqa: E731
-    _int8_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, qweight, scales,
-                            bias if bias is not None else scales, addend_stride(bias), res, out,
-                            out_features, in_features, float(eps), row_bucket(rows), PRO=pro,
-                            HAS_BIAS=bias is not None, HAS_RES=residual is not None)
+    gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, qweight, in_features, scales,
+                       bias if bias is not None else scales, addend_stride(bias), res, out,
+                       out_features, in_features, float(eps), row_bucket(rows), PRO=pro, HAS_SCALE=True,
+                       HAS_BIAS=bias is not None, HAS_RES=residual is not None)
     return out
 
 
