@@ -20,7 +20,8 @@ KEYWORDS = ("k", "mode", "search_type", "source", "filter")
 def hit_to_langchain(hit: Hit) -> LCDocument:
     """A hit as a LangChain Document: ``source`` (path relative to the knowledge folder) and ``page`` (1-based, None
     for files without pages) as LangChain's loaders name them, then ours: ``chunk_id`` (also ``Document.id``), ``id``
-    (the same, kept for older callers), ``heading``, ``start``/``end`` offsets and the scores."""
+    (the same, kept for older callers), ``heading``, ``start``/``end`` offsets, the scores, and ``also_in`` (other
+    files holding the same text, ``retrieve.edition_similarity``)."""
     chunk = hit.chunk
     return LCDocument(
         id=str(chunk.id),
@@ -29,6 +30,7 @@ def hit_to_langchain(hit: Hit) -> LCDocument:
             "source": chunk.source, "page": chunk.page, "heading": " > ".join(chunk.heading), "chunk_id": chunk.id,
             "id": chunk.id, "start": chunk.start, "end": chunk.end, "score": hit.score,
             "dense_score": hit.dense_score, "bm25_score": hit.bm25_score, "rerank_score": hit.rerank_score,
+            "also_in": list(hit.also_in),
         },
     )
 

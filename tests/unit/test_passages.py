@@ -3,8 +3,9 @@ children of one parent collapsed, the same text in two files collapsed, config c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,14 @@ from rag.answer.passages import assemble, passage_span, shingles, text_similarit
 from rag.answer.retrieve import Retriever, validate
 from rag.core.config import RagConfig, RetrieveConfig, SplitConfig
 from rag.core.errors import ConfigError
-from rag.core.types import Chunk, Document, Hit
+from rag.core.types import Answer, Chunk, Document, Hit
 from rag.embed.embedder import HashEmbedder
 from rag.index.reader import KnowledgeIndex
 from rag.index.sync import sync_folder
 from rag.ingest.split import split_documents
+from rag.lc import hit_to_langchain
+from rag.webui.chat import where
+from rag.webui.conversations import answer_from_dict
 from tests.conftest import write_corpus
 
 # Ten numbered paragraphs of two sentences each (~75 characters a paragraph).
@@ -157,3 +161,13 @@ def test_bad_passage_settings_are_config_errors(override: dict[str, float], mess
     with pytest.raises(ConfigError) as info:
         validate(replace(RetrieveConfig(), **override))  # type: ignore[arg-type]
     assert str(info.value) == message
+
+
+def test_also_in_reaches_the_source_card_the_langchain_metadata_and_saved_turns() -> None:
+    hit = Hit(Chunk(7, "同步功能每五分钟运行一次。", "manual.html", 0), 0.5, also_in=("manual.pdf",))
+    assert where(hit, "en") == "manual.html · also in manual.pdf"
+    assert where(hit, "zh") == "manual.html · 同一内容也见于 manual.pdf"
+    assert where(replace(hit, also_in=()), "en") == "manual.html"
+    assert hit_to_langchain(hit).metadata["also_in"] == ["manual.pdf"]
+    saved = json.loads(json.dumps(asdict(Answer("a", [hit], []))))
+    assert answer_from_dict(saved).hits == [hit]
