@@ -16,6 +16,7 @@ from rag.core.config import RagConfig, RetrieveConfig, SplitConfig
 from rag.core.errors import ConfigError
 from rag.core.types import Answer, Chunk, Document, Hit
 from rag.embed.embedder import HashEmbedder
+from rag.index.docstore import DocStore
 from rag.index.reader import KnowledgeIndex
 from rag.index.sync import sync_folder
 from rag.ingest.split import split_documents
@@ -171,3 +172,21 @@ def test_also_in_reaches_the_source_card_the_langchain_metadata_and_saved_turns(
     assert hit_to_langchain(hit).metadata["also_in"] == ["manual.pdf"]
     saved = json.loads(json.dumps(asdict(Answer("a", [hit], []))))
     assert answer_from_dict(saved).hits == [hit]
+
+
+def test_neighbours_are_read_by_computed_id_and_found_by_search_when_the_ids_are_another_version(
+        tmp_path: Path, cfg: RagConfig) -> None:
+    corpus = write_corpus(tmp_path / "kb", {"a.md": TEXT, "b.md": TEXT.upper()})
+    sync_folder(corpus, cfg, HashEmbedder())
+    index = KnowledgeIndex.open(cfg.index.dir, cfg, HashEmbedder())
+    rows = index.docstore.conn.execute("SELECT id, position FROM chunks WHERE source='a.md' ORDER BY position")
+    by_position = dict((p, i) for i, p in rows)
+    assert len(by_position) >= 5
+    middle = index.chunks([by_position[2]])[by_position[2]]
+    found = index.neighbours(middle, 2)
+    assert [(c.source, c.position, c.id) for c in found] == [("a.md", p, by_position[p]) for p in (0, 1, 3, 4)]
+    # a file record whose hash is not the one its chunks were made with (another version): the rows are searched
+    store = DocStore(tmp_path / "copy.sqlite")
+    store.add_chunks(list(index.chunks(list(by_position.values())).values()), ["t"] * len(by_position), None)
+    store.put_file(replace(index.docstore.files()["a.md"], sha256="0" * 64))
+    assert [c.position for c in store.chunks_at("a.md", [1, 3, 99])] == [1, 3]
