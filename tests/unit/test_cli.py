@@ -49,7 +49,8 @@ def test_bad_override_is_one_line_and_exit_1(corpus: Path, tmp_path: Path) -> No
         "error: unknown config key retrieve.topk; valid keys: retrieve.mode, retrieve.top_k, retrieve.candidates, "
         "retrieve.fusion, retrieve.rrf_k, retrieve.dense_weight, retrieve.bm25_weight, retrieve.reranker, "
         "retrieve.rerank_candidates, retrieve.score_threshold, retrieve.bm25_threshold, retrieve.unknown_name_min_chars, "
-        "retrieve.bridge, retrieve.bridge_weight, retrieve.block_weight, retrieve.block_candidates"
+        "retrieve.bridge, retrieve.bridge_weight, retrieve.block_weight, retrieve.block_candidates, "
+        "retrieve.passage_chars, retrieve.edition_similarity"
     ]
 
 
