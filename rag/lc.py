@@ -78,7 +78,9 @@ class KnowledgeBaseRetriever(BaseRetriever):
             hits = self.retriever.search(query, top_k=k, mode=mode)
         else:  # cheap: filter the candidate pool, so a file outside it yields nothing
             pool = max(k, self.retriever.cfg.candidates)
-            hits = [h for h in self.retriever.search(query, top_k=pool, mode=mode) if h.chunk.source == source][:k]
+            # edition dedup off: the asked-for file's copy of a text must not collapse into another file's
+            hits = [h for h in self.retriever.search(query, top_k=pool, mode=mode, edition_similarity=0.0)
+                    if h.chunk.source == source][:k]
         return [hit_to_langchain(h) for h in hits]
 
     def _mode(self, kwargs: Mapping[str, Any]) -> str | None:

@@ -20,7 +20,7 @@ from rag.index.docstore import DocStore
 from rag.index.reader import KnowledgeIndex
 from rag.index.sync import sync_folder
 from rag.ingest.split import split_documents
-from rag.lc import hit_to_langchain
+from rag.lc import KnowledgeBaseRetriever, hit_to_langchain
 from rag.webui.chat import where
 from rag.webui.conversations import answer_from_dict
 from tests.conftest import write_corpus
@@ -150,6 +150,10 @@ def test_retriever_collapses_editions_of_a_tiny_corpus(tmp_path: Path, cfg: RagC
     plain = Retriever(index, replace(cfg.retrieve, passage_chars=0, edition_similarity=0.0)).search(
         "how are old logs rotated and compressed with gzip", top_k=3)
     assert sum(h.chunk.source.startswith("guide/logs") for h in plain) >= 2
+    # asked for one file, its own edition comes back even though a better-ranked file holds the same text
+    for source in ("guide/logs.md", "guide/logs.html", "guide/logs.txt"):
+        docs = KnowledgeBaseRetriever(retriever=retriever, k=2).invoke("old logs compressed with gzip", source=source)
+        assert docs and {d.metadata["source"] for d in docs} == {source} and "gzip" in docs[0].page_content
 
 
 @pytest.mark.parametrize(("override", "message"), [
