@@ -20,7 +20,8 @@ KEYWORDS = ("k", "mode", "search_type", "source", "filter")
 def hit_to_langchain(hit: Hit) -> LCDocument:
     """A hit as a LangChain Document: ``source`` (path relative to the knowledge folder) and ``page`` (1-based, None
     for files without pages) as LangChain's loaders name them, then ours: ``chunk_id`` (also ``Document.id``), ``id``
-    (the same, kept for older callers), ``heading``, ``start``/``end`` offsets and the scores."""
+    (the same, kept for older callers), ``heading``, ``start``/``end`` offsets, the scores, and ``also_in`` (other
+    files holding the same text, ``retrieve.edition_similarity``)."""
     chunk = hit.chunk
     return LCDocument(
         id=str(chunk.id),
@@ -29,6 +30,7 @@ def hit_to_langchain(hit: Hit) -> LCDocument:
             "source": chunk.source, "page": chunk.page, "heading": " > ".join(chunk.heading), "chunk_id": chunk.id,
             "id": chunk.id, "start": chunk.start, "end": chunk.end, "score": hit.score,
             "dense_score": hit.dense_score, "bm25_score": hit.bm25_score, "rerank_score": hit.rerank_score,
+            "also_in": list(hit.also_in),
         },
     )
 
@@ -76,7 +78,9 @@ class KnowledgeBaseRetriever(BaseRetriever):
             hits = self.retriever.search(query, top_k=k, mode=mode)
         else:  # cheap: filter the candidate pool, so a file outside it yields nothing
             pool = max(k, self.retriever.cfg.candidates)
-            hits = [h for h in self.retriever.search(query, top_k=pool, mode=mode) if h.chunk.source == source][:k]
+            # edition dedup off: the asked-for file's copy of a text must not collapse into another file's
+            hits = [h for h in self.retriever.search(query, top_k=pool, mode=mode, edition_similarity=0.0)
+                    if h.chunk.source == source][:k]
         return [hit_to_langchain(h) for h in hits]
 
     def _mode(self, kwargs: Mapping[str, Any]) -> str | None:

@@ -7,6 +7,8 @@ Chinese-English dictionary (:mod:`rag.index.bridge`), for questions asked in the
 The retriever returns nothing, so the answer side refuses instead of answering from unrelated text, when a score
 threshold is set and the best candidates are all below it, or when the question names something the index never
 mentions (a proper name such as ``Kubernetes`` in no chunk: ``unknown_name_min_chars``, :mod:`rag.answer.names`).
+Last, each hit's text becomes its passage (the chunk with its neighbours of the same section, ``passage_chars``) and
+hits of one parent passage or of two editions of one text collapse into one (:mod:`rag.answer.passages`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 
 from rag.answer.blocks import rerank_by_blocks
 from rag.answer.names import unknown_names
+from rag.answer.passages import assemble
 from rag.core.config import EmbedConfig, RetrieveConfig
 from rag.core.errors import ConfigError
 from rag.core.types import Hit
@@ -67,6 +70,12 @@ def validate(cfg: RetrieveConfig) -> None:
         raise ConfigError(f"retrieve.block_weight={cfg.block_weight} must be 0 (off) or more, e.g. retrieve.block_weight=0.5")
     if cfg.bridge_weight < 0:
         raise ConfigError(f"retrieve.bridge_weight={cfg.bridge_weight} must be 0 or more, e.g. retrieve.bridge_weight=1")
+    if cfg.passage_chars < 0:
+        raise ConfigError(f"retrieve.passage_chars={cfg.passage_chars} must be 0 (off: the chunk is the passage) or "
+                          "more, e.g. retrieve.passage_chars=1200")
+    if not 0 <= cfg.edition_similarity <= 1:
+        raise ConfigError(f"retrieve.edition_similarity={cfg.edition_similarity} must be between 0 (off) and 1, "
+                          "e.g. retrieve.edition_similarity=0.6")
     if cfg.unknown_name_min_chars < 0:
         raise ConfigError(f"retrieve.unknown_name_min_chars={cfg.unknown_name_min_chars} must be 0 (off) or more")
 
@@ -144,14 +153,17 @@ class Retriever:
         else:
             ranking = fuse(dense, bm25, cfg, bridge)
         keep = max(top_k, cfg.rerank_candidates) if self.reranker is not None else top_k
-        ranking = ranking[:max(keep, cfg.block_candidates if cfg.block_weight > 0 else 0)]
+        # hits that collapse into a better one (children of one parent, editions of one text) leave their slot to
+        # the next ones: keep three times as many until passages are assembled
+        shortlist = max(keep, 3 * top_k) if cfg.passage_chars > 0 or cfg.edition_similarity > 0 else keep
+        ranking = ranking[:max(shortlist, cfg.block_candidates if cfg.block_weight > 0 else 0)]
         chunks = self.index.chunks([i for i, _ in ranking])
         if cfg.block_weight > 0 and mode != "dense":
             terms = set(tokenize(query)) | set(translated.split())
             weights = {t: w for t, w in self.index.idfs(terms).items() if w is not None}
             ranking = rerank_by_blocks(ranking, {i: c.text for i, c in chunks.items()}, weights, cfg.rrf_k,
                                        cfg.block_weight)
-        ranking = ranking[:keep]
+        ranking = ranking[:shortlist]
         dense_scores, bm25_scores = dict(dense), dict(bm25)
         hits = [
             Hit(chunks[i], score, dense_scores.get(i), bm25_scores.get(i))
@@ -159,7 +171,8 @@ class Retriever:
             if i in chunks  # a writer may have deleted it since the ranking was computed
         ]
         if cfg.unknown_name_min_chars > 0 and hits and self.index.bm25 is not None:
-            unknown = unknown_names(query, self.index.bm25, [h.chunk.text for h in hits], cfg.unknown_name_min_chars)
+            unknown = unknown_names(query, self.index.bm25, [h.chunk.text for h in hits[:keep]],
+                                    cfg.unknown_name_min_chars)
             if unknown:
                 log.info("no hits: the index never mentions %s", ", ".join(unknown))
                 return []
@@ -167,7 +180,7 @@ class Retriever:
             scores = self.reranker.score(query, [h.chunk.text for h in hits])
             hits = [replace(h, score=s, rerank_score=s) for h, s in zip(hits, scores, strict=True)]
             hits.sort(key=lambda h: -h.score)
-        return hits[:top_k]
+        return assemble(hits, self.index.neighbours, top_k, cfg.passage_chars, cfg.edition_similarity)
 
     def _dictionary(self, cfg: RetrieveConfig) -> Dictionary | None:
         """The bridge dictionary for this call: the retriever's own, or another when a call overrides the setting."""

@@ -188,18 +188,25 @@ def normalise(text: str) -> str:
     return "".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
-def parent_text(chunk: Chunk, neighbours: Sequence[Chunk]) -> tuple[str, int]:
+def parent_text(chunk: Chunk, neighbours: Sequence[Chunk], max_gap: int = 0) -> tuple[str, int]:
     """The text of ``chunk``'s document around it, rebuilt from ``neighbours`` (chunks of the same file), and the
-    offset of the chunk's first character in it. Chunks of another page or not adjacent are ignored."""
+    offset of the chunk's first character in it. Chunks of another page or not adjacent are ignored.
+
+    ``max_gap``: the splitter trims the whitespace between two chunks that do not overlap (a paragraph break it
+    could not start the next chunk's overlap before), so adjacent chunks up to this many characters apart are
+    joined too, the gap filled with as many line breaks (offsets stay right; only that whitespace is a guess)."""
     by_position = {c.position: c for c in neighbours if c.source == chunk.source and c.page == chunk.page}
     by_position[chunk.position] = chunk
     run = [chunk]
-    while (before := by_position.get(run[0].position - 1)) is not None and before.start < run[0].start <= before.end:
+    while (before := by_position.get(run[0].position - 1)) is not None and (
+            before.start < run[0].start <= before.end + max_gap):
         run.insert(0, before)
-    while (after := by_position.get(run[-1].position + 1)) is not None and run[-1].start < after.start <= run[-1].end:
+    while (after := by_position.get(run[-1].position + 1)) is not None and (
+            run[-1].start < after.start <= run[-1].end + max_gap):
         run.append(after)
     text, text_start = run[0].text, run[0].start
     for current in run[1:]:
+        text += "\n" * (current.start - text_start - len(text))  # the trimmed whitespace between them, if any
         text += current.text[text_start + len(text) - current.start:]
     offset = chunk.start - text_start
     if text[offset:offset + len(chunk.text)] != chunk.text:  # offsets disagree with the texts: trust the chunk

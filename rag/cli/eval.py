@@ -6,7 +6,9 @@ Questions file (JSONL): ``{"id", "question", "evidence": ["verbatim substring", 
 ``evidence`` marks a question the corpus cannot answer (scored on refusal: the retriever returns nothing); an answerable
 question that gets nothing back counts as a miss and as a false refusal (``false_refusal``).
 A question is a hit at k when an evidence string occurs in one of the first k chunks after NFKC, lower-casing and
-removing all whitespace. The last printed line is ``hit@5=0.xxx mrr=0.xxx n=N``.
+removing all whitespace; ``chars@5`` is the mean length of a returned text among the first 5 (a chunk, or with
+``retrieve.passage_chars`` its passage): compare hit rates at a similar length. The last printed line is
+``hit@5=0.xxx mrr=0.xxx n=N``.
 """
 
 from __future__ import annotations
@@ -104,13 +106,19 @@ class Scores:
     unanswerable: int = 0
     refused: int = 0
     false_refused: int = 0  # answerable questions the retriever returned nothing for (a refusal gate fired)
+    # characters of the first 5 hits of answerable questions: a longer passage holds evidence more easily, so the
+    # hit rates are only comparable at a similar length (docs/EVAL.md "parent passages")
+    top5_chars: int = 0
+    top5_texts: int = 0
 
-    def add(self, question: Question, rank: int | None, returned: int) -> None:
+    def add(self, question: Question, rank: int | None, returned: int, top5_lengths: Sequence[int] = ()) -> None:
         if not question.answerable:
             self.unanswerable += 1
             self.refused += int(returned == 0)
             return
         self.n += 1
+        self.top5_chars += sum(top5_lengths)
+        self.top5_texts += len(top5_lengths)
         self.false_refused += int(returned == 0)
         for k in KS:
             self.hits[k] += int(rank is not None and rank <= k)
@@ -123,6 +131,7 @@ class Scores:
         out["refusal"] = round(self.refused / self.unanswerable, 3) if self.unanswerable else None
         out["n_unanswerable"] = self.unanswerable
         out["false_refusal"] = round(self.false_refused / self.n, 3) if self.n else None
+        out["chars@5"] = round(self.top5_chars / self.top5_texts) if self.top5_texts else None
         return out
 
 
@@ -135,7 +144,7 @@ def evaluate_retrieval(retriever: Any, questions: Sequence[Question], k: int = 1
         hits = retriever.search(question.question, top_k=k, mode=mode)
         rank = first_hit_rank(question, hits) if question.answerable else None
         for name in ("all", f"source:{question.group}", f"lang:{question.language}"):
-            groups[name].add(question, rank, len(hits))
+            groups[name].add(question, rank, len(hits), [len(h.chunk.text) for h in hits[:5]])
         lines.append({"id": question.id, "rank": rank, "chunks": [
             {"text": h.chunk.text, "source": h.chunk.source, "page": h.chunk.page, "score": h.score} for h in hits]})
     if out is not None:
@@ -302,7 +311,8 @@ def main(args: argparse.Namespace) -> int:
     for mode in modes:
         label = retriever.effective_mode(mode)
         result = evaluate_retrieval(retriever, questions, args.k, mode, Path(args.out) if args.out and len(modes) == 1 else None)
-        headers = ["group", *[f"hit@{k}" for k in KS], "mrr", "n", "refusal", "n_unanswerable", "false_refusal"]
+        headers = ["group", *[f"hit@{k}" for k in KS], "mrr", "n", "refusal", "n_unanswerable", "false_refusal",
+                   "chars@5"]
         print(f"mode: {label}")
         print(table([[name, *row.values()] for name, row in result.items()], headers))
         print(json.dumps({"mode": label, **result["all"]}))

@@ -43,11 +43,12 @@ def main(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"rank": rank, "score": hit.score, "dense": hit.dense_score, "bm25": hit.bm25_score,
                               "source": chunk.source, "page": chunk.page, "heading": list(chunk.heading),
-                              "text": chunk.text}, ensure_ascii=False))
+                              "text": chunk.text, "also_in": list(hit.also_in)}, ensure_ascii=False))
             continue
         where = chunk.source + (f" p.{chunk.page}" if chunk.page else "")
         heading = " > ".join(chunk.heading)
-        print(f"[{rank}] {hit.score:.4f}  {where}" + (f"  ({heading})" if heading else ""))
+        also = f"  also in {', '.join(hit.also_in)}" if hit.also_in else ""
+        print(f"[{rank}] {hit.score:.4f}  {where}" + (f"  ({heading})" if heading else "") + also)
         print("    " + chunk.text.replace("\n", " ")[:300])
     return 0
 

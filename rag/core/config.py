@@ -121,6 +121,13 @@ class RetrieveConfig:
     # list item): that order is fused with weight block_weight; 0 = off (rag.answer.blocks, docs/EVAL.md)
     block_weight: float = 0.5
     block_candidates: int = 20
+    # the passage handed to the answer: each hit's chunk extended with the chunks around it of the same file and
+    # section, up to this many characters, centred on it and cut at a paragraph / sentence end; hits of one such
+    # parent collapse into the best one; 0 = the chunk itself (rag.answer.passages, docs/EVAL.md)
+    passage_chars: int = 1200
+    # a hit of another file whose passage holds nearly the same text (this share of its character 5-grams: one
+    # manual as PDF and as HTML) collapses into the better-ranked hit, which lists the file in Hit.also_in; 0 = off
+    edition_similarity: float = 0.6
 
 
 @dataclass

@@ -97,6 +97,8 @@ class Hit:
         dense_score: cosine similarity from the dense retriever, if it found the chunk.
         bm25_score: BM25 score, if the keyword retriever found the chunk.
         rerank_score: cross-encoder score, if a reranker ran.
+        also_in: other files that hold the same text (another edition of the document: a PDF and an HTML
+            export of one manual), collapsed into this hit by ``retrieve.edition_similarity``.
     """
 
     chunk: Chunk
@@ -104,6 +106,7 @@ class Hit:
     dense_score: float | None = None
     bm25_score: float | None = None
     rerank_score: float | None = None
+    also_in: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ def where(hit_or_chunk: Hit | Citation, lang: str) -> str:
         parts.append(tr(lang, "page", page=chunk.page))
     if chunk.heading:
         parts.append(" › ".join(chunk.heading))
+    if isinstance(hit_or_chunk, Hit) and hit_or_chunk.also_in:  # another edition of the same text (PDF and HTML)
+        parts.append(tr(lang, "also_in", files=", ".join(hit_or_chunk.also_in)))
     return " · ".join(parts)
 
 

@@ -113,7 +113,8 @@ def _chunk(data: dict[str, Any]) -> Chunk:
 
 
 def answer_from_dict(data: dict[str, Any]) -> Answer:
-    hits = [Hit(**{**h, "chunk": _chunk(h["chunk"])}) for h in data.get("hits", [])]
+    hits = [Hit(**{**h, "chunk": _chunk(h["chunk"]), "also_in": tuple(h.get("also_in") or ())})
+            for h in data.get("hits", [])]
     citations = [Citation(c["number"], _chunk(c["chunk"]), c.get("supported", True)) for c in data.get("citations", [])]
     return Answer(data["text"], hits, citations, bool(data.get("refused")), str(data.get("model", "")))
 

@@ -35,6 +35,7 @@ def test_ingest_search_ask_round_trip(corpus: Path, tmp_path: Path) -> None:
     search = run("-m", "rag.search", "--index", str(index), "--k", "2", "--json", "WireGuard", "客户端", *common)
     hits = [json.loads(line) for line in search.stdout.splitlines()]
     assert search.returncode == 0 and len(hits) == 2 and hits[0]["source"] == "en/vpn.md"
+    assert hits[0]["also_in"] == []  # no other file holds the same text
 
     ask = run("-m", "rag.ask", "--index", str(index), "--json", "新磁盘怎样开机自动挂载？", "llm.backend=extractive",
               *common)
@@ -49,7 +50,8 @@ def test_bad_override_is_one_line_and_exit_1(corpus: Path, tmp_path: Path) -> No
         "error: unknown config key retrieve.topk; valid keys: retrieve.mode, retrieve.top_k, retrieve.candidates, "
         "retrieve.fusion, retrieve.rrf_k, retrieve.dense_weight, retrieve.bm25_weight, retrieve.reranker, "
         "retrieve.rerank_candidates, retrieve.score_threshold, retrieve.bm25_threshold, retrieve.unknown_name_min_chars, "
-        "retrieve.bridge, retrieve.bridge_weight, retrieve.block_weight, retrieve.block_candidates"
+        "retrieve.bridge, retrieve.bridge_weight, retrieve.block_weight, retrieve.block_candidates, "
+        "retrieve.passage_chars, retrieve.edition_similarity"
     ]
 
 

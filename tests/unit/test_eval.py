@@ -37,12 +37,17 @@ def test_retrieval_cli_prints_metrics_and_writes_chunks(setup: tuple[Path, list[
                                 "retrieve.bm25_threshold=2.5", "retrieve.score_threshold=0.2",
                                 "answer.cross_language_min_dense=0", *overrides])  # hash vectors: names decide
     assert rag_eval.main(args) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    capsys_lines = capsys.readouterr().out.strip().splitlines()
+    last = capsys_lines[-1]
     assert last.startswith("hit@5=") and last.endswith("n=3")
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in rows] == ["q1", "q2", "q3", "q4"]
     assert rows[0]["chunks"][0]["source"] == "运维/磁盘.md" and rows[0]["rank"] == 1
     assert {"text", "source", "page", "score"} <= set(rows[0]["chunks"][0])
+    # chars@5: the mean length of the first 5 texts returned for the answerable questions
+    answerable = [len(c["text"]) for r in rows if r["id"] != "q4" for c in r["chunks"][:5]]
+    summary = json.loads(capsys_lines[-2])
+    assert summary["chars@5"] == round(sum(answerable) / len(answerable))
 
 
 def test_scores_are_computed_from_ranks(setup: tuple[Path, list[str]]) -> None:
