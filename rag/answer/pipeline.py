@@ -33,6 +33,7 @@ from rag.answer.retrieve import Retriever
 from rag.core.config import RagConfig
 from rag.core.errors import ConfigError
 from rag.core.types import Answer, Hit, Message
+from rag.index.bridge import Dictionary, load_dictionary
 from rag.llm.base import ChatModel, GenerationConfig
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class QAPipeline:
     """
 
     def __init__(self, retriever: Retriever, model: ChatModel, cfg: RagConfig) -> None:
-        for key in ("min_term_coverage", "semantic_min_coverage", "min_sentence_similarity"):
+        for key in ("min_term_coverage", "semantic_min_coverage", "min_sentence_similarity", "relative_credit"):
             if not 0.0 <= getattr(cfg.answer, key) <= 1.0:
                 raise ConfigError(f"answer.{key}={getattr(cfg.answer, key)} must be between 0 and 1")
         self.retriever = retriever
@@ -83,6 +84,10 @@ class QAPipeline:
         # the index's embedder compares the question with single sentences (the semantic path of the decision)
         embedder = getattr(getattr(retriever, "index", None), "embedder", None)
         self.similarity: SentenceSimilarity | None = embedder_similarity(embedder) if embedder is not None else None
+        # the decision's dictionary relatives: the retriever's bridge dictionary (loaded once per process)
+        self.dictionary: Dictionary | None = None
+        if cfg.answer.relative_credit > 0:
+            self.dictionary = getattr(retriever, "dictionary", None) or load_dictionary("cedict")
 
     def standalone(self, question: str, history: Sequence[Message], adapter: str | None) -> str:
         """A follow-up made self-contained (by the model, or by prefixing the last question when extractive)."""
@@ -147,7 +152,8 @@ class QAPipeline:
                           cross_language_min_dense=answer_cfg.cross_language_min_dense,
                           max_sentences=answer_cfg.max_sentences, exclude=exclude, similarity=self.similarity,
                           min_similarity=answer_cfg.min_sentence_similarity,
-                          semantic_min_coverage=answer_cfg.semantic_min_coverage)
+                          semantic_min_coverage=answer_cfg.semantic_min_coverage, dictionary=self.dictionary,
+                          relative_credit=answer_cfg.relative_credit)
         stream.assessment = decision
         if not decision.answerable:
             log.info("refused (%s): %s", decision.reason or "no hits", standalone)
