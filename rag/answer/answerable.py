@@ -505,7 +505,10 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         heavy = 0.5 * max(t.weight for t in pool)
         used = len(first.text)
         while len(chosen) < max_sentences:
-            rest = [c for c in scored if c not in chosen and used + len(c.text) <= max_chars]
+            # another document's sentence joins only as an answer of its own: a term it adds is no support for
+            # what the first sentence says (the second citation of an on-topic, unrelated passage)
+            rest = [c for c in scored if c not in chosen and used + len(c.text) <= max_chars and (
+                c.hit_number == first.hit_number or share(c.credit, pool) >= min_coverage)]
             gains = [(share(_merge(credit, c.credit), pool) - share(credit, pool), -c.hit_number, i)
                      for i, c in enumerate(rest)]
 

@@ -185,7 +185,7 @@ def missing_specifics(sentence: str, chunk_text: str) -> list[str]:
 
 
 def verify(answer_text: str, hits: Sequence[Hit], min_overlap: float = 0.25,
-           drop_unsupported: bool = True) -> Verified:
+           drop_unsupported: bool = True, texts: Sequence[str] | None = None) -> Verified:
     """Check every ``[n]`` of an answer against ``hits`` (``hits[n-1]`` is passage [n] of the prompt).
 
     Args:
@@ -193,6 +193,10 @@ def verify(answer_text: str, hits: Sequence[Hit], min_overlap: float = 0.25,
         hits: the hits the prompt numbered, in order (``Prompt.hits_used``).
         min_overlap: the share of a sentence's content units its cited chunk must contain.
         drop_unsupported: remove unsupported numbers from the text; False keeps them, flagged unsupported.
+        texts: what each hit's sentences are checked against (``texts[n-1]`` for ``[n]``), when that is more than
+            its chunk: an extractive answer quotes whole sentences, completed from the neighbouring chunks where
+            the chunk's edge cuts them, so a quoted sentence's host or number may lie past the chunk's end.
+            Default: the chunk texts.
 
     Returns:
         The cleaned text, the citations in order of first use, a quote per citation and the removed numbers.
@@ -224,9 +228,10 @@ def verify(answer_text: str, hits: Sequence[Hit], min_overlap: float = 0.25,
                     continue
                 cited = True
                 chunk = hits[number - 1].chunk
+                source = texts[number - 1] if texts is not None and number <= len(texts) else chunk.text
                 if number not in chunk_units:
-                    chunk_units[number] = content_units(chunk.text, all_unigrams=True)
-                lacking = missing_specifics(claim, chunk.text)
+                    chunk_units[number] = content_units(source, all_unigrams=True)
+                lacking = missing_specifics(claim, source)
                 unsupported_specifics |= bool(lacking)
                 supported = overlap(units, chunk_units[number]) >= min_overlap and not lacking
                 if not supported and drop_unsupported:

@@ -30,6 +30,7 @@ from rag.answer.prompt import (
     rewrite_followup_messages,
 )
 from rag.answer.retrieve import Retriever
+from rag.answer.sentences import parent_text
 from rag.core.config import RagConfig
 from rag.core.errors import ConfigError
 from rag.core.types import Answer, Hit, Message
@@ -164,8 +165,18 @@ class QAPipeline:
             return
         if self.extractive:
             text = render(decision.support)
-            yield from pieces(text, 8)
-            checked = verify(text, found, answer_cfg.citation_min_overlap, answer_cfg.drop_unsupported_citations)
+            # the quoted sentences are whole: checked against the text they were taken from (the chunk with its
+            # neighbours), not cut at the chunk's edge
+            quoted = {s.hit_number for s in decision.support}
+            sources = [parent_text(h.chunk, corpus.neighbours(h.chunk))[0] if n in quoted else h.chunk.text
+                       for n, h in enumerate(found, 1)] if corpus is not None else None
+            checked = verify(text, found, answer_cfg.citation_min_overlap, answer_cfg.drop_unsupported_citations,
+                             sources)
+            if not checked.text.strip():  # every sentence failed its check: nothing is left to say
+                stream.answer = Answer(text=REFUSAL[language], hits=found, refused=True, model=model_name)
+                yield REFUSAL[language]
+                return
+            yield from pieces(checked.text, 8)
             stream.quotes = checked.quotes
             stream.answer = Answer(text=checked.text, hits=found, citations=checked.citations, refused=False,
                                    model=model_name)
