@@ -312,11 +312,11 @@ def relatives_of(word: str, dictionary: Dictionary, corpus: Corpus | None = None
     central, whole = central_headwords(dictionary)
     found: list[str] = []
     if _CJK_RUN.fullmatch(word):
-        # its glosses of one or two words, as phrases ("maternity leave" is no "leave"); else its first gloss words
+        # its glosses of one or two words, as phrases ("maternity leave" is no "leave"; a word of a longer gloss
+        # is none: "compressed" of 压缩包 "compressed archive file")
         phrases = [g for g in whole.get(word, ()) if all(_specific(w) for w in g.split())]
-        glosses = [g for g in dictionary.to_english.get(word, ())[:GLOSS_WORDS_READ] if _specific(g)]
-        found += phrases or glosses[:1]
-        for gloss in phrases or glosses:
+        found += phrases
+        for gloss in phrases:
             heads = central.get(gloss, ())
             if len(heads) <= MAX_GLOSS_HEADWORDS:
                 found += heads
@@ -346,19 +346,16 @@ def covers(term: Term, flat: str, latin_words: set[str], relative_credit: float 
     text that holds one of its dictionary relatives instead covers it ``relative_credit``."""
     own = _covers_itself(term, flat, latin_words)
     if own < 1.0 and relative_credit > 0 and any(
-            (r in flat) if _CJK_RUN.fullmatch(r) else _latin_match(r, latin_words) for r in term.relatives):
+            (r.replace(" ", "") in flat) if _CJK_RUN.fullmatch(r) or " " in r else _latin_match(r, latin_words)
+            for r in term.relatives):  # a phrase (time zone) only as written, its words next to each other
         return max(own, relative_credit)
     return own
 
 
-def _latin_match(phrase: str, latin_words: set[str]) -> bool:
-    """Every word of an English phrase in a text's stems, also as the start of a longer word (listen in
-    listeners)."""
-    for word in phrase.split():
-        stem = _stem(word)
-        if not (stem in latin_words or len(stem) >= 5 and any(w.startswith(stem) for w in latin_words)):
-            return False
-    return True
+def _latin_match(word: str, latin_words: set[str]) -> bool:
+    """An English word in a text's stems, also as the start of a longer word (listen in listeners)."""
+    stem = _stem(word)
+    return stem in latin_words or len(stem) >= 5 and any(w.startswith(stem) for w in latin_words)
 
 
 def _covers_itself(term: Term, flat: str, latin_words: set[str]) -> float:
