@@ -86,7 +86,7 @@ BROAD_GLOSSES = frozenset(
      "already", "even", "used", "general", "common", "normal", "state", "case", "point", "number", "name", "word",
      "item", "level", "area", "side", "aspect", "situation", "condition", "relation", "fact", "act", "action",
      "work", "world", "day", "year", "class", "grade", "stage", "degree", "rate", "measure", "unit", "order",
-     "line", "top", "head", "end", "hand", "body", "mouth", "eye", "heart", "water", "fire", "earth"])
+     "line", "top", "head", "end", "hand", "body", "mouth", "eye", "heart", "water", "fire", "earth", "stuff"])
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 
 
@@ -355,7 +355,8 @@ def covers(term: Term, flat: str, latin_words: set[str], relative_credit: float 
 def _latin_match(word: str, latin_words: set[str]) -> bool:
     """An English word in a text's stems, also as the start of a longer word (listen in listeners)."""
     stem = _stem(word)
-    return stem in latin_words or len(stem) >= 5 and any(w.startswith(stem) for w in latin_words)
+    root = stem.rstrip("ye") if len(stem) >= 6 else stem  # directory / directori(es), archive / archiving
+    return stem in latin_words or len(root) >= 5 and any(w.startswith(root) for w in latin_words)
 
 
 def _covers_itself(term: Term, flat: str, latin_words: set[str]) -> float:
@@ -484,8 +485,15 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     other = [c for c in candidates if c.language != asked_in]
     cross = False
     pool, scored = terms, same
+    # a passage that holds every name and number of the question (the anchors the decision requires) leads
+    # before one that covers more words but lacks one: it is the only kind that can answer
+    held: dict[int, dict[str, float]] = {}
+    for candidate in candidates:
+        held[candidate.hit_number] = _merge(held.get(candidate.hit_number, {}), candidate.credit)
+    anchors = {n: all(c.get(t.text, 0.0) >= 1.0 for t in terms if t.neutral) for n, c in held.items()}
     if same:
-        best = max(scored, key=lambda c: (share(c.credit, pool) + share(c.own, pool), -c.hit_number))
+        best = max(scored, key=lambda c: (anchors[c.hit_number], share(c.credit, pool) + share(c.own, pool),
+                                          -c.hit_number))
     if neutral and other:  # the other language can only match names and numbers, and needs a close passage
         other_best = max(other, key=lambda c: (share(c.credit, neutral) + share(c.own, neutral), c.dense,
                                                -c.hit_number))
@@ -505,7 +513,7 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             # another document's sentence joins only as an answer of its own: a term it adds is no support for
             # what the first sentence says (the second citation of an on-topic, unrelated passage)
             rest = [c for c in scored if c not in chosen and used + len(c.text) <= max_chars and (
-                c.hit_number == first.hit_number or share(c.credit, pool) >= min_coverage)]
+                c.hit_number == first.hit_number or anchors[c.hit_number] and share(c.credit, pool) >= min_coverage)]
             gains = [(share(_merge(credit, c.credit), pool) - share(credit, pool), -c.hit_number, i)
                      for i, c in enumerate(rest)]
 
