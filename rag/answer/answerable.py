@@ -487,10 +487,10 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     pool, scored = terms, same
     # a passage that holds every name and number of the question (the anchors the decision requires) leads
     # before one that covers more words but lacks one: it is the only kind that can answer
-    held: dict[int, dict[str, float]] = {}
+    per_hit: dict[int, dict[str, float]] = {}
     for candidate in candidates:
-        held[candidate.hit_number] = _merge(held.get(candidate.hit_number, {}), candidate.credit)
-    anchors = {n: all(c.get(t.text, 0.0) >= 1.0 for t in terms if t.neutral) for n, c in held.items()}
+        per_hit[candidate.hit_number] = _merge(per_hit.get(candidate.hit_number, {}), candidate.credit)
+    anchors = {n: all(c.get(t.text, 0.0) >= 1.0 for t in terms if t.neutral) for n, c in per_hit.items()}
     if same:
         best = max(scored, key=lambda c: (anchors[c.hit_number], share(c.credit, pool) + share(c.own, pool),
                                           -c.hit_number))
