@@ -253,6 +253,7 @@ def key_terms(question: str, corpus: Corpus | None = None, dictionary: Dictionar
     return terms
 
 
+_PHRASE = re.compile(r"[a-z][a-z-]*(?: [a-z][a-z-]*)?")  # a gloss of one or two plain words ("later; afterwards" is none)
 _central_cache: dict[int, tuple[Dictionary, dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]] = {}
 
 
@@ -314,7 +315,7 @@ def relatives_of(word: str, dictionary: Dictionary, corpus: Corpus | None = None
     if _CJK_RUN.fullmatch(word):
         # its glosses of one or two words, as phrases ("maternity leave" is no "leave"; a word of a longer gloss
         # is none: "compressed" of 压缩包 "compressed archive file")
-        phrases = [g for g in whole.get(word, ()) if all(_specific(w) for w in g.split())]
+        phrases = [g for g in whole.get(word, ()) if _PHRASE.fullmatch(g) and all(_specific(w) for w in g.split())]
         found += phrases
         for gloss in phrases:
             heads = central.get(gloss, ())
@@ -370,7 +371,11 @@ def _covers_itself(term: Term, flat: str, latin_words: set[str]) -> float:
             return 0.5 * sum(p in flat for p in pieces) / len(pieces)
         return 0.0
     if term.neutral:
-        return 1.0 if term.text in flat else 0.0
+        if term.text in flat:
+            return 1.0
+        # a name joined by _ or - is written with spaces elsewhere (worker_threads / "Worker threads")
+        bare = re.sub(r"[_-]", "", term.text)
+        return 1.0 if bare != term.text and len(bare) >= 4 and bare in re.sub(r"[_-]", "", flat) else 0.0
     return 1.0 if _stem(term.text) in latin_words or term.text in flat else 0.0
 
 

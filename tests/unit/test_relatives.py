@@ -135,3 +135,10 @@ def test_another_passage_gives_no_second_sentence_unless_it_answers_on_its_own(d
     other = Hit(Chunk(2, "-S     按文件大小排序，最大的最前，前面是目录。\n", "man/dir.1.txt", 0), 0.9)
     decision = assess("ls 怎么按文件大小排序，最大的排在前面？", [ls_page, other], _Corpus(), dictionary=dictionary)
     assert decision.answerable and {s.hit_number for s in decision.support} == {1}
+
+
+def test_a_name_joined_by_underscore_or_hyphen_is_found_written_with_spaces() -> None:
+    name = Term("worker_threads", 1.0, True)
+    assert covers(name, normalise("Worker threads: run JavaScript in parallel."), set()) == 1.0
+    assert covers(name, normalise("Workers and threads"), set()) == 0.0
+    assert covers(Term("1k", 1.0, True), normalise("1 K"), set()) == 1.0  # unchanged: whitespace never counted
