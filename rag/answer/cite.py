@@ -106,8 +106,8 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     marker_starts = [marker_start for marker_start, _ in markers]
     start = 0
     for match in _TERMINAL.finditer(text):
-        if match.start() < start:
-            continue  # inside a trailer already taken
+        if match.start() < start or _inside_code(text, match):
+            continue  # inside a trailer already taken, or a command line's ";" / "!"
         k = bisect_right(marker_starts, match.start()) - 1
         if k >= 0 and match.start() < markers[k][1]:
             continue  # a separator inside a citation marker
@@ -118,6 +118,20 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     if text[start:].strip():
         spans.append((start, len(text)))
     return spans
+
+
+def _inside_code(text: str, match: re.Match[str]) -> bool:
+    """An ASCII ``;`` or ``!`` of code, not a sentence end: right before a Latin character (``kern.info;kern.!err``),
+    or a ``;`` between Latin words inside a Chinese sentence (``dquilt pop -a; while quilt push; do …``), as
+    :mod:`rag.answer.sentences` cuts the quoted sentence."""
+    mark, before, after = match.group(), text[: match.start()], text[match.end():]
+    if mark not in (";", "!") or not before or not before[-1].isascii() or before[-1].isspace():
+        return False
+    if after[:1].isascii() and after[:1].isalnum():
+        return True
+    clause = re.split(r"[。！？；\n]", before)[-1]
+    rest = after.lstrip(" ")
+    return mark == ";" and bool(_CJK_RUN.search(clause)) and rest[:1].isascii() and rest[:1].isalnum()
 
 
 def split_sentences(text: str) -> list[str]:
