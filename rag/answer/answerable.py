@@ -87,6 +87,9 @@ BROAD_GLOSSES = frozenset(
      "item", "level", "area", "side", "aspect", "situation", "condition", "relation", "fact", "act", "action",
      "work", "world", "day", "year", "class", "grade", "stage", "degree", "rate", "measure", "unit", "order",
      "line", "top", "head", "end", "hand", "body", "mouth", "eye", "heart", "water", "fire", "earth", "stuff"])
+# A manual page's usage line: a command and only placeholders ("../src/sort [OPTION]...", "ls [选项]...").
+_SYNOPSIS = re.compile(r"\S+(?:\s+(?:\[[^\]]*\]|<[^>]*>|[A-Z][A-Z_]*)(?:\.\.\.|…)?)+\s*(?:\.\.\.|…)?[。.]?"
+                       r"|(?:\[[^\]]*\](?:\.\.\.|…)?\s*)+[。.]?")
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 
 
@@ -418,6 +421,8 @@ def candidate_sentences(hits: Sequence[Hit], corpus: Corpus | None = None,
             if sentence.end <= offset or sentence.start >= offset + len(chunk.text) or not sentence.complete:
                 continue
             if sentence.heading or (sentence.start <= offset and not trusted_start and sentence.start == 0):
+                continue
+            if _SYNOPSIS.fullmatch(sentence.text.strip()):  # "sort [OPTION]... [FILE]...": a usage line says nothing
                 continue
             key = normalise(sentence.text)
             if key in seen or len(key) < 4:

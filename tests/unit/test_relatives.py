@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag.answer.answerable import Term, _latin_stems, assess, covers, key_terms, relatives_of
+from rag.answer.answerable import Term, _latin_stems, assess, candidate_sentences, covers, key_terms, relatives_of
 from rag.answer.sentences import normalise
 from rag.core.types import Chunk, Hit
 from rag.index.bridge import Dictionary
@@ -142,3 +142,14 @@ def test_a_name_joined_by_underscore_or_hyphen_is_found_written_with_spaces() ->
     assert covers(name, normalise("Worker threads: run JavaScript in parallel."), set()) == 1.0
     assert covers(name, normalise("Workers and threads"), set()) == 0.0
     assert covers(Term("1k", 1.0, True), normalise("1 K"), set()) == 1.0  # unchanged: whitespace never counted
+
+
+def test_a_usage_line_is_never_an_answer_sentence() -> None:
+    page = ("SYNOPSIS\n"
+            "       sort [OPTION]... [FILE]...\n"
+            "-c, --check\n"
+            "       检查输入是否已经排好序，不排序。\n")
+    hits = [Hit(Chunk(1, page, "man/sort.1.txt", 0), 1.0)]
+    assert [text for _, text, _, _ in candidate_sentences(hits)] == ["-c, --check 检查输入是否已经排好序，不排序。"]
+    # nothing else about sort to say: the usage line is no answer to a question the page does not answer
+    assert not assess("Which sort option only checks whether a file is already sorted?", hits).answerable
