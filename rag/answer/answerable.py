@@ -70,9 +70,8 @@ _ASKING = re.compile(r"^(?:几|多(?=[少久长大远高重宽厚快]))[\u4e00-\
 _ASKED_KIND = re.compile(r"(哪个|哪些|什么|哪种|哪一个|哪条|哪项)\s*(?:参数|选项|命令|工具|字段|格式|用法|写法|意思)"
                          r"|\b(which|what)\s+(?:option|options|flag|flags|command|commands|tool|parameter)\b",
                          re.IGNORECASE)
-# Dictionary relatives (relatives_of): how many gloss words of an entry are read, how many headwords may share a
-# gloss word before it is too broad to link them, how many relatives a term keeps and what a relative is worth.
-GLOSS_WORDS_READ = 4
+# Dictionary relatives (relatives_of): how many headwords a gloss word may lead before it is too broad to link a
+# Chinese word to them, how many relatives a term keeps and what a relative is worth (answer.relative_credit).
 MAX_GLOSS_HEADWORDS = 8
 MAX_RELATIVES = 12
 RELATIVE_CREDIT = 0.8
@@ -306,10 +305,10 @@ def relatives_of(word: str, dictionary: Dictionary, corpus: Corpus | None = None
     """Words a bilingual dictionary (CC-CEDICT, :mod:`rag.index.bridge`) links to a key term, so that a sentence
     saying the same thing in other words, or in the other language, covers it.
 
-    - a Chinese word: the specific English words of its first glosses (目录 -> catalog, directory), and the Chinese
-      headwords that those words lead (:func:`central_headwords`), when few do (directory -> 名录, 通讯录; "file"
-      leads dozens and links nothing);
-    - an English word: the Chinese headwords it leads (sizes -> size -> 大小, 尺码), those the index holds first.
+    - a Chinese word: its glosses of one or two plain, specific words (目录 -> catalog, directory; 产假 -> the phrase
+      "maternity leave", never "leave" alone), and the Chinese headwords that a one-word gloss leads
+      (:func:`central_headwords`) when few do (directory -> 名录, 通讯录; "file" leads dozens and links nothing);
+    - an English word: the Chinese headwords it leads (sizes -> size -> 大小, 尺码); broad words (use, thing) none.
 
     With ``corpus`` only Chinese words some chunk holds are kept. At most :data:`MAX_RELATIVES`.
     """
