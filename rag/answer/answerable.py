@@ -6,9 +6,13 @@ no chunk holds counts most. Supporting sentences are whole sentences of the retr
 neighbouring text where a chunk edge cuts them, see :mod:`rag.answer.sentences`), read together with their heading
 path. The question is answerable when the best sentences cover at least ``min_coverage`` of the terms' weight.
 
-An English question over Chinese text (or the reverse) cannot match word for word: there only the terms both
-languages write alike (names such as VPN or WireGuard, numbers) count, they must all be covered, and the passage's
-dense similarity must reach ``cross_language_min_dense``.
+Other words for the same thing, and the other language, are seen through a bilingual dictionary (CC-CEDICT, the one
+the retriever's bridge loaded): a sentence holding a key term's relative (目录 ~ directory ~ 名录, sizes ~ 大小,
+:func:`relatives_of`) covers it ``relative_credit``, and every sentence is scored on every key term, whatever its
+language. Without a dictionary an English question over Chinese text (or the reverse) cannot match word for word:
+there only the terms both languages write alike (names such as VPN or WireGuard, numbers) count, they must all be
+covered, and the passage's dense similarity must reach ``cross_language_min_dense``. Either way the passage that
+answers must hold every name and number of the question.
 
 Word overlap misses paraphrases ("文件夹都排在前面" answered by "将目录排在文件前面"). An opt-in semantic path
 (``min_similarity`` > 0, off by default) uses a ``similarity`` (the index's embedder: the question as a query, the
