@@ -6,9 +6,13 @@ no chunk holds counts most. Supporting sentences are whole sentences of the retr
 neighbouring text where a chunk edge cuts them, see :mod:`rag.answer.sentences`), read together with their heading
 path. The question is answerable when the best sentences cover at least ``min_coverage`` of the terms' weight.
 
-An English question over Chinese text (or the reverse) cannot match word for word: there only the terms both
-languages write alike (names such as VPN or WireGuard, numbers) count, they must all be covered, and the passage's
-dense similarity must reach ``cross_language_min_dense``.
+Other words for the same thing, and the other language, are seen through a bilingual dictionary (CC-CEDICT, the one
+the retriever's bridge loaded): a sentence holding a key term's relative (目录 ~ directory ~ 名录, sizes ~ 大小,
+:func:`relatives_of`) covers it ``relative_credit``, and every sentence is scored on every key term, whatever its
+language. Without a dictionary an English question over Chinese text (or the reverse) cannot match word for word:
+there only the terms both languages write alike (names such as VPN or WireGuard, numbers) count, they must all be
+covered, and the passage's dense similarity must reach ``cross_language_min_dense``. Either way the passage that
+answers must hold every name and number of the question.
 
 Word overlap misses paraphrases ("文件夹都排在前面" answered by "将目录排在文件前面"). An opt-in semantic path
 (``min_similarity`` > 0, off by default) uses a ``similarity`` (the index's embedder: the question as a query, the
@@ -38,24 +42,57 @@ from rag.answer.sentences import normalise, parent_text, segment
 from rag.core.text import CJK
 from rag.core.types import Chunk, Hit
 from rag.index.bm25 import STOPWORDS
+from rag.index.bridge import Dictionary
 
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _TERM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+#/-]*[A-Za-z0-9+#]|[A-Za-z0-9]")
 # Words that shape a question but say nothing about its topic.
-QUESTION_WORDS = frozenset(
+_QUESTION_SHAPE = frozenset(
     ["多少", "什么", "哪些", "哪个", "哪里", "哪儿", "哪", "几", "几个", "几天", "几次", "几点", "几号", "几年", "多少钱", "多久", "多长", "多大", "是否", "能否", "能不能", "可否", "怎么", "怎么办",
      "怎么样", "如何", "怎样", "为什么", "为何", "请问", "吗", "呢", "吧", "可以", "有没有", "是不是", "需要", "应该", "要", "一下", "告诉", "关于",
      "谁", "何时", "什么时候", "时间", "有", "是", "哪家", "多", "少", "请", "我", "我们", "你", "应", "该", "得", "会", "能", "做", "用",
      "进行", "具体", "一般", "通常", "目前", "现在", "情况", "方法", "办法", "步骤", "时候", "what", "which", "how", "many", "much",
      "does", "do", "did", "is", "are", "was", "were", "there", "can", "could", "would", "should", "will",
      "tell", "me", "about", "please", "any", "get", "use", "used", "using", "the", "a", "an", "if", "i", "my",
-     "our", "your", "you", "be", "need", "needs", "way", "ways", "long", "often", "kind"])
+     "our", "your", "you", "be", "need", "needs", "way", "ways", "long", "often", "kind",
+     "想要", "想让", "不想", "直接", "一起", "比如", "例如", "还会", "还是", "有个", "同一个", "为准", "该怎么"])
+# English words that shape a sentence, not its topic ("make ls show", "only checks whether", "mainly rely on").
+ENGLISH_FILLER = frozenset(
+    ["make", "makes", "like", "instead", "only", "whether", "already", "must", "mainly", "according", "also", "just",
+     "still", "want", "wants", "really", "actually", "possible", "certain", "other", "than", "then", "here", "into",
+     "onto", "it", "its", "they", "them", "their", "this", "these", "those", "so", "such", "very", "some", "all",
+     "each", "every", "both", "either", "ever", "even", "yet", "mean", "means", "meant", "happen", "happens",
+     "again", "anything", "something", "thing", "things", "one", "ones", "by", "of", "to", "in", "on", "at", "for",
+     "with", "from", "and", "or", "not", "no", "when", "where", "who", "why", "whom", "whose", "has", "have", "had",
+     "been", "being", "let", "lets", "keep", "say", "says", "said", "same", "different", "difference", "happen"])
+QUESTION_WORDS = _QUESTION_SHAPE | ENGLISH_FILLER
+# Characters that make an unplaced word (jieba's guess, 时想 / 还会 / 只改) a piece of how the question is put.
+FUNCTION_CHARACTERS = frozenset("想让还只就都也再又很太把被给要能会该得着过吗呢吧啊了的是在有个时后比次用叫不别")
 _ASKING = re.compile(r"^(?:几|多(?=[少久长大远高重宽厚快]))[\u4e00-\u9fff]?$")  # 几台 几个月 多久 多长: asking, not a topic
 # The kind of thing asked for, right after a question word ("用哪个参数", "which option"): the answer names one
 # (-S, --inode) and need not say 参数 / option, so it is no key term there.
 _ASKED_KIND = re.compile(r"(哪个|哪些|什么|哪种|哪一个|哪条|哪项)\s*(?:参数|选项|命令|工具|字段|格式|用法|写法|意思)"
                          r"|\b(which|what)\s+(?:option|options|flag|flags|command|commands|tool|parameter)\b",
                          re.IGNORECASE)
+# Dictionary relatives (relatives_of): how many headwords a gloss word may lead before it is too broad to link a
+# Chinese word to them, how many relatives a term keeps and what a relative is worth (answer.relative_credit).
+MAX_GLOSS_HEADWORDS = 8
+MAX_RELATIVES = 12
+RELATIVE_CREDIT = 0.8
+# Gloss words that say what kind of thing, not which: a dictionary links hundreds of unrelated words through them.
+BROAD_GLOSSES = frozenset(
+    ["thing", "things", "matter", "way", "method", "kind", "type", "sort", "form", "part", "place", "time", "person",
+     "people", "make", "do", "use", "get", "give", "take", "put", "set", "let", "have", "see", "look", "go", "come",
+     "say", "tell", "know", "think", "want", "need", "can", "may", "must", "should", "able", "good", "bad", "big",
+     "small", "new", "old", "other", "another", "same", "all", "each", "every", "some", "many", "much", "more",
+     "most", "less", "few", "first", "last", "next", "one", "two", "also", "very", "only", "just", "still", "again",
+     "already", "even", "used", "general", "common", "normal", "state", "case", "point", "number", "name", "word",
+     "item", "level", "area", "side", "aspect", "situation", "condition", "relation", "fact", "act", "action",
+     "work", "world", "day", "year", "class", "grade", "stage", "degree", "rate", "measure", "unit", "order",
+     "line", "top", "head", "end", "hand", "body", "mouth", "eye", "heart", "water", "fire", "earth", "stuff"])
+# A manual page's usage line: a command and only placeholders ("../src/sort [OPTION]...", "ls [选项]...").
+_SYNOPSIS = re.compile(r"\S+(?:\s+(?:\[[^\]]*\]|<[^>]*>|[A-Z][A-Z_]*)(?:\.\.\.|…)?)+\s*(?:\.\.\.|…)?[。.]?"
+                       r"|(?:\[[^\]]*\](?:\.\.\.|…)?\s*)+[。.]?")
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 
 
@@ -90,12 +127,16 @@ class Corpus(Protocol):
 
 @dataclass(frozen=True)
 class Term:
-    """A key term of the question: ``text`` (lower case), its ``weight`` and whether it is ``neutral`` (written
-    the same in Chinese and English text: a Latin-script name, a number)."""
+    """A key term of the question: ``text`` (lower case), its ``weight``, whether it is ``neutral`` (written
+    the same in Chinese and English text: a Latin-script name, a number), its dictionary ``relatives`` (words
+    of either language that a bilingual dictionary links to it, :func:`relatives_of`) and, for a word jieba only
+    guessed, its content characters (``pieces``)."""
 
     text: str
     weight: float
     neutral: bool
+    relatives: tuple[str, ...] = ()
+    pieces: str = ""  # an unplaced word's content characters (补零 -> 补零, 只改 -> 改): each covers a share of half
 
 
 @dataclass(frozen=True)
@@ -173,8 +214,9 @@ def language_of(text: str) -> str:
     return "zh" if cjk * 3 >= latin else "en"
 
 
-def key_terms(question: str, corpus: Corpus | None = None) -> list[Term]:
-    """The question's key terms, weighted by idf in ``corpus`` (1.0 each without one)."""
+def key_terms(question: str, corpus: Corpus | None = None, dictionary: Dictionary | None = None) -> list[Term]:
+    """The question's key terms, weighted by idf in ``corpus`` (1.0 each without one), with their relatives in
+    ``dictionary`` (none without one)."""
     text = _ASKED_KIND.sub(lambda m: f"{m.group(1) or m.group(2)} ", unicodedata.normalize("NFKC", question))
     names = set()
     for match in _NAME_WORD.finditer(text):
@@ -201,14 +243,101 @@ def key_terms(question: str, corpus: Corpus | None = None) -> list[Term]:
     terms = []
     for word, neutral in found.items():
         idf = corpus.idf(word) if corpus is not None else 1.0
+        pieces = "".join(ch for ch in word if ch not in FUNCTION_CHARACTERS) if word in unplaced else ""
         if idf is None and corpus is not None and word in unplaced:
             # a word of no dictionary (年假, but also 时想 of "时想让") is in the index as its characters: weigh it
             # as them, not as a word no document uses
-            known = [i for ch in word if (i := corpus.idf(ch)) is not None]
-            idf = sum(known) / len(known) if len(known) == len(word) else None
+            # a modal or function character (想 / 还 / 只 of 时想, 还会, 只改) weighs nothing: the sentence that
+            # answers need not repeat how the question was put
+            if not pieces:
+                continue
+            known = [i for ch in pieces if (i := corpus.idf(ch)) is not None]
+            idf = sum(known) / len(word) if len(known) == len(pieces) else None
         weight = top if idf is None else idf
-        terms.append(Term(word, weight * (1.5 if neutral else 1.0), neutral))
+        related = relatives_of(word, dictionary, corpus) if dictionary is not None and not neutral else ()
+        terms.append(Term(word, weight * (1.5 if neutral else 1.0), neutral, related, pieces))
     return terms
+
+
+_PHRASE = re.compile(r"[a-z][a-z-]*(?: [a-z][a-z-]*)?")  # a gloss of one or two plain words ("later; afterwards" is none)
+_central_cache: dict[int, tuple[Dictionary, dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]] = {}
+
+
+def central_headwords(dictionary: Dictionary) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """(English word -> the Chinese headwords of 2-4 characters whose gloss it leads: their whole gloss or one of
+    the first two content words of their glosses; Chinese headword -> its glosses of one or two words). Built once
+    per dictionary (about 0.3 s); the dictionary itself is the retriever's, never loaded again here."""
+    cached = _central_cache.get(id(dictionary))
+    if cached is not None and cached[0] is dictionary:
+        return cached[1], cached[2]
+    heads: dict[str, list[str]] = {}
+    glosses: dict[str, list[str]] = {}
+    for gloss, words in dictionary.to_chinese.items():
+        for word in words:
+            glosses.setdefault(word, []).append(gloss)
+        if " " not in gloss:
+            heads.setdefault(gloss, []).extend(w for w in words if 2 <= len(w) <= 4)
+    for headword, english in dictionary.to_english.items():
+        if 2 <= len(headword) <= 4:
+            for word in english[:2]:
+                if headword not in heads.setdefault(word, []):
+                    heads[word].append(headword)
+    built = ({word: tuple(dict.fromkeys(found)) for word, found in heads.items()},
+             {word: tuple(found) for word, found in glosses.items()})
+    _central_cache.clear()
+    _central_cache[id(dictionary)] = (dictionary, *built)
+    return built
+
+
+def _specific(gloss_word: str) -> bool:
+    """A gloss word that names something, not a filler ("to use", "thing", "way")."""
+    return len(gloss_word) >= 3 and gloss_word not in BROAD_GLOSSES and gloss_word not in QUESTION_WORDS and (
+        gloss_word not in STOPWORDS)
+
+
+def _gloss_forms(word: str) -> list[str]:
+    """``word`` and its uninflected forms as a gloss writes them (sizes -> size, copied -> copy, sorted -> sort)."""
+    forms = [word]
+    for ending, replacement in (("ies", "y"), ("es", ""), ("s", ""), ("ied", "y"), ("ed", "e"), ("ed", ""),
+                                ("ing", "e"), ("ing", "")):
+        if word.endswith(ending) and len(word) - len(ending) >= 3:
+            forms.append(word[: -len(ending)] + replacement)
+    return forms
+
+
+def relatives_of(word: str, dictionary: Dictionary, corpus: Corpus | None = None) -> tuple[str, ...]:
+    """Words a bilingual dictionary (CC-CEDICT, :mod:`rag.index.bridge`) links to a key term, so that a sentence
+    saying the same thing in other words, or in the other language, covers it.
+
+    - a Chinese word: its glosses of one or two plain, specific words (目录 -> catalog, directory; 产假 -> the phrase
+      "maternity leave", never "leave" alone), and the Chinese headwords that a one-word gloss leads
+      (:func:`central_headwords`) when few do (directory -> 名录, 通讯录; "file" leads dozens and links nothing);
+    - an English word: the Chinese headwords it leads (sizes -> size -> 大小, 尺码); broad words (use, thing) none.
+
+    With ``corpus`` only Chinese words some chunk holds are kept. At most :data:`MAX_RELATIVES`.
+    """
+    central, whole = central_headwords(dictionary)
+    found: list[str] = []
+    if _CJK_RUN.fullmatch(word):
+        # its glosses of one or two words, as phrases ("maternity leave" is no "leave"; a word of a longer gloss
+        # is none: "compressed" of 压缩包 "compressed archive file")
+        phrases = [g for g in whole.get(word, ()) if _PHRASE.fullmatch(g) and all(_specific(w) for w in g.split())]
+        found += phrases
+        for gloss in phrases:
+            heads = central.get(gloss, ())
+            if len(heads) <= MAX_GLOSS_HEADWORDS:
+                found += heads
+    elif _specific(word):
+        found += next((h for form in _gloss_forms(word) if (h := central.get(form))), ())
+    found = [f for f in found if _CJK_RUN.fullmatch(f) or f.isascii()]
+    out: list[str] = []
+    for relative in found:
+        if relative == word or relative in out or relative in _gloss_forms(word):
+            continue
+        if corpus is not None and _CJK_RUN.fullmatch(relative) and corpus.idf(relative) is None:
+            continue
+        out.append(relative)
+    return tuple(out[:MAX_RELATIVES])
 
 
 def _stem(word: str) -> str:
@@ -219,17 +348,40 @@ def _stem(word: str) -> str:
     return word
 
 
-def covers(term: Term, flat: str, latin_words: set[str]) -> float:
-    """How well a text covers ``term`` (1 = fully; ``flat`` is the text normalised, ``latin_words`` its stems)."""
+def covers(term: Term, flat: str, latin_words: set[str], relative_credit: float = RELATIVE_CREDIT) -> float:
+    """How well a text covers ``term`` (1 = fully; ``flat`` is the text normalised, ``latin_words`` its stems); a
+    text that holds one of its dictionary relatives instead covers it ``relative_credit``."""
+    own = _covers_itself(term, flat, latin_words)
+    if own < 1.0 and relative_credit > 0 and any(
+            (r.replace(" ", "") in flat) if _CJK_RUN.fullmatch(r) or " " in r else _latin_match(r, latin_words)
+            for r in term.relatives):  # a phrase (time zone) only as written, its words next to each other
+        return max(own, relative_credit)
+    return own
+
+
+def _latin_match(word: str, latin_words: set[str]) -> bool:
+    """An English word in a text's stems, also as the start of a longer word (listen in listeners)."""
+    stem = _stem(word)
+    root = stem.rstrip("ye") if len(stem) >= 6 else stem  # directory / directori(es), archive / archiving
+    return stem in latin_words or len(root) >= 5 and any(w.startswith(root) for w in latin_words)
+
+
+def _covers_itself(term: Term, flat: str, latin_words: set[str]) -> float:
     if _CJK_RUN.fullmatch(term.text):
         if term.text in flat:
             return 1.0
+        if term.pieces:  # a word jieba guessed (补零): its characters are the words (在数据前填充零)
+            return 0.5 * sum(ch in flat for ch in term.pieces) / len(term.pieces)
         if len(term.text) >= 3:  # 停车费 in a text that only says 停车: half credit for the shared pieces
             pieces = [term.text[i : i + 2] for i in range(len(term.text) - 1)]
             return 0.5 * sum(p in flat for p in pieces) / len(pieces)
         return 0.0
     if term.neutral:
-        return 1.0 if term.text in flat else 0.0
+        if term.text in flat:
+            return 1.0
+        # a name joined by _ or - is written with spaces elsewhere (worker_threads / "Worker threads")
+        bare = re.sub(r"[_-]", "", term.text)
+        return 1.0 if bare != term.text and len(bare) >= 4 and bare in re.sub(r"[_-]", "", flat) else 0.0
     return 1.0 if _stem(term.text) in latin_words or term.text in flat else 0.0
 
 
@@ -273,6 +425,8 @@ def candidate_sentences(hits: Sequence[Hit], corpus: Corpus | None = None,
                 continue
             if sentence.heading or (sentence.start <= offset and not trusted_start and sentence.start == 0):
                 continue
+            if _SYNOPSIS.fullmatch(sentence.text.strip()):  # "sort [OPTION]... [FILE]...": a usage line says nothing
+                continue
             key = normalise(sentence.text)
             if key in seen or len(key) < 4:
                 continue
@@ -296,7 +450,8 @@ def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
 def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, min_coverage: float = 0.6,
            min_gain: float = 0.25, cross_language_min_dense: float = 0.8, max_sentences: int = 3,
            max_chars: int = 400, exclude: Sequence[str] = (), similarity: SentenceSimilarity | None = None,
-           min_similarity: float = 0.0, semantic_min_coverage: float = 0.0) -> Assessment:
+           min_similarity: float = 0.0, semantic_min_coverage: float = 0.0, dictionary: Dictionary | None = None,
+           relative_credit: float = RELATIVE_CREDIT) -> Assessment:
     """Decide whether ``hits`` answer ``question`` and pick the sentences that support the answer.
 
     Args:
@@ -312,8 +467,12 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         similarity: question-to-sentence similarity (:func:`embedder_similarity`); None = coverage alone decides.
         min_similarity: a sentence this similar answers a question whose coverage is short (0: never).
         semantic_min_coverage: ... provided the coverage is at least this.
+        dictionary: a bilingual dictionary (:mod:`rag.index.bridge`): a sentence holding a key term's relative
+            (:func:`relatives_of`) covers it ``relative_credit``, and sentences in the other language than the
+            question are scored on every key term, not only on its names and numbers; None = word overlap alone.
+        relative_credit: how much a relative covers (0..1).
     """
-    terms = key_terms(question, corpus)
+    terms = key_terms(question, corpus, dictionary)
     if not terms or not hits:
         return Assessment(False, 0.0, tuple(terms), tuple(t.text for t in terms), reason="no key terms or no hits")
     asked_in = language_of(question)
@@ -321,9 +480,9 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     for number, text, order, heading in candidate_sentences(hits, corpus, exclude):
         window = f"{heading} {text}"
         flat, stems = normalise(window), _latin_stems(window)
-        credit = {t.text: c for t in terms if (c := covers(t, flat, stems)) > 0}
+        credit = {t.text: c for t in terms if (c := covers(t, flat, stems, relative_credit)) > 0}
         own_flat, own_stems = normalise(text), _latin_stems(text)
-        own = {t.text: c for t in terms if (c := covers(t, own_flat, own_stems)) > 0}
+        own = {t.text: c for t in terms if (c := covers(t, own_flat, own_stems, relative_credit)) > 0}
         dense = hits[number - 1].dense_score
         candidates.append(_Candidate(text, number, order, credit, own, language_of(text), dense or 0.0))
     if not candidates:
@@ -333,13 +492,21 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         weight = sum(t.weight for t in pool)
         return sum(t.weight * credit.get(t.text, 0.0) for t in pool) / weight if weight else 0.0
 
-    same = [c for c in candidates if c.language == asked_in]
+    # with a dictionary every sentence can cover every term (through its relatives in the other language)
+    same = [c for c in candidates if c.language == asked_in or dictionary is not None]
     neutral = [t for t in terms if t.neutral]
     other = [c for c in candidates if c.language != asked_in]
     cross = False
     pool, scored = terms, same
+    # a passage that holds every name and number of the question (the anchors the decision requires) leads
+    # before one that covers more words but lacks one: it is the only kind that can answer
+    per_hit: dict[int, dict[str, float]] = {}
+    for candidate in candidates:
+        per_hit[candidate.hit_number] = _merge(per_hit.get(candidate.hit_number, {}), candidate.credit)
+    anchors = {n: all(c.get(t.text, 0.0) >= 1.0 for t in terms if t.neutral) for n, c in per_hit.items()}
     if same:
-        best = max(scored, key=lambda c: (share(c.credit, pool) + share(c.own, pool), -c.hit_number))
+        best = max(scored, key=lambda c: (anchors[c.hit_number], share(c.credit, pool) + share(c.own, pool),
+                                          -c.hit_number))
     if neutral and other:  # the other language can only match names and numbers, and needs a close passage
         other_best = max(other, key=lambda c: (share(c.credit, neutral) + share(c.own, neutral), c.dense,
                                                -c.hit_number))
@@ -356,7 +523,10 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         heavy = 0.5 * max(t.weight for t in pool)
         used = len(first.text)
         while len(chosen) < max_sentences:
-            rest = [c for c in scored if c not in chosen and used + len(c.text) <= max_chars]
+            # another document's sentence joins only as an answer of its own: a term it adds is no support for
+            # what the first sentence says (the second citation of an on-topic, unrelated passage)
+            rest = [c for c in scored if c not in chosen and used + len(c.text) <= max_chars and (
+                c.hit_number == first.hit_number or anchors[c.hit_number] and share(c.credit, pool) >= min_coverage)]
             gains = [(share(_merge(credit, c.credit), pool) - share(credit, pool), -c.hit_number, i)
                      for i, c in enumerate(rest)]
 
@@ -414,5 +584,6 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     support = tuple(Support(c.text, c.hit_number, c.order, frozenset(c.credit)) for c in sorted(
         chosen, key=lambda c: (min(o.hit_number for o in chosen if o.order[0] == c.order[0]), c.order)))
     reason = "" if answerable else f"coverage {decided:.2f}" + (f", similarity {closest:.3f}" if closest else "")
+    cross = cross or chosen[0].language != asked_in
     return Assessment(answerable, round(decided, 3), tuple(terms), missing, support if answerable else (),
                       cross_language=cross, reason=reason, similarity=closest, semantic=semantic)

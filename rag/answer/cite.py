@@ -106,8 +106,8 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     marker_starts = [marker_start for marker_start, _ in markers]
     start = 0
     for match in _TERMINAL.finditer(text):
-        if match.start() < start:
-            continue  # inside a trailer already taken
+        if match.start() < start or _inside_code(text, match):
+            continue  # inside a trailer already taken, or a command line's ";" / "!"
         k = bisect_right(marker_starts, match.start()) - 1
         if k >= 0 and match.start() < markers[k][1]:
             continue  # a separator inside a citation marker
@@ -118,6 +118,20 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     if text[start:].strip():
         spans.append((start, len(text)))
     return spans
+
+
+def _inside_code(text: str, match: re.Match[str]) -> bool:
+    """An ASCII ``;`` or ``!`` of code, not a sentence end: right before a Latin character (``kern.info;kern.!err``),
+    or a ``;`` between Latin words inside a Chinese sentence (``dquilt pop -a; while quilt push; do …``), as
+    :mod:`rag.answer.sentences` cuts the quoted sentence."""
+    mark, before, after = match.group(), text[: match.start()], text[match.end():]
+    if mark not in (";", "!") or not before or not before[-1].isascii() or before[-1].isspace():
+        return False
+    if after[:1].isascii() and after[:1].isalnum():
+        return True
+    clause = re.split(r"[。！？；\n]", before)[-1]
+    rest = after.lstrip(" ")
+    return mark == ";" and bool(_CJK_RUN.search(clause)) and rest[:1].isascii() and rest[:1].isalnum()
 
 
 def split_sentences(text: str) -> list[str]:
@@ -185,7 +199,7 @@ def missing_specifics(sentence: str, chunk_text: str) -> list[str]:
 
 
 def verify(answer_text: str, hits: Sequence[Hit], min_overlap: float = 0.25,
-           drop_unsupported: bool = True) -> Verified:
+           drop_unsupported: bool = True, texts: Sequence[str] | None = None) -> Verified:
     """Check every ``[n]`` of an answer against ``hits`` (``hits[n-1]`` is passage [n] of the prompt).
 
     Args:
@@ -193,6 +207,10 @@ def verify(answer_text: str, hits: Sequence[Hit], min_overlap: float = 0.25,
         hits: the hits the prompt numbered, in order (``Prompt.hits_used``).
         min_overlap: the share of a sentence's content units its cited chunk must contain.
         drop_unsupported: remove unsupported numbers from the text; False keeps them, flagged unsupported.
+        texts: what each hit's sentences are checked against (``texts[n-1]`` for ``[n]``), when that is more than
+            its chunk: an extractive answer quotes whole sentences, completed from the neighbouring chunks where
+            the chunk's edge cuts them, so a quoted sentence's host or number may lie past the chunk's end.
+            Default: the chunk texts.
 
     Returns:
         The cleaned text, the citations in order of first use, a quote per citation and the removed numbers.
@@ -224,9 +242,10 @@ def verify(answer_text: str, hits: Sequence[Hit], min_overlap: float = 0.25,
                     continue
                 cited = True
                 chunk = hits[number - 1].chunk
+                source = texts[number - 1] if texts is not None and number <= len(texts) else chunk.text
                 if number not in chunk_units:
-                    chunk_units[number] = content_units(chunk.text, all_unigrams=True)
-                lacking = missing_specifics(claim, chunk.text)
+                    chunk_units[number] = content_units(source, all_unigrams=True)
+                lacking = missing_specifics(claim, source)
                 unsupported_specifics |= bool(lacking)
                 supported = overlap(units, chunk_units[number]) >= min_overlap and not lacking
                 if not supported and drop_unsupported:

@@ -30,9 +30,11 @@ from rag.answer.prompt import (
     rewrite_followup_messages,
 )
 from rag.answer.retrieve import Retriever
+from rag.answer.sentences import parent_text
 from rag.core.config import RagConfig
 from rag.core.errors import ConfigError
 from rag.core.types import Answer, Hit, Message
+from rag.index.bridge import Dictionary, load_dictionary
 from rag.llm.base import ChatModel, GenerationConfig
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class QAPipeline:
     """
 
     def __init__(self, retriever: Retriever, model: ChatModel, cfg: RagConfig) -> None:
-        for key in ("min_term_coverage", "semantic_min_coverage", "min_sentence_similarity"):
+        for key in ("min_term_coverage", "semantic_min_coverage", "min_sentence_similarity", "relative_credit"):
             if not 0.0 <= getattr(cfg.answer, key) <= 1.0:
                 raise ConfigError(f"answer.{key}={getattr(cfg.answer, key)} must be between 0 and 1")
         self.retriever = retriever
@@ -83,6 +85,10 @@ class QAPipeline:
         # the index's embedder compares the question with single sentences (the semantic path of the decision)
         embedder = getattr(getattr(retriever, "index", None), "embedder", None)
         self.similarity: SentenceSimilarity | None = embedder_similarity(embedder) if embedder is not None else None
+        # the decision's dictionary relatives: the retriever's bridge dictionary (loaded once per process)
+        self.dictionary: Dictionary | None = None
+        if cfg.answer.relative_credit > 0:
+            self.dictionary = getattr(retriever, "dictionary", None) or load_dictionary("cedict")
 
     def standalone(self, question: str, history: Sequence[Message], adapter: str | None) -> str:
         """A follow-up made self-contained (by the model, or by prefixing the last question when extractive)."""
@@ -147,7 +153,8 @@ class QAPipeline:
                           cross_language_min_dense=answer_cfg.cross_language_min_dense,
                           max_sentences=answer_cfg.max_sentences, exclude=exclude, similarity=self.similarity,
                           min_similarity=answer_cfg.min_sentence_similarity,
-                          semantic_min_coverage=answer_cfg.semantic_min_coverage)
+                          semantic_min_coverage=answer_cfg.semantic_min_coverage, dictionary=self.dictionary,
+                          relative_credit=answer_cfg.relative_credit)
         stream.assessment = decision
         if not decision.answerable:
             log.info("refused (%s): %s", decision.reason or "no hits", standalone)
@@ -158,8 +165,18 @@ class QAPipeline:
             return
         if self.extractive:
             text = render(decision.support)
-            yield from pieces(text, 8)
-            checked = verify(text, found, answer_cfg.citation_min_overlap, answer_cfg.drop_unsupported_citations)
+            # the quoted sentences are whole: checked against the text they were taken from (the chunk with its
+            # neighbours), not cut at the chunk's edge
+            quoted = {s.hit_number for s in decision.support}
+            sources = [parent_text(h.chunk, corpus.neighbours(h.chunk))[0] if n in quoted else h.chunk.text
+                       for n, h in enumerate(found, 1)] if corpus is not None else None
+            checked = verify(text, found, answer_cfg.citation_min_overlap, answer_cfg.drop_unsupported_citations,
+                             sources)
+            if not checked.text.strip():  # every sentence failed its check: nothing is left to say
+                stream.answer = Answer(text=REFUSAL[language], hits=found, refused=True, model=model_name)
+                yield REFUSAL[language]
+                return
+            yield from pieces(checked.text, 8)
             stream.quotes = checked.quotes
             stream.answer = Answer(text=checked.text, hits=found, citations=checked.citations, refused=False,
                                    model=model_name)

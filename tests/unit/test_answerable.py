@@ -180,10 +180,12 @@ def test_the_opt_in_semantic_path_answers_a_paraphrase_whose_passage_holds_its_n
 
 def test_pieces_jieba_joins_weigh_as_their_characters_not_as_a_word_no_document_uses() -> None:
     index = _Neighbours([])
-    index.idf = {"时": 1.0, "想": 2.0, "链接": 3.0, "相对路径": 4.0}.get  # type: ignore[method-assign]
+    index.idf = {"时": 1.0, "想": 2.0, "链接": 3.0, "相对路径": 4.0, "改": 6.0}.get  # type: ignore[method-assign]
     index.max_idf = lambda: 9.0  # type: ignore[method-assign]
     weights = {t.text: t.weight for t in key_terms("ln -s 时想让链接里存相对路径", index)}
-    assert weights["时想"] == 1.5  # jieba's guess at 时 / 想 is no rare word
+    assert "时想" not in weights  # jieba's guess at 时 / 想 (function characters) is how the question is put
+    only = next(t for t in key_terms("touch 只改访问时间", index) if t.text == "只改")
+    assert only.weight == 3.0 and only.pieces == "改"  # 只 (only) weighs nothing, 改 (change) as itself
     assert weights["相对路径"] == 4.0 and weights["里存"] == 9.0  # 里 / 存 unknown to the index: weighs as unknown
     assert {t.text: t.weight for t in key_terms("公司停车场每月停车费是多少？", index)}["停车费"] == 9.0
 

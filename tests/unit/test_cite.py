@@ -128,3 +128,12 @@ def test_specific_numbers_paths_and_names_must_occur_in_the_cited_passage() -> N
                                                                                             "OpenVPN"]
     assert verify("The gateway uses UDP port 443 on vpn.example.com[1].", [passage]).citations == []
     assert specifics("1. Open https://x.org/a, then call 9:30 [2].") == ["https://x.org/a", "9:30"]
+
+
+def test_a_command_lines_semicolon_or_bang_ends_no_sentence() -> None:
+    from rag.answer.cite import split_sentences
+
+    assert split_sentences("例如 kern.info;kern.!err 表示内核消息。[1]") == ["例如 kern.info;kern.!err 表示内核消息。[1]"]
+    assert split_sentences("通过 dquilt pop -a; while quilt push; do quilt refresh; done 来验证。[1] 第二句。") == [
+        "通过 dquilt pop -a; while quilt push; do quilt refresh; done 来验证。[1]", "第二句。"]
+    assert split_sentences("Stop it; now. Really! yes") == ["Stop it;", "now.", "Really!", "yes"]  # prose: unchanged
