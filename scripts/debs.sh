@@ -7,8 +7,8 @@
 need() { command -v "$1" >/dev/null 2>&1 || { echo "error: '$1' not found (Debian/Ubuntu with apt needed)" >&2; exit 1; }; }
 
 have_deb() {  # have_deb NAME VERSION -> prints the cached file, if any
-    local name="$1" ver="$2" f
-    # apt-get download escapes ':' in versions as %3a; none of the pins has an epoch, so the plain name works.
+    local name="$1" ver="${2//:/%3a}" f
+    # apt-get download escapes the ':' of an epoch as %3a in the file name (libreoffice-help-zh-cn_4%3a7.4.7-...).
     for f in "$DEBS/${name}_${ver}_all.deb" "$DEBS/${name}_${ver}_"*.deb; do
         [ -f "$f" ] && { echo "$f"; return 0; }
     done
