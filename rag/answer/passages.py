@@ -195,10 +195,32 @@ def assemble(hits: Sequence[Hit], neighbours: Neighbours, top_k: int, passage_ch
             if edition is not None:
                 edition.also_in.extend(f for f in (hit.chunk.source, *hit.also_in) if f not in edition.also_in)
                 continue
+        if len(kept) == top_k and edition_similarity > 0:
+            _collapse_editions(kept, edition_similarity)  # passages grown by absorbing may now be editions
         if len(kept) == top_k:
             break
         kept.append(parent)
+    if edition_similarity > 0:
+        _collapse_editions(kept, edition_similarity)
     return [parent.result() for parent in kept]
+
+
+def _collapse_editions(kept: list[_Parent], threshold: float) -> None:
+    """Drop (in place) each kept passage that is an edition of a better-ranked one from another file, naming its
+    file in the better one's ``also_in``. :func:`assemble` compares each new hit with the passages kept so far, but a
+    kept passage can still grow (a later child of its parent re-centres it), and two passages that did not look
+    alike when the second came may do so afterwards (seen on a manual in HTML and PDF editions)."""
+    i = 1
+    while i < len(kept):
+        later = kept[i]
+        twin = next((k for k in kept[:i] if k.hit.chunk.source != later.hit.chunk.source
+                     and text_similarity(later.shingles(), k.shingles()) >= threshold), None)
+        if twin is None:
+            i += 1
+            continue
+        twin.also_in.extend(f for f in (later.hit.chunk.source, *later.hit.also_in, *later.also_in)
+                            if f not in twin.also_in)
+        del kept[i]
 
 
 def shingles(text: str) -> set[str]:

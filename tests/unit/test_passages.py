@@ -130,6 +130,22 @@ def test_the_same_text_in_two_files_collapses_into_the_better_ranked_one() -> No
     assert text_similarity(shingles("短标题"), shingles("短标题")) == 0.0  # too short to call a duplicate
 
 
+def test_no_two_editions_are_left_in_the_result_whatever_the_ranking() -> None:
+    """Two files with the same text, their chunks ranked in many orders: a passage that grows after another file's
+    passage was compared with it must still be collapsed (seen on a manual's HTML and PDF editions)."""
+    import random
+
+    first, second = chunks_of(TEXT, "manual.html"), chunks_of(TEXT, "manual.pdf", size=100, overlap=20)
+    pool = [*first, *second]
+    for seed in range(40):
+        ranked = random.Random(seed).sample(pool, len(pool))
+        hits = assemble(hits_of(ranked), lookup(pool), 4, 400, 0.6)
+        for i, a in enumerate(hits):
+            for b in hits[i + 1:]:
+                if a.chunk.source != b.chunk.source:
+                    assert text_similarity(shingles(a.chunk.text), shingles(b.chunk.text)) < 0.6, seed
+
+
 def test_retriever_collapses_editions_of_a_tiny_corpus(tmp_path: Path, cfg: RagConfig) -> None:
     body = ("To rotate the logs, run logrotate with the configuration in /etc/logrotate.conf. "
             "Old logs are compressed with gzip after one day and removed after four weeks.")
