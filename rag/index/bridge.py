@@ -14,11 +14,8 @@ CC-CEDICT file (``.txt`` or ``.txt.gz``; lines ``traditional simplified [pinyin]
 - English -> Chinese: a word or two-word phrase of the question that is a whole gloss, or a whole part of a gloss
   between semicolons (``delete`` -> 删除, ``time zone`` -> 时区, ``usage`` -> 用量 "quantity used; usage; dose")
   gives the headwords with that gloss that the index holds, rarest first, a few per phrase.
-- Near-synonyms, for English questions only: a dictionary glosses one English word with several Chinese words, and
-  the document may use one that is not the word's own gloss (the question says "usage", 用法 is "usage", the man
-  page says 使用量 "usage amount"). So each word of an English question also gives the headwords the index holds
-  one of whose short glosses (at most two content words) contains the word, rarest first, at most two. In a
-  Chinese question the English words are names and options, which near-synonyms would only blur.
+  Near-synonyms (the headwords whose short glosses merely contain the word: 使用量 "usage amount" for "usage") were
+  tried and not kept: better on dev2 tune, worse on test (docs/EVAL.md).
 
 The Latin-script words of a Chinese question (commands, options, names) stay in its bridge query, so the bridge
 looks for the translated words next to the same names. Loading the full dictionary takes about 2 s once per process.
@@ -31,7 +28,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rag.core.errors import ConfigError
@@ -39,17 +36,13 @@ from rag.index.bm25 import STOPWORDS, is_cjk_token, tokenize
 
 log = logging.getLogger(__name__)
 
-# Tuned on dev2 tune (docs/EVAL.md): glosses per Chinese word, headwords per English phrase, and near-synonyms per
-# English word of an English question (headwords one of whose glosses of at most NEAR_GLOSS_WORDS words has the word).
+# Tuned on dev2 tune (docs/EVAL.md): glosses per Chinese word, headwords per English phrase.
 ENGLISH_PER_WORD = 4
 CHINESE_PER_PHRASE = 3
-NEAR_PER_WORD = 2
-NEAR_GLOSS_WORDS = 2
 
 _ENTRY = re.compile(r"^(\S+) (\S+) \[[^\]]*\] /(.*)/\s*$")
 _BRACKETED = re.compile(r"\([^)]*\)|\[[^\]]*\]")
 _ENGLISH_WORD = re.compile(r"[a-z][a-z0-9-]*")
-_HAS_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 # Glosses that are cross-references or grammar notes, not meanings.
 _NOT_A_MEANING = ("cl:", "variant of", "old variant", "surname", "see ", "abbr.", "used in", "erhua", "taiwan pr",
                   "also written", "(old)")
@@ -78,20 +71,16 @@ class Dictionary:
     Attributes:
         to_english: simplified headword -> English content words of its first glosses, in gloss order.
         to_chinese: lower-case English gloss of one or two words -> simplified headwords with that gloss.
-        sharing: lower-case English word -> simplified headwords (two or more characters) one of whose glosses of
-            at most ``NEAR_GLOSS_WORDS`` content words holds the word (the near-synonyms).
     """
 
     to_english: dict[str, tuple[str, ...]]
     to_chinese: dict[str, tuple[str, ...]]
-    sharing: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_cedict_lines(cls, lines: Iterable[str]) -> Dictionary:
         """Build from CC-CEDICT lines; comment lines and lines of another shape are skipped."""
         english: dict[str, list[str]] = {}
         chinese: dict[str, list[str]] = {}
-        sharing: dict[str, list[str]] = {}
         for line in lines:
             match = _ENTRY.match(line)
             if match is None or line.startswith("#"):
@@ -115,14 +104,7 @@ class Dictionary:
                         heads = chinese.setdefault(" ".join(part.split()), [])
                         if headword not in heads:
                             heads.append(headword)
-                    near = [w for w in _ENGLISH_WORD.findall(part) if w not in _GLOSS_FILLER]
-                    if 1 <= len(near) <= NEAR_GLOSS_WORDS:
-                        for word in near:
-                            heads = sharing.setdefault(word, [])
-                            if headword not in heads:
-                                heads.append(headword)
-        return cls({h: tuple(w) for h, w in english.items() if w}, {g: tuple(h) for g, h in chinese.items()},
-                   {w: tuple(h) for w, h in sharing.items()})
+        return cls({h: tuple(w) for h, w in english.items() if w}, {g: tuple(h) for g, h in chinese.items()})
 
     @classmethod
     def from_file(cls, path: Path) -> Dictionary:
@@ -132,8 +114,7 @@ class Dictionary:
             return cls.from_cedict_lines(handle)
 
     def bridge_query(self, query: str, idf: Callable[[str], float | None]) -> str:
-        """The question's words in the other language (plus its Latin-script words and, for an English question,
-        near-synonyms of its words), as a BM25 query.
+        """The question's words in the other language (plus its Latin-script words), as a BM25 query.
 
         Args:
             query: the question.
@@ -151,17 +132,11 @@ class Dictionary:
         words = _ENGLISH_WORD.findall(query.lower())
         phrases = [" ".join(words[i:i + 2]) for i in range(len(words) - 1)]
         phrases += [w for w in words if w not in _GLOSS_FILLER]
-        english_question = _HAS_CJK.search(query) is None
         for phrase in phrases:
             heads = self.to_chinese.get(phrase) or next(
                 (self.to_chinese[base] for base in _base_forms(phrase) if base in self.to_chinese), ())
             held = [(weight, h) for h in heads if (weight := idf(h)) is not None]
             translated.extend(h for _, h in sorted(held, key=lambda pair: -pair[0])[:CHINESE_PER_PHRASE])
-            if english_question and " " not in phrase:
-                near = self.sharing.get(phrase) or next(
-                    (self.sharing[base] for base in _base_forms(phrase) if base in self.sharing), ())
-                extra = [(weight, h) for h in near if h not in heads and (weight := idf(h)) is not None]
-                translated.extend(h for _, h in sorted(extra, key=lambda pair: -pair[0])[:NEAR_PER_WORD])
         if not translated:
             return ""
         return " ".join([t for t in tokens if not is_cjk_token(t)] + translated)
