@@ -48,5 +48,5 @@ def test_a_read_only_index_with_v2_tokens_answers_with_option_tokens(tmp_path: P
         pytest.skip(f"cannot make a read-only bind mount here: {result.stderr.strip()[-200:]}")
     assert result.returncode == 0, result.stderr[-2000:]
     hit = json.loads(result.stdout.splitlines()[0])
-    assert hit["source"] == "df-H.txt", result.stdout
+    assert hit["source"] == "df-si.txt", result.stdout
     assert "re-tokenising" in result.stderr and "Traceback" not in result.stderr

@@ -1,5 +1,6 @@
 """Option-aware keyword tokens: ``-H`` is not ``-h``, in the stored chunk tokens, in the question, in prose and in
-block rescoring; an index whose tokens an older tokenizer made is re-tokenised on open and on the next ingest."""
+block rescoring; file-name words in every chunk's tokens; an index whose tokens an older tokenizer made is
+re-tokenised on open and on the next ingest."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from rag.answer.blocks import best_block_weight
 from rag.answer.retrieve import Retriever
 from rag.core.config import RagConfig
 from rag.embed.embedder import HashEmbedder
-from rag.index.bm25 import BM25, STOPWORDS, TOKENIZER_VERSION, option_tokens, tokenize
+from rag.index.bm25 import BM25, STOPWORDS, TOKENIZER_VERSION, chunk_tokens, name_words, option_tokens, tokenize
 from rag.index.docstore import DocStore
 from rag.index.layout import DOCSTORE
 from rag.index.reader import KnowledgeIndex
@@ -65,8 +66,8 @@ def test_articles_pronouns_and_longer_words_before_option_are_no_options(questio
 
 # v2 kept the -h chunk first for a -H question: both options were the word "h", and the -h chunk is shorter.
 DF = {
-    "df-h.txt": "-h, --human-readable 以 1024 为幂显示大小",
-    "df-H.txt": "-H, --si 以 1000 为幂输出大小，例如 1.1G，用于磁盘厂商的单位",
+    "df-human.txt": "-h, --human-readable 以 1024 为幂显示大小",
+    "df-si.txt": "-H, --si 以 1000 为幂输出大小，例如 1.1G，用于磁盘厂商的单位",
     "du.txt": "du 统计目录占用的磁盘空间，--max-depth 限制深度",
 }
 
@@ -135,12 +136,12 @@ def test_an_index_with_v2_tokens_is_retokenised_on_open_without_writing_and_stor
     ids, tokens = ds.all_tokens()
     names = {i: c.source for i, c in ds.get_chunks(ids).items()}
     ds.close()
-    assert names[BM25(ids, tokens).search("df -H 是什么意思？", 1)[0][0]] == "df-h.txt"  # v2 tokens confuse them
+    assert names[BM25(ids, tokens).search("df -H 是什么意思？", 1)[0][0]] == "df-human.txt"  # v2 tokens confuse them
     before = hashlib.sha256(store.read_bytes()).hexdigest()
 
     reader = KnowledgeIndex.open(directory, cfg, HashEmbedder())  # re-tokenises in memory, writes nothing
-    assert _first_source(reader, "df -H 是什么意思？") == "df-H.txt"
-    assert _first_source(reader, "df 的 H 选项") == "df-H.txt"
+    assert _first_source(reader, "df -H 是什么意思？") == "df-si.txt"
+    assert _first_source(reader, "df 的 H 选项") == "df-si.txt"
     reader.close()
     assert hashlib.sha256(store.read_bytes()).hexdigest() == before
 
@@ -152,6 +153,43 @@ def test_an_index_with_v2_tokens_is_retokenised_on_open_without_writing_and_stor
         assert any("-H" in tokens.split() for tokens in ds.all_tokens()[1])
     ds.close()
     reopened = KnowledgeIndex.open(directory, cfg, HashEmbedder())
-    assert _first_source(reopened, "df -H 是什么意思？") == "df-H.txt"
+    assert _first_source(reopened, "df -H 是什么意思？") == "df-si.txt"
     assert reopened.manifest["bm25"]["tokenizer"] == TOKENIZER_VERSION
     reopened.close()
+
+
+@pytest.mark.parametrize(("source", "words"), [
+    ("man/df.1.txt", "df"), ("man/logind.conf.5.txt", "logind conf"), ("sect.remote-login.html", "sect remote login"),
+    ("运维/磁盘管理.md", "磁盘管理"), ("kb\\VPN_guide.docx", "VPN guide"), ("README", "README"),
+])
+def test_name_words_drop_folders_extensions_and_man_sections(source: str, words: str) -> None:
+    assert name_words(source) == words
+
+
+def test_stored_tokens_hold_the_file_name_words_without_numbers() -> None:
+    assert chunk_tokens("-H, --si", "man/df.1.txt").split() == ["-H", "h", "--si", "si", "df"]
+    assert chunk_tokens("正文", "docs/2024-report.md").split() == ["正文", "report"]
+
+
+MAN = {  # the option entries of df.1 never say "df"; the guide says "df -h"; -H is an option of many commands
+    "man/df.1.txt": "DF(1) 用户命令\n\n名称\n    df - 报告文件系统空间使用情况\n\n概述\n    df [选项列表]... [文件列表]...\n\n"
+                    "选项\n\n    -a, --all\n        包含伪文件系统\n\n    -h, --human-readable\n        以 1024 为幂显示大小\n\n"
+                    "    -H, --si\n        以 1000 为幂输出大小（例，1.1G）\n",
+    "guide/disks.txt": "磁盘快满时先用 df -h 看各分区的剩余空间，再用 du 找出占用最大的目录。",
+    "man/grep.1.txt": "-H, --with-filename\n    为每个匹配打印文件名",
+    "man/du.1.txt": "-H     和 --dereference-args（-D）等效",
+    "man/ls.1.txt": "-H, --dereference-command-line\n    跟随命令行列出的符号链接",
+    "man/cp.1.txt": "-H     跟随源文件中的命令行符号链接",
+}
+
+
+def test_a_question_naming_the_command_finds_its_option_entry(tmp_path: Path, cfg: RagConfig) -> None:
+    sync_folder(write_corpus(tmp_path / "kb", MAN), cfg, HashEmbedder())
+    index = KnowledgeIndex.open(cfg.index.dir, cfg, HashEmbedder())
+    question = "df -H 是什么意思？"
+    retriever = Retriever(index, replace(cfg.retrieve, bridge="", unknown_name_min_chars=0))
+    first = retriever.search(question, top_k=1, mode="bm25")[0].chunk
+    assert first.source == "man/df.1.txt" and "-H, --si" in first.text
+    chunks = index.chunks([int(i) for i in index.bm25.ids]) if index.bm25 is not None else {}
+    without_names = BM25(list(chunks), [" ".join(tokenize(c.text)) for c in chunks.values()])
+    assert "-H, --si" not in chunks[without_names.search(question, 1)[0][0]].text  # what the name words fix
