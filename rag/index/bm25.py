@@ -214,6 +214,9 @@ def store_current_tokens(docstore: DocStore) -> int:
 class BM25:
     """Okapi BM25 over pre-tokenised documents, with inverted lists in numpy arrays.
 
+    A document's length leaves out its option tokens (``-H`` next to its word ``h``): they repeat a word already
+    counted, and counting them twice made option lists look long and lose to prose (docs/EVAL.md).
+
     Args:
         ids: chunk ids [n].
         docs: space-joined tokens per chunk [n].
@@ -227,7 +230,7 @@ class BM25:
         lengths = np.zeros(len(docs), dtype=np.float32)
         for row, doc in enumerate(docs):
             words = doc.split()
-            lengths[row] = len(words)
+            lengths[row] = sum(1 for word in words if not is_option_token(word))  # an option repeats its word
             for word in words:
                 slot = postings[word]
                 slot[row] = slot.get(row, 0) + 1

@@ -94,6 +94,12 @@ def test_bm25_ranks_the_option_asked_about_first_and_the_old_tokens_did_not() ->
     assert old.search("df -H 是什么意思？", 3)[0][0] == 0  # the confusion this tokenizer removes
 
 
+def test_option_tokens_do_not_make_a_chunk_longer_for_bm25() -> None:
+    bm25 = BM25([1, 2], [" ".join(tokenize("-H, --si 输出大小")), "h si 输出 大小"])
+    assert bm25.lengths.tolist() == [4.0, 4.0]  # -H and --si repeat the words h and si
+    assert bm25.search("h si", 2)[0][1] == pytest.approx(bm25.search("h si", 2)[1][1])
+
+
 def test_block_rescoring_finds_an_option_only_in_its_own_case() -> None:
     text = "-h, --human-readable\n    1024 为幂\n\n-H, --si\n    1000 为幂"
     assert best_block_weight(text, {"-H": 2.0, "1000": 1.0}) == 3.0
