@@ -25,6 +25,7 @@ a reader whose version differs re-tokenises the chunk texts in memory instead of
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -56,10 +57,12 @@ _PIECE = re.compile(
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,5}$")
 _MAN_SECTION = re.compile(r"\.[0-9][a-z]{0,3}$")
 _NAME_SEPARATORS = re.compile(r"[._-]+")
+_OPTION_START = re.compile(r"(?:^|[^A-Za-z0-9_.+#/-])(?:--?|\+)[A-Za-z]|%")
 # Hyphens that typesetting (groff, word processors) puts where an option's ASCII dash was; NFKC keeps them.
 DASHES = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2212": "-"})
 # A single letter named as an option in prose: "H 选项", "参数 h", "the h flag", "H option", "option H", "'h' flag".
 # In English only after "the", quoted, or as a capital other than A and I ("a flag" is an article, not -a).
+_PROSE_CUE = re.compile(r"选项|参数|开关|option|flag|switch", re.IGNORECASE)
 _PROSE_OPTION = [
     re.compile(r"(?<![A-Za-z0-9_.+#/-])([A-Za-z])(?=\s*(?:选项|参数|开关))"),
     re.compile(r"(?<=选项|参数|开关)(\s*)([A-Za-z])(?![A-Za-z0-9_.+#/-])"),
@@ -102,6 +105,8 @@ def is_option_token(token: str) -> bool:
 
 def _prose_options(text: str) -> str:
     """``text`` with single letters that prose names as options written as options: ``H 选项`` -> ``-H 选项``."""
+    if _PROSE_CUE.search(text) is None:  # most text names no option: skip the six patterns
+        return text
     for number, pattern in enumerate(_PROSE_OPTION):
         if number == 1:
             text = pattern.sub(r"\1-\2", text)
@@ -117,6 +122,8 @@ def _option_token(option: str) -> str:
 def _latin_tokens(run: str) -> list[str]:
     """The tokens of a run without CJK: words lower-cased; an option or a format sequence as written, then its
     letters as a lower-cased word (``-H`` -> ``-H``, ``h``; ``--Max-Depth`` -> ``--max-depth``, ``max-depth``)."""
+    if _OPTION_START.search(run) is None:  # no option can start here: the plain word scan (most runs)
+        return [w for w in _WORD.findall(run.lower()) if w not in STOPWORDS]
     tokens: list[str] = []
     for match in _PIECE.finditer(run):
         piece = match.group()
@@ -172,7 +179,13 @@ def chunk_tokens(text: str, source: str) -> str:
     question that names it (``df -H``) found the handbook chunks that write ``df -h`` instead; the name is the
     page's title. On dev2 this lifted the man pages from hit@5 0.682 to 0.741 on test (docs/EVAL.md).
     """
-    return " ".join(tokenize(text) + [t for t in tokenize(name_words(source)) if not t.isdigit()])
+    return " ".join(tokenize(text) + list(_name_tokens(source)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_tokens(source: str) -> tuple[str, ...]:
+    """The tokens of a file's name words (all chunks of a file share them: made once per file)."""
+    return tuple(t for t in tokenize(name_words(source)) if not t.isdigit())
 
 
 def _tokens_from_texts(docstore: DocStore, ids: list[int]) -> list[str]:
