@@ -243,12 +243,10 @@ class BM25:
         lengths = np.zeros(len(docs), dtype=np.float32)
         for row, doc in enumerate(docs):
             words = doc.split()
-            lengths[row] = sum(1 for word in words if not is_option_token(word))  # an option repeats its word
+            lengths[row] = len(words)
             for word in words:
                 slot = postings[word]
                 slot[row] = slot.get(row, 0) + 1
-        self.avg_len = float(lengths.mean()) if len(docs) else 0.0
-        self.lengths = lengths
         n = len(docs)
         # term -> (rows int32 [m], tf float32 [m], idf)
         self.postings: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
@@ -261,6 +259,10 @@ class BM25:
                 np.fromiter(rows.values(), dtype=np.float32, count=df),
                 idf,
             )
+            if is_option_token(word):  # an option repeats its word: not counted in the length
+                np.subtract.at(lengths, self.postings[word][0], self.postings[word][1])
+        self.avg_len = float(lengths.mean()) if len(docs) else 0.0
+        self.lengths = lengths
 
     def __len__(self) -> int:
         return len(self.ids)
