@@ -19,20 +19,14 @@ from rag.core.config import REPO_ROOT, RagConfig
 from rag.embed.embedder import HashEmbedder
 from rag.index.sync import sync_folder
 from tests.conftest import write_corpus
+from tests.integration.test_index_faults import needs_unshare
 from tests.unit.test_option_tokens import DF, _store_v2_tokens
 
 pytestmark = pytest.mark.integration
 OVERRIDES = "embed.source=hash load.workers=1 split.chunk_size=120 split.chunk_overlap=20 retrieve.bridge="
 
 
-def _unshare_works() -> bool:
-    try:
-        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.mark.skipif(not _unshare_works(), reason="unshare -rm (user + mount namespaces) not allowed here")
+@needs_unshare
 def test_a_read_only_index_with_v2_tokens_answers_with_option_tokens(tmp_path: Path, cfg: RagConfig) -> None:
     index = Path(cfg.index.dir)
     sync_folder(write_corpus(tmp_path / "man", DF), cfg, HashEmbedder())
