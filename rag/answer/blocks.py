@@ -9,7 +9,8 @@ block is scored by the IDF mass of the question's words (and of their dictionary
 order is fused with the retrieval order by reciprocal ranks. The chunk (the parent) is still what is returned, so
 the answer keeps its context. No model and no re-ingest. A block holds a term when it contains it as a substring
 (a Latin-script term as a whole word), not by re-tokenising: jieba over 20 chunks cost ~20 ms a query, the
-substring test well under 1 ms.
+substring test well under 1 ms. Options keep their case here as in BM25 (:mod:`rag.index.bm25`): the question's
+``-H`` is found in the block of ``-H``, not in the block of ``-h``.
 """
 
 from __future__ import annotations
@@ -18,25 +19,40 @@ import re
 import unicodedata
 from collections.abc import Mapping
 
-from rag.index.bm25 import is_cjk_token
+from rag.index.bm25 import DASHES, is_cjk_token, is_option_token
 
 _BLOCK = re.compile(r"\n[^\S\n]*\n")
 
-
-def _finder(term: str) -> re.Pattern[str]:
-    """A Chinese term anywhere; a Latin-script term (``ls``, ``-c``'s ``c``) only between non-word characters."""
-    return re.compile(re.escape(term) if is_cjk_token(term) else rf"(?<![a-z0-9]){re.escape(term)}(?![a-z0-9])")
+# A term's pattern, its weight, and whether it is looked for in the block as written (True) or lower-cased.
+Finder = tuple[re.Pattern[str], float, bool]
 
 
-def best_block_weight(text: str, weights: Mapping[str, float],
-                      finders: list[tuple[re.Pattern[str], float]] | None = None) -> float:
-    """The largest sum of ``weights`` of distinct terms (lower-case tokens) that one blank-line block of ``text``
-    holds (``finders``: the terms' patterns with their weights, when the caller has made them already)."""
-    finders = finders if finders is not None else [(_finder(term), weight) for term, weight in weights.items()]
+def _finder(term: str, weight: float) -> Finder:
+    """A Chinese term anywhere; a Latin-script term (``ls``) only between non-word characters; an option (``-H``,
+    ``%F``) only where the tokenizer would read it as that option, in its case (a ``--long`` option lower-cased)."""
+    if is_cjk_token(term):
+        return re.compile(re.escape(term)), weight, False
+    if is_option_token(term):
+        before = r"(?<![A-Za-z0-9_%])" if term.startswith("%") else r"(?<![A-Za-z0-9_.+#/-])"
+        return re.compile(rf"{before}{re.escape(term)}(?![A-Za-z0-9_])"), weight, not term.startswith("--")
+    return re.compile(rf"(?<![a-z0-9]){re.escape(term)}(?![a-z0-9])"), weight, False
+
+
+def finders(weights: Mapping[str, float]) -> list[Finder]:
+    """The patterns of the terms with a positive weight, made once per question."""
+    return [_finder(term, weight) for term, weight in weights.items() if weight > 0]
+
+
+def best_block_weight(text: str, weights: Mapping[str, float], found: list[Finder] | None = None) -> float:
+    """The largest sum of ``weights`` of distinct terms (tokens of :func:`rag.index.bm25.tokenize`) that one
+    blank-line block of ``text`` holds (``found``: the terms' :func:`finders`, when the caller has made them)."""
+    found = found if found is not None else finders(weights)
     best = 0.0
-    for block in _BLOCK.split(unicodedata.normalize("NFKC", text).lower()):
+    for block in _BLOCK.split(unicodedata.normalize("NFKC", text).translate(DASHES)):
         if block.strip():
-            best = max(best, sum(weight for finder, weight in finders if finder.search(block)))
+            lower = block.lower()
+            best = max(best, sum(weight for finder, weight, as_written in found
+                                 if finder.search(block if as_written else lower)))
     return best
 
 
@@ -52,8 +68,8 @@ def rerank_by_blocks(ranking: list[tuple[int, float]], texts: Mapping[int, str],
         block_weight: the weight of the block order (the retrieval order has weight 1).
     """
     ranking = [item for item in ranking if item[0] in texts]
-    finders = [(_finder(term), weight) for term, weight in weights.items() if weight > 0]
-    block = {chunk_id: best_block_weight(texts[chunk_id], weights, finders) for chunk_id, _ in ranking}
+    found = finders(weights)
+    block = {chunk_id: best_block_weight(texts[chunk_id], weights, found) for chunk_id, _ in ranking}
     by_block = sorted(ranking, key=lambda item: -block[item[0]])  # stable: ties keep the retrieval order
     fused = {chunk_id: 1.0 / (rrf_k + rank) for rank, (chunk_id, _) in enumerate(ranking, 1)}
     for rank, (chunk_id, _) in enumerate(by_block, 1):

@@ -6,18 +6,33 @@ CJK and of other characters: CJK runs are cut with ``jieba.cut_for_search`` (whi
 inside long ones, so 磁盘空间 matches 磁盘), other runs into words (``4.3.1``, ``dpkg-reconfigure``, ``v2.24.1`` stay
 whole). jieba only ever sees CJK, so an English word is tokenised the same way in a Chinese and an English chunk.
 
+Command-line options are the exception to lower-casing: ``-H`` and ``-h`` are different options of ``df``, and a
+question about one must find that one first, so an option is also kept as written, case and dash included, as a
+token of its own (``-H``, ``-maxdepth``, ``-exec``, ``+x``; a ``--long`` option is lower-cased, since long options
+are written in lower case and ``--HELP`` in a question means ``--help``), and so is a format sequence (``%F`` is not
+``%f``). The option's letters stay as a lower-cased word next to it (``-H`` -> ``-H`` and ``h``; ``--delete`` ->
+``--delete`` and ``delete``), so a question that says "delete" still finds the ``--delete`` entry, and an option
+written in the other case still matches, only lower than the exact one: on dev2 tune keeping the word was better
+than dropping it (docs/EVAL.md). A letter named as an option in prose (``H 选项``, ``参数 h``, ``the H flag``) counts
+as that option.
+
+Each chunk's stored tokens also hold the words of its file's name (:func:`chunk_tokens`): the name is a title that
+a chunk deep inside the file does not repeat.
+
 ``TOKENIZER_VERSION`` names this tokenisation; an index records the version its stored tokens were made with, and
 a reader whose version differs re-tokenises the chunk texts in memory instead of mixing two tokenisations.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,9 +42,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_VERSION = "jieba-search-v2"  # v1: jieba over whole mixed text (split 4.3.1 and dpkg-reconfigure apart)
+# v1: jieba over whole mixed text (split 4.3.1 and dpkg-reconfigure apart); v2: every option lower-cased, -H = -h = h,
+# no file-name words; v3: options as written, file-name words in every chunk's tokens
+TOKENIZER_VERSION = "jieba-search-v3"
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9_.+#-]*[a-z0-9+#]|[a-z0-9]")
+# One scan of a non-CJK run, left to right: an option (after no letter, digit or ``_ . + # / -``, so dpkg-reconfigure,
+# u+x and 2024-01-01 hold none), a format sequence (%F, %+4Y, %-d), else an ordinary word (matched in any case and
+# lower-cased afterwards; the same words as _WORD).
+_PIECE = re.compile(
+    r"(?P<option>(?<![A-Za-z0-9_.+#/-])(?:--?|\+)[A-Za-z](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?![A-Za-z0-9_]))"
+    r"|(?P<format>(?<![A-Za-z0-9_%])%[-_0^#+]?[0-9]*[A-Za-z](?![A-Za-z0-9_]))"
+    r"|(?P<word>[A-Za-z0-9][A-Za-z0-9_.+#-]*[A-Za-z0-9+#]|[A-Za-z0-9])")
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,5}$")
+_MAN_SECTION = re.compile(r"\.[0-9][a-z]{0,3}$")
+_NAME_SEPARATORS = re.compile(r"[._-]+")
+_OPTION_START = re.compile(r"(?:^|[^A-Za-z0-9_.+#/-])(?:--?|\+)[A-Za-z]|%")
+# Hyphens that typesetting (groff, word processors) puts where an option's ASCII dash was; NFKC keeps them.
+DASHES = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2212": "-"})
+# A single letter named as an option in prose: "H 选项", "参数 h", "the h flag", "H option", "option H", "'h' flag".
+# In English only after "the", quoted, or as a capital other than A and I ("a flag" is an article, not -a).
+_PROSE_CUE = re.compile(r"选项|参数|开关|option|flag|switch", re.IGNORECASE)
+_PROSE_OPTION = [
+    re.compile(r"(?<![A-Za-z0-9_.+#/-])([A-Za-z])(?=\s*(?:选项|参数|开关))"),
+    re.compile(r"(?<=选项|参数|开关)(\s*)([A-Za-z])(?![A-Za-z0-9_.+#/-])"),
+    re.compile(r"(?<=\bthe )([A-Za-z])(?= (?:option|flag|switch)\b)", re.IGNORECASE),
+    re.compile(r"['\"`‘“]([A-Za-z])['\"`’”](?= ?(?:option|flag|switch)\b)", re.IGNORECASE),
+    re.compile(r"(?<![A-Za-z0-9_.+#/'\"`-])([B-HJ-Z])(?= (?:option|flag|switch)\b)"),
+    re.compile(r"(?<=\b(?:option|switch) )([B-HJ-Z])(?![A-Za-z0-9_.+#/-])"),
+]
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _RUNS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+|[^\u3400-\u9fff\uf900-\ufaff]+")
 _PART_SPLIT = re.compile(r"[-._/+#]+")
@@ -56,9 +97,59 @@ def is_cjk_token(token: str) -> bool:
     return _CJK.match(token) is not None
 
 
+def is_option_token(token: str) -> bool:
+    """Whether a token of :func:`tokenize` is a command-line option or a format sequence (``-H``, ``--delete``,
+    ``+x``, ``%F``): matched as written, case included, never as a substring of a longer word."""
+    return token[:1] in ("-", "+", "%")
+
+
+def _prose_options(text: str) -> str:
+    """``text`` with single letters that prose names as options written as options: ``H 选项`` -> ``-H 选项``."""
+    if _PROSE_CUE.search(text) is None:  # most text names no option: skip the six patterns
+        return text
+    for number, pattern in enumerate(_PROSE_OPTION):
+        if number == 1:
+            text = pattern.sub(r"\1-\2", text)
+        else:
+            text = pattern.sub(r"-\1", text)
+    return text
+
+
+def _option_token(option: str) -> str:
+    return option.lower() if option.startswith("--") else option
+
+
+def _latin_tokens(run: str) -> list[str]:
+    """The tokens of a run without CJK: words lower-cased; an option or a format sequence as written, then its
+    letters as a lower-cased word (``-H`` -> ``-H``, ``h``; ``--Max-Depth`` -> ``--max-depth``, ``max-depth``)."""
+    if _OPTION_START.search(run) is None:  # no option can start here: the plain word scan (most runs)
+        return [w for w in _WORD.findall(run.lower()) if w not in STOPWORDS]
+    tokens: list[str] = []
+    for match in _PIECE.finditer(run):
+        piece = match.group()
+        if match.lastgroup == "word":
+            word = piece.lower()
+            if word not in STOPWORDS:
+                tokens.append(word)
+            continue
+        tokens.append(_option_token(piece) if match.lastgroup == "option" else piece)
+        word = (piece.lstrip("-+") if match.lastgroup == "option" else piece[-1]).lower()
+        if word not in STOPWORDS:
+            tokens.append(word)
+    return tokens
+
+
+def option_tokens(text: str) -> set[str]:
+    """The option and format-sequence tokens that :func:`tokenize` finds in ``text``, without running jieba."""
+    text = _prose_options(unicodedata.normalize("NFKC", text).translate(DASHES))
+    return {_option_token(m.group()) if m.lastgroup == "option" else m.group()
+            for m in _PIECE.finditer(text) if m.lastgroup != "word"}
+
+
 def tokenize(text: str) -> list[str]:
-    """Tokens for BM25: jieba search-mode words for CJK runs, lower-cased words for the rest; stopwords dropped."""
-    text = unicodedata.normalize("NFKC", text).lower()
+    """Tokens for BM25: jieba search-mode words for CJK runs, lower-cased words for the rest, options and format
+    sequences as written and also as lower-cased words (see the module docstring); stopwords dropped."""
+    text = _prose_options(unicodedata.normalize("NFKC", text).translate(DASHES))
     tokens: list[str] = []
     for run in _RUNS.findall(text):
         if _CJK.match(run):
@@ -66,20 +157,42 @@ def tokenize(text: str) -> list[str]:
                 if piece not in STOPWORDS:
                     tokens.append(piece)
         else:
-            tokens.extend(w for w in _WORD.findall(run) if w not in STOPWORDS)
+            tokens.extend(_latin_tokens(run))
     return tokens
 
 
-def retokenize(texts: Sequence[str]) -> list[str]:
-    """Space-joined tokens of each text with the current tokenizer (what the docstore stores per chunk)."""
-    return [" ".join(tokenize(t)) for t in texts]
+def name_words(source: str) -> str:
+    """The words of a file's name, for its chunks' keyword text: no folders, no extension, no man-page section, and
+    ``. _ -`` as spaces (``man/df.1.txt`` -> ``df``, ``man/logind.conf.5.txt`` -> ``logind conf``,
+    ``handbook/sect.remote-login.html`` -> ``sect remote login``, ``运维/磁盘管理.md`` -> ``磁盘管理``)."""
+    name = PurePosixPath(source.replace("\\", "/")).name
+    name = _EXTENSION.sub("", name, count=1)
+    name = _MAN_SECTION.sub("", name, count=1)
+    return _NAME_SEPARATORS.sub(" ", name).strip()
+
+
+def chunk_tokens(text: str, source: str) -> str:
+    """What the docstore stores for a chunk: the space-joined tokens of its text (heading path + chunk text) and of
+    its file's name words (:func:`name_words`) without bare numbers.
+
+    Why the file name: a command reference's option entries deep in the page never repeat the command's name, so a
+    question that names it (``df -H``) found the handbook chunks that write ``df -h`` instead; the name is the
+    page's title. On dev2 this lifted the man pages from hit@5 0.682 to 0.741 on test (docs/EVAL.md).
+    """
+    return " ".join(tokenize(text) + list(_name_tokens(source)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_tokens(source: str) -> tuple[str, ...]:
+    """The tokens of a file's name words (all chunks of a file share them: made once per file)."""
+    return tuple(t for t in tokenize(name_words(source)) if not t.isdigit())
 
 
 def _tokens_from_texts(docstore: DocStore, ids: list[int]) -> list[str]:
     from rag.ingest.split import embedding_text  # the text sync tokenised: heading path + chunk text
 
     chunks = docstore.get_chunks(ids)
-    return retokenize([embedding_text(chunks[i]) for i in ids])
+    return [chunk_tokens(embedding_text(chunks[i]), chunks[i].source) for i in ids]
 
 
 def current_tokens(docstore: DocStore) -> tuple[list[int], list[str]]:
@@ -114,6 +227,9 @@ def store_current_tokens(docstore: DocStore) -> int:
 class BM25:
     """Okapi BM25 over pre-tokenised documents, with inverted lists in numpy arrays.
 
+    A document's length leaves out its option tokens (``-H`` next to its word ``h``): they repeat a word already
+    counted, and counting them twice made option lists look long and lose to prose (docs/EVAL.md).
+
     Args:
         ids: chunk ids [n].
         docs: space-joined tokens per chunk [n].
@@ -131,8 +247,6 @@ class BM25:
             for word in words:
                 slot = postings[word]
                 slot[row] = slot.get(row, 0) + 1
-        self.avg_len = float(lengths.mean()) if len(docs) else 0.0
-        self.lengths = lengths
         n = len(docs)
         # term -> (rows int32 [m], tf float32 [m], idf)
         self.postings: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
@@ -145,6 +259,10 @@ class BM25:
                 np.fromiter(rows.values(), dtype=np.float32, count=df),
                 idf,
             )
+            if is_option_token(word):  # an option repeats its word: not counted in the length
+                np.subtract.at(lengths, self.postings[word][0], self.postings[word][1])
+        self.avg_len = float(lengths.mean()) if len(docs) else 0.0
+        self.lengths = lengths
 
     def __len__(self) -> int:
         return len(self.ids)

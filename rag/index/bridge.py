@@ -11,8 +11,11 @@ CC-CEDICT file (``.txt`` or ``.txt.gz``; lines ``traditional simplified [pinyin]
 
 - Chinese -> English: the question's jieba words of two or more characters (a single character has dozens of
   unrelated senses: 按 "press, push, according to") give the content words of their first glosses.
-- English -> Chinese: a word or two-word phrase of the question that is a whole gloss (``delete`` -> 删除, ``time
-  zone`` -> 时区) gives the headwords with that gloss that the index holds, rarest first, a few per phrase.
+- English -> Chinese: a word or two-word phrase of the question that is a whole gloss, or a whole part of a gloss
+  between semicolons (``delete`` -> 删除, ``time zone`` -> 时区, ``usage`` -> 用量 "quantity used; usage; dose")
+  gives the headwords with that gloss that the index holds, rarest first, a few per phrase.
+  Near-synonyms (the headwords whose short glosses merely contain the word: 使用量 "usage amount" for "usage") were
+  tried and not kept: better on dev2 tune, worse on test (docs/EVAL.md).
 
 The Latin-script words of a Chinese question (commands, options, names) stay in its bridge query, so the bridge
 looks for the translated words next to the same names. Loading the full dictionary takes about 2 s once per process.
@@ -93,10 +96,14 @@ class Dictionary:
                 for word in _ENGLISH_WORD.findall(gloss):
                     if word not in _GLOSS_FILLER and word not in words:
                         words.append(word)
-                if len(headword) >= 2 and 1 <= len(gloss.split()) <= 2:
-                    heads = chinese.setdefault(" ".join(gloss.split()), [])
-                    if headword not in heads:
-                        heads.append(headword)
+                if len(headword) < 2:
+                    continue
+                for part in (part.strip() for part in gloss.split(";")):  # "quantity used; usage; dose"
+                    part = part[3:] if part.startswith("to ") else part
+                    if 1 <= len(part.split()) <= 2:
+                        heads = chinese.setdefault(" ".join(part.split()), [])
+                        if headword not in heads:
+                            heads.append(headword)
         return cls({h: tuple(w) for h, w in english.items() if w}, {g: tuple(h) for g, h in chinese.items()})
 
     @classmethod

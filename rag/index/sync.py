@@ -36,7 +36,7 @@ from rag.core.errors import IndexStateError, RagError
 from rag.core.paths import open_inside
 from rag.core.types import Chunk, ParsedFile
 from rag.embed.embedder import Embedder
-from rag.index.bm25 import store_current_tokens, tokenize
+from rag.index.bm25 import chunk_tokens, store_current_tokens
 from rag.index.docstore import DocStore, FileRecord, disk_full, move_aside, store_error
 from rag.index.layout import BM25_TOKENIZER, DOCSTORE, FORMAT_VERSION, LOCK, MANIFEST, faiss_path, write_manifest
 from rag.index.milvus_sync import effective_config
@@ -114,7 +114,7 @@ class _Sync:
         texts = [t for p in self.pending for t in p.texts]
         self.indexed += len(texts)
         vectors = self._embed(texts)
-        tokens = [" ".join(tokenize(t)) for t in texts]
+        tokens = [chunk_tokens(t, p.source) for p in self.pending for t in p.texts]
         offset = 0
         with self.tx():
             for item in self.pending:
