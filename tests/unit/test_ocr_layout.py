@@ -168,3 +168,39 @@ def test_join_lines_spaces_words_not_cjk_and_keeps_a_hyphen() -> None:
     assert join_lines("self-", "advertising") == "self-advertising"
     assert join_lines("Debian", "软件包") == "Debian软件包"
     assert join_lines("version 2-", "3 only") == "version 2- 3 only"  # not a word cut by a hyphen
+
+
+def test_rapidocr_boxes_keep_character_centres_only_where_they_spell_the_text() -> None:
+    from rag.ingest.parsers.ocr import rapidocr_boxes
+
+    corners = [[10.0, 10.0], [50.0, 10.0], [50.0, 30.0], [10.0, 30.0]]
+    cells = [[[10, 10], [20, 10], [20, 30], [10, 30]], [[30, 10], [40, 10], [40, 30], [30, 30]]]
+    good, short = rapidocr_boxes([[corners, "ab", 0.9, cells, ["a", "b"], [0.9, 0.9]],
+                                  [corners, "abc", 0.8, cells, ["a", "b"], [0.9, 0.9]]])
+    assert good.char_centres == ((15.0, 20.0), (35.0, 20.0)) and good.text == "ab" and good.score == 0.9
+    assert short.char_centres == () and short.text == "abc"  # positions that do not match are not used
+    (plain,) = rapidocr_boxes([[corners, "ab", 0.9]])  # the result without return_word_box
+    assert plain.char_centres == ()
+
+
+def test_a_line_below_the_bar_is_read_again_turned_and_kept_only_if_better(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wiring of ocr_image with a stand-in engine: the page is read without the direction classifier and with
+    character positions; a low box is read once more, upside down, and the better reading counts."""
+    from rag.core.config import LoadConfig
+    from rag.ingest.parsers import ocr
+
+    calls: list[dict[str, object]] = []
+    page_result = [[[[10, 10], [300, 10], [300, 40], [10, 40]], "清晰的一行", 0.98],
+                   [[[10, 60], [300, 60], [300, 90], [10, 90]], "", 0.0],  # the classifier's casualty
+                   [[[10, 110], [300, 110], [300, 140], [10, 140]], "噪点", 0.2]]
+    rereads = iter([[["倒过来也能读", 0.95]], [["更差", 0.1]]])
+
+    def engine(image: object, **options: object) -> tuple[object, object]:
+        calls.append(options)
+        return (page_result, None) if options.get("use_det", True) else (next(rereads), None)
+
+    monkeypatch.setattr(ocr, "ocr_engine", lambda: engine)
+    result = ocr.ocr_image(np.full((160, 320, 3), 255, dtype=np.uint8), LoadConfig())
+    assert calls[0] == {"use_cls": False, "return_word_box": True, "text_score": 0.0}
+    assert [call.get("use_det") for call in calls[1:]] == [False, False]  # the two low boxes, read again
+    assert result.text == "清晰的一行\n倒过来也能读" and result.dropped_lines == 1  # "噪点" stays below the bar

@@ -64,7 +64,7 @@ def ocr_engine() -> Any:
     return RapidOCR()
 
 
-def _boxes(result: Any) -> list[OcrBox]:
+def rapidocr_boxes(result: Any) -> list[OcrBox]:
     """RapidOCR's result (``return_word_box=True``: corners, text, score, character boxes, characters, their scores)
     as boxes; character centres are kept only where the characters spell the box's text."""
     boxes = []
@@ -115,7 +115,7 @@ def ocr_image(image: Any, cfg: LoadConfig) -> OcrText:
         # every box comes back (text_score 0), with where each character lies; no per-line direction classifier
         result, _ = engine(bgr, use_cls=False, return_word_box=True, text_score=0.0)
         boxes = [box if box.score >= cfg.ocr_min_confidence else _read_again_upside_down(engine, bgr, box)
-                 for box in _boxes(result)]
+                 for box in rapidocr_boxes(result)]
     except Exception as exc:  # onnxruntime reports an allocation refused by the worker's memory cap as a RuntimeError
         if any(sign in str(exc) for sign in ALLOCATION_FAILED):
             raise MemoryError(str(exc).strip().splitlines()[-1]) from exc

@@ -149,7 +149,7 @@ def widest_blank(ink: Any, start: float, end: float) -> int:
     return best
 
 
-def _spaceable(left: str, right: str) -> bool:
+def space_may_go(left: str, right: str) -> bool:
     """Whether a space may go between two characters: Latin letters or digits, after , ; ! ? ) before one, and
     after . or : before a capital (a new sentence: "users.It" would be one BM25 token).
 
@@ -166,7 +166,7 @@ def respace(box: OcrBox, grey: Any) -> str:
     Returns the text unchanged when the character positions are missing or do not match it.
     """
     text = box.text
-    if len(box.char_centres) != len(text) or not any(_spaceable(a, b) for a, b in zip(text, text[1:], strict=False)):
+    if len(box.char_centres) != len(text) or not any(space_may_go(a, b) for a, b in zip(text, text[1:], strict=False)):
         return text
     import cv2
     import numpy as np
@@ -179,7 +179,7 @@ def respace(box: OcrBox, grey: Any) -> str:
     xs = cv2.perspectiveTransform(points, matrix)[0][:, 0]
     height = crop.shape[0]
     gaps = {index: widest_blank(ink, xs[index - 1], xs[index]) / height for index in range(1, len(text))
-            if _spaceable(text[index - 1], text[index])}
+            if space_may_go(text[index - 1], text[index])}
     # the line's own letter spacing: most pairs are inside words, so the median gap is a letter gap
     typical = statistics.median(gaps.values())
     min_gap = min(max(WORD_GAP_TIMES_LETTER_GAP * typical, WORD_GAP_MIN), WORD_GAP_MAX)
