@@ -10,8 +10,9 @@ line end ("服务\\n器") is two tokens. This module works on geometry only, no 
   of blank pixel columns in the upright line crop is measured (in the crop's middle rows: the box takes in the
   neighbouring lines' descenders), and a gap of twice the line's median gap (its letter spacing) is a space, within
   0.2-0.3 of the line box's height. On the 24 dev2 scan pages that finds 822 of 826 word spaces (the recogniser
-  alone: 268) with 9 false ones (bench/ocr_spaces.py; docs/BENCHMARKS.md, "OCR"); a fixed share of the height does worse, as letter spacing differs between fonts
-  (a monospace font's narrow letters stand as far apart as a proportional font's words);
+  alone: 268) with 9 false ones (bench/ocr_spaces.py; docs/BENCHMARKS.md, "OCR"); a fixed share of the height
+  does worse, as letter spacing differs between fonts (a monospace font's narrow letters stand as far apart as a
+  proportional font's words);
 * **skew**: RapidOCR already reads a tilted line from its own rotated box, so the page is not rotated before
   recognition; the skew matters for putting boxes in order (at 3°, the left and right ends of an A4 line differ by
   two lines' height), so :func:`reading_order` and :func:`paragraphs` work in coordinates turned back by the
