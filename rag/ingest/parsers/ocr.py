@@ -6,8 +6,9 @@ worker process, so the per-file time and memory limits apply. Lines recognised w
 ``load.ocr_min_confidence`` are dropped (after one more reading upside down); the rest are put in reading order, with
 the word spaces the recogniser dropped put back and wrapped lines joined into paragraphs
 (:mod:`rag.ingest.parsers.ocr_layout`). The pages of one PDF can be OCR'd by a small pool of threads
-(:func:`run_in_order`, ``load.ocr_threads``). A Document made by OCR says so: ``metadata["ocr"]`` and ``metadata["ocr_confidence"]``, and a heading
-``OCR (confidence 0.97)`` that the source card shows (a Chunk carries its Document's heading, not its metadata).
+(:func:`run_in_order`, ``load.ocr_threads``). A Document made by OCR says so: ``metadata["ocr"]``,
+``metadata["ocr_confidence"]``, ``metadata["ocr_dropped_lines"]``, and a heading ``OCR (confidence 0.97)`` that the
+source card shows (a Chunk carries its Document's heading, not its metadata).
 """
 
 from __future__ import annotations
