@@ -5,7 +5,9 @@ Pages are generated: lines of the sample knowledge base (Chinese from ``knowledg
 for 150 and 300 dpi, rotated by a random angle in [-3°, +3°] and given Gaussian noise (sigma 12 grey levels).
 
 * ``cer``: character error rate of the loader's text per page (edit distance / reference length, after NFKC and
-  removing whitespace), by dpi and language; one JSON line per page, then a summary per dpi.
+  removing whitespace), by dpi and language; one JSON line per page, then a summary per dpi. For the English pages
+  also the word error rate (the same edit distance over lower-cased words split at whitespace and punctuation):
+  the CER ignores spaces, the WER counts "Workingonlivewires" as three words lost and one wrong.
 * ``speed``: pages/s over the same PNG files for (a) RapidOCR's Python API in a loop, one process, the engine loaded
   once and not timed (its best case); (b) the project's ``parse_files`` (isolated worker processes,
   ``load.workers`` 1 and 2, worker start and model load included); (c) RapidOCR's command line, one process a page
@@ -63,7 +65,11 @@ def squash(text: str) -> str:
     return "".join(unicodedata.normalize("NFKC", text).split())
 
 
-def edit_distance(a: str, b: str) -> int:
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", unicodedata.normalize("NFKC", text).lower())
+
+
+def edit_distance(a: str | list[str], b: str | list[str]) -> int:
     previous = list(range(len(b) + 1))
     for i, char_a in enumerate(a, start=1):
         current = [i]
@@ -118,6 +124,7 @@ def make_pages(folder: Path, pages_per_dpi: int, seed: int) -> list[dict[str, An
 
 def measure_cer(pages: list[dict[str, Any]], cfg: LoadConfig, out: Any) -> dict[str, float]:
     totals: dict[tuple[int, str], list[int]] = {}
+    word_totals: dict[int, list[int]] = {}
     for page in pages:
         documents = parse_file(page["path"], page["path"].name, cfg)
         got = squash("\n".join(document.text for document in documents))
@@ -127,11 +134,21 @@ def measure_cer(pages: list[dict[str, Any]], cfg: LoadConfig, out: Any) -> dict[
             pair = totals.setdefault(key, [0, 0])
             pair[0] += errors
             pair[1] += len(reference)
+        wer = {}
+        if page["language"] == "en":
+            reference_words = words(page["reference"])
+            word_errors = edit_distance(reference_words, words("\n".join(document.text for document in documents)))
+            pair = word_totals.setdefault(page["dpi"], [0, 0])
+            pair[0] += word_errors
+            pair[1] += len(reference_words)
+            wer = {"wer": round(word_errors / len(reference_words), 4)}
         emit({"kind": "cer_page", "page": page["path"].name, "dpi": page["dpi"], "language": page["language"],
-              "angle": page["angle"], "size": page["size"], "cer": round(errors / len(reference), 4),
+              "angle": page["angle"], "size": page["size"], "cer": round(errors / len(reference), 4), **wer,
               "confidence": documents[0].metadata["ocr_confidence"] if documents else None}, out)
     for (dpi, language), (errors, chars) in sorted(totals.items()):
         emit({"kind": "cer", "dpi": dpi, "language": language, "chars": chars, "cer": round(errors / chars, 4)}, out)
+    for dpi, (errors, count) in sorted(word_totals.items()):
+        emit({"kind": "wer", "dpi": dpi, "language": "en", "words": count, "wer": round(errors / count, 4)}, out)
     return {f"cer_{dpi}dpi": round(errors / chars, 4) for (dpi, language), (errors, chars) in totals.items()
             if language == "all"}
 

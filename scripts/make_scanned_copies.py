@@ -13,7 +13,8 @@ scanned file is the original's (the questions' ``source`` still names it).
         pdf/maint-guide.zh-cn.pdf pdf/debian-edu-bookworm-manual.zh-cn.pdf
 
 ``--pages-per-file`` keeps only the pages that answer the most questions, in both copies, so that OCR fits a small
-CPU budget. Then ingest both folders and compare ``python -m rag.eval retrieval`` on the written questions (docs/BENCHMARKS.md,
+CPU budget. Then ingest both folders, run ``python -m rag.eval retrieval --out`` on the written questions for each, and
+compare them per source with ``scripts/compare_scanned_eval.py`` (docs/BENCHMARKS.md,
 "OCR", retrieval on scanned copies).
 """
 

@@ -55,3 +55,24 @@ def test_scanned_copy_keeps_the_answering_pages_as_pictures_only(tmp_path: Path)
     assert (out / "scanned" / "notes.txt").read_text(encoding="utf-8") == "plain notes"
     assert load_script().main(["--corpus", str(corpus), "--out", str(out), "--questions", str(tmp_path / "q.jsonl"),
                                "pdf/guide.pdf"]) == 1  # never writes into an existing folder
+
+
+def test_word_space_bench_counts_the_text_layer_spaces_ocr_gets_back(tmp_path: Path) -> None:
+    """bench/ocr_spaces.py on a one-page scan made by the script above: counts against the text layer."""
+    spec = importlib.util.spec_from_file_location("ocr_spaces", SCRIPT.parents[1] / "bench" / "ocr_spaces.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    text = tmp_path / "text.pdf"
+    text.write_bytes(make_pdf([["The backup job runs every night at two and keeps ten copies"]]))
+    scanned = tmp_path / "scanned.pdf"
+    load_script().scan_pdf(text, scanned, dpi=200, max_angle=0.0, noise=0.0, seed=0)
+    out = tmp_path / "spaces.jsonl"
+    assert bench.main(["--scanned", str(scanned), "--text", str(text), "--out", str(out)]) == 0
+    page, summary = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert page["file"] == "scanned.pdf" and page["page"] == 1
+    totals = summary["summary"]
+    assert totals["respace"]["text_layer"] == totals["recogniser"]["text_layer"] == 11  # 12 words, read whole
+    assert totals["respace"]["found"] >= 10 and totals["respace"]["false"] == 0
+    assert totals["respace"]["found"] >= totals["recogniser"]["found"]
+    assert bench.main(["--scanned", str(scanned), "--out", str(out), "--text", str(text), "--text", str(text)]) == 1

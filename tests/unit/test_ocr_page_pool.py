@@ -94,7 +94,7 @@ def test_an_allocation_refused_inside_onnxruntime_is_a_memory_error(monkeypatch:
     from rag.ingest.parsers import ocr
 
     def engine(message: str) -> Callable[[object], object]:
-        def run(image: object) -> object:
+        def run(image: object, **options: object) -> object:
             raise RuntimeError(f"Traceback (most recent call last):\n  ...\n{message}\n")
         return run
 

@@ -3,10 +3,12 @@
 Used for image files (png, jpg, webp, bmp, tiff), for PDF pages without a text layer and for pictures inside PDF pages
 (:mod:`rag.ingest.parsers.pdf`), under ``load.ocr=off|auto|force``. It runs where every parser runs: inside an isolated
 worker process, so the per-file time and memory limits apply. Lines recognised with a score below
-``load.ocr_min_confidence`` are dropped; the rest are put in reading order (top to bottom, then left to right within a
-line). The pages of one PDF can be OCR'd by a small pool of threads (:func:`run_in_order`, ``load.ocr_threads``). A
-Document made by OCR says so: ``metadata["ocr"]`` and ``metadata["ocr_confidence"]``, and a heading
-``OCR (confidence 0.97)`` that the source card shows (a Chunk carries its Document's heading, not its metadata).
+``load.ocr_min_confidence`` are dropped (after one more reading upside down); the rest are put in reading order, with
+the word spaces the recogniser dropped put back and wrapped lines joined into paragraphs
+(:mod:`rag.ingest.parsers.ocr_layout`). The pages of one PDF can be OCR'd by a small pool of threads
+(:func:`run_in_order`, ``load.ocr_threads``). A Document made by OCR says so: ``metadata["ocr"]``,
+``metadata["ocr_confidence"]``, ``metadata["ocr_dropped_lines"]``, and a heading ``OCR (confidence 0.97)`` that the
+source card shows (a Chunk carries its Document's heading, not its metadata).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, TypeVar
 from rag.core.config import LoadConfig
 from rag.core.errors import LoadError
 from rag.core.types import Document
+from rag.ingest.parsers.ocr_layout import OcrBox, line_crop, paragraphs, reading_order, respace, skew_degrees
 from rag.ingest.parsers.text import collapse
 
 logger = logging.getLogger(__name__)
@@ -62,51 +65,72 @@ def ocr_engine() -> Any:
     return RapidOCR()
 
 
-def reading_order(boxes: list[tuple[list[list[float]], str, float]]) -> list[list[tuple[list[list[float]], str, float]]]:
-    """Group RapidOCR boxes (4 corner points, text, score) into lines, top to bottom, each left to right.
+def rapidocr_boxes(result: Any) -> list[OcrBox]:
+    """RapidOCR's result (``return_word_box=True``: corners, text, score, character boxes, characters, their scores)
+    as boxes; character centres are kept only where the characters spell the box's text."""
+    boxes = []
+    for item in result or []:
+        corners = tuple((float(x), float(y)) for x, y in item[0])
+        text, score = str(item[1]), float(item[2])
+        centres: tuple[tuple[float, float], ...] = ()
+        if len(item) >= 5 and len(item[3]) == len(item[4]) == len(text) and "".join(map(str, item[4])) == text:
+            centres = tuple((sum(p[0] for p in cell) / len(cell), sum(p[1] for p in cell) / len(cell))
+                            for cell in item[3])
+        boxes.append(OcrBox(corners, text, score, centres))
+    return boxes
 
-    A box joins the current line when its vertical centre lies within half a box height of the line's centre, so
-    slightly rotated scans (a few degrees) keep their lines together.
+
+def _read_again_upside_down(engine: Any, image: Any, box: OcrBox) -> OcrBox:
+    """A box read below the confidence bar, read again turned by 180°: kept if that scores better.
+
+    Why: the page is recognised without RapidOCR's per-line direction classifier, which turned clear upright lines
+    upside down on the dev2 scans (they came back empty, score 0; docs/BENCHMARKS.md); text that really is upside
+    down then scores low and is read here the other way round.
     """
+    import numpy as np
 
-    def centre_y(box: list[list[float]]) -> float:
-        return sum(point[1] for point in box) / 4
-
-    def height(box: list[list[float]]) -> float:
-        return max(point[1] for point in box) - min(point[1] for point in box)
-
-    lines: list[list[tuple[list[list[float]], str, float]]] = []
-    for item in sorted(boxes, key=lambda item: centre_y(item[0])):
-        if lines:
-            line = lines[-1]
-            line_centre = sum(centre_y(other[0]) for other in line) / len(line)
-            tolerance = max(height(item[0]), max(height(other[0]) for other in line)) / 2
-            if abs(centre_y(item[0]) - line_centre) <= tolerance:
-                line.append(item)
-                continue
-        lines.append([item])
-    return [sorted(line, key=lambda item: min(point[0] for point in item[0])) for line in lines]
+    if box.width() < box.height():
+        return box
+    crop, _ = line_crop(image, box.corners)
+    result, _ = engine(np.ascontiguousarray(crop[::-1, ::-1]), use_det=False, use_cls=False, text_score=0.0)
+    if not result:
+        return box
+    text, score = str(result[0][0]), float(result[0][1])
+    return OcrBox(box.corners, text, score) if score > box.score and text.strip() else box
 
 
 def ocr_image(image: Any, cfg: LoadConfig) -> OcrText:
-    """OCR one image (a PIL image or an HxWx3 uint8 array): its text in reading order, low-confidence lines dropped."""
+    """OCR one image (a PIL image or an HxWx3 uint8 array): its text in reading order, low-confidence lines dropped.
+
+    Word spaces the recogniser dropped are put back from the page's pixels, and wrapped lines are joined into
+    paragraphs (:mod:`rag.ingest.parsers.ocr_layout`).
+    """
     import numpy as np
 
     array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
     if array.ndim != 3 or min(array.shape[:2]) < 8:
         return OcrText("", 0.0)
+    engine = ocr_engine()
+    bgr = np.ascontiguousarray(array[:, :, ::-1])  # RapidOCR takes OpenCV's BGR order
     try:
-        result, _ = ocr_engine()(array[:, :, ::-1])  # RapidOCR takes OpenCV's BGR order
+        # every box comes back (text_score 0), with where each character lies; no per-line direction classifier
+        result, _ = engine(bgr, use_cls=False, return_word_box=True, text_score=0.0)
+        boxes = [box if box.score >= cfg.ocr_min_confidence else _read_again_upside_down(engine, bgr, box)
+                 for box in rapidocr_boxes(result)]
     except Exception as exc:  # onnxruntime reports an allocation refused by the worker's memory cap as a RuntimeError
         if any(sign in str(exc) for sign in ALLOCATION_FAILED):
             raise MemoryError(str(exc).strip().splitlines()[-1]) from exc
         raise
-    kept = [(box, str(text), float(score)) for box, text, score in result or [] if str(text).strip()]
-    confident = [item for item in kept if item[2] >= cfg.ocr_min_confidence]
-    lines = [collapse(" ".join(text for _, text, _ in line)) for line in reading_order(confident)]
-    weight = sum(len(text) for _, text, _ in confident)
-    confidence = sum(len(text) * score for _, text, score in confident) / weight if weight else 0.0
-    return OcrText("\n".join(line for line in lines if line), confidence, len(kept) - len(confident))
+    kept = [box for box in boxes if box.text.strip()]
+    confident = [box for box in kept if box.score >= cfg.ocr_min_confidence]
+    grey = array.mean(axis=2).astype(np.uint8) if any(box.char_centres for box in confident) else None
+    skew = skew_degrees(confident)
+    lines = reading_order(confident, skew)
+    texts = [collapse(" ".join(respace(box, grey) if grey is not None and box.width() >= box.height() else box.text
+                               for box in line)) for line in lines]
+    weight = sum(len(box.text) for box in confident)
+    confidence = sum(len(box.text) * box.score for box in confident) / weight if weight else 0.0
+    return OcrText("\n".join(paragraphs(lines, texts, skew)), confidence, len(kept) - len(confident))
 
 
 def owned_rgb(image: Any) -> Any:
