@@ -21,8 +21,10 @@ from rag.core.text import CJK
 from rag.core.types import Chunk
 
 # Sentence punctuation; a "." ends a sentence only before a space, a line end or the text end (not "4.3.1", "a.b").
-# A question mark inside quotes that the sentence goes on after ("例如"怎样重建索引？"或…") ends nothing.
-_TERMINAL = re.compile(r"(?:[。！？!?；;…]+|\.(?=[\s”’\"」』）)]|$))[”’\"」』）)]*[。！？!?；;…]*(?![”’\"」』）)，、,或和与及等])")
+# A question mark inside quotes that the sentence goes on after ("例如"怎样重建索引？"或…") ends nothing; without the
+# quote a conjunction starts the next sentence ("…（文件状态信息最后变更的时间）；与 -l 一起使用时：…").
+_TERMINAL = re.compile(r"(?:[。！？!?；;…]+|\.(?=[\s”’\"」』）)]|$))[”’\"」』）)]*[。！？!?；;…]*(?![”’\"」』）)，、,])"
+                       r"(?!(?<=[”’\"」』）)])[或和与及等])")
 _ENDS = ("。", "！", "？", "!", "?", ".", "；", ";", "…")
 # A line that starts a new block: list items, numbered steps and headings, markdown marks, table rows.
 _BLOCK_START = re.compile(r"^\s*(?:[-•*·>#|]|\d{1,3}[.)、]\s|\d{1,3}\.\d|[一二三四五六七八九十]+、|（[一二三四五六七八九十\d]+）"
