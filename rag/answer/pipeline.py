@@ -154,7 +154,7 @@ class QAPipeline:
                           max_sentences=answer_cfg.max_sentences, exclude=exclude, similarity=self.similarity,
                           min_similarity=answer_cfg.min_sentence_similarity,
                           semantic_min_coverage=answer_cfg.semantic_min_coverage, dictionary=self.dictionary,
-                          relative_credit=answer_cfg.relative_credit)
+                          relative_credit=answer_cfg.relative_credit, pick_margin=answer_cfg.pick_similarity_margin)
         stream.assessment = decision
         if not decision.answerable:
             log.info("refused (%s): %s", decision.reason or "no hits", standalone)
