@@ -78,6 +78,8 @@ class QAPipeline:
         for key in ("min_term_coverage", "semantic_min_coverage", "min_sentence_similarity", "relative_credit"):
             if not 0.0 <= getattr(cfg.answer, key) <= 1.0:
                 raise ConfigError(f"answer.{key}={getattr(cfg.answer, key)} must be between 0 and 1")
+        if not 0.0 <= cfg.answer.pick_similarity_margin <= 2.0:  # a difference of coverage scores (0..2)
+            raise ConfigError(f"answer.pick_similarity_margin={cfg.answer.pick_similarity_margin} must be between 0 and 2")
         self.retriever = retriever
         self.model = model
         self.cfg = cfg
