@@ -451,7 +451,7 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
            min_gain: float = 0.25, cross_language_min_dense: float = 0.8, max_sentences: int = 3,
            max_chars: int = 400, exclude: Sequence[str] = (), similarity: SentenceSimilarity | None = None,
            min_similarity: float = 0.0, semantic_min_coverage: float = 0.0, dictionary: Dictionary | None = None,
-           relative_credit: float = RELATIVE_CREDIT) -> Assessment:
+           relative_credit: float = RELATIVE_CREDIT, pick_margin: float = 0.0) -> Assessment:
     """Decide whether ``hits`` answer ``question`` and pick the sentences that support the answer.
 
     Args:
@@ -471,6 +471,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             (:func:`relatives_of`) covers it ``relative_credit``, and sentences in the other language than the
             question are scored on every key term, not only on its names and numbers; None = word overlap alone.
         relative_credit: how much a relative covers (0..1).
+        pick_margin: with ``similarity``, a sentence whose coverage score is within this of the best one's and
+            that answers too leads when it is closer to the question in meaning (0: the best coverage leads).
     """
     terms = key_terms(question, corpus, dictionary)
     if not terms or not hits:
@@ -551,18 +553,37 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
                 held = _merge(held, picked.credit)
         return held
 
+    def decide(lead: _Candidate) -> tuple[list[_Candidate], float, bool]:
+        """The sentences ``lead`` is extended with, the share of the weight its passage's sentences cover and
+        whether that passage holds every name and number of the question."""
+        picked = extend(lead, scored, pool)
+        # the decision counts only the lead passage's sentences: pieces of unrelated passages (流量 from one, 上限
+        # from another) do not add up to an answer
+        own_passage = passage_credit(picked, lead.hit_number)
+        # a name or number the question gives (VPN, 169.254, sources.list) anchors it: the answer's passage must
+        # hold it
+        return picked, share(own_passage, pool), all(own_passage.get(t.text, 0.0) >= 1.0 for t in pool if t.neutral)
+
     chosen: list[_Candidate] = []
     decided, answerable = 0.0, False
     if scored:
-        chosen = extend(best, scored, pool)
-        # the decision counts only the best passage's sentences: pieces of unrelated passages (流量 from one, 上限
-        # from another) do not add up to an answer
-        own_passage = passage_credit(chosen, best.hit_number)
-        decided = share(own_passage, pool)
-        # a name or number the question gives (VPN, 169.254, sources.list) anchors it: the answer's passage must
-        # hold it
-        anchored = all(own_passage.get(t.text, 0.0) >= 1.0 for t in pool if t.neutral)
+        chosen, decided, anchored = decide(best)
         answerable = cross or (decided >= min_coverage and anchored)
+        if answerable and not cross and similarity is not None and pick_margin > 0:
+            # among sentences covering nearly as much, the closest in meaning leads, if it answers too
+            def score(c: _Candidate) -> float:
+                return share(c.credit, pool) + share(c.own, pool)
+            near = [c for c in scored if anchors[c.hit_number] >= anchors[best.hit_number]
+                    and score(c) >= score(best) - pick_margin]
+            if len(near) > 1:
+                closeness = similarity(question, [c.text for c in near])
+                for i in sorted(range(len(near)), key=lambda i: (-closeness[i], near[i].hit_number)):
+                    if near[i] is best:
+                        break
+                    alternative, alternative_share, alternative_anchored = decide(near[i])
+                    if alternative_share >= min_coverage and alternative_anchored:
+                        chosen, decided, best = alternative, alternative_share, near[i]
+                        break
     closest, semantic = None, False
     if not answerable and similarity is not None and min_similarity > 0 and decided >= semantic_min_coverage:
         # a paraphrase: the closest sentence in meaning leads, if its passage holds the question's names and numbers

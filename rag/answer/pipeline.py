@@ -78,6 +78,8 @@ class QAPipeline:
         for key in ("min_term_coverage", "semantic_min_coverage", "min_sentence_similarity", "relative_credit"):
             if not 0.0 <= getattr(cfg.answer, key) <= 1.0:
                 raise ConfigError(f"answer.{key}={getattr(cfg.answer, key)} must be between 0 and 1")
+        if not 0.0 <= cfg.answer.pick_similarity_margin <= 2.0:  # a difference of coverage scores (0..2)
+            raise ConfigError(f"answer.pick_similarity_margin={cfg.answer.pick_similarity_margin} must be between 0 and 2")
         self.retriever = retriever
         self.model = model
         self.cfg = cfg
@@ -85,6 +87,10 @@ class QAPipeline:
         # the index's embedder compares the question with single sentences (the semantic path of the decision)
         embedder = getattr(getattr(retriever, "index", None), "embedder", None)
         self.similarity: SentenceSimilarity | None = embedder_similarity(embedder) if embedder is not None else None
+        # meaning picks among equally covering sentences only with a language model's embedder (a hash embedder's
+        # cosine is word overlap again, which the coverage already counted)
+        describe = getattr(embedder, "describe", None)
+        self.semantic_embedder = callable(describe) and describe().get("kind") != "hash"
         # the decision's dictionary relatives: the retriever's bridge dictionary (loaded once per process)
         self.dictionary: Dictionary | None = None
         if cfg.answer.relative_credit > 0:
@@ -154,7 +160,7 @@ class QAPipeline:
                           max_sentences=answer_cfg.max_sentences, exclude=exclude, similarity=self.similarity,
                           min_similarity=answer_cfg.min_sentence_similarity,
                           semantic_min_coverage=answer_cfg.semantic_min_coverage, dictionary=self.dictionary,
-                          relative_credit=answer_cfg.relative_credit)
+                          relative_credit=answer_cfg.relative_credit, pick_margin=answer_cfg.pick_similarity_margin if self.semantic_embedder else 0.0)
         stream.assessment = decision
         if not decision.answerable:
             log.info("refused (%s): %s", decision.reason or "no hits", standalone)

