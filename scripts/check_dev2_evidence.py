@@ -177,6 +177,41 @@ def loader_docs(path: Path, source: str) -> list[str] | None:
         return None
 
 
+class EvidenceChecker:
+    """The evidence checks of one question, with each document's text units (and loader Documents) read once:
+    the cross_lingual flag against the evidence's language, 10-80 characters, inside one text unit of the source
+    after :func:`norm`, and with ``loader`` inside one Document of the project's own loader. Shared by the dev2 and
+    held-out checkers."""
+
+    def __init__(self, loader: bool) -> None:
+        self.loader = loader
+        self.units: dict[str, list[str]] = {}
+        self.doclang: dict[str, str] = {}
+        self.loaded: dict[str, list[str] | None] = {}
+
+    def check(self, r: dict, path: Path, qlang: str, errors: list[str]) -> None:  # type: ignore[type-arg]
+        qid, src, ev = r["id"], r["source"], r["evidence"]
+        if src not in self.units:
+            self.units[src] = [norm(u) for u in UNITS[path.suffix](path)]
+            self.doclang[src] = text_lang("".join(self.units[src]))
+        elang = evidence_lang(ev, self.doclang[src])
+        if r["cross_lingual"] != (qlang != elang):
+            errors.append(f"{qid}: cross_lingual flag {r['cross_lingual']} (question {qlang}, evidence {elang})")
+        for e in ev:
+            n = norm(e)
+            if not 10 <= len(e) <= 80:
+                errors.append(f"{qid}: evidence length {len(e)}: {e!r}")
+            if not any(n in u for u in self.units[src]):
+                errors.append(f"{qid}: evidence not in one unit of {src}: {e!r}")
+            if self.loader:
+                if src not in self.loaded:
+                    docs = loader_docs(path, src)
+                    self.loaded[src] = None if docs is None else [norm(d) for d in docs]
+                loaded = self.loaded[src]
+                if loaded is not None and not any(n in d for d in loaded):
+                    errors.append(f"{qid}: evidence not in one loader Document of {src}: {e!r}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--questions", default=str(ROOT / "eval/dev2_questions.jsonl"))
@@ -186,9 +221,7 @@ def main() -> int:
     corpus = Path(args.corpus)
     errors: list[str] = []
     rows = [json.loads(line) for line in Path(args.questions).read_text(encoding="utf-8").splitlines() if line.strip()]
-    cache: dict[str, list[str]] = {}
-    doclang: dict[str, str] = {}
-    lcache: dict[str, list[str] | None] = {}
+    checker = EvidenceChecker(args.loader)
     ids = set()
     c: collections.Counter[str] = collections.Counter()
     for r in rows:
@@ -227,26 +260,7 @@ def main() -> int:
         if not path.is_file():
             errors.append(f"{qid}: missing source {src}")
             continue
-        if src not in cache:
-            cache[src] = [norm(u) for u in UNITS[path.suffix](path)]
-        if src not in doclang:
-            doclang[src] = text_lang("".join(cache[src]))
-        elang = evidence_lang(ev, doclang[src])
-        if r["cross_lingual"] != (qlang != elang):
-            errors.append(f"{qid}: cross_lingual flag {r['cross_lingual']} (question {qlang}, evidence {elang})")
-        for e in ev:
-            n = norm(e)
-            if not 10 <= len(e) <= 80:
-                errors.append(f"{qid}: evidence length {len(e)}: {e!r}")
-            if not any(n in u for u in cache[src]):
-                errors.append(f"{qid}: evidence not in one unit of {src}: {e!r}")
-            if args.loader:
-                if src not in lcache:
-                    docs = loader_docs(path, src)
-                    lcache[src] = None if docs is None else [norm(d) for d in docs]
-                loaded = lcache[src]
-                if loaded is not None and not any(n in d for d in loaded):
-                    errors.append(f"{qid}: evidence not in one loader Document of {src}: {e!r}")
+        checker.check(r, path, qlang, errors)
         c[f"kind:{kind}"] += 1
         c[f"kind:{kind}:{r['split']}"] += 1
         c[f"kind:{kind}:{r['lang']}"] += 1

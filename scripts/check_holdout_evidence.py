@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_dev2_evidence import CJK, UNITS, evidence_lang, loader_docs, norm, text_lang
+from check_dev2_evidence import CJK, EvidenceChecker
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = {"man/": "command-ref", "calc-help/": "app-manual", "policy-html/": "manual-html", "policy-pdf/": "manual-pdf"}
@@ -34,9 +34,7 @@ def main() -> int:
     corpus = Path(args.corpus)
     rows = [json.loads(line) for line in Path(args.questions).read_text(encoding="utf-8").splitlines() if line.strip()]
     errors: list[str] = []
-    units: dict[str, list[str]] = {}
-    doclang: dict[str, str] = {}
-    loaded: dict[str, list[str] | None] = {}
+    checker = EvidenceChecker(args.loader)
     ids: set[str] = set()
     c: collections.Counter[str] = collections.Counter()
     for r in rows:
@@ -71,25 +69,7 @@ def main() -> int:
         if not path.is_file():
             errors.append(f"{qid}: missing source {src}")
             continue
-        if src not in units:
-            units[src] = [norm(u) for u in UNITS[path.suffix](path)]
-            doclang[src] = text_lang("".join(units[src]))
-        elang = evidence_lang(ev, doclang[src])
-        if r["cross_lingual"] != (qlang != elang):
-            errors.append(f"{qid}: cross_lingual {r['cross_lingual']} (question {qlang}, evidence {elang})")
-        for e in ev:
-            n = norm(e)
-            if not 10 <= len(e) <= 80:
-                errors.append(f"{qid}: evidence length {len(e)}: {e!r}")
-            if not any(n in u for u in units[src]):
-                errors.append(f"{qid}: evidence not in one unit of {src}: {e!r}")
-            if args.loader:
-                if src not in loaded:
-                    parsed = loader_docs(path, src)
-                    loaded[src] = None if parsed is None else [norm(d) for d in parsed]
-                lds = loaded[src]
-                if lds is not None and not any(n in d for d in lds):
-                    errors.append(f"{qid}: evidence not in one loader Document of {src}: {e!r}")
+        checker.check(r, path, qlang, errors)
         c[f"kind:{kind}"] += 1
         c[f"kind:{kind}:{qlang}"] += 1
         c["cross_lingual"] += bool(r["cross_lingual"])
