@@ -157,7 +157,7 @@ class FastGenerator:
             self._quant = self._quantized(quantize, release_weights, quantized)
         self._cat = self._concatenated() if fuse_qkv else {}
         fuse = (not quantize) if fuse_gemv is None else fuse_gemv
-        self._fusable = fuse and self._fused_layers_ok()
+        self._qkv_plan = self._fused_plan() if fuse else None
         self._layer_ids = torch.arange(len(self._layers), device=dev)
         self._graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}
         self._state: tuple[Any, ...] = ("base",)  # adapter state of the current call
@@ -201,31 +201,39 @@ class FastGenerator:
             out[tuple(map(id, bases))] = (weight, bias, widths)
         return out
 
-    def _fused_layers_ok(self) -> bool:
-        """Whether :meth:`_forward_fused` can serve this model: every layer's q/k/v joined, one gate/up matrix
-        without bias, bias-free o/down projections, standard RMSNorms and a SiLU activation."""
+    def _fused_plan(self) -> list[tuple[Any, torch.Tensor | None, list[int]]] | None:
+        """Each layer's joined q/k/v (:meth:`_concatenated`) when :meth:`_forward_fused` can serve this model, else
+        None: every layer's q/k/v joined, one gate/up matrix without bias, bias-free o/down projections, standard
+        RMSNorms and a SiLU activation."""
         if not self._cat or type(self._norm).__name__ not in STANDARD_NORMS:
-            return False
+            return None
         probe = torch.linspace(-4, 4, 17)  # the activation by what it computes (SiLU has several classes)
         try:
             if not torch.allclose(self._act(probe), F.silu(probe), atol=1e-6):
-                return False
+                return None
         except (TypeError, RuntimeError):
-            return False
+            return None
+        plan = []
         for layer in self._layers:
             attn, mlp = layer.self_attn, layer.mlp
             bases = tuple(id(getattr(m, "base_layer", m)) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
             if bases not in self._cat or not hasattr(mlp, "gate_up_proj"):
-                return False
+                return None
             for m in (attn.o_proj, mlp.gate_up_proj, mlp.down_proj):
                 base = getattr(m, "base_layer", m)
                 if not isinstance(base, torch.nn.Linear) or base.bias is not None:
-                    return False
+                    return None
             if any(type(n).__name__ not in STANDARD_NORMS
                    for n in (layer.input_layernorm, layer.post_attention_layernorm)):
-                return False
+                return None
+            plan.append(self._cat[bases])
         head = self.lm.get_output_embeddings()
-        return isinstance(head, torch.nn.Linear) and head.bias is None
+        return plan if isinstance(head, torch.nn.Linear) and head.bias is None else None
+
+    @property
+    def _fusable(self) -> bool:
+        """Whether decode steps with no adapter active take :meth:`_forward_fused`."""
+        return self._qkv_plan is not None
 
     @property
     def weight_bytes(self) -> int:
@@ -373,10 +381,9 @@ class FastGenerator:
         hidden = hidden[:, 0]
         pos, rows = positions[:, 0], self._rows[:batch]
         attend = decode_attention if self.attention == "triton" else sdpa_decode
-        for i, layer in enumerate(self._layers):
+        assert self._qkv_plan is not None  # _forward calls this only when the model is fusable
+        for i, (layer, (weight, bias, widths)) in enumerate(zip(self._layers, self._qkv_plan, strict=True)):
             attn, mlp = layer.self_attn, layer.mlp
-            bases = tuple(id(getattr(m, "base_layer", m)) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
-            weight, bias, widths = self._cat[bases]
             norm = layer.input_layernorm
             qkv = weight(hidden, norm_weight=norm.weight, eps=norm.variance_epsilon) \
                 if isinstance(weight, QuantLinear) else \
