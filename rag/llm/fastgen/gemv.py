@@ -63,23 +63,55 @@ def fused_gemv(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tens
         raise ValueError("fused_gemv takes norm_weight or up, not both")
     if not (HAS_TRITON and x.is_cuda and x.dim() == 2 and x.shape[0] <= MAX_ROWS):
         return reference(x, weight, norm_weight=norm_weight, eps=eps, up=up, bias=bias, residual=residual)
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    if up is not None and up.stride(1) != 1:
-        up = up.contiguous()
-    rows, (n, k) = x.shape[0], weight.shape
-    if weight.stride(1) != 1 or x.shape[1] != k:
+    if weight.stride(1) != 1 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"fused_gemv needs a row-major weight [N, K] and x [M, K]; got {tuple(weight.shape)} "
                          f"(strides {weight.stride()}) and {tuple(x.shape)}")
+    return launch_gemv(x, weight, None, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual)
+
+
+def addend_stride(bias: torch.Tensor | None) -> int:
+    """Row stride of what the GEMV kernels add: 0 for a bias ``[out]``, the row stride of an addend ``[M, out]``
+    (a column slice of a wider tensor is fine; its columns must be contiguous)."""
+    if bias is None or bias.dim() == 1:
+        return 0
+    if bias.stride(1) != 1:
+        raise ValueError("the addend's columns must be contiguous")
+    return bias.stride(0)
+
+
+def row_bucket(rows: int) -> int:
+    """The autotuners' key for the number of rows: one row (batch-1 decode) is tuned apart from a few (a short
+    prefill, batched decode), whose programs are ``rows`` times as many. Without it, the first call's row count (the
+    8-token warm-up prefill) chose the block sizes for every later one-row decode: served int4 decoded 34 % slower."""
+    return 1 if rows == 1 else MAX_ROWS
+
+
+def fused_args(x: torch.Tensor, up: torch.Tensor | None, norm_weight: torch.Tensor | None,
+               residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(x, up, norm weight, residual, prologue code) as the GEMV kernels take them: x and up with contiguous columns
+    (a column slice of a wider tensor is fine), stand-ins for what is not used."""
+    if norm_weight is not None and up is not None:
+        raise ValueError("norm_weight or up, not both")
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    up = x if up is None else up if up.stride(-1) == 1 else up.contiguous()
+    pro = 1 if norm_weight is not None else 2 if up is not x else 0
+    return (x, up, norm_weight if norm_weight is not None else x,
+            residual.contiguous() if residual is not None else x, pro)
+
+
+def launch_gemv(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None, *,
+                norm_weight: torch.Tensor | None, eps: float, up: torch.Tensor | None,
+                residual: torch.Tensor | None) -> torch.Tensor:
+    """:data:`gemv_kernel` on CUDA for a row-major ``weight [N, K]``: bf16, or int8 with one float32 ``scales``
+    per row; ``bias`` a row ``[N]`` or an addend ``[M, N]``."""
+    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
+    rows, (n, k) = x.shape[0], weight.shape
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
-    up_c = up if up is not None else x
-    res_c = residual.contiguous() if residual is not None else out
-    pro = 1 if norm_weight is not None else 2 if up is not None else 0
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)  # noqa: E731
-    gemv_kernel[grid](x, x.stride(0), up_c, up_c.stride(0), norm_weight if norm_weight is not None else x,
-                       weight, weight.stride(0), x, bias if bias is not None else x, 0, res_c, out, n, k, float(eps),
-                       1 if rows == 1 else MAX_ROWS, PRO=pro, HAS_SCALE=False, HAS_BIAS=bias is not None,
-                       HAS_RES=residual is not None)
+    gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, weight, weight.stride(0),
+                      scales if scales is not None else x, bias if bias is not None else x, addend_stride(bias), res,
+                      out, n, k, float(eps), row_bucket(rows), PRO=pro, HAS_SCALE=scales is not None,
+                      HAS_BIAS=bias is not None, HAS_RES=residual is not None)
     return out
 
 

@@ -25,11 +25,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rag.llm.fastgen.gemv import MAX_ROWS, addend_stride, fused_args, reference, row_bucket
+
 try:
     import triton
     import triton.language as tl
 
-    from rag.llm.fastgen.gemv import epilogue_store, gemv_kernel, prologue_load
+    from rag.llm.fastgen.gemv import epilogue_store, launch_gemv, prologue_load
 
     HAS_TRITON = True
 except ImportError:  # CPU installs: the dequantizing path serves every call
@@ -37,7 +39,7 @@ except ImportError:  # CPU installs: the dequantizing path serves every call
 
 KINDS = ("int8", "int4")
 INT4_GROUP = 128  # input columns per int4 scale/zero
-GEMV_MAX_ROWS = 16  # decode batches up to this many rows take the GEMV kernels; longer inputs dequantize
+GEMV_MAX_ROWS = MAX_ROWS  # decode batches up to this many rows take the GEMV kernels; longer inputs dequantize
 
 
 @dataclass
@@ -90,8 +92,6 @@ class QuantLinear:
             if self.kind == "int4" and not fused:
                 return linear_plus(x, int4_dequantize(self.qweight, self.scales, self.group, x.dtype), bias)
         if fused:
-            from rag.llm.fastgen.gemv import reference
-
             weight = self.dequantize(x.dtype) if x.device.type != "cuda" or self.kind == "int8" else \
                 int4_dequantize(self.qweight, self.scales, self.group, x.dtype)
             return reference(x, weight, norm_weight=norm_weight, eps=eps, up=up, bias=bias, residual=residual)
@@ -211,55 +211,15 @@ def quantize_served(lm: Any, kind: str, *, release: bool, device: torch.device |
     return out
 
 
-def addend_stride(bias: torch.Tensor | None) -> int:
-    """Row stride of what the GEMV kernels add: 0 for a bias ``[out]``, the row stride of an addend ``[M, out]``
-    (a column slice of a wider tensor is fine; its columns must be contiguous)."""
-    if bias is None or bias.dim() == 1:
-        return 0
-    if bias.stride(1) != 1:
-        raise ValueError("the addend's columns must be contiguous")
-    return bias.stride(0)
-
-
-def row_bucket(rows: int) -> int:
-    """The autotuners' key for the number of rows: one row (batch-1 decode) is tuned apart from a few (a short
-    prefill, batched decode), whose programs are ``rows`` times as many. Without it, the first call's row count (the
-    8-token warm-up prefill) chose the block sizes for every later one-row decode: served int4 decoded 34 % slower."""
-    return 1 if rows == 1 else GEMV_MAX_ROWS
-
-
-def fused_args(x: torch.Tensor, up: torch.Tensor | None, norm_weight: torch.Tensor | None,
-               residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """(x, up, norm weight, residual, prologue code) as the GEMV kernels take them: x and up with contiguous columns
-    (a column slice of a wider tensor is fine), stand-ins for what is not used."""
-    if norm_weight is not None and up is not None:
-        raise ValueError("norm_weight or up, not both")
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    up = x if up is None else up if up.stride(-1) == 1 else up.contiguous()
-    pro = 1 if norm_weight is not None else 2 if up is not x else 0
-    return (x, up, norm_weight if norm_weight is not None else x,
-            residual.contiguous() if residual is not None else x, pro)
-
-
 def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *,
               norm_weight: torch.Tensor | None = None, eps: float = 1e-6, up: torch.Tensor | None = None,
               residual: torch.Tensor | None = None) -> torch.Tensor:
     """``x [M, in] @ (qweight * scales).T + bias`` on CUDA, reading the int8 weights (not a dequantized copy); with
     the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv`."""
     if not HAS_TRITON:
-        from rag.llm.fastgen.gemv import reference
-
         return reference(x, (qweight.float() * scales[:, None]).to(x.dtype), norm_weight=norm_weight, eps=eps, up=up,
                          bias=bias, residual=residual)
-    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
-    rows, (out_features, in_features) = x.shape[0], qweight.shape
-    out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
-    grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows)  # noqa: E731
-    gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, qweight, in_features, scales,
-                       bias if bias is not None else scales, addend_stride(bias), res, out,
-                       out_features, in_features, float(eps), row_bucket(rows), PRO=pro, HAS_SCALE=True,
-                       HAS_BIAS=bias is not None, HAS_RES=residual is not None)
-    return out
+    return launch_gemv(x, qweight, scales, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual)
 
 
 if HAS_TRITON:
