@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--forced-steps", type=int, default=8, help="teacher-forced logit comparisons")
     parser.add_argument("--deadline-s", type=float, default=560.0)
     parser.add_argument("--skip", default="", help="comma-separated stages to skip: bf16_separate_qkv, profile_bf16, "
-                        "general_walk (int8/int4 without the fused GEMV prologues), int4_8k")
+                        "general_walk (int8/int4 without the fused GEMV prologues), fused_walk (with them), int4_8k")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--serve", action="store_true",
                         help="only llm.quantization through HFChatModel.load/stream: bf16, int8, int4, first and cached "
@@ -289,6 +289,9 @@ def main() -> None:
     if "general_walk" not in skip:  # the same weights through the general layer walk (no fused GEMV prologues)
         b.run("int8_general_walk", variant("int8_general_walk", quantize="int8", fuse_gemv=False), needs_s=60)
         b.run("int4_general_walk", variant("int4_general_walk", quantize="int4", fuse_gemv=False), needs_s=60)
+    if "fused_walk" not in skip:  # the same weights through the fused GEMV layer walk (prologues in the GEMVs)
+        b.run("int8_fused_walk", variant("int8_fused_walk", quantize="int8", fuse_gemv=True), needs_s=60)
+        b.run("int4_fused_walk", variant("int4_fused_walk", quantize="int4", fuse_gemv=True), needs_s=60)
 
     def int4_8k() -> dict[str, Any]:
         if cuda:

@@ -12,12 +12,14 @@ import torch
 
 from rag.llm.fastgen.generator import FastGenerator
 from rag.llm.fastgen.quant import (
+    deinterleave_int8,
     int4_group_for,
-    nibble_pairs,
+    interleave_int8,
+    pack_int4,
     quantize_int4,
     quantize_int8,
     quantize_linear,
-    unpack_pairs,
+    unpack_int4,
 )
 
 PROMPT = [5, 17, 33, 8, 99, 64, 3, 120, 41]
@@ -145,11 +147,46 @@ def test_quantize_errors_say_what_to_change() -> None:
         FastGenerator(model, backend="hf", quantize="int8")
 
 
-def test_int4_is_stored_two_values_a_byte() -> None:
-    q = torch.randint(0, 16, (8, 64), dtype=torch.uint8)
-    pairs = nibble_pairs(q)
-    assert pairs.shape == (8, 32) and torch.equal(unpack_pairs(pairs), q)
-    assert int(pairs[0, 0]) == int(q[0, 0]) * 16 + int(q[0, 1])  # high nibble first
+def test_int4_is_stored_two_values_a_byte_interleaved_per_word() -> None:
+    q = torch.randint(0, 16, (8, 256), dtype=torch.uint8)
+    for group in (128, 64, 32):
+        packed = pack_int4(q, group)
+        assert packed.shape == (8, 128) and packed.dtype == torch.uint8 and torch.equal(unpack_int4(packed, group), q)
+    packed = pack_int4(q, 128)
+    words = packed.view(torch.int32)  # little-endian 32-bit words, 16 per group of 128 columns
+    for j in (0, 5, 15):
+        for i in range(8):  # nibble i of word j is column 16 i + j of the group
+            assert (int(words[3, 16 + j]) >> (4 * i)) & 15 == int(q[3, 128 + 16 * i + j])
+
+
+def test_int8_is_interleaved_per_128_columns() -> None:
+    q = torch.randint(-127, 128, (4, 384), dtype=torch.int8)
+    stored = interleave_int8(q)
+    assert torch.equal(deinterleave_int8(stored), q)
+    words = stored.view(torch.int32)  # 32 words per 128 columns
+    for j in (0, 7, 31):
+        for i in range(4):  # byte i of word j is column 32 i + j of the pack
+            byte = (int(words[2, 32 + j]) >> (8 * i)) & 255
+            assert byte - 256 * (byte > 127) == int(q[2, 128 + 32 * i + j])
+    odd = torch.randint(-127, 128, (4, 100), dtype=torch.int8)
+    assert interleave_int8(odd) is odd  # widths that are no multiple of 128 stay in column order
+    layer = quantize_linear(torch.randn(16, 256), None, "int8")
+    assert torch.equal(layer.dequantize(), deinterleave_int8(layer.qweight).float() * layer.scales[:, None])
+
+
+def test_gemv_float_of_bits_is_exact() -> None:
+    """The GEMVs' conversion without an int-to-float instruction (quant._float_of_field), in torch: a 4-bit value
+    or-ed into the mantissa of 16.0 is 16 + q, a byte xor-ed into that of 256.0 is 384 + its signed value."""
+    q4 = torch.arange(16, dtype=torch.int32)
+    for i in range(8):
+        word = q4 << (4 * i)
+        shifted = word << (19 - 4 * i) if i <= 4 else word >> (4 * i - 19)
+        assert torch.equal(((shifted & 0x780000) ^ 0x41800000).view(torch.float32), 16.0 + q4.float())
+    q8 = torch.arange(-128, 128, dtype=torch.int32)
+    for i in range(4):
+        word = (q8 & 255) << (8 * i)
+        shifted = word << (15 - 8 * i) if i <= 1 else word >> (8 * i - 15)
+        assert torch.equal(((shifted & 0x7F8000) ^ 0x43C00000).view(torch.float32), 384.0 + q8.float())
 
 
 @pytest.mark.gpu

@@ -4,13 +4,23 @@ Batch-1 decoding reads every weight once per token, so fewer bytes per weight is
 
 - **int8**: symmetric, one float32 scale per output row (``w ≈ q * scale``, ``q`` in [-127, 127]). Decode (a few rows
   of ``x``) runs a Triton GEMV that reads the int8 weights once and scales the dot products; prefill dequantizes one
-  layer at a time and runs a normal GEMM (it is compute bound, the dequantized copy is transient).
+  layer at a time and runs a normal GEMM (it is compute bound, the dequantized copy is transient). Widths that are a
+  multiple of 128 store each row's bytes interleaved per 128 columns (:func:`interleave_int8`: byte ``i`` of 4-byte
+  word ``j`` is column ``32 i + j``), so the GEMV reads whole 32-bit words and each byte position meets a contiguous
+  slice of ``x``.
 - **int4**: asymmetric per group of ``group`` input columns (``w ≈ (q - 8) * scale + zero``, ``q`` in [0, 15]), two
-  values a byte (``[out, in / 2]``, high nibble first), scales and zeros as ``[in / group, out, 2]``. Decode runs a
-  Triton GEMV that unpacks the nibbles in registers and applies each group's scale to its partial dot product (and
-  its zero to the group's sum of ``x``); prefill dequantizes one layer with a Triton kernel and runs a normal GEMM.
+  values a byte (``[out, in / 2]``), scales and zeros as ``[in / group, out, 2]``. Within a group the nibbles are
+  interleaved per 32-bit word (:func:`pack_int4`: nibble ``i`` of word ``j`` is column ``i * group / 8 + j``). Decode
+  runs a Triton GEMV that unpacks the nibbles in registers and applies each group's scale to its partial dot product
+  (and its zero to the group's sum of ``x``); prefill dequantizes one layer with a Triton kernel and runs a normal GEMM.
   The same layout on every device and in the cache file: no private PyTorch kernel (tinygemm's packing, used before,
   changed format between PyTorch versions and was slow for prefill: 0.78 s for a 2,000-token prompt on an H100).
+
+Both GEMVs turn the small integers into floats with bit operations instead of the int-to-float conversion
+instruction (16 a clock per SM on Hopper, a quarter of the FMA rate; at the memory bandwidth int4 needs ~26 a clock
+per SM): the value is or-ed into the mantissa of a float whose exponent makes one unit of the mantissa field worth 1
+(``0x41800000 | q << 19`` is ``16.0 + q``), and the constant offset is taken out once per group through the sum of
+``x`` (:func:`int4_gemv`, :func:`int8_gemv`).
 
 On CPU (tests, the ``eager`` backend) both kinds compute ``x @ dequantize().T``: the same numbers the GPU kernels
 approximate, so a CPU test checks the quantization itself and the GPU bench checks the kernels against it.
@@ -49,7 +59,7 @@ class QuantLinear:
     kind: str
     in_features: int
     out_features: int
-    qweight: torch.Tensor  # int8 [out, in] | int4: uint8 [out, in / 2], two values 0..15 a byte (high nibble first)
+    qweight: torch.Tensor  # int8 [out, in] (interleaved, :func:`interleave_int8`) | int4: uint8 [out, in / 2] (:func:`pack_int4`)
     scales: torch.Tensor  # int8: float32 [out] | int4: [in / group, out, 2] (scale, zero) in the compute dtype
     bias: torch.Tensor | None
     group: int = 0
@@ -62,9 +72,9 @@ class QuantLinear:
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The weight these numbers stand for, ``[out, in]`` (float32 unless ``dtype``)."""
         if self.kind == "int8":
-            weight = self.qweight.float() * self.scales[:, None].float()
+            weight = deinterleave_int8(self.qweight).float() * self.scales[:, None].float()
         else:
-            groups = unpack_pairs(self.qweight).float().view(self.out_features, -1, self.group)  # [out, in / group, group]
+            groups = unpack_int4(self.qweight, self.group).float().view(self.out_features, -1, self.group)  # [out, in / group, group]
             scale, zero = self.scales.float().permute(1, 0, 2).unbind(-1)  # each [out, in / group]
             weight = ((groups - 8) * scale[..., None] + zero[..., None]).view(self.out_features, self.in_features)
         return weight if dtype is None else weight.to(dtype)
@@ -141,9 +151,9 @@ def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: str, 
     size = int4_group_for(in_features, out_features, group) if kind == "int4" else 0
     if kind == "int8" or not size:
         q, scale = quantize_int8(weight.detach())
-        return QuantLinear("int8", in_features, out_features, q, scale, bias)
+        return QuantLinear("int8", in_features, out_features, interleave_int8(q), scale, bias)
     q, scales_zeros = quantize_int4(weight.detach(), size)
-    return QuantLinear("int4", in_features, out_features, nibble_pairs(q), scales_zeros.to(weight.dtype), bias,
+    return QuantLinear("int4", in_features, out_features, pack_int4(q, size), scales_zeros.to(weight.dtype), bias,
                        group=size)
 
 
@@ -160,14 +170,50 @@ def concat_quant(parts: list[QuantLinear]) -> QuantLinear:
                        torch.cat([p.scales for p in parts], dim=1), bias, group=first.group)
 
 
-def nibble_pairs(q: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[out, in]`` values 0..15 -> uint8 ``[out, in / 2]``, two values a byte, high nibble first."""
-    return (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+INT8_PACK = 128  # int8 columns interleaved together (four bytes of 32 words); other widths stay in column order
 
 
-def unpack_pairs(pairs: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`nibble_pairs`: uint8 ``[out, in / 2]`` -> values 0..15 ``[out, in]``."""
-    return torch.stack([pairs >> 4, pairs & 15], dim=-1).view(pairs.shape[0], -1)
+def int8_interleaved(in_features: int) -> bool:
+    """Whether an int8 weight of this width is stored interleaved (:func:`interleave_int8`) and read by the word GEMV."""
+    return in_features % INT8_PACK == 0
+
+
+def interleave_int8(q: torch.Tensor) -> torch.Tensor:
+    """int8 ``[out, in]`` in column order -> the stored order: per 128 columns, byte ``i`` of 4-byte word ``j`` is
+    column ``32 i + j`` (so the GEMV's byte position ``i`` of its words multiplies the contiguous ``x[32 i : 32 i +
+    32]``). Widths that are no multiple of 128 are returned as they are."""
+    out_features, in_features = q.shape
+    if not int8_interleaved(in_features):
+        return q
+    return q.view(out_features, -1, 4, INT8_PACK // 4).transpose(2, 3).reshape(out_features, in_features)
+
+
+def deinterleave_int8(stored: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`interleave_int8`: the int8 weight in column order."""
+    out_features, in_features = stored.shape
+    if not int8_interleaved(in_features):
+        return stored
+    return stored.view(out_features, -1, INT8_PACK // 4, 4).transpose(2, 3).reshape(out_features, in_features)
+
+
+def pack_int4(q: torch.Tensor, group: int) -> torch.Tensor:
+    """uint8 ``[out, in]`` values 0..15 -> uint8 ``[out, in / 2]``, two values a byte: per group of ``group`` columns,
+    ``group / 8`` little-endian 32-bit words whose nibble ``i`` (bits ``4 i .. 4 i + 3``) is column
+    ``i * group / 8 + j`` of word ``j``. The GEMV loads whole words (16 bytes a thread) and each nibble position meets a
+    contiguous slice of ``x``."""
+    out_features, in_features = q.shape
+    words = group // 8
+    nib = q.view(out_features, in_features // group, 4, 2, words)  # [out, group, byte b, low/high, word j]
+    pairs = (nib[:, :, :, 0] | nib[:, :, :, 1] << 4).to(torch.uint8)  # [out, groups, 4, words]
+    return pairs.transpose(2, 3).reshape(out_features, in_features // 2)
+
+
+def unpack_int4(packed: torch.Tensor, group: int) -> torch.Tensor:
+    """The inverse of :func:`pack_int4`: uint8 ``[out, in / 2]`` -> values 0..15 ``[out, in]`` in column order."""
+    out_features, in_features = packed.shape[0], packed.shape[1] * 2
+    words = group // 8
+    pairs = packed.view(out_features, in_features // group, words, 4).transpose(2, 3)  # [out, groups, byte b, word j]
+    return torch.stack([pairs & 15, pairs >> 4], dim=3).reshape(out_features, in_features)
 
 
 LM_HEAD = "lm_head"  # the output layer's name in :func:`served_linears`; always int8 (int4 costs it too much)
@@ -211,103 +257,238 @@ def quantize_served(lm: Any, kind: str, *, release: bool, device: torch.device |
     return out
 
 
+SPLIT_MAX_N = 16384  # layers of at most this many rows may take split-K GEMV configurations
+SPLIT_MAX = 8  # the most programs that share one block of rows (the autotuners' largest SPLIT)
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def split_buffers(device: torch.device, rows: int, out_features: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
+    """Split-K scratch for one GEMV launch: partial dot products ``[rows, SPLIT_MAX, out]`` and sums of squares
+    (float32, written before they are read), and the arrival counters (int32 zeros, reset by the kernel itself after
+    each use; kept per device, made at the first call, which is eager: the autotuning runs before graph capture)."""
+    if device not in _COUNTERS:
+        _COUNTERS[device] = torch.zeros(GEMV_MAX_ROWS * (SPLIT_MAX_N // 4), dtype=torch.int32, device=device)
+    if out_features > SPLIT_MAX_N:  # no split configuration is tried: nothing to hold
+        return _COUNTERS[device], _COUNTERS[device], _COUNTERS[device]
+    ws = torch.empty(rows * SPLIT_MAX * out_features, dtype=torch.float32, device=device)
+    sq = torch.empty(rows * SPLIT_MAX * (out_features // 4 + 1), dtype=torch.float32, device=device)
+    return ws, sq, _COUNTERS[device]
+
+
 def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *,
               norm_weight: torch.Tensor | None = None, eps: float = 1e-6, up: torch.Tensor | None = None,
               residual: torch.Tensor | None = None) -> torch.Tensor:
     """``x [M, in] @ (qweight * scales).T + bias`` on CUDA, reading the int8 weights (not a dequantized copy); with
     the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv`."""
     if not HAS_TRITON:
-        return reference(x, (qweight.float() * scales[:, None]).to(x.dtype), norm_weight=norm_weight, eps=eps, up=up,
-                         bias=bias, residual=residual)
-    return launch_gemv(x, qweight, scales, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual)
+        return reference(x, (deinterleave_int8(qweight).float() * scales[:, None]).to(x.dtype),
+                         norm_weight=norm_weight, eps=eps, up=up, bias=bias, residual=residual)
+    if not int8_interleaved(qweight.shape[1]):  # column order: the bf16 kernel with one scale per row
+        return launch_gemv(x, qweight, scales, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual)
+    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
+    rows, (out_features, in_features) = x.shape[0], qweight.shape
+    words = qweight.view(torch.int32)
+    out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
+    grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows, meta["SPLIT"])  # noqa: E731
+    ws, sq, cnt = split_buffers(x.device, rows, out_features)
+    _int8_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
+                            bias if bias is not None else scales, addend_stride(bias), res, out, ws, sq, cnt,
+                            out_features, in_features, float(eps), row_bucket(rows), PRO=pro,
+                            HAS_BIAS=bias is not None, HAS_RES=residual is not None)
+    return out
 
 
 if HAS_TRITON:
 
-    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
-                              for n, k, w in ((8, 512, 4), (16, 256, 4), (16, 512, 4), (32, 256, 4), (32, 256, 8),
-                                              (64, 128, 4), (16, 1024, 8), (32, 512, 8), (4, 512, 2), (4, 1024, 4),
-                                              (2, 1024, 2), (2, 2048, 4))],
-                     key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"])
+    def _prune(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
+        """Drop block shapes taller than the layer (small test shapes: they only repeat rows), and split-K shapes for
+        layers with enough rows to fill the GPU without them."""
+        n = named_args["N"]
+        kept = [c for c in configs if c.kwargs["BLOCK_N"] <= max(triton.next_power_of_2(n), 4)
+                and (c.kwargs["SPLIT"] == 1 or n <= SPLIT_MAX_N)]
+        return kept or configs[:1]
+
     @triton.jit
-    def _int4_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, s_ptr, b_ptr, b_stride, r_ptr, out_ptr,
-                          N, K, eps, ROW_BUCKET, GROUP: tl.constexpr, PRO: tl.constexpr, HAS_BIAS: tl.constexpr,
-                          HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # program (block of BLOCK_N output rows, row m of x). Per K block: the bytes [BLOCK_N, BLOCK_K / 2] hold the
-        # even (high nibble) and odd (low nibble) columns; each group's dot product of (q - 8) with x is scaled by
-        # the group's scale, and the group's zero multiplies the group's sum of x. x is prologue(x) first (PRO 1:
-        # RMSNorm, its 1 / rms applied at the end, as both terms are linear in x; PRO 2: silu(x) * up).
-        HALF: tl.constexpr = BLOCK_K // 2
-        G: tl.constexpr = BLOCK_K // GROUP
+    def _float_of_field(w, SHIFT: tl.constexpr, MASK: tl.constexpr, BITS: tl.constexpr):
+        """The bit field of the int32 words ``w`` moved to the mantissa ``MASK`` of the float ``BITS`` (``SHIFT`` > 0:
+        left, < 0: right): ``BITS``'s value plus the field, exactly, with no int-to-float conversion."""
+        if SHIFT >= 0:
+            t = w << SHIFT
+        else:
+            t = w >> (-SHIFT)
+        return ((t & MASK) ^ BITS).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _finish(total, squares, ws_ptr, sq_ptr, cnt_ptr, s, m, K, eps, b_ptr, b_stride, r_ptr, out_ptr, N, rows, row_ok,
+                PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SPLIT: tl.constexpr):
+        """Store this program's rows (``total`` [BLOCK_N] dot products, ``squares`` [1] its part of sum(x²)). With
+        split-K (``SPLIT`` programs per block of rows, each over a slice of K), each stores its partial sums to the
+        workspace and counts itself in; the last to arrive adds the parts up, stores, and resets the counter for the
+        next launch (or graph replay)."""
+        if SPLIT == 1:
+            epilogue_store(total, squares, K, eps, b_ptr, b_stride, r_ptr, out_ptr, m, N, rows, row_ok, PRO, HAS_BIAS,
+                           HAS_RES)
+        else:
+            tile = tl.program_id(0)
+            tiles = tl.num_programs(0)
+            tl.store(ws_ptr + (m * SPLIT + s) * N + rows, total, mask=row_ok)
+            tl.store(sq_ptr + (m * SPLIT + s) * tiles + tile + tl.arange(0, 1), squares)
+            tl.debug_barrier()  # every thread's stores issued before the (one-thread, releasing) count
+            count = tl.atomic_add(cnt_ptr + m * tiles + tile, 1, sem="acq_rel")
+            if count == SPLIT - 1:
+                parts = (m * SPLIT + tl.arange(0, SPLIT))
+                total = tl.sum(tl.load(ws_ptr + parts[:, None] * N + rows[None, :], mask=row_ok[None, :], other=0.0,
+                                       cache_modifier=".cg"), axis=0)
+                squares = tl.load(sq_ptr + parts * tiles + tile, cache_modifier=".cg")
+                epilogue_store(total, squares, K, eps, b_ptr, b_stride, r_ptr, out_ptr, m, N, rows, row_ok, PRO,
+                               HAS_BIAS, HAS_RES)
+                tl.atomic_xchg(cnt_ptr + m * tiles + tile, 0)
+
+    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "PACKS": p, "SPLIT": k}, num_warps=w, num_stages=s)
+                              for n, p, w, s, k in ((16, 2, 4, 3, 1), (8, 4, 4, 3, 1), (32, 2, 8, 3, 1),
+                                                    (16, 4, 8, 3, 1), (64, 1, 8, 2, 1), (16, 8, 8, 2, 1),
+                                                    # split-K, for layers of few rows (q/k/v, o, down)
+                                                    (32, 2, 8, 3, 4), (16, 2, 4, 3, 4), (64, 1, 8, 2, 4),
+                                                    (16, 4, 8, 2, 2))],
+                     key=["N", "K", "ROW_BUCKET", "PRO"], prune_configs_by={"early_config_prune": _prune})
+    @triton.jit
+    def _int8_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
+                          out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, ROW_BUCKET, PRO: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, PACKS: tl.constexpr,
+                          SPLIT: tl.constexpr):
+        # program (block of BLOCK_N output rows, row m of x); per step PACKS packs of 128 columns, read as
+        # [BLOCK_N, PACKS, 32] int32 words whose byte i is column 32 i + j of the pack (interleave_int8). Byte b
+        # becomes the float 384 + q (0x43800000 | (b ^ 0x80) << 15): the dot product with x is the sum of those
+        # products less 384 * sum(x), and each row's scale applies at the end. Program (.., .., s) of SPLIT takes
+        # the s-th slice of the packs (_finish adds the slices up).
+        W: tl.constexpr = 32
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         m = tl.program_id(1)
+        s = tl.program_id(2)
         row_ok = rows < N
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        squares = tl.zeros([HALF], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            pairs = k0 // 2 + tl.arange(0, HALF)
-            pair_ok = pairs < K // 2
-            w = tl.load(w_ptr + rows[:, None] * (K // 2) + pairs[None, :], mask=row_ok[:, None] & pair_ok[None, :],
-                        other=0x88)  # (8, 8): zero after the -8
-            hi = (w >> 4).to(tl.float32) - 8.0
-            lo = (w & 15).to(tl.float32) - 8.0
-            xe, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, 2 * pairs, pair_ok, squares,
-                                        PRO)
-            xo, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, 2 * pairs + 1, pair_ok,
-                                        squares, PRO)
-            dots = tl.sum(tl.reshape(hi * xe[None, :] + lo * xo[None, :], [BLOCK_N, G, GROUP // 2]), axis=2)
-            xsum = tl.sum(tl.reshape(xe + xo, [G, GROUP // 2]), axis=1)
-            groups = k0 // GROUP + tl.arange(0, G)
-            at = (groups[None, :] * N + rows[:, None]) * 2
-            ok = row_ok[:, None] & (groups[None, :] < K // GROUP)
+        per = tl.cdiv(tl.cdiv(K // 128, SPLIT), PACKS) * PACKS
+        start = s * per
+        packs = tl.minimum(start + per, K // 128)
+        p_in = tl.arange(0, PACKS)
+        j = tl.arange(0, W)
+        acc = tl.zeros([BLOCK_N, PACKS, W], dtype=tl.float32)
+        xs = tl.zeros([1, PACKS, W], dtype=tl.float32)
+        squares = tl.zeros([1, PACKS, W], dtype=tl.float32)
+        for p0 in range(start, packs, PACKS):
+            p = p0 + p_in
+            words = (p[:, None] * W + j[None, :])[None, :, :]
+            ok = row_ok[:, None, None] & (p < packs)[None, :, None]
+            w = tl.load(w_ptr + rows[:, None, None] * w_stride + words, mask=ok, other=0)
+            for i in tl.static_range(4):
+                cols = (p[:, None] * 128 + i * W + j[None, :])[None, :, :]
+                xi, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, cols < K, squares,
+                                            PRO)
+                acc += _float_of_field(w, 15 - 8 * i, 0x7F8000, 0x43C00000) * xi
+                xs += xi
+        total = tl.sum(tl.sum(acc, axis=2), axis=1) - 384.0 * tl.sum(tl.sum(xs, axis=2), axis=1)
+        total = total * tl.load(s_ptr + rows, mask=row_ok, other=0.0)
+        _finish(total, tl.sum(tl.sum(squares, axis=2), axis=1), ws_ptr, sq_ptr, cnt_ptr, s, m, K, eps, b_ptr, b_stride,
+                r_ptr, out_ptr, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES, SPLIT)
+
+    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k}, num_warps=w, num_stages=s)
+                              for n, g, w, s, k in ((16, 2, 4, 3, 1), (8, 4, 4, 3, 1), (32, 2, 8, 3, 1),
+                                                    (16, 4, 8, 3, 1), (64, 1, 8, 3, 1), (16, 8, 8, 2, 1),
+                                                    # split-K, for layers of few rows (q/k/v, o, down)
+                                                    (32, 2, 8, 3, 4), (16, 2, 4, 3, 4), (32, 4, 8, 2, 4),
+                                                    (32, 1, 4, 3, 8))],
+                     key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"], prune_configs_by={"early_config_prune": _prune})
+    @triton.jit
+    def _int4_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
+                          out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, ROW_BUCKET, GROUP: tl.constexpr,
+                          PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr,
+                          GROUPS: tl.constexpr, SPLIT: tl.constexpr):
+        # program (block of BLOCK_N output rows, row m of x); per step GROUPS groups, read as [BLOCK_N, GROUPS, W]
+        # int32 words (W = GROUP / 8) whose nibble i is column i * W + j of the group (pack_int4). Nibble q becomes
+        # the float 16 + q (0x41800000 | q << 19); with w = (q - 8) * scale + zero = (16 + q) * scale + (zero -
+        # 24 scale), each group adds scale * sum((16 + q) x) + (zero - 24 scale) * sum(x). x is prologue(x) first
+        # (PRO 1: RMSNorm, its 1 / rms applied at the end, as both terms are linear in x; PRO 2: silu(x) * up).
+        # Program (.., .., s) of SPLIT takes the s-th slice of the groups (_finish adds the slices up).
+        W: tl.constexpr = GROUP // 8
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m = tl.program_id(1)
+        s = tl.program_id(2)
+        row_ok = rows < N
+        per = tl.cdiv(tl.cdiv(K // GROUP, SPLIT), GROUPS) * GROUPS
+        start = s * per
+        n_groups = tl.minimum(start + per, K // GROUP)
+        g_in = tl.arange(0, GROUPS)
+        j = tl.arange(0, W)
+        acc = tl.zeros([BLOCK_N, GROUPS, W], dtype=tl.float32)
+        squares = tl.zeros([1, GROUPS, W], dtype=tl.float32)
+        for g0 in range(start, n_groups, GROUPS):
+            g = g0 + g_in
+            g_ok = g < n_groups
+            words = (g[:, None] * W + j[None, :])[None, :, :]
+            w = tl.load(w_ptr + rows[:, None, None] * w_stride + words,
+                        mask=row_ok[:, None, None] & g_ok[None, :, None], other=0)
+            part = tl.zeros([BLOCK_N, GROUPS, W], dtype=tl.float32)
+            xs = tl.zeros([1, GROUPS, W], dtype=tl.float32)
+            for i in tl.static_range(8):
+                cols = (g[:, None] * GROUP + i * W + j[None, :])[None, :, :]
+                xi, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, cols < K, squares,
+                                            PRO)
+                part += _float_of_field(w, 19 - 4 * i, 0x780000, 0x41800000) * xi
+                xs += xi
+            at = (g[None, :] * N + rows[:, None]) * 2
+            ok = row_ok[:, None] & g_ok[None, :]
             scale = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
-            zero = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32)
-            acc += tl.sum(scale * dots + zero * xsum[None, :], axis=1)
-        epilogue_store(acc, squares, K, eps, b_ptr, b_stride, r_ptr, out_ptr, m, N, rows, row_ok, PRO, HAS_BIAS,
-                       HAS_RES)
+            low = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32) - 24.0 * scale
+            acc += scale[:, :, None] * part + low[:, :, None] * xs
+        _finish(tl.sum(tl.sum(acc, axis=2), axis=1), tl.sum(tl.sum(squares, axis=2), axis=1), ws_ptr, sq_ptr, cnt_ptr,
+                s, m, K, eps, b_ptr, b_stride, r_ptr, out_ptr, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES, SPLIT)
 
     @triton.jit
-    def _int4_dequantize_kernel(w_ptr, s_ptr, out_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-                                BLOCK_K: tl.constexpr):
+    def _int4_dequantize_kernel(w_ptr, w_stride, s_ptr, out_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+        # program (block of BLOCK_N rows, one group): nibble i of word j -> column i * W + j of the group
+        W: tl.constexpr = GROUP // 8
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        pairs = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-        ok = (rows < N)[:, None] & (pairs < K // 2)[None, :]
-        w = tl.load(w_ptr + rows[:, None] * (K // 2) + pairs[None, :], mask=ok, other=0)
-        at = ((2 * pairs[None, :]) // GROUP * N + rows[:, None]) * 2
-        scale = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
-        zero = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32)
-        hi = ((w >> 4).to(tl.float32) - 8.0) * scale + zero
-        lo = ((w & 15).to(tl.float32) - 8.0) * scale + zero
-        values = tl.interleave(hi, lo).to(out_ptr.dtype.element_ty)  # [BLOCK_N, BLOCK_K]: even, odd, even, ...
-        cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-        tl.store(out_ptr + rows[:, None] * K + cols[None, :], values,
-                 mask=(rows < N)[:, None] & (cols < K)[None, :])
+        g = tl.program_id(1)
+        j = tl.arange(0, W)
+        row_ok = rows < N
+        ok = row_ok[:, None] & (j < W)[None, :]
+        w = tl.load(w_ptr + rows[:, None] * w_stride + g * W + j[None, :], mask=ok, other=0)
+        at = (g * N + rows) * 2
+        scale = tl.load(s_ptr + at, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+        zero = tl.load(s_ptr + at + 1, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+        for i in tl.static_range(8):
+            q = ((w >> (4 * i)) & 15).to(tl.float32) - 8.0
+            tl.store(out_ptr + rows[:, None] * K + g * GROUP + i * W + j[None, :],
+                     (q * scale + zero).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def int4_gemv(x: torch.Tensor, pairs: torch.Tensor, scales: torch.Tensor, group: int,
+def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int,
               bias: torch.Tensor | None, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
               up: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``x [M, in] @ dequantized(pairs).T + bias`` on CUDA, reading the 4-bit weights (not a dequantized copy); with
+    """``x [M, in] @ dequantized(packed).T + bias`` on CUDA, reading the 4-bit weights (not a dequantized copy); with
     the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv`."""
     x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
-    rows, out_features, in_features = x.shape[0], pairs.shape[0], pairs.shape[1] * 2
+    rows, out_features, in_features = x.shape[0], packed.shape[0], packed.shape[1] * 2
+    words = packed.view(torch.int32)
     out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
-    grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows)  # noqa: E731
-    _int4_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, pairs, scales,
-                            bias if bias is not None else scales, addend_stride(bias), res, out,
+    grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows, meta["SPLIT"])  # noqa: E731
+    ws, sq, cnt = split_buffers(x.device, rows, out_features)
+    _int4_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
+                            bias if bias is not None else scales, addend_stride(bias), res, out, ws, sq, cnt,
                             out_features, in_features, float(eps), row_bucket(rows), GROUP=group, PRO=pro,
                             HAS_BIAS=bias is not None, HAS_RES=residual is not None)
     return out
 
 
-def int4_dequantize(pairs: torch.Tensor, scales: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
+def int4_dequantize(packed: torch.Tensor, scales: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
     """The ``[out, in]`` weight in ``dtype`` on CUDA (prefill: a transient copy for one GEMM)."""
-    out_features, in_features = pairs.shape[0], pairs.shape[1] * 2
-    out = torch.empty(out_features, in_features, dtype=dtype, device=pairs.device)
-    block_n, block_k = 32, 256
-    grid = (triton.cdiv(out_features, block_n), triton.cdiv(in_features, block_k))
-    _int4_dequantize_kernel[grid](pairs, scales, out, out_features, in_features, GROUP=group, BLOCK_N=block_n,
-                                  BLOCK_K=block_k)
+    out_features, in_features = packed.shape[0], packed.shape[1] * 2
+    words = packed.view(torch.int32)
+    out = torch.empty(out_features, in_features, dtype=dtype, device=packed.device)
+    block_n = 32
+    grid = (triton.cdiv(out_features, block_n), in_features // group)
+    _int4_dequantize_kernel[grid](words, words.stride(0), scales, out, out_features, in_features, GROUP=group,
+                                  BLOCK_N=block_n)
     return out
 
 

@@ -29,7 +29,8 @@ from rag.core.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 FAST_QUANTIZATIONS = ("int8", "int4")
-CACHE_FORMAT = 1  # bump when the cached tensors' layout changes
+# bump when the cached tensors' layout changes (2: int8 interleaved per 128 columns, int4 nibbles interleaved per word)
+CACHE_FORMAT = 2
 
 
 def check_settings(kind: str, *, fast_decode: str, device: str = "") -> None:
