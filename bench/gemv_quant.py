@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gemv import timed
 from rag.llm.fastgen import quant
-from rag.llm.fastgen.gemv import fused_gemv, reference
+from rag.llm.fastgen.gemv import fused_gemv, gemv_kernel, reference
 from rag.llm.fastgen.quant import quantize_linear
 
 # name: (out, in, prologue)
@@ -67,7 +67,7 @@ def shape_rows(name: str, n: int, k: int, prologue: str, kinds: list[str]) -> li
         layer = quantize_linear(w, None, kind)
         copies = max(2, -(-(256 << 20) // layer.nbytes))
         layers = [layer] + [quantize_linear(torch.randn_like(w) * 0.02, None, kind) for _ in range(copies - 1)]
-        kernel = quant._int8_gemv_kernel if layer.kind == "int8" else quant._int4_gemv_kernel
+        kernel = gemv_kernel if layer.kind == "int8" else quant._int4_gemv_kernel
         t = timed(lambda layers=layers: [q(x, **kw) for q in layers]) / copies  # type: ignore[misc]
         got = layer(x, **kw).float()
         want = reference(x, layer.dequantize(torch.bfloat16), **kw).float()

@@ -12,9 +12,7 @@ import torch
 
 from rag.llm.fastgen.generator import FastGenerator
 from rag.llm.fastgen.quant import (
-    deinterleave_int8,
     int4_group_for,
-    interleave_int8,
     pack_int4,
     quantize_int4,
     quantize_int8,
@@ -159,34 +157,14 @@ def test_int4_is_stored_two_values_a_byte_interleaved_per_word() -> None:
             assert (int(words[3, 16 + j]) >> (4 * i)) & 15 == int(q[3, 128 + 16 * i + j])
 
 
-def test_int8_is_interleaved_per_128_columns() -> None:
-    q = torch.randint(-127, 128, (4, 384), dtype=torch.int8)
-    stored = interleave_int8(q)
-    assert torch.equal(deinterleave_int8(stored), q)
-    words = stored.view(torch.int32)  # 32 words per 128 columns
-    for j in (0, 7, 31):
-        for i in range(4):  # byte i of word j is column 32 i + j of the pack
-            byte = (int(words[2, 32 + j]) >> (8 * i)) & 255
-            assert byte - 256 * (byte > 127) == int(q[2, 128 + 32 * i + j])
-    odd = torch.randint(-127, 128, (4, 100), dtype=torch.int8)
-    assert interleave_int8(odd) is odd  # widths that are no multiple of 128 stay in column order
-    layer = quantize_linear(torch.randn(16, 256), None, "int8")
-    assert torch.equal(layer.dequantize(), deinterleave_int8(layer.qweight).float() * layer.scales[:, None])
-
-
 def test_gemv_float_of_bits_is_exact() -> None:
-    """The GEMVs' conversion without an int-to-float instruction (quant._float_of_field), in torch: a 4-bit value
-    or-ed into the mantissa of 16.0 is 16 + q, a byte xor-ed into that of 256.0 is 384 + its signed value."""
+    """The int4 GEMV's conversion without an int-to-float instruction (quant._float_of_field), in torch: nibble i of
+    a word, shifted into the mantissa of 16.0 and or-ed in (the lop3's (t & 0x780000) ^ 0x41800000), is 16 + q."""
     q4 = torch.arange(16, dtype=torch.int32)
     for i in range(8):
         word = q4 << (4 * i)
         shifted = word << (19 - 4 * i) if i <= 4 else word >> (4 * i - 19)
         assert torch.equal(((shifted & 0x780000) ^ 0x41800000).view(torch.float32), 16.0 + q4.float())
-    q8 = torch.arange(-128, 128, dtype=torch.int32)
-    for i in range(4):
-        word = (q8 & 255) << (8 * i)
-        shifted = word << (15 - 8 * i) if i <= 1 else word >> (8 * i - 15)
-        assert torch.equal(((shifted & 0x7F8000) ^ 0x43C00000).view(torch.float32), 384.0 + q8.float())
 
 
 @pytest.mark.gpu

@@ -87,7 +87,8 @@ class FastGenerator:
             (:meth:`_forward_fused`) where the model allows it (joined q/k/v, a joined gate/up matrix, standard RMSNorm,
             SiLU); other models and adapter states take the general walk. ``None`` (default): on for bf16 weights,
             off with ``quantize`` — the int8/int4 GEMVs take the same prologues, but on an H100 their fused walk
-            was 1-1.5 % slower than the general one (docs/BENCHMARKS.md), while bf16 gained 15 %.
+            was slower than the general one (int8 1-1.5 %; int4 with its word-interleaved GEMV 23 %: 247.0 vs
+            321.1 tok/s; docs/BENCHMARKS.md), while bf16 gained 15 %.
     """
 
     def __init__(self, model: Any, max_batch: int = 1, max_len: int = 4096, *, backend: str = "auto",

@@ -4,10 +4,7 @@ Batch-1 decoding reads every weight once per token, so fewer bytes per weight is
 
 - **int8**: symmetric, one float32 scale per output row (``w ≈ q * scale``, ``q`` in [-127, 127]). Decode (a few rows
   of ``x``) runs a Triton GEMV that reads the int8 weights once and scales the dot products; prefill dequantizes one
-  layer at a time and runs a normal GEMM (it is compute bound, the dequantized copy is transient). Widths that are a
-  multiple of 128 store each row's bytes interleaved per 128 columns (:func:`interleave_int8`: byte ``i`` of 4-byte
-  word ``j`` is column ``32 i + j``), so the GEMV reads whole 32-bit words and each byte position meets a contiguous
-  slice of ``x``.
+  layer at a time and runs a normal GEMM (it is compute bound, the dequantized copy is transient).
 - **int4**: asymmetric per group of ``group`` input columns (``w ≈ (q - 8) * scale + zero``, ``q`` in [0, 15]), two
   values a byte (``[out, in / 2]``), scales and zeros as ``[in / group, out, 2]``. Within a group the nibbles are
   interleaved per 32-bit word (:func:`pack_int4`: nibble ``i`` of word ``j`` is column ``i * group / 8 + j``). Decode
@@ -16,11 +13,12 @@ Batch-1 decoding reads every weight once per token, so fewer bytes per weight is
   The same layout on every device and in the cache file: no private PyTorch kernel (tinygemm's packing, used before,
   changed format between PyTorch versions and was slow for prefill: 0.78 s for a 2,000-token prompt on an H100).
 
-Both GEMVs turn the small integers into floats with bit operations instead of the int-to-float conversion
-instruction (16 a clock per SM on Hopper, a quarter of the FMA rate; at the memory bandwidth int4 needs ~26 a clock
-per SM): the value is or-ed into the mantissa of a float whose exponent makes one unit of the mantissa field worth 1
+The int4 GEMV turns the nibbles into floats with bit operations instead of the int-to-float conversion instruction
+(16 a clock per SM on Hopper, a quarter of the FMA rate; at the memory bandwidth int4 needs ~26 a clock per SM): the
+nibble is or-ed into the mantissa of a float whose exponent makes one unit of the mantissa field worth 1
 (``0x41800000 | q << 19`` is ``16.0 + q``), and the constant offset is taken out once per group through the sum of
-``x`` (:func:`int4_gemv`, :func:`int8_gemv`).
+``x`` (:func:`int4_gemv`). The same for int8 (a word-interleaved layout, ``384 + q``) was slower on an H100 than the
+shared bf16/int8 kernel's conversions (283.8 vs ~315 tok/s, docs/BENCHMARKS.md) and was dropped.
 
 On CPU (tests, the ``eager`` backend) both kinds compute ``x @ dequantize().T``: the same numbers the GPU kernels
 approximate, so a CPU test checks the quantization itself and the GPU bench checks the kernels against it.
@@ -59,7 +57,7 @@ class QuantLinear:
     kind: str
     in_features: int
     out_features: int
-    qweight: torch.Tensor  # int8 [out, in] (interleaved, :func:`interleave_int8`) | int4: uint8 [out, in / 2] (:func:`pack_int4`)
+    qweight: torch.Tensor  # int8 [out, in] | int4: uint8 [out, in / 2], two values a byte (:func:`pack_int4`)
     scales: torch.Tensor  # int8: float32 [out] | int4: [in / group, out, 2] (scale, zero) in the compute dtype
     bias: torch.Tensor | None
     group: int = 0
@@ -72,7 +70,7 @@ class QuantLinear:
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The weight these numbers stand for, ``[out, in]`` (float32 unless ``dtype``)."""
         if self.kind == "int8":
-            weight = deinterleave_int8(self.qweight).float() * self.scales[:, None].float()
+            weight = self.qweight.float() * self.scales[:, None].float()
         else:
             groups = unpack_int4(self.qweight, self.group).float().view(self.out_features, -1, self.group)  # [out, in / group, group]
             scale, zero = self.scales.float().permute(1, 0, 2).unbind(-1)  # each [out, in / group]
@@ -151,7 +149,7 @@ def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: str, 
     size = int4_group_for(in_features, out_features, group) if kind == "int4" else 0
     if kind == "int8" or not size:
         q, scale = quantize_int8(weight.detach())
-        return QuantLinear("int8", in_features, out_features, interleave_int8(q), scale, bias)
+        return QuantLinear("int8", in_features, out_features, q, scale, bias)
     q, scales_zeros = quantize_int4(weight.detach(), size)
     return QuantLinear("int4", in_features, out_features, pack_int4(q, size), scales_zeros.to(weight.dtype), bias,
                        group=size)
@@ -168,32 +166,6 @@ def concat_quant(parts: list[QuantLinear]) -> QuantLinear:
                            torch.cat([p.scales for p in parts]), bias)
     return QuantLinear("int4", first.in_features, out_features, torch.cat([p.qweight for p in parts]),
                        torch.cat([p.scales for p in parts], dim=1), bias, group=first.group)
-
-
-INT8_PACK = 128  # int8 columns interleaved together (four bytes of 32 words); other widths stay in column order
-
-
-def int8_interleaved(in_features: int) -> bool:
-    """Whether an int8 weight of this width is stored interleaved (:func:`interleave_int8`) and read by the word GEMV."""
-    return in_features % INT8_PACK == 0
-
-
-def interleave_int8(q: torch.Tensor) -> torch.Tensor:
-    """int8 ``[out, in]`` in column order -> the stored order: per 128 columns, byte ``i`` of 4-byte word ``j`` is
-    column ``32 i + j`` (so the GEMV's byte position ``i`` of its words multiplies the contiguous ``x[32 i : 32 i +
-    32]``). Widths that are no multiple of 128 are returned as they are."""
-    out_features, in_features = q.shape
-    if not int8_interleaved(in_features):
-        return q
-    return q.view(out_features, -1, 4, INT8_PACK // 4).transpose(2, 3).reshape(out_features, in_features)
-
-
-def deinterleave_int8(stored: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`interleave_int8`: the int8 weight in column order."""
-    out_features, in_features = stored.shape
-    if not int8_interleaved(in_features):
-        return stored
-    return stored.view(out_features, -1, INT8_PACK // 4, 4).transpose(2, 3).reshape(out_features, in_features)
 
 
 def pack_int4(q: torch.Tensor, group: int) -> torch.Tensor:
@@ -262,6 +234,15 @@ SPLIT_MAX = 8  # the most programs that share one block of rows (the autotuners'
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
+INLINE_ASM = True  # the int4 GEMV's lop3 (see _float_of_field); False: plain Triton operations (the same numbers)
+
+
+def use_asm(x: torch.Tensor) -> bool:
+    """Whether the int4 GEMV uses inline PTX: on CUDA, unless :data:`INLINE_ASM` is off (Triton's interpreter runs on CPU
+    tensors and cannot run PTX)."""
+    return INLINE_ASM and x.is_cuda
+
+
 def split_buffers(device: torch.device, rows: int, out_features: int) -> tuple[torch.Tensor, torch.Tensor,
                                                                                 torch.Tensor]:
     """Split-K scratch for one GEMV launch: partial dot products ``[rows, SPLIT_MAX, out]`` and sums of squares
@@ -282,21 +263,9 @@ def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias
     """``x [M, in] @ (qweight * scales).T + bias`` on CUDA, reading the int8 weights (not a dequantized copy); with
     the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv`."""
     if not HAS_TRITON:
-        return reference(x, (deinterleave_int8(qweight).float() * scales[:, None]).to(x.dtype),
-                         norm_weight=norm_weight, eps=eps, up=up, bias=bias, residual=residual)
-    if not int8_interleaved(qweight.shape[1]):  # column order: the bf16 kernel with one scale per row
-        return launch_gemv(x, qweight, scales, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual)
-    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
-    rows, (out_features, in_features) = x.shape[0], qweight.shape
-    words = qweight.view(torch.int32)
-    out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
-    grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows, meta["SPLIT"])  # noqa: E731
-    ws, sq, cnt = split_buffers(x.device, rows, out_features)
-    _int8_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
-                            bias if bias is not None else scales, addend_stride(bias), res, out, ws, sq, cnt,
-                            out_features, in_features, float(eps), row_bucket(rows), PRO=pro,
-                            HAS_BIAS=bias is not None, HAS_RES=residual is not None)
-    return out
+        return reference(x, (qweight.float() * scales[:, None]).to(x.dtype), norm_weight=norm_weight, eps=eps, up=up,
+                         bias=bias, residual=residual)
+    return launch_gemv(x, qweight, scales, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual)
 
 
 if HAS_TRITON:
@@ -309,15 +278,24 @@ if HAS_TRITON:
                 and (c.kwargs["SPLIT"] == 1 or n <= SPLIT_MAX_N)]
         return kept or configs[:1]
 
+    # (t & mask) ^ bits in one instruction (lop3 with the truth table 0x6a = (a & b) ^ c): LLVM splits the two
+    # operations and ptxas does not join them again, and the integer units (half the FMA rate) are the GEMVs' limit
+    _INT4_LOP3 = tl.constexpr("lop3.b32 $0, $1, 7864320, 1098907648, 0x6a;")  # 0x780000, 0x41800000
+
     @triton.jit
-    def _float_of_field(w, SHIFT: tl.constexpr, MASK: tl.constexpr, BITS: tl.constexpr):
+    def _float_of_field(w, SHIFT: tl.constexpr, MASK: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
         """The bit field of the int32 words ``w`` moved to the mantissa ``MASK`` of the float ``BITS`` (``SHIFT`` > 0:
-        left, < 0: right): ``BITS``'s value plus the field, exactly, with no int-to-float conversion."""
+        left, < 0: right): ``BITS``'s value plus the field, exactly, with no int-to-float conversion. ``ASM`` (CUDA;
+        not under the interpreter): the mask and xor as one ``lop3``."""
         if SHIFT >= 0:
             t = w << SHIFT
         else:
             t = w >> (-SHIFT)
-        return ((t & MASK) ^ BITS).to(tl.float32, bitcast=True)
+        if ASM:  # MASK, BITS as in _INT4_LOP3
+            t = tl.inline_asm_elementwise(_INT4_LOP3, "=r,r", [t], dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            t = (t & MASK) ^ BITS
+        return t.to(tl.float32, bitcast=True)
 
     @triton.jit
     def _finish(total, squares, ws_ptr, sq_ptr, cnt_ptr, s, m, K, eps, b_ptr, b_stride, r_ptr, out_ptr, N, rows, row_ok,
@@ -337,72 +315,26 @@ if HAS_TRITON:
             tl.debug_barrier()  # every thread's stores issued before the (one-thread, releasing) count
             count = tl.atomic_add(cnt_ptr + m * tiles + tile, 1, sem="acq_rel")
             if count == SPLIT - 1:
-                parts = (m * SPLIT + tl.arange(0, SPLIT))
-                total = tl.sum(tl.load(ws_ptr + parts[:, None] * N + rows[None, :], mask=row_ok[None, :], other=0.0,
+                parts = m * SPLIT + tl.arange(0, SPLIT)
+                whole = tl.sum(tl.load(ws_ptr + parts[:, None] * N + rows[None, :], mask=row_ok[None, :], other=0.0,
                                        cache_modifier=".cg"), axis=0)
-                squares = tl.load(sq_ptr + parts * tiles + tile, cache_modifier=".cg")
-                epilogue_store(total, squares, K, eps, b_ptr, b_stride, r_ptr, out_ptr, m, N, rows, row_ok, PRO,
+                all_squares = tl.load(sq_ptr + parts * tiles + tile, cache_modifier=".cg")
+                epilogue_store(whole, all_squares, K, eps, b_ptr, b_stride, r_ptr, out_ptr, m, N, rows, row_ok, PRO,
                                HAS_BIAS, HAS_RES)
                 tl.atomic_xchg(cnt_ptr + m * tiles + tile, 0)
-
-    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "PACKS": p, "SPLIT": k}, num_warps=w, num_stages=s)
-                              for n, p, w, s, k in ((16, 2, 4, 3, 1), (8, 4, 4, 3, 1), (32, 2, 8, 3, 1),
-                                                    (16, 4, 8, 3, 1), (64, 1, 8, 2, 1), (16, 8, 8, 2, 1),
-                                                    # split-K, for layers of few rows (q/k/v, o, down)
-                                                    (32, 2, 8, 3, 4), (16, 2, 4, 3, 4), (64, 1, 8, 2, 4),
-                                                    (16, 4, 8, 2, 2))],
-                     key=["N", "K", "ROW_BUCKET", "PRO"], prune_configs_by={"early_config_prune": _prune})
-    @triton.jit
-    def _int8_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
-                          out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, ROW_BUCKET, PRO: tl.constexpr,
-                          HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, PACKS: tl.constexpr,
-                          SPLIT: tl.constexpr):
-        # program (block of BLOCK_N output rows, row m of x); per step PACKS packs of 128 columns, read as
-        # [BLOCK_N, PACKS, 32] int32 words whose byte i is column 32 i + j of the pack (interleave_int8). Byte b
-        # becomes the float 384 + q (0x43800000 | (b ^ 0x80) << 15): the dot product with x is the sum of those
-        # products less 384 * sum(x), and each row's scale applies at the end. Program (.., .., s) of SPLIT takes
-        # the s-th slice of the packs (_finish adds the slices up).
-        W: tl.constexpr = 32
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m = tl.program_id(1)
-        s = tl.program_id(2)
-        row_ok = rows < N
-        per = tl.cdiv(tl.cdiv(K // 128, SPLIT), PACKS) * PACKS
-        start = s * per
-        packs = tl.minimum(start + per, K // 128)
-        p_in = tl.arange(0, PACKS)
-        j = tl.arange(0, W)
-        acc = tl.zeros([BLOCK_N, PACKS, W], dtype=tl.float32)
-        xs = tl.zeros([1, PACKS, W], dtype=tl.float32)
-        squares = tl.zeros([1, PACKS, W], dtype=tl.float32)
-        for p0 in range(start, packs, PACKS):
-            p = p0 + p_in
-            words = (p[:, None] * W + j[None, :])[None, :, :]
-            ok = row_ok[:, None, None] & (p < packs)[None, :, None]
-            w = tl.load(w_ptr + rows[:, None, None] * w_stride + words, mask=ok, other=0)
-            for i in tl.static_range(4):
-                cols = (p[:, None] * 128 + i * W + j[None, :])[None, :, :]
-                xi, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, cols < K, squares,
-                                            PRO)
-                acc += _float_of_field(w, 15 - 8 * i, 0x7F8000, 0x43C00000) * xi
-                xs += xi
-        total = tl.sum(tl.sum(acc, axis=2), axis=1) - 384.0 * tl.sum(tl.sum(xs, axis=2), axis=1)
-        total = total * tl.load(s_ptr + rows, mask=row_ok, other=0.0)
-        _finish(total, tl.sum(tl.sum(squares, axis=2), axis=1), ws_ptr, sq_ptr, cnt_ptr, s, m, K, eps, b_ptr, b_stride,
-                r_ptr, out_ptr, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES, SPLIT)
 
     @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k}, num_warps=w, num_stages=s)
                               for n, g, w, s, k in ((16, 2, 4, 3, 1), (8, 4, 4, 3, 1), (32, 2, 8, 3, 1),
                                                     (16, 4, 8, 3, 1), (64, 1, 8, 3, 1), (16, 8, 8, 2, 1),
                                                     # split-K, for layers of few rows (q/k/v, o, down)
                                                     (32, 2, 8, 3, 4), (16, 2, 4, 3, 4), (32, 4, 8, 2, 4),
-                                                    (32, 1, 4, 3, 8))],
+                                                    (64, 4, 4, 2, 4))],
                      key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"], prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _int4_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
                           out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, ROW_BUCKET, GROUP: tl.constexpr,
-                          PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr,
-                          GROUPS: tl.constexpr, SPLIT: tl.constexpr):
+                          PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ASM: tl.constexpr,
+                          BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, SPLIT: tl.constexpr):
         # program (block of BLOCK_N output rows, row m of x); per step GROUPS groups, read as [BLOCK_N, GROUPS, W]
         # int32 words (W = GROUP / 8) whose nibble i is column i * W + j of the group (pack_int4). Nibble q becomes
         # the float 16 + q (0x41800000 | q << 19); with w = (q - 8) * scale + zero = (16 + q) * scale + (zero -
@@ -433,7 +365,7 @@ if HAS_TRITON:
                 cols = (g[:, None] * GROUP + i * W + j[None, :])[None, :, :]
                 xi, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, cols < K, squares,
                                             PRO)
-                part += _float_of_field(w, 19 - 4 * i, 0x780000, 0x41800000) * xi
+                part += _float_of_field(w, 19 - 4 * i, 0x780000, 0x41800000, ASM) * xi
                 xs += xi
             at = (g[None, :] * N + rows[:, None]) * 2
             ok = row_ok[:, None] & g_ok[None, :]
@@ -476,7 +408,7 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group
     _int4_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
                             bias if bias is not None else scales, addend_stride(bias), res, out, ws, sq, cnt,
                             out_features, in_features, float(eps), row_bucket(rows), GROUP=group, PRO=pro,
-                            HAS_BIAS=bias is not None, HAS_RES=residual is not None)
+                            HAS_BIAS=bias is not None, HAS_RES=residual is not None, ASM=use_asm(x))
     return out
 
 

@@ -29,7 +29,7 @@ from rag.core.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 FAST_QUANTIZATIONS = ("int8", "int4")
-# bump when the cached tensors' layout changes (2: int8 interleaved per 128 columns, int4 nibbles interleaved per word)
+# bump when the cached tensors' layout changes (2: int4 nibbles interleaved per 32-bit word within each group)
 CACHE_FORMAT = 2
 
 
