@@ -31,6 +31,7 @@ extractive answer's sentences and tells the LLM prompt which terms the passages 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
+from rag.answer.calibration import Calibration
 from rag.answer.sentences import normalise, parent_text, segment
 from rag.core.text import CJK
 from rag.core.types import Chunk, Hit
@@ -93,6 +95,10 @@ BROAD_GLOSSES = frozenset(
 # A manual page's usage line: a command and only placeholders ("../src/sort [OPTION]...", "ls [选项]...").
 _SYNOPSIS = re.compile(r"\S+(?:\s+(?:\[[^\]]*\]|<[^>]*>|[A-Z][A-Z_]*)(?:\.\.\.|…)?)+\s*(?:\.\.\.|…)?[。.]?"
                        r"|(?:\[[^\]]*\](?:\.\.\.|…)?\s*)+[。.]?")
+# BM25 idf of a word a quarter of the chunks hold, ln(1 + 0.75 / 0.25): a name that common is the corpus's subject
+COMMON_NAME_IDF = math.log(4.0)
+# the calibrated decision's best similarity looks at this many of the retrieved sentences (in hit order)
+MAX_SIMILARITY_SENTENCES = 64
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 
 
@@ -170,6 +176,8 @@ class Assessment:
         cross_language: the question and its best passage are in different languages.
         similarity: the best sentence similarity, when the semantic path was consulted (else None).
         semantic: answered by the semantic path (coverage alone was short).
+        probability: P(answerable) of the calibrated decision (None when coverage alone decided).
+        signals: what the calibrated decision combined (coverage, sim_max, absent_share).
     """
 
     answerable: bool
@@ -181,6 +189,8 @@ class Assessment:
     reason: str = field(default="")
     similarity: float | None = None
     semantic: bool = False
+    probability: float | None = None
+    signals: dict[str, float] = field(default_factory=dict)
 
 
 def _cut(text: str) -> list[tuple[str, bool]]:
@@ -436,11 +446,16 @@ def candidate_sentences(hits: Sequence[Hit], corpus: Corpus | None = None,
     return out
 
 
+_DOCUMENT_SUFFIX = re.compile(r"(?:\.(?:txt|text|html?|xhtml|md|markdown|rst|pdf|docx?|xlsx?|pptx?|odt|rtf|csv|json|"
+                              r"gz|bz2|xz|[0-9][a-z]*|[a-z]{2}(?:[-_][a-z]{2,4})?))+$", re.IGNORECASE)
+
+
 def document_name(source: str) -> str:
-    """The file name without extensions and with ``_-`` as spaces (``man/ls.1.txt`` -> ``ls``): what the document
-    is about, read with each of its sentences like a heading (a manual page's lines never repeat the command's
-    name)."""
-    return re.sub(r"[_-]+", " ", PurePosixPath(source).name.split(".")[0]).strip()
+    """The file name without its file-type, manual-section and language suffixes and with ``_-`` as spaces
+    (``man/ls.1.txt`` -> ``ls``, ``man/journald.conf.5.txt`` -> ``journald.conf``): what the document is about, read
+    with each of its sentences like a heading (a manual page's lines never repeat the command's name)."""
+    name = PurePosixPath(source).name
+    return re.sub(r"[_-]+", " ", _DOCUMENT_SUFFIX.sub("", name) or name.split(".")[0]).strip()
 
 
 def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
@@ -451,7 +466,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
            min_gain: float = 0.25, cross_language_min_dense: float = 0.8, max_sentences: int = 3,
            max_chars: int = 400, exclude: Sequence[str] = (), similarity: SentenceSimilarity | None = None,
            min_similarity: float = 0.0, semantic_min_coverage: float = 0.0, dictionary: Dictionary | None = None,
-           relative_credit: float = RELATIVE_CREDIT, pick_margin: float = 0.0) -> Assessment:
+           relative_credit: float = RELATIVE_CREDIT, pick_margin: float = 0.0,
+           calibration: Calibration | None = None, min_probability: float | None = None) -> Assessment:
     """Decide whether ``hits`` answer ``question`` and pick the sentences that support the answer.
 
     Args:
@@ -473,6 +489,11 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         relative_credit: how much a relative covers (0..1).
         pick_margin: with ``similarity``, a sentence whose coverage score is within this of the best one's and
             that answers too leads when it is closer to the question in meaning (0: the best coverage leads).
+        calibration: the calibrated decision (:mod:`rag.answer.calibration`): the question is answerable when the
+            model's probability over the signals reaches ``min_probability`` (None: the model's own threshold)
+            and the passage holds every name and number; ``min_coverage`` then only admits another document's
+            sentence to the answer. None = coverage against ``min_coverage`` decides. A model that needs the
+            similarity is not used without ``similarity`` (coverage decides).
     """
     terms = key_terms(question, corpus, dictionary)
     if not terms or not hits:
@@ -505,7 +526,10 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     per_hit: dict[int, dict[str, float]] = {}
     for candidate in candidates:
         per_hit[candidate.hit_number] = _merge(per_hit.get(candidate.hit_number, {}), candidate.credit)
-    anchors = {n: all(c.get(t.text, 0.0) >= 1.0 for t in terms if t.neutral) for n, c in per_hit.items()}
+    # a name most of the corpus holds (Debian in Debian's manuals) is its subject, not what singles out the answer
+    anchor_terms = {t.text for t in terms if t.neutral and not (
+        corpus is not None and (idf := corpus.idf(t.text)) is not None and idf < COMMON_NAME_IDF)}
+    anchors = {n: all(c.get(t, 0.0) >= 1.0 for t in anchor_terms) for n, c in per_hit.items()}
     if same:
         best = max(scored, key=lambda c: (anchors[c.hit_number], share(c.credit, pool) + share(c.own, pool),
                                           -c.hit_number))
@@ -562,13 +586,38 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         own_passage = passage_credit(picked, lead.hit_number)
         # a name or number the question gives (VPN, 169.254, sources.list) anchors it: the answer's passage must
         # hold it
-        return picked, share(own_passage, pool), all(own_passage.get(t.text, 0.0) >= 1.0 for t in pool if t.neutral)
+        return picked, share(own_passage, pool), all(own_passage.get(t.text, 0.0) >= 1.0 for t in pool
+                                                      if t.text in anchor_terms)
 
+    known: dict[str, float] = {}
+
+    def closeness(texts: Sequence[str]) -> list[float]:
+        """``similarity`` of the question to each text, each text embedded once per question."""
+        assert similarity is not None
+        new = [t for t in dict.fromkeys(texts) if t not in known]
+        if new:
+            known.update(zip(new, (float(x) for x in similarity(question, new)), strict=True))
+        return [known[t] for t in texts]
+
+    calibrated = calibration is not None and (similarity is not None or not calibration.needs_similarity)
     chosen: list[_Candidate] = []
-    decided, answerable = 0.0, False
+    decided, answerable, probability = 0.0, False, None
+    signals: dict[str, float] = {}
     if scored:
         chosen, decided, anchored = decide(best)
-        answerable = cross or (decided >= min_coverage and anchored)
+        if calibration is not None and calibrated:
+            signals = {"coverage": decided, "absent_share": absent_share(terms, corpus)}
+            if calibration.needs_similarity:
+                signals["sim_max"] = max(closeness([c.text for c in candidates[:MAX_SIMILARITY_SENTENCES]]))
+            probability = calibration.probability(signals)
+            bar = calibration.threshold if min_probability is None else min_probability
+            answerable = cross or (anchored and probability >= bar)
+            if answerable and not cross and decided < min_coverage and names_only(chosen, terms):
+                # the passage shares the question's names and none of its other words (a list that mentions VPN
+                # for a question about the VPN server's address): only the coverage bar may answer that
+                answerable = False
+        else:
+            answerable = cross or (decided >= min_coverage and anchored)
         if answerable and not cross and similarity is not None and pick_margin > 0:
             # among sentences covering nearly as much, the closest in meaning leads, if it answers too
             def score(c: _Candidate) -> float:
@@ -576,22 +625,24 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             near = [c for c in scored if anchors[c.hit_number] >= anchors[best.hit_number]
                     and score(c) >= score(best) - pick_margin]
             if len(near) > 1:
-                closeness = similarity(question, [c.text for c in near])
-                for i in sorted(range(len(near)), key=lambda i: (-closeness[i], near[i].hit_number)):
+                close = closeness([c.text for c in near])
+                for i in sorted(range(len(near)), key=lambda i: (-close[i], near[i].hit_number)):
                     if near[i] is best:
                         break
                     alternative, alternative_share, alternative_anchored = decide(near[i])
-                    if alternative_share >= min_coverage and alternative_anchored:
+                    # with the calibrated decision an alternative lead needs the coverage its own lead had
+                    if alternative_share >= (min(min_coverage, decided) if calibrated else min_coverage) and (
+                            alternative_anchored):
                         chosen, decided, best = alternative, alternative_share, near[i]
                         break
     closest, semantic = None, False
     if not answerable and similarity is not None and min_similarity > 0 and decided >= semantic_min_coverage:
         # a paraphrase: the closest sentence in meaning leads, if its passage holds the question's names and numbers
-        scores = similarity(question, [c.text for c in candidates])
+        scores = closeness([c.text for c in candidates])
         top = max(range(len(candidates)), key=lambda i: (scores[i], -candidates[i].hit_number))
         lead, closest = candidates[top], round(float(scores[top]), 4)
         held = passage_credit(candidates, lead.hit_number)
-        if closest >= min_similarity and all(held.get(t.text, 0.0) >= 1.0 for t in terms if t.neutral):
+        if closest >= min_similarity and all(held.get(t, 0.0) >= 1.0 for t in anchor_terms):
             alike = [c for c in candidates if c.language == lead.language]
             chosen, pool, answerable, semantic = extend(lead, alike, terms), terms, True, True
             cross = lead.language != asked_in
@@ -604,7 +655,32 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     missing = tuple(t.text for t in terms if covered.get(t.text, 0.0) < 0.5)
     support = tuple(Support(c.text, c.hit_number, c.order, frozenset(c.credit)) for c in sorted(
         chosen, key=lambda c: (min(o.hit_number for o in chosen if o.order[0] == c.order[0]), c.order)))
-    reason = "" if answerable else f"coverage {decided:.2f}" + (f", similarity {closest:.3f}" if closest else "")
+    reason = "" if answerable else f"coverage {decided:.2f}" + (f", similarity {closest:.3f}" if closest else "") + (
+        f", P(answerable) {probability:.2f}" if probability is not None else "")
     cross = cross or chosen[0].language != asked_in
     return Assessment(answerable, round(decided, 3), tuple(terms), missing, support if answerable else (),
-                      cross_language=cross, reason=reason, similarity=closest, semantic=semantic)
+                      cross_language=cross, reason=reason, similarity=closest, semantic=semantic,
+                      probability=None if probability is None else round(probability, 4),
+                      signals={k: round(v, 4) for k, v in signals.items()})
+
+
+def names_only(chosen: Sequence[_Candidate], terms: Sequence[Term]) -> bool:
+    """The question has words besides its names and numbers, and the chosen sentences cover none of them."""
+    content = [t for t in terms if not t.neutral]
+    return bool(content) and all(max((c.credit.get(t.text, 0.0) for c in chosen), default=0.0) < 0.5
+                                 for t in content)
+
+
+def absent_share(terms: Sequence[Term], corpus: Corpus | None) -> float:
+    """The share of the terms' weight held by words no chunk of ``corpus`` holds, in either language: a word whose
+    dictionary relative some chunk holds is present (*server* in a Chinese corpus that says 服务器), and a word jieba
+    only guessed counts by its characters, so it is never absent. 0 without a corpus."""
+    weight = sum(t.weight for t in terms)
+    if corpus is None or not weight:
+        return 0.0
+
+    def held(word: str) -> bool:
+        return all(corpus.idf(part) is not None for part in word.split())
+
+    return sum(t.weight for t in terms if not t.pieces and corpus.idf(t.text) is None and not any(
+        held(r) for r in t.relatives)) / weight

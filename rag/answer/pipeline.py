@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rag.answer.answerable import Assessment, SentenceSimilarity, assess, embedder_similarity, key_terms
+from rag.answer.calibration import Calibration, load_calibration
 from rag.answer.cite import verify
 from rag.answer.extractive import pieces, previous_sentences, render
 from rag.answer.prompt import (
@@ -75,6 +76,11 @@ class QAPipeline:
     """
 
     def __init__(self, retriever: Retriever, model: ChatModel, cfg: RagConfig) -> None:
+        if cfg.answer.decision not in ("calibrated", "coverage"):
+            raise ConfigError(f"answer.decision={cfg.answer.decision!r} must be 'calibrated' or 'coverage'")
+        bar = cfg.answer.min_answer_probability
+        if bar is not None and not 0.0 <= bar <= 1.0:
+            raise ConfigError(f"answer.min_answer_probability={bar} must be between 0 and 1")
         for key in ("min_term_coverage", "semantic_min_coverage", "min_sentence_similarity", "relative_credit"):
             if not 0.0 <= getattr(cfg.answer, key) <= 1.0:
                 raise ConfigError(f"answer.{key}={getattr(cfg.answer, key)} must be between 0 and 1")
@@ -90,7 +96,15 @@ class QAPipeline:
         # meaning picks among equally covering sentences only with a language model's embedder (a hash embedder's
         # cosine is word overlap again, which the coverage already counted)
         describe = getattr(embedder, "describe", None)
-        self.semantic_embedder = callable(describe) and describe().get("kind") != "hash"
+        described = describe() if callable(describe) else {}
+        self.semantic_embedder = bool(described) and described.get("kind") != "hash"
+        # the calibrated decision: the model fitted with this embedder's similarities, else the one without them
+        self.calibration: Calibration | None = None
+        if cfg.answer.decision == "calibrated":
+            self.calibration = load_calibration(described.get("name") if self.semantic_embedder else None,
+                                                cfg.answer.calibration or None)
+            if self.calibration.needs_similarity and not self.semantic_embedder:
+                self.calibration = load_calibration(None, cfg.answer.calibration or None)
         # the decision's dictionary relatives: the retriever's bridge dictionary (loaded once per process)
         self.dictionary: Dictionary | None = None
         if cfg.answer.relative_credit > 0:
@@ -160,7 +174,9 @@ class QAPipeline:
                           max_sentences=answer_cfg.max_sentences, exclude=exclude, similarity=self.similarity,
                           min_similarity=answer_cfg.min_sentence_similarity,
                           semantic_min_coverage=answer_cfg.semantic_min_coverage, dictionary=self.dictionary,
-                          relative_credit=answer_cfg.relative_credit, pick_margin=answer_cfg.pick_similarity_margin if self.semantic_embedder else 0.0)
+                          relative_credit=answer_cfg.relative_credit,
+                          pick_margin=answer_cfg.pick_similarity_margin if self.semantic_embedder else 0.0,
+                          calibration=self.calibration, min_probability=answer_cfg.min_answer_probability)
         stream.assessment = decision
         if not decision.answerable:
             log.info("refused (%s): %s", decision.reason or "no hits", standalone)

@@ -248,8 +248,10 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
         cross = assessment.cross_language if assessment is not None else None
         similarity = assessment.similarity if assessment is not None else None
         semantic = assessment.semantic if assessment is not None else None
+        probability = assessment.probability if assessment is not None else None
         lines.append({"id": question.id, "answer": answer.text, "refused": answer.refused, "coverage": coverage,
                       "cross_language": cross, "similarity": similarity, "semantic": semantic,
+                      "probability": probability, "signals": assessment.signals if assessment is not None else {},
                       "answerable": question.answerable, "citations": [
             {"n": c.number, "source": c.chunk.source, "page": c.chunk.page, "chunk_id": c.chunk.id,
              "supported": c.supported} for c in answer.citations]})

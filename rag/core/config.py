@@ -167,8 +167,14 @@ class AnswerConfig:
     rewrite_followups: bool = True  # make a follow-up question standalone before retrieval
     citation_min_overlap: float = 0.25  # share of a sentence's character bigrams that its cited chunk must contain
     drop_unsupported_citations: bool = True  # False = keep them, flagged unsupported
-    # answerability (rag/answer/answerable.py), for every backend: the share of the question's key-term weight
-    # (idf) the supporting sentences must cover, else the answer is the refusal and no model is called
+    # answerability (rag/answer/answerable.py), for every backend; a refused question never reaches the model.
+    # calibrated: a logistic model over term coverage, question-to-sentence similarity and the share of the question
+    # no document names (rag/answer/calibration.py, docs/EVAL.md "The calibrated decision"); coverage: the share of
+    # the question's key-term weight (idf) the supporting sentences cover must reach min_term_coverage
+    decision: str = "calibrated"
+    min_answer_probability: float | None = None  # calibrated: the bar (None = the one the calibration chose)
+    calibration: str = ""  # calibrated: a calibration JSON (eval/calibrate_answerability.py); "" = the shipped one
+    # coverage: the bar; calibrated: the coverage another document's sentence needs to join the answer
     min_term_coverage: float = 0.6  # docs/EVAL.md "Answers: the answerability decision"
     cross_language_min_dense: float = 0.8  # an answer in the other language also needs this dense similarity
     # opt-in: a paraphrase (coverage short of min_term_coverage but >= semantic_min_coverage) is answered when a

