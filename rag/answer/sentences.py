@@ -26,6 +26,7 @@ from rag.core.types import Chunk
 _TERMINAL = re.compile(r"(?:[。！？!?；;…]+|\.(?=[\s”’\"」』）)]|$))[”’\"」』）)]*[。！？!?；;…]*(?![”’\"」』）)，、,])"
                        r"(?!(?<=[”’\"」』）)])[或和与及等])")
 _ENDS = ("。", "！", "？", "!", "?", ".", "；", ";", "…")
+_CLOSERS = "）)”’」』】\"'"  # closing brackets and quotes that may follow a sentence's end
 # A line that starts a new block: list items, numbered steps and headings, markdown marks, table rows.
 _BLOCK_START = re.compile(r"^\s*(?:[-•*·>#|]|\d{1,3}[.)、]\s|\d{1,3}\.\d|[一二三四五六七八九十]+、|（[一二三四五六七八九十\d]+）"
                           r"|第[一二三四五六七八九十\d]+[章节条部分]|[A-Z]\d{0,2}\s)")
@@ -225,7 +226,8 @@ def parent_text(chunk: Chunk, neighbours: Sequence[Chunk], max_gap: int = 0) -> 
 def is_whole_sentence(sentence: str, source: str) -> bool:
     """``sentence`` (citations removed) ends with sentence punctuation and starts where a sentence of ``source``
     starts (as :func:`segment` cuts it: a PDF line break inside a sentence is no start). Whitespace is ignored."""
-    wanted = normalise(sentence).rstrip("".join(_ENDS))
-    if not sentence.strip().endswith(_ENDS) or not wanted:
+    wanted = normalise(sentence).rstrip(_CLOSERS).rstrip("".join(_ENDS))
+    # a sentence in brackets or quotes ends with its punctuation inside them ("（……限定访问权限。）")
+    if not sentence.strip().rstrip(_CLOSERS).endswith(_ENDS) or not wanted:
         return False
     return any(normalise(s.text).startswith(wanted) for s in segment(source))

@@ -34,6 +34,10 @@ def test_pdf_line_breaks_are_joined_and_headings_told_apart() -> None:
     assert "6. Error codes" not in texts
     assert is_whole_sentence(texts[-1], english) and not is_whole_sentence("sends a.", english)
     assert not is_whole_sentence("果地址以 169.254 开头，说明电脑没有从 DHCP 服务器获得地址。", PDF_PAGE)
+    # a sentence in brackets ends with its punctuation inside them; a cut one stays a fragment
+    nfs = "NFS 的设置如下。（这样可以只让某个网络组的成员访问 NFS。）然后重启服务。"
+    assert is_whole_sentence("（这样可以只让某个网络组的成员访问 NFS。）", nfs)
+    assert not is_whole_sentence("（这样可以只让某个网络组的成员）", nfs)
 
 
 def test_a_sentence_cut_by_the_chunk_edge_is_taken_from_the_neighbouring_chunk() -> None:
