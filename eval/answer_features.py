@@ -20,12 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rag.answer.answerable import assess
-from rag.answer.calibration import Calibration
+from rag.answer.calibration import SIGNALS, Calibration
 from rag.answer.pipeline import open_pipeline
 from rag.cli.eval import first_hit_rank, read_questions
 from rag.core.config import load_config
-
-FEATURES = ("coverage", "sim_max", "absent_share")
 
 
 def main() -> int:
@@ -42,7 +40,8 @@ def main() -> int:
     questions = [q for path in args.questions for q in read_questions(path, args.split)]
     embedder = corpus.embedder.describe().get("name", "")
     # a probe model: every signal computed, the decision left to the anchors (P = 0.5 >= 0)
-    probe = Calibration(FEATURES, (0.0,) * 3, (1.0,) * 3, (0.0,) * 3, 0.0, 0.0, embedder)
+    n = len(SIGNALS)
+    probe = Calibration(SIGNALS, (0.0,) * n, (1.0,) * n, (0.0,) * n, 0.0, 0.0, embedder)
     with open(args.out, "w", encoding="utf-8") as out:
         for number, question in enumerate(questions, 1):
             hits = pipeline.retrieve(question.question)

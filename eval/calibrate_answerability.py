@@ -25,10 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rag.answer.calibration import ANY_EMBEDDER, Calibration
+from rag.answer.calibration import ANY_EMBEDDER, SIGNALS, Calibration
 
-WITH_SIMILARITY = ("coverage", "sim_max", "absent_share")
-WITHOUT_SIMILARITY = ("coverage", "absent_share")
+WITH_SIMILARITY = SIGNALS
+WITHOUT_SIMILARITY = tuple(f for f in SIGNALS if f != "sim_max")
 
 
 def fit(rows: list[dict], features: tuple[str, ...], l2: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -529,7 +529,11 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     # a name most of the corpus holds (Debian in Debian's manuals) is its subject, not what singles out the answer
     anchor_terms = {t.text for t in terms if t.neutral and not (
         corpus is not None and (idf := corpus.idf(t.text)) is not None and idf < COMMON_NAME_IDF)}
-    anchors = {n: all(c.get(t, 0.0) >= 1.0 for t in anchor_terms) for n, c in per_hit.items()}
+
+    def holds_anchors(credit: dict[str, float]) -> bool:
+        return all(credit.get(t, 0.0) >= 1.0 for t in anchor_terms)
+
+    anchors = {n: holds_anchors(c) for n, c in per_hit.items()}
     if same:
         best = max(scored, key=lambda c: (anchors[c.hit_number], share(c.credit, pool) + share(c.own, pool),
                                           -c.hit_number))
@@ -586,8 +590,7 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         own_passage = passage_credit(picked, lead.hit_number)
         # a name or number the question gives (VPN, 169.254, sources.list) anchors it: the answer's passage must
         # hold it
-        return picked, share(own_passage, pool), all(own_passage.get(t.text, 0.0) >= 1.0 for t in pool
-                                                      if t.text in anchor_terms)
+        return picked, share(own_passage, pool), holds_anchors(own_passage)
 
     known: dict[str, float] = {}
 
@@ -599,18 +602,20 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             known.update(zip(new, (float(x) for x in similarity(question, new)), strict=True))
         return [known[t] for t in texts]
 
-    calibrated = calibration is not None and (similarity is not None or not calibration.needs_similarity)
+    # a model that needs the similarity is not used without one: coverage decides then
+    model = calibration if calibration is not None and (
+        similarity is not None or not calibration.needs_similarity) else None
     chosen: list[_Candidate] = []
     decided, answerable, probability = 0.0, False, None
     signals: dict[str, float] = {}
     if scored:
         chosen, decided, anchored = decide(best)
-        if calibration is not None and calibrated:
+        if model is not None:
             signals = {"coverage": decided, "absent_share": absent_share(terms, corpus)}
-            if calibration.needs_similarity:
+            if model.needs_similarity:
                 signals["sim_max"] = max(closeness([c.text for c in candidates[:MAX_SIMILARITY_SENTENCES]]))
-            probability = calibration.probability(signals)
-            bar = calibration.threshold if min_probability is None else min_probability
+            probability = model.probability(signals)
+            bar = model.threshold if min_probability is None else min_probability
             answerable = cross or (anchored and probability >= bar)
             if answerable and not cross and decided < min_coverage and names_only(chosen, terms):
                 # the passage shares the question's names and none of its other words (a list that mentions VPN
@@ -631,7 +636,7 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
                         break
                     alternative, alternative_share, alternative_anchored = decide(near[i])
                     # with the calibrated decision an alternative lead needs the coverage its own lead had
-                    if alternative_share >= (min(min_coverage, decided) if calibrated else min_coverage) and (
+                    if alternative_share >= (min(min_coverage, decided) if model else min_coverage) and (
                             alternative_anchored):
                         chosen, decided, best = alternative, alternative_share, near[i]
                         break
@@ -642,7 +647,7 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         top = max(range(len(candidates)), key=lambda i: (scores[i], -candidates[i].hit_number))
         lead, closest = candidates[top], round(float(scores[top]), 4)
         held = passage_credit(candidates, lead.hit_number)
-        if closest >= min_similarity and all(held.get(t, 0.0) >= 1.0 for t in anchor_terms):
+        if closest >= min_similarity and holds_anchors(held):
             alike = [c for c in candidates if c.language == lead.language]
             chosen, pool, answerable, semantic = extend(lead, alike, terms), terms, True, True
             cross = lead.language != asked_in

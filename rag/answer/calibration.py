@@ -20,6 +20,7 @@ per embedder (a similarity's scale is the embedder's own) and one without ``sim_
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ from rag.core.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).with_name("calibration.json")
 ANY_EMBEDDER = "*"  # the model for an embedder that has none of its own (no similarity feature)
+SIGNALS = ("coverage", "sim_max", "absent_share")  # what assess() computes for a model (Assessment.signals)
 
 
 @dataclass(frozen=True)
@@ -80,14 +82,21 @@ class Calibration:
 
 
 def load_calibration(embedder: str | None, path: str | Path | None = None) -> Calibration:
-    """The model for ``embedder`` (its ``describe()["name"]``), else the one for any embedder."""
+    """The model for ``embedder`` (its ``describe()["name"]``), else the one for any embedder. The file is read
+    once while it stays unchanged (the page builds a pipeline for every question)."""
     source = Path(path) if path else DEFAULT_PATH
     try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-        models = data["models"]
-    except (OSError, ValueError, KeyError) as exc:
+        models = _models(source, source.stat().st_mtime_ns)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"answerability calibration {source} cannot be read: {exc}") from exc
     chosen = models.get(embedder or "") or models.get(ANY_EMBEDDER)
     if chosen is None:
         raise ConfigError(f"answerability calibration {source} has no model for {embedder!r} nor for any embedder")
-    return Calibration.from_json(chosen)
+    return chosen
+
+
+@functools.lru_cache(maxsize=8)
+def _models(source: Path, mtime_ns: int) -> dict[str, Calibration]:
+    """The models of a calibration file (``mtime_ns`` keys the cache: an edited file is read again)."""
+    data = json.loads(source.read_text(encoding="utf-8"))
+    return {name: Calibration.from_json(model) for name, model in data["models"].items()}

@@ -103,8 +103,6 @@ class QAPipeline:
         if cfg.answer.decision == "calibrated":
             self.calibration = load_calibration(described.get("name") if self.semantic_embedder else None,
                                                 cfg.answer.calibration or None)
-            if self.calibration.needs_similarity and not self.semantic_embedder:
-                self.calibration = load_calibration(None, cfg.answer.calibration or None)
         # the decision's dictionary relatives: the retriever's bridge dictionary (loaded once per process)
         self.dictionary: Dictionary | None = None
         if cfg.answer.relative_credit > 0:
