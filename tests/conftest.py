@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -12,6 +14,17 @@ from rag.core.config import RagConfig, load_config
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("KBQA_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str) -> ModuleType:
+    """A script of the repository (``scripts/x.py``, ``bench/y.py``) loaded as a module, to test its functions."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 CORPUS = {
     "运维/磁盘.md": "# 磁盘管理\n\n## 空间不足\n\n服务器磁盘空间不足时，先用 df -h 查看各分区的使用率，"

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from rag.ingest.parsers.pdf import pdf_pages_pdfium
 from tests.broken_files import make_pdf
+from tests.conftest import load_script
 
 pytestmark = pytest.mark.integration
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_scanned_copies.py"
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_scanned_copies", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = "scripts/make_scanned_copies.py"
 
 
 def test_scanned_copy_keeps_the_answering_pages_as_pictures_only(tmp_path: Path) -> None:
@@ -40,7 +31,7 @@ def test_scanned_copy_keeps_the_answering_pages_as_pictures_only(tmp_path: Path)
     ]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
     out = tmp_path / "out"
-    code = load_script().main(["--corpus", str(corpus), "--out", str(out), "--questions", str(tmp_path / "q.jsonl"),
+    code = load_script(SCRIPT).main(["--corpus", str(corpus), "--out", str(out), "--questions", str(tmp_path / "q.jsonl"),
                                "--pages-per-file", "1", "--dpi", "72", "pdf/guide.pdf"])
     assert code == 0
     # page 3 answers two questions, page 1 one: with room for one page, page 3 is kept, in both copies
@@ -53,20 +44,17 @@ def test_scanned_copy_keeps_the_answering_pages_as_pictures_only(tmp_path: Path)
         "q1", "q3"]
     assert (out / "text" / "notes.txt").read_text(encoding="utf-8") == "plain notes"
     assert (out / "scanned" / "notes.txt").read_text(encoding="utf-8") == "plain notes"
-    assert load_script().main(["--corpus", str(corpus), "--out", str(out), "--questions", str(tmp_path / "q.jsonl"),
+    assert load_script(SCRIPT).main(["--corpus", str(corpus), "--out", str(out), "--questions", str(tmp_path / "q.jsonl"),
                                "pdf/guide.pdf"]) == 1  # never writes into an existing folder
 
 
 def test_word_space_bench_counts_the_text_layer_spaces_ocr_gets_back(tmp_path: Path) -> None:
     """bench/ocr_spaces.py on a one-page scan made by the script above: counts against the text layer."""
-    spec = importlib.util.spec_from_file_location("ocr_spaces", SCRIPT.parents[1] / "bench" / "ocr_spaces.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/ocr_spaces.py")
     text = tmp_path / "text.pdf"
     text.write_bytes(make_pdf([["The backup job runs every night at two and keeps ten copies"]]))
     scanned = tmp_path / "scanned.pdf"
-    load_script().scan_pdf(text, scanned, dpi=200, max_angle=0.0, noise=0.0, seed=0)
+    load_script(SCRIPT).scan_pdf(text, scanned, dpi=200, max_angle=0.0, noise=0.0, seed=0)
     out = tmp_path / "spaces.jsonl"
     assert bench.main(["--scanned", str(scanned), "--text", str(text), "--out", str(out)]) == 0
     page, summary = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_scanned_eval.py"
+from tests.conftest import load_script
 
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("compare_scanned_eval", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = "scripts/compare_scanned_eval.py"
 
 
 def write(path: Path, rows: list[dict[str, object]]) -> Path:
@@ -33,7 +25,7 @@ def test_groups_gap_and_the_questions_lost_or_gained(tmp_path: Path, capsys: pyt
                                         {"id": "d", "rank": None}])
     scanned = write(tmp_path / "s.jsonl", [{"id": "a", "rank": 1}, {"id": "b", "rank": 9}, {"id": "c", "rank": 5},
                                            {"id": "d", "rank": 2}])
-    assert load_script().main(["--questions", str(questions), "--text", str(text), "--scanned", str(scanned)]) == 0
+    assert load_script(SCRIPT).main(["--questions", str(questions), "--text", str(text), "--scanned", str(scanned)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     groups = {row["group"]: row for row in rows if "group" in row}
     assert groups["all"]["text"] == {"hit@5": 0.75, "mrr": round((1 + 1 / 2 + 1 / 4) / 4, 3)}
@@ -47,5 +39,5 @@ def test_a_question_missing_from_one_side_is_an_error(tmp_path: Path, capsys: py
     questions = write(tmp_path / "q.jsonl", [{"id": "a", "source": "x"}, {"id": "b", "source": "x"}])
     text = write(tmp_path / "t.jsonl", [{"id": "a", "rank": 1}, {"id": "b", "rank": 1}])
     scanned = write(tmp_path / "s.jsonl", [{"id": "a", "rank": 1}])
-    assert load_script().main(["--questions", str(questions), "--text", str(text), "--scanned", str(scanned)]) == 1
+    assert load_script(SCRIPT).main(["--questions", str(questions), "--text", str(text), "--scanned", str(scanned)]) == 1
     assert "1 questions are missing from an eval file (first: b)" in capsys.readouterr().err
