@@ -61,8 +61,10 @@ eager recipe's (``--loss-baseline``) where the batches are the same.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -183,7 +185,8 @@ def utilisation(flops_per_token: float, tokens_per_s: float, peak_tflops: float)
 
 
 class Meter:
-    """Tokens and wall time from step ``warmup`` on (GPU work synchronised at every mark), and what the untimed
+    """Tokens and wall time from step ``warmup`` on (GPU work synchronised at every mark: the first untimed steps,
+    ``warmup`` and the last; logs in between are the recipe's own ``train.logging_steps``), and what the untimed
     steps cost on top of steady ones: compilation (``train.compile_layers`` / ``train.compile``) happens there."""
 
     def __init__(self, warmup: int, cuda: bool) -> None:
@@ -206,7 +209,8 @@ class Meter:
 
     def mark(self, step: int, tokens: int, loss: float) -> None:
         now = self.now()
-        self.losses.append(round(loss, 4))
+        if step <= 5:
+            self.losses.append(round(loss, 4))
         if step == 1:
             self.first_step_end = now
         if step == self.warmup:
@@ -296,7 +300,7 @@ def recipe_parts(args: argparse.Namespace, shape: dict[str, int], device: Any, d
     from finetune.trainer import make_trainer, trainer_arguments
     from rag.models.templates import get_template
 
-    overrides = [f"train.max_steps={args.steps}", "train.logging_steps=1", "train.save_steps=0", "eval.steps=0",
+    overrides = [f"train.max_steps={args.steps}", "train.save_steps=0", "eval.steps=0",
                  "output.register=false", *args.set]
     if device.type == "cpu":
         overrides += ["train.device=cpu", "train.precision=fp32"]
@@ -322,6 +326,13 @@ def recipe_parts(args: argparse.Namespace, shape: dict[str, int], device: Any, d
         def on_train_begin(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
             meter.train_begins()
 
+        def on_step_end(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
+            # the recipe's own logging_steps stand; the meter adds logs (each a wait for the GPU) only at the first
+            # untimed steps (their losses), where timing starts and at the end -- not a sync per timed step
+            step = state.global_step
+            if step <= min(5, meter.warmup) or step in (meter.warmup, state.max_steps):
+                control.should_log = True
+
         def on_log(self, a: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if logs and "loss" in logs and "num_tokens" in logs:
                 meter.mark(state.global_step, int(logs["num_tokens"]), float(logs["loss"]))
@@ -335,9 +346,72 @@ def recipe_parts(args: argparse.Namespace, shape: dict[str, int], device: Any, d
         trainer = make_preference_trainer(cfg, model, tokenizer, targs, preference_rows(rows, cfg.stage, args.seed),
                                           [], show_progress=False)
     trainer.add_callback(Timing())
+    if args.profile:
+        trainer.add_callback(profiler_callback(args.profile, args.label or "recipe", max(1, args.warmup - 2)))
     cuda = device.type == "cuda"
     memory = {"load_peak_memory_gib": memory_gib(cuda), "model_memory_gib": memory_gib(cuda, peak=False)}
     return cfg, trainer, meter, memory
+
+
+def profiler_callback(folder: Path, label: str, first: int, steps: int = 2) -> Any:
+    """``--profile``: ``torch.profiler`` over ``steps`` of the untimed optimizer steps (after the first, which
+    compiles; the profiler's overhead stays out of the timed ones); the kernels' table
+    (sorted by GPU time) goes to ``folder/<label>.txt`` -- where a step's time goes, for choosing what to fuse."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Profile(TrainerCallback):  # type: ignore[misc]
+        prof: Any = None
+
+        def on_step_begin(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step == first and self.prof is None:
+                kinds = [torch.profiler.ProfilerActivity.CPU]
+                kinds += [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+                self.prof = torch.profiler.profile(activities=kinds, with_stack=True)
+                self.prof.__enter__()
+
+        def on_step_end(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.prof is not None and state.global_step == first + steps:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.prof.__exit__(None, None, None)
+                folder.mkdir(parents=True, exist_ok=True)
+                name = re.sub(r"[^A-Za-z0-9_-]+", "_", label)[:120]
+                table = self.prof.key_averages().table(sort_by="self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total", row_limit=45, max_name_column_width=90)
+                trace = folder / f"{name}.trace.json"
+                self.prof.export_chrome_trace(str(trace))
+                gaps = gpu_idle(json.loads(trace.read_text(encoding="utf-8")))
+                trace.unlink()
+                (folder / f"{name}.txt").write_text(f"{label}: {steps} steps\n{table}\n{gaps}\n", encoding="utf-8")
+                self.prof = None
+
+    return Profile()
+
+
+def gpu_idle(trace: dict[str, Any], top: int = 70) -> str:
+    """Where the GPU waits: the gaps between consecutive kernels/copies in a chrome trace, and the Python frames
+    (file:line function) that were running on the CPU during them, ranked by the idle time they overlap."""
+    events = trace.get("traceEvents", [])
+    gpu = sorted((e["ts"], e["ts"] + e.get("dur", 0)) for e in events
+                 if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in e)
+    gaps, end = [], None
+    for start, stop in gpu:
+        if end is not None and start - end > 20:  # µs; shorter ones are launch spacing
+            gaps.append((end, start))
+        end = stop if end is None else max(end, stop)
+    busy = sum(b - a for a, b in gpu)
+    frames: dict[str, float] = {}
+    starts, ends = [a for a, _ in gaps], [b for _, b in gaps]
+    for e in events:
+        if e.get("cat") != "python_function" or "dur" not in e:
+            continue
+        a, b = e["ts"], e["ts"] + e["dur"]
+        for i in range(bisect.bisect_right(ends, a), bisect.bisect_left(starts, b)):
+            frames[e["name"]] = frames.get(e["name"], 0.0) + min(b, ends[i]) - max(a, starts[i])
+    lines = [f"GPU span {(gpu[-1][1] - gpu[0][0]) / 1e3:.1f} ms, kernels busy {busy / 1e3:.1f} ms, "
+             f"idle gaps > 20 us: {len(gaps)} = {sum(b - a for a, b in gaps) / 1e3:.1f} ms"] if gpu else ["no GPU events"]
+    lines += [f"{ms / 1e3:10.2f} ms  {name[:150]}" for name, ms in sorted(frames.items(), key=lambda x: -x[1])[:top]]
+    return "\n".join(lines)
 
 
 def preference_rows(rows: list[dict[str, list[int]]], stage: str, seed: int) -> list[dict[str, Any]]:
@@ -595,6 +669,7 @@ def main() -> None:
     parser.add_argument("--loss-baseline", default="recipe:train.compile_layers=false",
                         help="the variant whose first losses the others' are compared with (same batches only)")
     parser.add_argument("--out", type=Path, help="also append the JSON lines here")
+    parser.add_argument("--profile", type=Path, help="write a torch.profiler kernel table per recipe variant here")
     parser.add_argument("--count-meta", action="store_true",
                         help="only count FLOPs per token of naive / recipe / dpo on meta tensors (no GPU needed)")
     parser.add_argument("--child", choices=["naive", "recipe"], help=argparse.SUPPRESS)
@@ -613,7 +688,8 @@ def main() -> None:
         steps = args.naive_steps or args.steps if mode == "naive" else args.steps
         command = [sys.executable, __file__, "--child", mode, "--label", variant, "--steps", str(steps),
                    "--warmup", str(args.warmup), "--rows", str(args.rows), "--seed", str(args.seed),
-                   "--peak-tflops", str(args.peak_tflops), *(["--small"] if args.small else [])]
+                   "--peak-tflops", str(args.peak_tflops), *(["--small"] if args.small else []),
+                   *(["--profile", str(args.profile)] if args.profile else [])]
         for item in filter(None, sets.split(",")):
             command += ["--set", item]
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)

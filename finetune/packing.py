@@ -63,7 +63,8 @@ class PackedCollator:
     """Pads packed rows to the longest in the micro-batch. The padding gets labels -100 and positions that restart
     at 0 (a conversation of its own, attended by nobody else); no ``attention_mask`` is passed, so transformers reads
     the conversation boundaries from ``position_ids``. ``num_real_tokens`` (tokens without the padding) is for the
-    trainer's tokens/s figure and is removed before the model is called."""
+    trainer's tokens/s figure and is removed before the model is called; a Python int, not a tensor, so that the
+    batch's move to the GPU leaves it on the host and counting it never waits for the GPU (a sync per step)."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
         self.pad_token_id = pad_token_id
@@ -83,4 +84,4 @@ class PackedCollator:
             positions.append(list(e["position_ids"]) + list(range(pad)))
         real = sum(len(e["input_ids"]) for e in examples)  # the trainer pops it to count tokens/s correctly
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "position_ids": torch.tensor(positions), "num_real_tokens": torch.tensor(real)}
+                "position_ids": torch.tensor(positions), "num_real_tokens": real}

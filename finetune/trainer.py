@@ -103,6 +103,7 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
                  train_rows: list[dict[str, list[int]]], dev_rows: list[dict[str, list[int]]],
                  generation_sample: Sequence[Conversation], show_progress: bool) -> Any:
     """TRL's SFTTrainer on already-tokenized rows (labels made by our templates), with LoRA from ``cfg.lora``."""
+    import torch
     from datasets import Dataset
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
@@ -127,10 +128,24 @@ def make_trainer(cfg: FinetuneConfig, model: Any, tokenizer: Any, template: Chat
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if real is not None and before is not None and model.training:
                 # TRL counts a batch with position_ids as ONE flattened row (its padding-free layout); ours is
-                # [rows, length], so the tokens/s and train_tokens it reports would be rows times too low
-                self._total_train_tokens = before + int(self.accelerator.gather_for_metrics(real.reshape(1)).sum())
+                # [rows, length], so the tokens/s and train_tokens it reports would be rows times too low. The count
+                # is a host int (PackedCollator); only several processes need a (GPU-waiting) gather
+                if self.accelerator.num_processes > 1:
+                    real = self.accelerator.gather_for_metrics(torch.tensor([int(real)], device=self.args.device)).sum()
+                self._total_train_tokens = before + int(real)
                 self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
             return result
+
+        def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+            # the Trainer's 6 x parameters x tokens, with the parameter count taken once: transformers walks every
+            # module and parameter of the model for it at each step, CPU time in which the GPU can run dry
+            ids = inputs.get("input_ids")
+            if not torch.is_tensor(ids):
+                return int(super().floating_point_ops(inputs))
+            per_token = getattr(self, "_flops_per_token", None)
+            if per_token is None:
+                per_token = self._flops_per_token = super().floating_point_ops(inputs) / max(1, ids.numel())
+            return int(per_token * ids.numel())
 
         def generation_metrics(self) -> dict[str, float]:
             from accelerate.utils import gather_object
