@@ -177,7 +177,7 @@ class Assessment:
         similarity: the best sentence similarity, when the semantic path was consulted (else None).
         semantic: answered by the semantic path (coverage alone was short).
         probability: P(answerable) of the calibrated decision (None when coverage alone decided).
-        signals: what the calibrated decision combined (coverage, sim_max, absent_share).
+        signals: what the calibrated decision combined (coverage, sim_max, absent_share, cross_language).
     """
 
     answerable: bool
@@ -611,7 +611,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     if scored:
         chosen, decided, anchored = decide(best)
         if model is not None:
-            signals = {"coverage": decided, "absent_share": absent_share(terms, corpus)}
+            signals = {"coverage": decided, "absent_share": absent_share(terms, corpus),
+                       "cross_language": float(chosen[0].language != asked_in)}
             if model.needs_similarity:
                 signals["sim_max"] = max(closeness([c.text for c in candidates[:MAX_SIMILARITY_SENTENCES]]))
             probability = model.probability(signals)

@@ -10,7 +10,10 @@ The decision here combines signals that each separate answerable from unanswerab
 - ``sim_max``: the best question-to-sentence similarity over the retrieved sentences (the index's embedder, question
   as a query, sentence as a passage) — sees paraphrases that share no words;
 - ``absent_share``: the share of the question's weight held by words no chunk of the index holds at all (a
-  question about something the documents never name).
+  question about something the documents never name);
+- ``cross_language``: 1 when the lead sentence is in another language than the question. Coverage through dictionary
+  relatives and a similarity across languages both run lower for an answerable question than within one language,
+  so the model needs their offset to stop refusing most cross-language questions (docs/EVAL.md).
 
 ``p = sigmoid(w · standardised(x) + b)``; the question is answerable when ``p >= min_answer_probability`` and its
 passage holds every name and number the question gives. The weights are fitted by ``eval/calibrate_answerability.py``
@@ -32,7 +35,7 @@ from rag.core.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).with_name("calibration.json")
 ANY_EMBEDDER = "*"  # the model for an embedder that has none of its own (no similarity feature)
-SIGNALS = ("coverage", "sim_max", "absent_share")  # what assess() computes for a model (Assessment.signals)
+SIGNALS = ("coverage", "sim_max", "absent_share", "cross_language")  # what assess() computes for a model (Assessment.signals)
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,8 @@ def test_assess_answers_by_the_models_probability_and_keeps_the_anchor_gate() ->
     strict = _model(("coverage", "absent_share"), (8.0, -4.0), bias=-4.0)  # P >= 0.5 needs coverage >~ 0.5
     answered = assess("员工每年的年假有几天？", [HANDBOOK], corpus, calibration=strict)
     assert answered.answerable and answered.probability is not None and answered.probability >= 0.5
-    assert set(answered.signals) == {"coverage", "absent_share"}
+    assert set(answered.signals) == {"coverage", "absent_share", "cross_language"}
+    assert answered.signals["cross_language"] == 0.0  # a Chinese question answered from a Chinese sentence
     assert "年假为 5 天" in answered.support[0].text
     refused = assess(PARKING, [HANDBOOK], corpus, calibration=strict)
     assert not refused.answerable and refused.probability is not None and refused.probability < 0.5
