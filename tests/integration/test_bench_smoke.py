@@ -77,6 +77,19 @@ def test_milvus_vs_faiss_bench_smoke(tmp_path: Path) -> None:
     assert set(lines[-1]["p50_vs_faiss_flat"]) == set(rows)
 
 
+def test_quant_quality_bench_smoke(tmp_path: Path) -> None:
+    """A few steps of the little model: quantization changes the logits a little (int8 less than int4), never wholly."""
+    lines = run_script("quant_quality.py", "--text", "README.md", "--steps", "4", "--hidden", "64", "--layers", "1",
+                       "--prompts", "2", "--new-tokens", "8", "--vocab", "600", "--threads", "1")
+    rows = {row["stage"]: row for row in lines}
+    assert rows["model"]["held_out_tokens"] > 0 and rows["float32"]["perplexity"] > 1
+    assert 0 < rows["int8"]["logits_rel_l2"] < rows["int4"]["logits_rel_l2"] < 0.5
+    for kind in ("int8", "int4"):
+        assert 0.0 <= rows[kind]["greedy_agreement_teacher_forced"] <= 1.0
+        assert abs(rows[kind]["perplexity_vs_float32"] - 1) < 0.5
+        assert rows["summary"][kind]["logits_rel_l2"] == rows[kind]["logits_rel_l2"]
+
+
 def test_train_speed_bench_smoke() -> None:
     """Tiny shape on CPU: the naive loop and the recipe's trainer both run, and the recipe's packed first batch has
     the loss of its conversations run one at a time."""
