@@ -33,7 +33,10 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import unicodedata
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -106,14 +109,34 @@ _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 SentenceSimilarity = Callable[[str, Sequence[str]], Sequence[float]]
 
 
+SENTENCE_CACHE = 20_000  # sentence vectors kept per embedder (384 floats each for e5-small: ~30 MB)
+_sentence_vectors: weakref.WeakKeyDictionary[Any, OrderedDict[str, Any]] = weakref.WeakKeyDictionary()
+_sentence_lock = threading.Lock()
+
+
 def embedder_similarity(embedder: Any) -> SentenceSimilarity:
     """Cosine between the question (embedded as a query) and each sentence (embedded as a passage), with the
-    embedder's own prefixes (``query: `` / ``passage: `` for e5)."""
+    embedder's own prefixes (``query: `` / ``passage: `` for e5). A sentence's vector is kept (the last
+    :data:`SENTENCE_CACHE` per embedder, across pipelines: the page builds one per question), so the passages a
+    conversation keeps coming back to are embedded once."""
     def similarity(question: str, sentences: Sequence[str]) -> list[float]:
         if not sentences:
             return []
+        with _sentence_lock:
+            known = _sentence_vectors.setdefault(embedder, OrderedDict())
+            vectors = {t: known[t] for t in sentences if t in known}
+            for text in vectors:
+                known.move_to_end(text)
+        new = [t for t in dict.fromkeys(sentences) if t not in vectors]
+        if new:
+            vectors.update(zip(new, embedder.embed_documents(new), strict=True))
+            with _sentence_lock:
+                for text in new:
+                    known[text] = vectors[text]
+                while len(known) > SENTENCE_CACHE:
+                    known.popitem(last=False)
         query = embedder.embed_query(question)
-        return [float(x) for x in embedder.embed_documents(list(sentences)) @ query]
+        return [float(vectors[t] @ query) for t in sentences]
 
     return similarity
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rag.answer.answerable import assess, document_name, key_terms
+import numpy as np
+import pytest
+
+from rag.answer.answerable import assess, document_name, embedder_similarity, key_terms
 from rag.answer.extractive import ExtractiveModel, previous_sentences
 from rag.answer.sentences import is_whole_sentence, parent_text, segment
 from rag.core.types import Chunk, Hit, Message
@@ -214,3 +217,41 @@ def test_a_command_line_semicolon_inside_a_chinese_sentence_ends_nothing() -> No
     assert [s.text for s in segment(text)][-1] == ("你应该通过 dquilt pop -a; while quilt push; do quilt refresh; done "
                                                    "来验证这点。")
     assert [s.text for s in segment("Use a semicolon; it ends a clause.")] == ["Use a semicolon;", "it ends a clause."]
+
+
+class _CountingEmbedder:
+    """Letter-count vectors, recording which texts it was asked to embed."""
+
+    def __init__(self) -> None:
+        self.embedded: list[str] = []
+
+    def _vector(self, text: str) -> np.ndarray:
+        v = np.array([text.count(c) for c in "abcdefgh"], dtype=np.float32) + 0.1
+        return v / np.linalg.norm(v)
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        self.embedded += texts
+        return np.stack([self._vector(t) for t in texts])
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._vector(text)
+
+
+def test_sentence_similarity_embeds_each_sentence_once_across_questions(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rag.answer.answerable as answerable
+
+    embedder = _CountingEmbedder()
+    similarity = embedder_similarity(embedder)
+    first = similarity("abc", ["aab", "ccd", "aab"])
+    assert embedder.embedded == ["aab", "ccd"]  # a repeated sentence once
+    expected = [float(embedder._vector(t) @ embedder._vector("abc")) for t in ("aab", "ccd", "aab")]
+    assert first == pytest.approx(expected, rel=1e-6)
+    again = embedder_similarity(embedder)("hhg", ["ccd", "eef"])  # a new pipeline, another question
+    assert embedder.embedded == ["aab", "ccd", "eef"]  # only the sentence not seen before
+    assert again == pytest.approx([float(embedder._vector(t) @ embedder._vector("hhg")) for t in ("ccd", "eef")],
+                                  rel=1e-6)
+    monkeypatch.setattr(answerable, "SENTENCE_CACHE", 2)  # the oldest vectors go first
+    similarity("a", ["ggg"])
+    similarity("a", ["aab"])
+    assert embedder.embedded[-2:] == ["ggg", "aab"]
+    assert similarity("a", []) == []
