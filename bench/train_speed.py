@@ -184,6 +184,9 @@ def utilisation(flops_per_token: float, tokens_per_s: float, peak_tflops: float)
     return round(flops_per_token * tokens_per_s / (peak_tflops * 1e12), 4)
 
 
+FIRST_LOSSES = 5  # the losses of the first steps, kept to compare variants' loss curves
+
+
 class Meter:
     """Tokens and wall time from step ``warmup`` on (GPU work synchronised at every mark: the first untimed steps,
     ``warmup`` and the last; logs in between are the recipe's own ``train.logging_steps``), and what the untimed
@@ -209,7 +212,7 @@ class Meter:
 
     def mark(self, step: int, tokens: int, loss: float) -> None:
         now = self.now()
-        if step <= 5:
+        if step <= FIRST_LOSSES:
             self.losses.append(round(loss, 4))
         if step == 1:
             self.first_step_end = now
@@ -283,7 +286,7 @@ def run_naive(args: argparse.Namespace, shape: dict[str, int], device: Any, dtyp
         meter.mark(step, seen, float(loss))
     rate, tokens, seconds = meter.rate()
     return {"tokens_per_s": round(rate, 1), "tokens": tokens, "seconds": round(seconds, 2),
-            "batch": "1 conversation, no padding", "first_losses": meter.losses[:5],
+            "batch": "1 conversation, no padding", "first_losses": meter.losses[:FIRST_LOSSES],
             "flops_per_token": round(flops / first[0].shape[1]),
             "analytic_vs_counted": round(analytic / flops, 4), **memory, "train_peak_memory_gib": memory_gib(cuda),
             **meter.startup(args.steps - args.warmup)}
@@ -330,7 +333,7 @@ def recipe_parts(args: argparse.Namespace, shape: dict[str, int], device: Any, d
             # the recipe's own logging_steps stand; the meter adds logs (each a wait for the GPU) only at the first
             # untimed steps (their losses), where timing starts and at the end -- not a sync per timed step
             step = state.global_step
-            if step <= min(5, meter.warmup) or step in (meter.warmup, state.max_steps):
+            if step <= min(FIRST_LOSSES, meter.warmup) or step in (meter.warmup, state.max_steps):
                 control.should_log = True
 
         def on_log(self, a: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
@@ -360,24 +363,26 @@ def profiler_callback(folder: Path, label: str, first: int, steps: int = 2) -> A
     import torch
     from transformers import TrainerCallback
 
+    cuda = torch.cuda.is_available()
+
     class Profile(TrainerCallback):  # type: ignore[misc]
         prof: Any = None
 
         def on_step_begin(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.global_step == first and self.prof is None:
-                kinds = [torch.profiler.ProfilerActivity.CPU]
-                kinds += [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+                kinds = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
                 self.prof = torch.profiler.profile(activities=kinds, with_stack=True)
-                self.prof.__enter__()
+                self.prof.start()
 
         def on_step_end(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
             if self.prof is not None and state.global_step == first + steps:
-                if torch.cuda.is_available():
+                if cuda:
                     torch.cuda.synchronize()
-                self.prof.__exit__(None, None, None)
+                self.prof.stop()
                 folder.mkdir(parents=True, exist_ok=True)
                 name = re.sub(r"[^A-Za-z0-9_-]+", "_", label)[:120]
-                table = self.prof.key_averages().table(sort_by="self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total", row_limit=45, max_name_column_width=90)
+                table = self.prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                                       row_limit=45, max_name_column_width=90)
                 trace = folder / f"{name}.trace.json"
                 self.prof.export_chrome_trace(str(trace))
                 gaps = gpu_idle(json.loads(trace.read_text(encoding="utf-8")))
@@ -571,7 +576,7 @@ def run_recipe(args: argparse.Namespace, shape: dict[str, int], device: Any, dty
             **meter.startup(args.steps - args.warmup), **memory, "train_peak_memory_gib": memory_gib(cuda),
             "attn": cfg.model.attn_implementation, "optim": trainer.args.optim,
             "tokens_per_step": round(tokens / max(1, args.steps - args.warmup)), "packing_check": check,
-            "stage": cfg.stage, "quantization": cfg.model.quantization, "first_losses": meter.losses[:5], **extra}
+            "stage": cfg.stage, "quantization": cfg.model.quantization, "first_losses": meter.losses[:FIRST_LOSSES], **extra}
 
 
 def meta_counts(args: argparse.Namespace) -> None:

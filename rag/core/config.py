@@ -168,8 +168,9 @@ class AnswerConfig:
     citation_min_overlap: float = 0.25  # share of a sentence's character bigrams that its cited chunk must contain
     drop_unsupported_citations: bool = True  # False = keep them, flagged unsupported
     # answerability (rag/answer/answerable.py), for every backend; a refused question never reaches the model.
-    # calibrated: a logistic model over term coverage, question-to-sentence similarity and the share of the question
-    # no document names (rag/answer/calibration.py, docs/EVAL.md "The calibrated decision"); coverage: the share of
+    # calibrated: a logistic model over term coverage, question-to-sentence similarity, the share of the question no
+    # document names and whether the answer is in the other language (rag/answer/calibration.py, docs/EVAL.md "The
+    # calibrated decision"); coverage: the share of
     # the question's key-term weight (idf) the supporting sentences cover must reach min_term_coverage
     decision: str = "calibrated"
     min_answer_probability: float | None = None  # calibrated: the bar (None = the one the calibration chose)
