@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from rag.answer.sentences import false_end
 from rag.core.types import Chunk, Citation, Hit
 from rag.index.bm25 import STOPWORDS
 
@@ -106,8 +107,8 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     marker_starts = [marker_start for marker_start, _ in markers]
     start = 0
     for match in _TERMINAL.finditer(text):
-        if match.start() < start or _inside_code(text, match):
-            continue  # inside a trailer already taken, or a command line's ";" / "!"
+        if match.start() < start or _inside_code(text, match) or match.group() != "\n" and false_end(text, match.start()):
+            continue  # inside a trailer already taken, a command line's ";" / "!", or no end as the quoted text's
         k = bisect_right(marker_starts, match.start()) - 1
         if k >= 0 and match.start() < markers[k][1]:
             continue  # a separator inside a citation marker

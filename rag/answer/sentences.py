@@ -8,6 +8,8 @@ otherwise the break is PDF layout and the two lines are joined (no space between
 elsewhere). A short line without sentence punctuation is a heading or a table scrap, never an answer sentence,
 except the term of a definition list (a manual page's ``--group-directories-first`` above its indented
 description): the term and its description are one sentence, so an answer names the option it describes.
+Sentence punctuation inside a line ends a sentence, except where :func:`false_end` says it ends none: the "." of an
+abbreviation (``e.g.``), an end inside a short bracketed aside, or a "." before a tiny CJK remnant (``-c.   相同。``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ _TERMINAL = re.compile(r"(?:[。！？!?；;…]+|\.(?=[\s”’\"」』）)]|$)
                        r"(?!(?<=[”’\"」』）)])[或和与及等])")
 _ENDS = ("。", "！", "？", "!", "?", ".", "；", ";", "…")
 _CLOSERS = "）)”’」』】\"'"  # closing brackets and quotes that may follow a sentence's end
+_END_RUN = re.compile(r"[.。！？!?；;…]+[”’\"」』）)]*[。！？!?；;…]*")  # a sentence end's punctuation and closers
+# A "." after a Latin abbreviation ends no sentence when a word follows ("sets (e.g. ufw", "Fig. 3", "Dr. Li"); "No."
+# only before a number, "etc." only before a lower-case word ("etc.) and more"), as either may end a sentence too.
+# Titles only capitalised ("ms." and "st." end sentences: "took 87 ms. So").
+_ABBREVIATION = re.compile(r"(?<![\w.])(?:(?i:e\.g|i\.e|cf|vs|approx|fig)|Mrs?|Dr|St|No|etc)$")
+_NEXT_WORD = re.compile(r"\s*([^\s\[［【])")  # what follows an end; a citation marker means the answer ended there
+# A tiny CJK remnant up to the next sentence end (a Chinese manual page's "gunzip -c.   相同。"): part of the sentence.
+_REMNANT = re.compile(rf"\s*{CJK.pattern}{{1,3}}(?:[。！？!?；;…]|\.(?=\s|$))")
+BRACKET_REACH = 300  # a bracket that closes within this many characters holds an aside, not sentence ends
 # A line that starts a new block: list items, numbered steps and headings, markdown marks, table rows.
 _BLOCK_START = re.compile(r"^\s*(?:[-•*·>#|]|\d{1,3}[.)、]\s|\d{1,3}\.\d|[一二三四五六七八九十]+、|（[一二三四五六七八九十\d]+）"
                           r"|第[一二三四五六七八九十\d]+[章节条部分]|[A-Z]\d{0,2}\s)")
@@ -160,6 +171,47 @@ def _code_semicolon(raw: str, match: re.Match[str]) -> bool:
         bool(before) and before[-1].isascii() and not before[-1].isspace())
 
 
+def false_end(text: str, start: int) -> bool:
+    """The sentence punctuation at ``text[start]`` ends no sentence: the "." of an abbreviation (see
+    ``_ABBREVIATION``), an ASCII "." before a tiny CJK remnant (``gunzip -c.   相同。``), or any end inside a bracket
+    that closes within ``BRACKET_REACH`` characters (``rule sets (e.g. foo. bar) and more.``); a whole sentence in
+    brackets ends after its closing bracket (``（……限定 NFS 访问权限。）``), which is outside them."""
+    end = _END_RUN.match(text, start).end()  # type: ignore[union-attr]
+    if text[start] == ".":
+        word = _ABBREVIATION.search(text, max(0, start - 8), start)
+        after = following.group(1) if (following := _NEXT_WORD.match(text, end)) else ""
+        if word and after and (after.isdigit() if word.group() == "No" else after.islower() or word.group() != "etc"):
+            return True
+        if _REMNANT.match(text, end):
+            return True
+    return _in_brackets(text, end)
+
+
+def _in_brackets(text: str, position: int) -> bool:
+    """``position`` is inside a bracket (``()`` or ``（）``) opened and closed within ``BRACKET_REACH`` characters
+    of it."""
+    if not re.search(r"[(（]", text[max(0, position - BRACKET_REACH):position]):
+        return False
+    depth = 0
+    for opening in range(position - 1, max(position - 1 - BRACKET_REACH, -1), -1):
+        if text[opening] in ")）":
+            depth += 1
+        elif text[opening] in "(（":
+            if not depth:
+                break
+            depth -= 1
+    else:
+        return False
+    for char in text[position:position + BRACKET_REACH]:
+        if char in ")）":
+            if not depth:
+                return True
+            depth -= 1
+        elif char in "(（":
+            depth += 1
+    return False
+
+
 def _block_sentences(lines: list[str], offsets: list[int], block: list[int], headings: Sequence[str],
                      ends_text: bool) -> list[Sentence]:
     start = offsets[block[0]]
@@ -170,7 +222,8 @@ def _block_sentences(lines: list[str], offsets: list[int], block: list[int], hea
                          False, True)] if stripped else []
     out: list[Sentence] = []
     cut = 0
-    pieces = [(m.end(), True) for m in _TERMINAL.finditer(raw) if not _code_semicolon(raw, m)]
+    pieces = [(m.end(), True) for m in _TERMINAL.finditer(raw)
+              if not _code_semicolon(raw, m) and not false_end(raw, m.start())]
     if not pieces or pieces[-1][0] < len(raw.rstrip()):
         # the block's tail has no sentence punctuation: a whole line (item, table row) unless the text ends there
         tail = raw[pieces[-1][0] if pieces else 0:].strip()
