@@ -27,23 +27,30 @@ from rag.llm.base import GenerationConfig, ModelInfo
 _WORD = re.compile(r"[^\W_]+")
 _ENDS = ("。", "！", "？", "!", "?", ".", "；", ";", "…")
 _CJK_CLOSERS = ("。", "！", "？", "；", "…", "”", "」", "』", "）")
+# A command or code line: it ends with a file or domain name (a path, a URL), an option or a bracket, or holds an option,
+# "/", "=", "|", "$" or "`"; a full stop would change it ("dig -d DOMAIN.com." names another domain).
+_CODE = re.compile(r"\w\.\w+$|[)\]}>]$|(?:^|\s)--?\w|[/=|$`]")
 
 
 def render(support: Sequence[Support], max_chars: int = 400) -> str:
     """The answer text: each supporting sentence followed by ``[n]`` of its hit (quoted text is defanged and its
     own bracketed numbers become ``(n)``, so they can't pass for citations). A line-item sentence without
-    punctuation gets a full stop; a sentence longer than ``max_chars`` is never cut, only left out."""
+    punctuation gets a full stop, unless it is a command or code line (no CJK, see ``_CODE``): that is quoted as it
+    is and ends its line, as nothing else would end its sentence for the answer's readers (and
+    :func:`rag.answer.cite.sentence_spans`). A sentence longer than ``max_chars`` is never cut, only left out."""
     parts: list[str] = []
     for item in support:
         text = MARKER.sub(lambda m: f"({m.group(1)})", defang(item.text)).strip()
         if len(text) > max_chars and parts:
             continue
-        if not text.endswith(_ENDS):
-            text += "。" if CJK.search(text) else "."
-        if parts and not parts[-1].rstrip("[]0123456789").endswith(_CJK_CLOSERS):
+        if parts and not parts[-1].rstrip("[]0123456789").endswith(_CJK_CLOSERS + ("\n",)):
             parts.append(" ")
-        parts.append(f"{text}[{item.hit_number}]")
-    return "".join(parts)
+        bare = not text.endswith(_ENDS)
+        code = bare and not CJK.search(text) and bool(_CODE.search(text))
+        if bare and not code:
+            text += "。" if CJK.search(text) else "."
+        parts.append(f"{text}[{item.hit_number}]" + "\n" * code)
+    return "".join(parts).rstrip("\n")
 
 
 def previous_sentences(history: Sequence[Message], question: str) -> list[str]:

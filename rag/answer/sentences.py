@@ -278,9 +278,14 @@ def parent_text(chunk: Chunk, neighbours: Sequence[Chunk], max_gap: int = 0) -> 
 
 def is_whole_sentence(sentence: str, source: str) -> bool:
     """``sentence`` (citations removed) ends with sentence punctuation and starts where a sentence of ``source``
-    starts (as :func:`segment` cuts it: a PDF line break inside a sentence is no start). Whitespace is ignored."""
+    starts (as :func:`segment` cuts it: a PDF line break inside a sentence is no start), or it is a whole line of
+    ``source`` that :func:`segment` judged complete without punctuation (a command, a table row: the answer quotes
+    it as it is). Whitespace is ignored."""
+    sentences = segment(source)
+    if any(s.complete and normalise(s.text) == normalise(sentence) for s in sentences):
+        return True
     wanted = normalise(sentence).rstrip(_CLOSERS).rstrip("".join(_ENDS))
     # a sentence in brackets or quotes ends with its punctuation inside them ("（……限定访问权限。）")
     if not sentence.strip().rstrip(_CLOSERS).endswith(_ENDS) or not wanted:
         return False
-    return any(normalise(s.text).startswith(wanted) for s in segment(source))
+    return any(normalise(s.text).startswith(wanted) for s in sentences)

@@ -173,8 +173,9 @@ def _answer_sentences(text: str) -> list[tuple[str, list[int]]]:
 
 def sentence_faults(answer: Any, index: Any) -> tuple[int, int, int]:
     """(sentences, fragments, headings) of an extractive answer: a fragment does not end with sentence punctuation
-    or does not start at a sentence start of its source text (the cited chunk with its neighbours); a heading is
-    a heading line of that text (or of the chunk's heading path) quoted as an answer sentence."""
+    or does not start at a sentence start of its source text (the cited chunk with its neighbours), unless it is a
+    whole line of that text quoted as it is (a command line); a heading is a heading line of that text (or of the
+    chunk's heading path) quoted as an answer sentence."""
     from rag.answer.sentences import is_heading_line, is_whole_sentence, normalise, parent_text, segment
 
     sentences = fragments = headings = 0

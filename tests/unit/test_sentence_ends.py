@@ -1,12 +1,21 @@
-"""Sentence ends that are none: an abbreviation's ".", an end inside a bracketed aside, a "." before a tiny CJK
-remnant."""
+"""Sentence ends that are none (an abbreviation's ".", an end inside a bracketed aside, a "." before a tiny CJK
+remnant), and a command line quoted without a full stop that the eval still counts as a whole sentence."""
 
+from types import SimpleNamespace
+
+from rag.answer.answerable import Support
 from rag.answer.cite import sentence_spans
+from rag.answer.extractive import render
 from rag.answer.sentences import BRACKET_REACH, is_whole_sentence, segment
+from rag.cli.eval import sentence_faults
+from rag.core.types import Chunk, Hit
 
 UFW = ("The configuration files in /etc/ufw/ also allow for complex rule sets (e.g. foo. bar) and more. "
        "Rules are read at boot.")
 ZCAT = ("zcat  的功能与  gunzip  -c.   相同。  (在一些系统中,  zcat 可能被安装成 gzcat 以保留 compress 与zcat的原有连接。)")
+DIG = ("Query a name server for the records of a domain with a short answer and a few retries:\n"
+       "dig -d DOMAIN.com @192.168.1.1 +short +tries=3 +time=5\n"
+       "The answer lists the records that the name server found for the domain, one record per line.\n")
 
 
 def texts(text: str) -> list[str]:
@@ -63,3 +72,28 @@ def test_the_quoted_answer_splits_as_its_source() -> None:
         pieces = [answer[a:b].removesuffix("[1]") for a, b in sentence_spans(answer)]
         assert pieces == texts(source)
         assert all(is_whole_sentence(piece, source) for piece in pieces)
+
+
+def support(text: str, number: int = 1) -> Support:
+    return Support(text, number, ("a", 0, 0), frozenset())
+
+
+def test_a_command_line_is_quoted_without_a_full_stop() -> None:
+    command = "dig -d DOMAIN.com @192.168.1.1 +short +tries=3 +time=5"
+    assert render([support(command), support("The answer lists the records found.", 2)]) == (
+        f"{command}[1]\nThe answer lists the records found.[2]")
+    assert render([support("ls --color=auto"), support("Open the Network settings of the laptop", 2),
+                   support("打开系统设置里的网络页面", 3)]) == (
+        "ls --color=auto[1]\nOpen the Network settings of the laptop.[2] 打开系统设置里的网络页面。[3]")
+
+
+def test_a_whole_command_line_is_a_whole_sentence_and_a_cut_piece_still_a_fragment() -> None:
+    assert is_whole_sentence("dig -d DOMAIN.com @192.168.1.1 +short +tries=3 +time=5", DIG)
+    assert not is_whole_sentence("dig -d DOMAIN.com @192.168.1.1 +short", DIG)  # cut, no punctuation
+    assert not is_whole_sentence("DOMAIN.com @192.168.1.1 +short +tries=3 +time=5", DIG)  # starts mid-sentence
+    assert not is_whole_sentence("dig -d DOMAIN.com @192.168.1.1 +short +tries=3 +time=5", DIG.rstrip("\n").rsplit(
+        "\n", 1)[0])  # the source ends with it: it may be cut there
+    text = render([support("dig -d DOMAIN.com @192.168.1.1 +short +tries=3 +time=5"),
+                   support("The answer lists the records that the name server found for the domain, one record per line.")])
+    answer = SimpleNamespace(text=text, hits=[Hit(Chunk(1, DIG, "dig.txt", 0), 1.0)])
+    assert sentence_faults(answer, None) == (2, 0, 0)
