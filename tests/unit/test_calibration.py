@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,16 @@ def test_assess_answers_by_the_models_probability_and_keeps_the_anchor_gate() ->
     pointer = Hit(Chunk(2, "电脑、网络、邮箱、VPN 和软件安装等 IT 问题，请拨打 IT 服务台分机 8000。", "员工手册.docx", 1), 1.0)
     names = assess("VPN 服务器地址是什么？", [pointer], corpus, calibration=lenient)
     assert not names.answerable and set(names.missing) == {"服务器", "地址"}
+    # a passage about the name (its document or heading names it) is the model's to judge: the rest of the question
+    # may be put in other words there (等价 / 等于)
+    manual = Hit(Chunk(3, "-a, --archive 在复制时尽可能保持原文件的结构和属性，等于 -dR --preserve=all。", "man/cp.1.txt", 0),
+                 1.0)
+    about = assess("cp -a 实际上等价于哪些选项的组合？", [manual], corpus, calibration=lenient)
+    assert about.answerable and about.coverage < 0.6 and "--archive" in about.support[0].text
+    assert not assess("VPN 服务器地址是什么？", [replace(pointer, chunk=replace(pointer.chunk, heading=("IT 支持",)))],
+                      corpus, calibration=lenient).answerable
+    assert assess("VPN 服务器地址是什么？", [replace(pointer, chunk=replace(pointer.chunk, heading=("VPN 使用",)))],
+                  corpus, calibration=lenient).answerable
     assert not assess("员工每年的年假有几天？", [HANDBOOK], corpus, calibration=strict, min_probability=1.0).answerable
     # a number the question gives must be in the passage, whatever the model says
     assert not assess("工作满 20 年的员工年假有几天？", [HANDBOOK], corpus, calibration=lenient).answerable
