@@ -182,7 +182,9 @@ if HAS_TRITON:
                                                  # the int8 kernel's own (one byte a weight: wider K blocks)
                                                  (16, 256, 4, 3), (16, 512, 8, 3), (32, 256, 8, 3), (2, 2048, 4, 3),
                                                  (4, 512, 2, 3), (2, 1024, 2, 3))],
-                     key=["N", "K", "ROW_BUCKET", "PRO", "HAS_SCALE", "LORA_R"])
+                     # LORA_R not in the key: the LoRA epilogue reuses the block shape tuned for the layer (its
+                     # [BLOCK_N, R] tile is small; no second autotuning at the first adapter step)
+                     key=["N", "K", "ROW_BUCKET", "PRO", "HAS_SCALE"])
     @triton.jit
     def gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
                      lo_ptr, lb_ptr, out_ptr, N, K, eps, ROW_BUCKET, PRO: tl.constexpr, HAS_SCALE: tl.constexpr,

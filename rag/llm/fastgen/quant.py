@@ -341,7 +341,7 @@ if HAS_TRITON:
                                                     # split-K, for layers of few rows (q/k/v, o, down)
                                                     (32, 2, 8, 3, 4), (16, 2, 4, 3, 4), (32, 4, 8, 2, 4),
                                                     (64, 4, 4, 2, 4))],
-                     key=["N", "K", "ROW_BUCKET", "GROUP", "PRO", "LORA_R"],
+                     key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"],  # LORA_R not in it: as gemv_kernel
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _int4_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
