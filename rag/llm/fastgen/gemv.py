@@ -35,6 +35,11 @@ try:
 except ImportError:  # CPU installs: the torch formula serves every call
     HAS_TRITON = False
 
+# int8 weights become floats through their bits: 0x4B000080 + q is the float 2^23 + 128 + q, so one integer add and
+# one float subtraction give q exactly, both at the full rate, where the int-to-float instruction runs at a quarter
+# of the FP32 rate on Hopper (16 a clock per SM) and kept the int8 GEMV near 60 % of its bandwidth bound. False: the
+# instruction (the benchmark's same-run baseline, bench/gemv_quant.py kind int8-i2f).
+INT8_BITS = True
 MAX_ROWS = 16  # rows of x the kernel is meant for (decode); longer inputs (prefill) take the torch formula
 
 
@@ -138,7 +143,8 @@ def launch_gemv(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | No
     gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, weight, weight.stride(0),
                       scales if scales is not None else x, bias if bias is not None else x, addend_stride(bias), res,
                       low, lb, out, n, k, float(eps), row_bucket(rows), PRO=pro, HAS_SCALE=scales is not None,
-                      HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r)
+                      HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r,
+                      INT8_BITS=INT8_BITS and scales is not None)
     return out
 
 
@@ -184,12 +190,12 @@ if HAS_TRITON:
                                                  (4, 512, 2, 3), (2, 1024, 2, 3))],
                      # LORA_R not in the key: the LoRA epilogue reuses the block shape tuned for the layer (its
                      # [BLOCK_N, R] tile is small; no second autotuning at the first adapter step)
-                     key=["N", "K", "ROW_BUCKET", "PRO", "HAS_SCALE"])
+                     key=["N", "K", "ROW_BUCKET", "PRO", "HAS_SCALE", "INT8_BITS"])
     @triton.jit
     def gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
                      lo_ptr, lb_ptr, out_ptr, N, K, eps, ROW_BUCKET, PRO: tl.constexpr, HAS_SCALE: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, LORA_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, LORA_R: tl.constexpr, INT8_BITS: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # program (block of BLOCK_N output rows, row m of x): dot products of those weight rows (bf16, or int8 with one
         # scale per row: HAS_SCALE) with prologue(x[m])
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -203,7 +209,11 @@ if HAS_TRITON:
             x, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, col_ok, squares, PRO)
             w = tl.load(w_ptr + rows[:, None] * w_stride + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
                         other=0)
-            acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+            if INT8_BITS:  # see INT8_BITS
+                wf = (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+            else:
+                wf = w.to(tl.float32)
+            acc += tl.sum(wf * x[None, :], axis=1)
         if HAS_SCALE:
             acc = acc * tl.load(s_ptr + rows, mask=row_ok, other=0.0)
         epilogue_store(acc, squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows, row_ok, PRO,
