@@ -8,8 +8,10 @@ Stages (one JSON line each, then a summary with the ratios, all in one process o
     bf16      FastGenerator on the model's own weights: decode tokens/s (batch 1), the reference tokens and logits
     int8      quantize="int8": tokens/s, logits vs bf16 (teacher-forced on the bf16 tokens: relative L2 per step),
               greedy agreement with bf16 over --new-tokens (prefix length and share of equal positions)
-    int8_lora the same with an unmerged LoRA (r 8, every linear) active: the cost of the adapter on the int8 path
+    int8_lora the same with an unmerged LoRA (r 8, every linear) active: the cost of the adapter on the int8 path,
+              with B in the GEMVs' epilogue (adapter_on) and through the addend path it replaced (adapter_on_addend)
     int4      quantize="int4" (group 128; output layer int8), same measures
+    int4_lora the LoRA cost on the int4 path (as int8_lora)
     int4_8k   a fresh generator with release_weights=True and an 8k-token cache: memory after freeing the bf16
               weights, and peak during a decode of --new-tokens after a 4k-token prompt
     bf16_separate_qkv / profile_bf16   q, k, v as three GEMVs (the same-run baseline of fuse_qkv), and a kernel
@@ -190,7 +192,8 @@ def main() -> None:
     parser.add_argument("--forced-steps", type=int, default=8, help="teacher-forced logit comparisons")
     parser.add_argument("--deadline-s", type=float, default=560.0)
     parser.add_argument("--skip", default="", help="comma-separated stages to skip: bf16_separate_qkv, profile_bf16, "
-                        "general_walk (int8/int4 without the fused GEMV prologues), fused_walk (with them), int4_8k")
+                        "general_walk (int8/int4 without the fused GEMV prologues), fused_walk (with them), int4_8k, "
+                        "int4_lora")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--serve", action="store_true",
                         help="only llm.quantization through HFChatModel.load/stream: bf16, int8, int4, first and cached "
@@ -264,28 +267,37 @@ def main() -> None:
                                                      shape["vocab_size"]), needs_s=60)
     b.run("int8", variant("int8", quantize="int8"), needs_s=60)
 
-    def int8_lora() -> dict[str, Any]:
-        import peft
+    def lora_cost(kind: str) -> Any:
+        def go() -> dict[str, Any]:
+            import peft
 
-        lora_model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                                                                target_modules="all-linear")).eval()
-        for name, param in lora_model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(param, std=0.02)
-        try:
-            gen = FastGenerator(lora_model, max_batch=1, max_len=4096, backend=backend, quantize="int8")
-            list(gen.generate(prompt, max_new_tokens=40))
-            on = fast_time(gen, [prompt], args.time_tokens, runs=3)["decode_tok_s"]
-            with lora_model.disable_adapter():
+            lora_model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                                    target_modules="all-linear")).eval()
+            for name, param in lora_model.named_parameters():
+                if "lora_B" in name:
+                    torch.nn.init.normal_(param, std=0.02)
+            try:
+                gen = FastGenerator(lora_model, max_batch=1, max_len=4096, backend=backend, quantize=kind)
                 list(gen.generate(prompt, max_new_tokens=40))
-                off = fast_time(gen, [prompt], args.time_tokens, runs=2)["decode_tok_s"]
-            del gen
-        finally:
-            lora_model.unload()
-        return {"adapter_on_tok_s": on, "adapter_off_tok_s": off, "lora_cost": round(1 - on / off, 3)}
+                on = fast_time(gen, [prompt], args.time_tokens, runs=3)["decode_tok_s"]
+                gen.lora_epilogue = False  # the addend path it replaced: delta [M, out] by two reductions, then GEMV
+                gen.reset()
+                list(gen.generate(prompt, max_new_tokens=40))
+                on_addend = fast_time(gen, [prompt], args.time_tokens, runs=3)["decode_tok_s"]
+                with lora_model.disable_adapter():
+                    list(gen.generate(prompt, max_new_tokens=40))
+                    off = fast_time(gen, [prompt], args.time_tokens, runs=2)["decode_tok_s"]
+                del gen
+            finally:
+                lora_model.unload()
+            return {"adapter_on_tok_s": on, "adapter_on_addend_tok_s": on_addend, "adapter_off_tok_s": off,
+                    "lora_cost": round(1 - on / off, 3), "lora_cost_addend": round(1 - on_addend / off, 3)}
+        return go
 
-    b.run("int8_lora", int8_lora, needs_s=60)
+    b.run("int8_lora", lora_cost("int8"), needs_s=60)
     b.run("int4", variant("int4", quantize="int4"), needs_s=60)
+    if "int4_lora" not in skip:
+        b.run("int4_lora", lora_cost("int4"), needs_s=60)
     if "general_walk" not in skip:  # the same weights through the general layer walk (no fused GEMV prologues)
         b.run("int8_general_walk", variant("int8_general_walk", quantize="int8", fuse_gemv=False), needs_s=60)
         b.run("int4_general_walk", variant("int4_general_walk", quantize="int4", fuse_gemv=False), needs_s=60)
@@ -319,6 +331,8 @@ def main() -> None:
            int8_over_bf16=round(int8 / bf16, 2) if bf16 and int8 else None,
            int4_over_bf16=round(int4 / bf16, 2) if bf16 and int4 else None,
            int8_lora_cost=RESULTS.get("int8_lora", {}).get("lora_cost"),
+           int8_lora_cost_addend=RESULTS.get("int8_lora", {}).get("lora_cost_addend"),
+           int4_lora_cost=RESULTS.get("int4_lora", {}).get("lora_cost"),
            int8_greedy_equal_share=RESULTS.get("int8", {}).get("greedy_equal_share"),
            int4_greedy_equal_share=RESULTS.get("int4", {}).get("greedy_equal_share"),
            int4_8k_peak_gib=RESULTS.get("int4_8k", {}).get("peak_gib_decoding_4k_prompt"))

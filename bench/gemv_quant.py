@@ -3,6 +3,7 @@ the same-run bf16 fused GEMV and cuBLAS for scale. JSON lines: one per shape and
 autotuner chose and every tried configuration's time (``configs_us``), so a slow layer can be told from a slow kernel.
 
     python bench/gemv_quant.py --out gemv_quant.jsonl          # CUDA GPU
+    python bench/gemv_quant.py --kinds int8,int8-i2f           # int8 through its bits vs the int-to-float instruction
 
 Each measurement replays a CUDA graph of calls that cycle over enough copies of the weight (>= 256 MB) that none is
 served from the L2 cache, as in decoding. Each shape runs with the prologue/epilogue it has in the fused decode step
@@ -21,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gemv import timed
-from rag.llm.fastgen import quant
+from rag.llm.fastgen import gemv, quant
 from rag.llm.fastgen.gemv import fused_gemv, gemv_kernel, reference
 from rag.llm.fastgen.quant import quantize_linear
 
@@ -64,15 +65,18 @@ def shape_rows(name: str, n: int, k: int, prologue: str, kinds: list[str]) -> li
     for kind in kinds:
         if name == "lm_head" and kind == "int4":
             continue
-        layer = quantize_linear(w, None, kind)
+        # int8-i2f: int8 through the int-to-float instruction (gemv.INT8_BITS off), the same-run baseline
+        gemv.INT8_BITS, base = kind != "int8-i2f", kind.removesuffix("-i2f")
+        layer = quantize_linear(w, None, base)
         copies = max(2, -(-(256 << 20) // layer.nbytes))
-        layers = [layer] + [quantize_linear(torch.randn_like(w) * 0.02, None, kind) for _ in range(copies - 1)]
+        layers = [layer] + [quantize_linear(torch.randn_like(w) * 0.02, None, base) for _ in range(copies - 1)]
         kernel = gemv_kernel if layer.kind == "int8" else quant._int4_gemv_kernel
         t = timed(lambda layers=layers: [q(x, **kw) for q in layers]) / copies  # type: ignore[misc]
         got = layer(x, **kw).float()
         want = reference(x, layer.dequantize(torch.bfloat16), **kw).float()
         best = getattr(kernel, "best_config", None)
-        rows.append({"shape": name, "N": n, "K": k, "prologue": prologue, "kind": layer.kind,
+        gemv.INT8_BITS = True
+        rows.append({"shape": name, "N": n, "K": k, "prologue": prologue, "kind": kind,
                      "us": round(t * 1e6, 2), "GBps": round(layer.nbytes / t / 1e9, 1),
                      "vs_bf16": round(rows[0]["us"] / (t * 1e6), 2), "rel_err": round(float((got - want).norm()
                                                                                             / want.norm()), 5),

@@ -127,6 +127,64 @@ def test_lora_stays_switchable_on_quantized_weights() -> None:
         assert float((got - want).norm() / want.norm()) < 0.05  # and the quantized base stays close in both states
 
 
+def lora_glm(r: int = 4) -> Any:
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(small_glm(), peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear"))
+    for name, param in lora.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.3)  # B starts at zero: make the adapter change the output
+    return lora.eval()
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_lora_epilogue_formula(kind: str) -> None:
+    """``QuantLinear(x, lora=(low, b))`` (the GEMVs' LoRA epilogue; here its CPU formula) is ``x @ W_deq^T + bias +
+    (x @ A^T) @ B^T`` with A and B zero-padded to a power of two (ops.pad_lora), for decode and prefill row counts,
+    B as a block of rows of a taller matrix (one linear of a group), and with the fused RMSNorm prologue."""
+    from rag.llm.fastgen.ops import lora_low, lora_low_mm, pad_lora, rms_norm
+
+    torch.manual_seed(5)
+    layer = quantize_linear(torch.randn(72, 256), torch.randn(72), kind)
+    assert layer.kind == kind
+    w = layer.dequantize()
+    a, b_all = torch.randn(12, 256), torch.randn(80, 12)  # r 12 -> R 16; this layer's B is rows 8..80
+    a_pad, b_pad = pad_lora(a, b_all)
+    assert a_pad.shape == (16, 256) and b_pad.shape == (80, 16)
+    b = b_pad[8:]
+    for rows in (1, 3, 40):
+        x = torch.randn(rows, 256)
+        low = lora_low_mm(x, a_pad)
+        torch.testing.assert_close(lora_low(x, a_pad), low, rtol=1e-5, atol=1e-4)
+        want = x @ w.t() + layer.bias + (x @ a.t()) @ b_all[8:].t()
+        torch.testing.assert_close(layer(x, lora=(low, b)), want, rtol=1e-5, atol=1e-4)
+        g = torch.rand(256) + 0.5
+        normed = rms_norm(x, g, 1e-5)
+        want = normed @ w.t() + layer.bias + low @ b.t()
+        torch.testing.assert_close(layer(x, lora=(low, b), norm_weight=g, eps=1e-5), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_lora_decode_on_quantized_weights_equals_the_dequantized_model(kind: str) -> None:
+    """Greedy decode with an unmerged adapter on the quantized path (decode rows: ``x @ A^T``, then B in the GEMVs'
+    epilogue) equals the same adapter over the dequantized weights through the unquantized path (float32; only the
+    order of the same products differs), and the addend path it replaced (``lora_epilogue`` off)."""
+    lora = lora_glm()
+    gen = FastGenerator(lora, max_len=64, backend="eager", quantize=kind)
+    twin = FastGenerator(dequantized_copy(lora, gen), max_len=64, backend="eager")
+    got, want = step_logits(gen), step_logits(twin)
+    assert gen._lora_pad and all(a.shape[0] in (8, 16) for a, _ in gen._lora_pad.values())  # the epilogue path ran
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    gen.lora_epilogue = False
+    gen.reset()
+    addend = step_logits(gen)
+    assert not gen._lora_pad
+    assert torch.allclose(got, addend, rtol=1e-4, atol=1e-4 * float(addend.abs().max()))
+    with lora.disable_adapter():
+        without = step_logits(gen)
+    assert float((got - without).norm() / without.norm()) > 0.1  # the adapter changes the answer
+
+
 def test_released_weights_free_memory_and_change_nothing() -> None:
     model = small_glm()
     kept = step_logits(FastGenerator(copy.deepcopy(model), max_len=64, backend="eager", quantize="int8"))
@@ -191,6 +249,13 @@ def test_gpu_kernels_compute_what_the_quantized_numbers_stand_for(kind: str) -> 
             want = x.float() @ reference.t() + addend.float()
             got = layer(x, add=addend).float()
             assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows, "add")
+            # the LoRA epilogue: bias + low @ b.T, b a block of rows of a taller zero-padded B (R 8 and 16)
+            for r in (8 if rows == 1 else 16,):
+                low = torch.randn(rows, r, device="cuda")
+                b = torch.randn(out_features + 8, r, device="cuda") * 0.1
+                want = x.float() @ reference.t() + bias.float() + low @ b[8:].t()
+                got = layer(x, lora=(low, b[8:])).float()
+                assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows, "lora", r)
             # the fused decode step's prologues (RMSNorm / silu gate, x and up as slices of one tensor) + residual
             both = torch.randn(rows, 2 * in_features, device="cuda", dtype=torch.bfloat16)
             g = torch.rand(in_features, device="cuda", dtype=torch.bfloat16) + 0.5
@@ -202,3 +267,19 @@ def test_gpu_kernels_compute_what_the_quantized_numbers_stand_for(kind: str) -> 
                 want = inp @ reference.t() + bias.float() + res.float()
                 got = layer(both[:, :in_features], **kw).float()
                 assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows, kw.keys())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_gpu_lora_epilogue_decode_matches_the_addend_path(kind: str) -> None:
+    """Graph decode (bf16, the Triton GEMVs) with an unmerged adapter: B in the GEMVs' epilogue against the addend path
+    it replaced (``lora_epilogue`` off), logits of prefill and decode steps within bf16 rounding."""
+    lora = lora_glm().to(device="cuda", dtype=torch.bfloat16)
+    gen = FastGenerator(lora, max_len=64, backend="graph", quantize=kind)
+    got = step_logits(gen, steps=4)
+    assert gen._lora_pad
+    gen.lora_epilogue = False
+    gen.reset()
+    want = step_logits(gen, steps=4)
+    assert float((got - want).norm() / want.norm()) < 2e-2

@@ -47,13 +47,16 @@ from rag.llm.fastgen.ops import (
     fuse_lora,
     gated,
     lora_active,
+    lora_low,
+    lora_low_mm,
     lora_mm,
     lora_sum,
+    pad_lora,
     rms_norm,
     rope_to_cache,
 )
+from rag.llm.fastgen.quant import GEMV_MAX_ROWS, QuantLinear, concat_quant, quantize_served, served_linears
 from rag.llm.fastgen.quant import KINDS as QUANT_KINDS
-from rag.llm.fastgen.quant import QuantLinear, concat_quant, quantize_served, served_linears
 
 SUPPORTED_MODEL_TYPES = ("glm", "llama", "qwen2", "mistral")
 BACKENDS = ("auto", "graph", "eager", "hf")
@@ -150,10 +153,11 @@ class FastGenerator:
             self.attention = "triton" if ok else "sdpa"
         self._act = getattr(self._layers[0].mlp, "activation_fn", None) or self._layers[0].mlp.act_fn
         self._eager: dict[str, Any] = {"norm": rms_norm, "add_norm": add_rms_norm, "rope": self._rope,
-                                       "gated": gated, "lora": lora_mm, "rope_cache": rope_to_cache}
+                                       "gated": gated, "lora": lora_mm, "lora_low": lora_low_mm,
+                                       "rope_cache": rope_to_cache}
         self.compile = compile and backend == "graph"  # prefill keeps the eager ones (its lengths vary)
-        self._fast = {**{k: compiled(f) for k, f in self._eager.items()}, "lora": compiled(lora_sum)} \
-            if self.compile else self._eager
+        self._fast = {**{k: compiled(f) for k, f in self._eager.items()}, "lora": compiled(lora_sum),
+                      "lora_low": compiled(lora_low)} if self.compile else self._eager
         if quantize:
             self._quant = self._quantized(quantize, release_weights, quantized)
         self._cat = self._concatenated() if fuse_qkv else {}
@@ -163,6 +167,10 @@ class FastGenerator:
         self._graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}
         self._state: tuple[Any, ...] = ("base",)  # adapter state of the current call
         self._lora: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = {}
+        # quantized decode adds LoRA's B projection in the GEMV epilogue (False: as an addend the GEMV reads, the old
+        # path, kept for comparison); its zero-padded A and B, per adapter state and group (ops.pad_lora)
+        self.lora_epilogue = True
+        self._lora_pad: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _quantized(self, kind: str, release: bool, made: Mapping[str, QuantLinear] | None) -> dict[int, QuantLinear]:
         """Quantized copies of every block linear (``kind``) and of the output layer (int8), by module id: ``made``
@@ -246,6 +254,7 @@ class FastGenerator:
         if self.backend != "hf":
             self._graphs.clear()
             self._lora.clear()
+            self._lora_pad.clear()
 
     # ---- the model math: reuse the model's modules, write the static cache ----
     def _adapter_state(self) -> tuple[Any, ...]:
@@ -258,21 +267,45 @@ class FastGenerator:
         """For peft LoRA linears sharing one input: the fused weights (:func:`rag.llm.fastgen.ops.fuse_lora`)."""
         return fuse_lora(modules) if self.fuse_lora else None
 
+    def _lora_low(self, fns: dict[str, Any], key: tuple[Any, ...], fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                  flat: torch.Tensor, quantized: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For quantized decode rows (the GEMV path): ``(x @ A^T [M, R], B [sum out, R])``, both zero-padded
+        (:func:`rag.llm.fastgen.ops.pad_lora`, made once per adapter state), for the GEMVs' LoRA epilogue; else None
+        (the bf16 path, prefill and ``lora_epilogue`` off add the whole delta)."""
+        if not (quantized and self.lora_epilogue and flat.shape[0] <= GEMV_MAX_ROWS):
+            return None
+        if key not in self._lora_pad:
+            self._lora_pad[key] = pad_lora(fused[0], fused[1])
+        a_pad, b_pad = self._lora_pad[key]
+        return fns["lora_low"](flat, a_pad), b_pad
+
     def _linears(self, fns: dict[str, Any], modules: Sequence[Any], x: torch.Tensor) -> list[torch.Tensor]:
-        """``[m(x) for m in modules]``, with unmerged LoRA as 2 small GEMMs for the group + the bases' own GEMMs."""
+        """``[m(x) for m in modules]``, with unmerged LoRA as 2 small GEMMs for the group + the bases' own GEMMs (on
+        quantized decode: ``x @ A^T`` for the group, ``B`` in the quantized GEMVs' epilogue)."""
         key = (self._state, *(id(m) for m in modules))
         if key not in self._lora:
             self._lora[key] = self._fused_lora(modules)
         fused = self._lora[key]
         cat = self._cat.get(tuple(id(getattr(m, "base_layer", m)) for m in modules)) if len(modules) > 1 else None
         if cat is not None and (fused is not None or not any(lora_active(m) for m in modules)):
-            return self._joined(fns, cat, fused, x)
+            return self._joined(fns, cat, fused, x, key)
         if fused is None:  # not fusable as a group (e.g. LoRA on q and v, not k): each module on its own
             if len(modules) > 1:
                 return [self._linears(fns, [m], x)[0] for m in modules]
             return [self._plain(modules[0], x)]
         a_cat, b_block, bias = fused
         flat = x.reshape(-1, x.shape[-1])
+        quants = [self._quant.get(id(m.base_layer)) for m in modules]
+        epilogue = self._lora_low(fns, key, fused, flat, all(q is not None for q in quants))
+        if epilogue is not None:  # each quantized GEMV adds its bias and its rows of B (low) as it stores
+            low, b_pad = epilogue
+            outs, offset = [], 0
+            for m, quant in zip(modules, quants, strict=True):
+                width = m.base_layer.out_features
+                out = quant(flat, lora=(low, b_pad[offset : offset + width]))  # type: ignore[misc]
+                outs.append(out.view(*x.shape[:-1], width))
+                offset += width
+            return outs
         delta = fns["lora"](flat, a_cat, b_block, bias)  # bias + sum of scaled B(A x): [M, sum out]
         outs, offset = [], 0
         for m in modules:
@@ -286,12 +319,17 @@ class FastGenerator:
         return outs
 
     def _joined(self, fns: dict[str, Any], cat: tuple[Any, torch.Tensor | None, list[int]],
-                fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, x: torch.Tensor) -> list[torch.Tensor]:
+                fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, x: torch.Tensor,
+                key: tuple[Any, ...]) -> list[torch.Tensor]:
         """q, k and v through their joined weight (one GEMV), plus the fused LoRA delta when adapters are on."""
         weight, bias, widths = cat
         flat = x.reshape(-1, x.shape[-1])
+        epilogue = None if fused is None else \
+            self._lora_low(fns, key, fused, flat, isinstance(weight, QuantLinear))
         if fused is None:
             out = weight(flat) if isinstance(weight, QuantLinear) else F.linear(flat, weight, bias)
+        elif epilogue is not None:  # the joined QuantLinear adds its biases and B (low) as it stores
+            out = weight(flat, lora=epilogue)
         else:  # the delta carries the biases
             delta = fns["lora"](flat, *fused)
             out = weight(flat, add=delta) if isinstance(weight, QuantLinear) else \

@@ -2,8 +2,10 @@
 
 Each op is a plain function so that ``torch.compile`` compiles it once per process (:func:`compiled`), not once per
 layer or per captured graph: residual add + RMSNorm (HF's ``*RMSNorm`` forward), the gated activation, and the
-unmerged-LoRA delta as two GEMMs (prefill) or two float32 reductions (decode). :func:`fuse_lora` turns the peft LoRA
-linears that share an input (q/k/v, gate/up) into one A and one block-diagonal B for those ops.
+unmerged-LoRA delta as two GEMMs (prefill) or two float32 reductions (decode), or, on quantized decode, only its
+first half ``x @ A^T`` (:func:`lora_low`; the quantized GEMV adds the B half in its epilogue, with the weights
+:func:`pad_lora` makes). :func:`fuse_lora` turns the peft LoRA linears that share an input (q/k/v, gate/up) into one A
+and one block-diagonal B for those ops.
 """
 
 from __future__ import annotations
@@ -36,6 +38,33 @@ def lora_sum(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tens
     """The same as two float32 reductions: compiled, they beat cuBLAS's GEMMs of width r at M = 1 (3 vs 6 us)."""
     low = (x.float()[:, None, :] * a.float()[None]).sum(-1)  # [M, r]
     return (bias.float() + (low[:, None, :] * b.float()[None]).sum(-1)).to(x.dtype)  # [M, out]
+
+
+def lora_low_mm(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``x @ A^T`` in float32, ``[M, R]``, as one GEMM (the eager backend: no ``[M, R, in]`` product in memory)."""
+    return x.float() @ a.float().t()
+
+
+def lora_low(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The same as a float32 reduction (:func:`lora_sum`'s first line): compiled, one small kernel per group of
+    linears; the quantized GEMV that follows adds ``low @ B^T`` and the bias as it stores."""
+    return (x.float()[:, None, :] * a.float()[None]).sum(-1)
+
+
+LORA_MIN_R = 8  # the narrowest padded rank the GEMV epilogue takes (a power of two)
+
+
+def pad_lora(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A ``[R, in]``, B ``[out, R]``) from :func:`fuse_lora`'s ``A [r, in]`` and ``B [out, r]``, zero-padded to ``R``,
+    the next power of two of ``r`` (at least :data:`LORA_MIN_R`): the shape the GEMV epilogue takes. Made once per
+    adapter state, not per step; the padded rows of A give zeros in ``low``, the padded columns of B add nothing."""
+    r = a.shape[0]
+    size = max(LORA_MIN_R, 1 << (r - 1).bit_length())
+    a_pad = a.new_zeros(size, a.shape[1])
+    a_pad[:r] = a
+    b_pad = b.new_zeros(b.shape[0], size)
+    b_pad[:, :r] = b
+    return a_pad, b_pad
 
 
 def rope_to_cache(rope: Callable[..., Any], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,

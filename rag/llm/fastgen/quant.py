@@ -22,7 +22,9 @@ shared bf16/int8 kernel's conversions (283.8 vs ~315 tok/s, docs/BENCHMARKS.md) 
 
 On CPU (tests, the ``eager`` backend) both kinds compute ``x @ dequantize().T``: the same numbers the GPU kernels
 approximate, so a CPU test checks the quantization itself and the GPU bench checks the kernels against it.
-Unmerged LoRA adapters stay in bf16 and are added to the quantized base's output, so they can be switched per request.
+Unmerged LoRA adapters stay in their own dtype and are added to the quantized base's output, so they can be switched
+per request: at decode the GEMVs add the adapter's B projection in their epilogue (``lora=(low, b)``,
+:mod:`rag.llm.fastgen.gemv`), the caller computing only ``low = x @ A^T``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rag.llm.fastgen.gemv import MAX_ROWS, addend_stride, fused_args, reference, row_bucket
+from rag.llm.fastgen.gemv import MAX_ROWS, addend_stride, fused_args, lora_args, reference, row_bucket
 
 try:
     import triton
@@ -79,9 +81,14 @@ class QuantLinear:
 
     def __call__(self, x: torch.Tensor, with_bias: bool = True, add: torch.Tensor | None = None, *,
                  norm_weight: torch.Tensor | None = None, eps: float = 1e-6, up: torch.Tensor | None = None,
-                 residual: torch.Tensor | None = None) -> torch.Tensor:
+                 residual: torch.Tensor | None = None,
+                 lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """``x @ w.T`` plus the bias (``with_bias``) or plus ``add`` ``[M, out]`` instead (a LoRA delta that already
         holds the bias): on CUDA the GEMV kernels add it as they store, one kernel fewer per linear.
+
+        ``lora = (low [M, R] float32, b [out, R])`` adds ``low @ b.T`` too (an unmerged LoRA adapter: ``low = x @
+        A^T``, ``b`` its scaled B; ``R`` a power of two, zero-padded): the GEMV kernels add it in their epilogue;
+        elsewhere (CPU, prefill) it joins the bias as an addend first, the same formula.
 
         ``norm_weight`` / ``up`` / ``residual`` are the fused decode step's prologues and epilogue, as in
         :func:`rag.llm.fastgen.gemv.fused_gemv`: RMSNorm of ``x`` first, or ``silu(x) * up`` first; ``residual``
@@ -90,15 +97,17 @@ class QuantLinear:
         fused = norm_weight is not None or up is not None or residual is not None
         if norm_weight is not None and up is not None:
             raise ValueError("a quantized linear takes norm_weight or up, not both")
-        if x.device.type == "cuda" and HAS_TRITON:
-            if x.shape[0] <= GEMV_MAX_ROWS:
-                if self.kind == "int8":
-                    return int8_gemv(x, self.qweight, self.scales, bias, norm_weight=norm_weight, eps=eps, up=up,
-                                     residual=residual)
-                return int4_gemv(x, self.qweight, self.scales, self.group, bias, norm_weight=norm_weight, eps=eps,
-                                 up=up, residual=residual)
-            if self.kind == "int4" and not fused:
-                return linear_plus(x, int4_dequantize(self.qweight, self.scales, self.group, x.dtype), bias)
+        if x.device.type == "cuda" and HAS_TRITON and x.shape[0] <= GEMV_MAX_ROWS:
+            if self.kind == "int8":
+                return int8_gemv(x, self.qweight, self.scales, bias, norm_weight=norm_weight, eps=eps, up=up,
+                                 residual=residual, lora=lora)
+            return int4_gemv(x, self.qweight, self.scales, self.group, bias, norm_weight=norm_weight, eps=eps,
+                             up=up, residual=residual, lora=lora)
+        if lora is not None:  # no GEMV epilogue here: bias + low @ b.T as one addend
+            extra = lora[0].float() @ lora[1].float().t()
+            bias = (extra if bias is None else extra + bias.float()).to(x.dtype)
+        if x.device.type == "cuda" and HAS_TRITON and self.kind == "int4" and not fused:
+            return linear_plus(x, int4_dequantize(self.qweight, self.scales, self.group, x.dtype), bias)
         if fused:
             weight = self.dequantize(x.dtype) if x.device.type != "cuda" or self.kind == "int8" else \
                 int4_dequantize(self.qweight, self.scales, self.group, x.dtype)
@@ -259,13 +268,15 @@ def split_buffers(device: torch.device, rows: int, out_features: int) -> tuple[t
 
 def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *,
               norm_weight: torch.Tensor | None = None, eps: float = 1e-6, up: torch.Tensor | None = None,
-              residual: torch.Tensor | None = None) -> torch.Tensor:
+              residual: torch.Tensor | None = None,
+              lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``x [M, in] @ (qweight * scales).T + bias`` on CUDA, reading the int8 weights (not a dequantized copy); with
-    the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv`."""
+    the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv` and the LoRA epilogue (``lora``)."""
     if not HAS_TRITON:
         return reference(x, (qweight.float() * scales[:, None]).to(x.dtype), norm_weight=norm_weight, eps=eps, up=up,
-                         bias=bias, residual=residual)
-    return launch_gemv(x, qweight, scales, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual)
+                         bias=bias, residual=residual, lora=lora)
+    return launch_gemv(x, qweight, scales, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual,
+                       lora=lora)
 
 
 if HAS_TRITON:
@@ -298,15 +309,16 @@ if HAS_TRITON:
         return t.to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _finish(total, squares, ws_ptr, sq_ptr, cnt_ptr, s, m, K, eps, b_ptr, b_stride, r_ptr, out_ptr, N, rows, row_ok,
-                PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SPLIT: tl.constexpr):
+    def _finish(total, squares, ws_ptr, sq_ptr, cnt_ptr, s, m, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, N,
+                rows, row_ok, PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+                LORA_R: tl.constexpr, SPLIT: tl.constexpr):
         """Store this program's rows (``total`` [BLOCK_N] dot products, ``squares`` [1] its part of sum(x²)). With
         split-K (``SPLIT`` programs per block of rows, each over a slice of K), each stores its partial sums to the
         workspace and counts itself in; the last to arrive adds the parts up, stores, and resets the counter for the
         next launch (or graph replay)."""
         if SPLIT == 1:
-            epilogue_store(total, squares, K, eps, b_ptr, b_stride, r_ptr, out_ptr, m, N, rows, row_ok, PRO, HAS_BIAS,
-                           HAS_RES)
+            epilogue_store(total, squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows, row_ok,
+                           PRO, HAS_BIAS, HAS_RES, LORA_R)
         else:
             tile = tl.program_id(0)
             tiles = tl.num_programs(0)
@@ -319,8 +331,8 @@ if HAS_TRITON:
                 whole = tl.sum(tl.load(ws_ptr + parts[:, None] * N + rows[None, :], mask=row_ok[None, :], other=0.0,
                                        cache_modifier=".cg"), axis=0)
                 all_squares = tl.load(sq_ptr + parts * tiles + tile, cache_modifier=".cg")
-                epilogue_store(whole, all_squares, K, eps, b_ptr, b_stride, r_ptr, out_ptr, m, N, rows, row_ok, PRO,
-                               HAS_BIAS, HAS_RES)
+                epilogue_store(whole, all_squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows,
+                               row_ok, PRO, HAS_BIAS, HAS_RES, LORA_R)
                 tl.atomic_xchg(cnt_ptr + m * tiles + tile, 0)
 
     @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k}, num_warps=w, num_stages=s)
@@ -329,12 +341,13 @@ if HAS_TRITON:
                                                     # split-K, for layers of few rows (q/k/v, o, down)
                                                     (32, 2, 8, 3, 4), (16, 2, 4, 3, 4), (32, 4, 8, 2, 4),
                                                     (64, 4, 4, 2, 4))],
-                     key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"], prune_configs_by={"early_config_prune": _prune})
+                     key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"],  # LORA_R not in it: as gemv_kernel
+                     prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _int4_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
-                          out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, ROW_BUCKET, GROUP: tl.constexpr,
-                          PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ASM: tl.constexpr,
-                          BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, SPLIT: tl.constexpr):
+                          lo_ptr, lb_ptr, out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, ROW_BUCKET, GROUP: tl.constexpr,
+                          PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, LORA_R: tl.constexpr,
+                          ASM: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, SPLIT: tl.constexpr):
         # program (block of BLOCK_N output rows, row m of x); per step GROUPS groups, read as [BLOCK_N, GROUPS, W]
         # int32 words (W = GROUP / 8) whose nibble i is column i * W + j of the group (pack_int4). Nibble q becomes
         # the float 16 + q (0x41800000 | q << 19); with w = (q - 8) * scale + zero = (16 + q) * scale + (zero -
@@ -373,7 +386,8 @@ if HAS_TRITON:
             low = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32) - 24.0 * scale
             acc += scale[:, :, None] * part + low[:, :, None] * xs
         _finish(tl.sum(tl.sum(acc, axis=2), axis=1), tl.sum(tl.sum(squares, axis=2), axis=1), ws_ptr, sq_ptr, cnt_ptr,
-                s, m, K, eps, b_ptr, b_stride, r_ptr, out_ptr, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES, SPLIT)
+                s, m, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES,
+                LORA_R, SPLIT)
 
     @triton.jit
     def _int4_dequantize_kernel(w_ptr, w_stride, s_ptr, out_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -396,19 +410,21 @@ if HAS_TRITON:
 
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int,
               bias: torch.Tensor | None, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
-              up: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+              up: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+              lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``x [M, in] @ dequantized(packed).T + bias`` on CUDA, reading the 4-bit weights (not a dequantized copy); with
-    the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv`."""
+    the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv` and the LoRA epilogue (``lora``)."""
     x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
     rows, out_features, in_features = x.shape[0], packed.shape[0], packed.shape[1] * 2
+    low, lb, r = lora_args(x, lora, out_features)
     words = packed.view(torch.int32)
     out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows, meta["SPLIT"])  # noqa: E731
     ws, sq, cnt = split_buffers(x.device, rows, out_features)
     _int4_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
-                            bias if bias is not None else scales, addend_stride(bias), res, out, ws, sq, cnt,
+                            bias if bias is not None else scales, addend_stride(bias), res, low, lb, out, ws, sq, cnt,
                             out_features, in_features, float(eps), row_bucket(rows), GROUP=group, PRO=pro,
-                            HAS_BIAS=bias is not None, HAS_RES=residual is not None, ASM=use_asm(x))
+                            HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r, ASM=use_asm(x))
     return out
 
 
