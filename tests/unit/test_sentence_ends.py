@@ -87,6 +87,12 @@ def test_a_command_line_is_quoted_without_a_full_stop() -> None:
         "ls --color=auto[1]\nOpen the Network settings of the laptop.[2] 打开系统设置里的网络页面。[3]")
 
 
+def test_a_sentence_that_ends_inside_its_brackets_gets_no_second_full_stop() -> None:
+    aside = "（这可以像 tjener:/etc/exports 文件中所做限制网络组成员或单个 IP 地址限定 NFS 访问权限。）"
+    assert render([support(aside), support('He said "it is done."', 2)]) == f'{aside}[1]He said "it is done."[2]'
+    assert [(a, b) for a, b in sentence_spans(render([support(aside)]))] == [(0, len(aside) + 3)]
+
+
 def test_a_whole_command_line_is_a_whole_sentence_and_a_cut_piece_still_a_fragment() -> None:
     assert is_whole_sentence("dig -d DOMAIN.com @192.168.1.1 +short +tries=3 +time=5", DIG)
     assert not is_whole_sentence("dig -d DOMAIN.com @192.168.1.1 +short", DIG)  # cut, no punctuation
