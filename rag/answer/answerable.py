@@ -102,6 +102,7 @@ _SYNOPSIS = re.compile(r"\S+(?:\s+(?:\[[^\]]*\]|<[^>]*>|[A-Z][A-Z_]*)(?:\.\.\.|â
 COMMON_NAME_IDF = math.log(4.0)
 # the calibrated decision's best similarity looks at this many of the retrieved sentences (in hit order)
 MAX_SIMILARITY_SENTENCES = 64
+_REFERENCE = re.compile(r"[A-Za-z_][\w.:+-]*\(\d[a-z]*\),?")  # a manual-page reference: ssh-add(1), ssh_config(5)
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 
 
@@ -459,8 +460,8 @@ def candidate_sentences(hits: Sequence[Hit], corpus: Corpus | None = None,
                 continue
             if sentence.heading or (sentence.start <= offset and not trusted_start and sentence.start == 0):
                 continue
-            if _SYNOPSIS.fullmatch(sentence.text.strip()):  # "sort [OPTION]... [FILE]...": a usage line says nothing
-                continue
+            if _SYNOPSIS.fullmatch(sentence.text.strip()) or reference_list(sentence.text):
+                continue  # "sort [OPTION]... [FILE]...", "scp(1), sftp(1), ssh-add(1)": usage lines and lists say nothing
             key = normalise(sentence.text)
             if key in seen or len(key) < 4:
                 continue
@@ -468,6 +469,13 @@ def candidate_sentences(hits: Sequence[Hit], corpus: Corpus | None = None,
             out.append((number, sentence.text, (chunk.source, chunk.page or 0, chunk.start - offset + sentence.start),
                         " ".join([document_name(chunk.source), *chunk.heading, heading_line])))
     return out
+
+
+def reference_list(text: str) -> bool:
+    """A list of manual-page references (a SEE ALSO section: ``rsh(1), scp(1), sftp(1), ssh-add(1)``): three or more,
+    and most of the text."""
+    found = _REFERENCE.findall(text)
+    return len(found) >= 3 and sum(map(len, found)) >= 0.5 * len("".join(text.split()))
 
 
 _DOCUMENT_SUFFIX = re.compile(r"(?:\.(?:txt|text|html?|xhtml|md|markdown|rst|pdf|docx?|xlsx?|pptx?|odt|rtf|csv|json|"

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from rag.answer.answerable import assess, document_name, embedder_similarity, key_terms
+from rag.answer.answerable import (
+    assess,
+    candidate_sentences,
+    document_name,
+    embedder_similarity,
+    key_terms,
+    reference_list,
+)
 from rag.answer.extractive import ExtractiveModel, previous_sentences
 from rag.answer.sentences import is_whole_sentence, parent_text, segment
 from rag.core.types import Chunk, Hit, Message
@@ -255,3 +262,13 @@ def test_sentence_similarity_embeds_each_sentence_once_across_questions(monkeypa
     similarity("a", ["aab"])
     assert embedder.embedded[-2:] == ["ggg", "aab"]
     assert similarity("a", []) == []
+
+
+def test_a_see_also_list_of_manual_pages_is_no_answer_sentence() -> None:
+    see_also = "rsh(1), scp(1), sftp(1), ssh-add(1), ssh-agent(1), ssh_config(5), sshd(8) 等。"
+    pointer = "另见 sshd_config(5) 的 PermitUserEnvironment 选项。"
+    prose = "See ls(1), cp(1) and mv(1) for how files are copied and moved between directories."
+    assert reference_list(see_also) and not reference_list(pointer) and not reference_list(prose)
+    hit = Hit(Chunk(1, f"{pointer}\n\n{see_also}\n\n{prose}", "man/ssh.1.txt", 0, start=0), 1.0)
+    assert [text for _, text, _, _ in candidate_sentences([hit])] == [pointer, prose]
+
