@@ -197,6 +197,40 @@ def sentence_faults(answer: Any, index: Any) -> tuple[int, int, int]:
     return sentences, fragments, headings
 
 
+@dataclass
+class AnswerScores:
+    """The counts behind one row of :func:`evaluate_answers` (all questions, or one source or language)."""
+
+    unanswerable: int = 0
+    refused_unanswerable: int = 0
+    answerable: int = 0
+    refused_answerable: int = 0
+    retrieved: int = 0
+    refused_retrieved: int = 0
+    cited: int = 0
+    cited_ok: int = 0
+    recalled: int = 0
+    sentences: int = 0
+    fragments: int = 0
+    headings: int = 0
+
+    def add(self, other: AnswerScores) -> None:
+        for name in vars(other):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def row(self) -> dict[str, Any]:
+        def ratio(a: int, b: int) -> float | None:
+            return round(a / b, 3) if b else None
+
+        return {"refusal_rate": ratio(self.refused_unanswerable, self.unanswerable),
+                "false_refusal_rate": ratio(self.refused_answerable, self.answerable),
+                "false_refusal_retrieved": ratio(self.refused_retrieved, self.retrieved), "n_retrieved": self.retrieved,
+                "citation_precision": ratio(self.cited_ok, self.cited),
+                "evidence_recall": ratio(self.recalled, self.answerable),
+                "fragments": self.fragments, "headings": self.headings, "sentences": self.sentences,
+                "n_answerable": self.answerable, "n_unanswerable": self.unanswerable}
+
+
 def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | None = None,
                      recall_threshold: float = 0.5) -> dict[str, Any]:
     """Run the full pipeline on every question and score refusals, citations, evidence recall and sentences.
@@ -211,11 +245,11 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
       (:func:`sentence_faults`), out of ``sentences``;
     - false_refusal_retrieved: answerable questions refused although a retrieved chunk holds an evidence string
       (the answer's own share of false refusals; the rest are retrieval misses), out of ``n_retrieved``.
+
+    The figures of all questions, and under ``groups`` the same per source folder (``source:man``) and per question
+    language (``lang:zh``), as the retrieval report has them: a mean over a corpus hides the part it fails on.
     """
-    refused_unanswerable = unanswerable = refused_answerable = answerable = 0
-    retrieved = refused_retrieved = 0
-    cited = cited_ok = recalled = 0
-    sentences = fragments = headings = 0
+    groups: dict[str, AnswerScores] = defaultdict(AnswerScores)
     index = getattr(getattr(pipeline, "retriever", None), "index", None)
     index = index if hasattr(index, "neighbours") else None
     lines = []
@@ -224,26 +258,25 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
         stream.text()
         answer = stream.answer
         wanted = [normalise(e) for e in question.evidence]
+        one = AnswerScores()
         if not answer.refused:
-            counts = sentence_faults(answer, index)
-            sentences, fragments, headings = sentences + counts[0], fragments + counts[1], headings + counts[2]
+            one.sentences, one.fragments, one.headings = sentence_faults(answer, index)
         if question.answerable:
-            answerable += 1
-            refused_answerable += int(answer.refused)
+            one.answerable, one.refused_answerable = 1, int(answer.refused)
             if first_hit_rank(question, answer.hits) is not None:
-                retrieved += 1
-                refused_retrieved += int(answer.refused)
+                one.retrieved, one.refused_retrieved = 1, int(answer.refused)
             citing = _answer_sentences(answer.text)
             for citation in answer.citations:
-                cited += 1
+                one.cited += 1
                 said = " ".join(s for s, numbers in citing if citation.number in numbers)
-                cited_ok += int(any(w in normalise(citation.chunk.text) for w in wanted) or any(
+                one.cited_ok += int(any(w in normalise(citation.chunk.text) for w in wanted) or any(
                     bigram_recall(e, said) >= recall_threshold for e in question.evidence))
-            recalled += int(not answer.refused and any(
+            one.recalled = int(not answer.refused and any(
                 bigram_recall(e, answer.text) >= recall_threshold for e in question.evidence))
         else:
-            unanswerable += 1
-            refused_unanswerable += int(answer.refused)
+            one.unanswerable, one.refused_unanswerable = 1, int(answer.refused)
+        for name in ("all", f"source:{question.group}", f"lang:{question.language}"):
+            groups[name].add(one)
         assessment = getattr(stream, "assessment", None)
         coverage = assessment.coverage if assessment is not None else None
         cross = assessment.cross_language if assessment is not None else None
@@ -258,16 +291,8 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
              "supported": c.supported} for c in answer.citations]})
     if out is not None:
         Path(out).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
-
-    def ratio(a: int, b: int) -> float | None:
-        return round(a / b, 3) if b else None
-
-    return {"refusal_rate": ratio(refused_unanswerable, unanswerable),
-            "false_refusal_rate": ratio(refused_answerable, answerable),
-            "false_refusal_retrieved": ratio(refused_retrieved, retrieved), "n_retrieved": retrieved,
-            "citation_precision": ratio(cited_ok, cited), "evidence_recall": ratio(recalled, answerable),
-            "fragments": fragments, "headings": headings, "sentences": sentences,
-            "n_answerable": answerable, "n_unanswerable": unanswerable}
+    overall = groups.pop("all", AnswerScores())
+    return {**overall.row(), "groups": {name: scores.row() for name, scores in sorted(groups.items())}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -305,7 +330,13 @@ def main(args: argparse.Namespace) -> int:
         if fallback:
             print(fallback_note(fallback), file=sys.stderr)
         scores = evaluate_answers(pipeline, questions, Path(args.out) if args.out else None)
-        print(json.dumps({"model": pipeline.model.info().model_id, **scores}, ensure_ascii=False))
+        groups = scores.pop("groups")
+        columns = ["refusal_rate", "false_refusal_rate", "citation_precision", "evidence_recall", "n_answerable",
+                   "n_unanswerable"]
+        print(table([[name, *(row[c] for c in columns)] for name, row in {"all": scores, **groups}.items()],
+                    ["group", "refusal", "false_refusal", "citation_precision", "evidence_recall", "n_answerable",
+                     "n_unanswerable"]))
+        print(json.dumps({"model": pipeline.model.info().model_id, **scores, "groups": groups}, ensure_ascii=False))
         print(" ".join(f"{k}={v}" for k, v in scores.items()))
         return 0
     retriever = Retriever(KnowledgeIndex.open(args.index or cfg.index.dir, cfg), cfg.retrieve)

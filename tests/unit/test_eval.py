@@ -73,6 +73,12 @@ def test_answers_cli_with_extractive_backend(setup: tuple[Path, list[str]], caps
     # q3 needs arithmetic over ranges (十五年 in 满十年不满二十年): the term-coverage decision refuses it
     assert scores["evidence_recall"] >= 0.33 and scores["refusal_rate"] == 1.0
     assert scores["fragments"] == 0 and scores["headings"] == 0 and scores["sentences"] >= 1  # q1's answer
+    # the same figures per question language and per source folder, as the retrieval report has them
+    groups = scores["groups"]
+    assert sum(row["n_answerable"] for name, row in groups.items() if name.startswith("lang:")) == 3
+    assert sum(row["n_answerable"] for name, row in groups.items() if name.startswith("source:")) == 3
+    assert groups["source:(unanswerable)"] == {**groups["source:(unanswerable)"], "refusal_rate": 1.0,
+                                               "n_unanswerable": 1, "n_answerable": 0}
 
 
 def test_bad_questions_file_names_the_line(tmp_path: Path) -> None:
