@@ -18,7 +18,7 @@ import json
 import re
 import sys
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,38 +197,17 @@ def sentence_faults(answer: Any, index: Any) -> tuple[int, int, int]:
     return sentences, fragments, headings
 
 
-@dataclass
-class AnswerScores:
-    """The counts behind one row of :func:`evaluate_answers` (all questions, or one source or language)."""
+def answer_row(counts: Counter[str]) -> dict[str, Any]:
+    """One row of :func:`evaluate_answers` from its counts (all questions, or one source or language)."""
+    def ratio(a: str, b: str) -> float | None:
+        return round(counts[a] / counts[b], 3) if counts[b] else None
 
-    unanswerable: int = 0
-    refused_unanswerable: int = 0
-    answerable: int = 0
-    refused_answerable: int = 0
-    retrieved: int = 0
-    refused_retrieved: int = 0
-    cited: int = 0
-    cited_ok: int = 0
-    recalled: int = 0
-    sentences: int = 0
-    fragments: int = 0
-    headings: int = 0
-
-    def add(self, other: AnswerScores) -> None:
-        for name in vars(other):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    def row(self) -> dict[str, Any]:
-        def ratio(a: int, b: int) -> float | None:
-            return round(a / b, 3) if b else None
-
-        return {"refusal_rate": ratio(self.refused_unanswerable, self.unanswerable),
-                "false_refusal_rate": ratio(self.refused_answerable, self.answerable),
-                "false_refusal_retrieved": ratio(self.refused_retrieved, self.retrieved), "n_retrieved": self.retrieved,
-                "citation_precision": ratio(self.cited_ok, self.cited),
-                "evidence_recall": ratio(self.recalled, self.answerable),
-                "fragments": self.fragments, "headings": self.headings, "sentences": self.sentences,
-                "n_answerable": self.answerable, "n_unanswerable": self.unanswerable}
+    return {"refusal_rate": ratio("refused_unanswerable", "unanswerable"),
+            "false_refusal_rate": ratio("refused_answerable", "answerable"),
+            "false_refusal_retrieved": ratio("refused_retrieved", "retrieved"), "n_retrieved": counts["retrieved"],
+            "citation_precision": ratio("cited_ok", "cited"), "evidence_recall": ratio("recalled", "answerable"),
+            "fragments": counts["fragments"], "headings": counts["headings"], "sentences": counts["sentences"],
+            "n_answerable": counts["answerable"], "n_unanswerable": counts["unanswerable"]}
 
 
 def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | None = None,
@@ -249,7 +228,7 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
     The figures of all questions, and under ``groups`` the same per source folder (``source:man``) and per question
     language (``lang:zh``), as the retrieval report has them: a mean over a corpus hides the part it fails on.
     """
-    groups: dict[str, AnswerScores] = defaultdict(AnswerScores)
+    groups: dict[str, Counter[str]] = defaultdict(Counter)
     index = getattr(getattr(pipeline, "retriever", None), "index", None)
     index = index if hasattr(index, "neighbours") else None
     lines = []
@@ -258,25 +237,25 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
         stream.text()
         answer = stream.answer
         wanted = [normalise(e) for e in question.evidence]
-        one = AnswerScores()
+        one: Counter[str] = Counter()
         if not answer.refused:
-            one.sentences, one.fragments, one.headings = sentence_faults(answer, index)
+            one["sentences"], one["fragments"], one["headings"] = sentence_faults(answer, index)
         if question.answerable:
-            one.answerable, one.refused_answerable = 1, int(answer.refused)
+            one["answerable"], one["refused_answerable"] = 1, int(answer.refused)
             if first_hit_rank(question, answer.hits) is not None:
-                one.retrieved, one.refused_retrieved = 1, int(answer.refused)
+                one["retrieved"], one["refused_retrieved"] = 1, int(answer.refused)
             citing = _answer_sentences(answer.text)
             for citation in answer.citations:
-                one.cited += 1
+                one["cited"] += 1
                 said = " ".join(s for s, numbers in citing if citation.number in numbers)
-                one.cited_ok += int(any(w in normalise(citation.chunk.text) for w in wanted) or any(
+                one["cited_ok"] += int(any(w in normalise(citation.chunk.text) for w in wanted) or any(
                     bigram_recall(e, said) >= recall_threshold for e in question.evidence))
-            one.recalled = int(not answer.refused and any(
+            one["recalled"] = int(not answer.refused and any(
                 bigram_recall(e, answer.text) >= recall_threshold for e in question.evidence))
         else:
-            one.unanswerable, one.refused_unanswerable = 1, int(answer.refused)
+            one["unanswerable"], one["refused_unanswerable"] = 1, int(answer.refused)
         for name in ("all", f"source:{question.group}", f"lang:{question.language}"):
-            groups[name].add(one)
+            groups[name].update(one)
         assessment = getattr(stream, "assessment", None)
         coverage = assessment.coverage if assessment is not None else None
         cross = assessment.cross_language if assessment is not None else None
@@ -291,8 +270,8 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
              "supported": c.supported} for c in answer.citations]})
     if out is not None:
         Path(out).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
-    overall = groups.pop("all", AnswerScores())
-    return {**overall.row(), "groups": {name: scores.row() for name, scores in sorted(groups.items())}}
+    overall = groups.pop("all", Counter())
+    return {**answer_row(overall), "groups": {name: answer_row(counts) for name, counts in sorted(groups.items())}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
