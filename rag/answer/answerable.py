@@ -432,7 +432,7 @@ class _Candidate:
     own: dict[str, float]  # term -> how well the sentence alone covers it (prefers the sentence to its heading)
     language: str
     dense: float
-    topic: frozenset[str] = frozenset()  # the question's names the sentence's document name or headings hold
+    about: str = ""  # what it is about: its document's name, heading path and heading line
 
 
 def candidate_sentences(hits: Sequence[Hit], corpus: Corpus | None = None,
@@ -538,10 +538,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         credit = {t.text: c for t in terms if (c := covers(t, flat, stems, relative_credit)) > 0}
         own_flat, own_stems = normalise(text), _latin_stems(text)
         own = {t.text: c for t in terms if (c := covers(t, own_flat, own_stems, relative_credit)) > 0}
-        topic = frozenset(t.text for t in terms if t.neutral and covers(
-            t, normalise(heading), _latin_stems(heading), relative_credit) >= 1.0)
         dense = hits[number - 1].dense_score
-        candidates.append(_Candidate(text, number, order, credit, own, language_of(text), dense or 0.0, topic))
+        candidates.append(_Candidate(text, number, order, credit, own, language_of(text), dense or 0.0, heading))
     if not candidates:
         return Assessment(False, 0.0, tuple(terms), tuple(t.text for t in terms), reason="no whole sentence")
 
@@ -653,7 +651,9 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             bar = model.threshold if min_probability is None else min_probability
             answerable = cross or (anchored and probability >= bar)
             if answerable and not cross and decided < min_coverage and names_only(chosen, terms) and not any(
-                    t.neutral and t.text in chosen[0].topic for t in terms):
+                    t.neutral and covers(t, normalise(chosen[0].about), _latin_stems(chosen[0].about),
+                                        relative_credit) >= 1.0
+                    for t in terms):
                 # the passage shares the question's names and none of its other words, and is not about them (a
                 # list that mentions VPN, for a question about the VPN server's address): only the coverage bar may
                 # answer that. A passage about the name (cp's manual for "cp -a 等价于哪些选项") may put the rest

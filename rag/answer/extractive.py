@@ -20,14 +20,13 @@ from collections.abc import Iterator, Sequence
 from rag.answer.answerable import Support, assess
 from rag.answer.cite import MARKER, split_sentences, strip_citations
 from rag.answer.prompt import REFUSAL, defang, detect_language, question_of
+from rag.answer.sentences import CLOSERS, ENDS
 from rag.core.text import CJK
 from rag.core.types import Hit, Message
 from rag.llm.base import GenerationConfig, ModelInfo
 
 _WORD = re.compile(r"[^\W_]+")
-_ENDS = ("。", "！", "？", "!", "?", ".", "；", ";", "…")
 _CJK_CLOSERS = ("。", "！", "？", "；", "…", "”", "」", "』", "）")
-_QUOTE_CLOSERS = "）)”’」』】\"'"  # closing brackets and quotes a sentence's end may stand inside
 # A command or code line: it ends with a file or domain name (a path, a URL), an option or a bracket, or holds an option,
 # "/", "=", "|", "$" or "`"; a full stop would change it ("dig -d DOMAIN.com." names another domain).
 _CODE = re.compile(r"\w\.\w+$|[)\]}>]$|(?:^|\s)--?\w|[/=|$`]")
@@ -46,7 +45,7 @@ def render(support: Sequence[Support], max_chars: int = 400) -> str:
             continue
         if parts and not parts[-1].rstrip("[]0123456789").endswith(_CJK_CLOSERS + ("\n",)):
             parts.append(" ")
-        bare = not text.rstrip(_QUOTE_CLOSERS).endswith(_ENDS)  # "（……权限。）" ends inside its brackets
+        bare = not text.rstrip(CLOSERS).endswith(ENDS)  # "（……权限。）" ends inside its brackets
         code = bare and not CJK.search(text) and bool(_CODE.search(text))
         if bare and not code:
             text += "。" if CJK.search(text) else "."

@@ -27,8 +27,8 @@ from rag.core.types import Chunk
 # quote a conjunction starts the next sentence ("…（文件状态信息最后变更的时间）；与 -l 一起使用时：…").
 _TERMINAL = re.compile(r"(?:[。！？!?；;…]+|\.(?=[\s”’\"」』）)]|$))[”’\"」』）)]*[。！？!?；;…]*(?![”’\"」』）)，、,])"
                        r"(?!(?<=[”’\"」』）)])[或和与及等])")
-_ENDS = ("。", "！", "？", "!", "?", ".", "；", ";", "…")
-_CLOSERS = "）)”’」』】\"'"  # closing brackets and quotes that may follow a sentence's end
+ENDS = ("。", "！", "？", "!", "?", ".", "；", ";", "…")
+CLOSERS = "）)”’」』】\"'"  # closing brackets and quotes that may follow a sentence's end
 _END_RUN = re.compile(r"[.。！？!?；;…]+[”’\"」』）)]*[。！？!?；;…]*")  # a sentence end's punctuation and closers
 # A "." after a Latin abbreviation ends no sentence when a word follows ("sets (e.g. ufw", "Fig. 3", "Dr. Li"); "No."
 # only before a number, "etc." only before a lower-case word ("etc.) and more"), as either may end a sentence too.
@@ -81,14 +81,14 @@ def _size(text: str) -> int:
 
 def _short_line(line: str) -> bool:
     stripped = line.strip()
-    return bool(stripped) and not stripped.endswith(_ENDS) and _size(stripped) < SHORT_LINE_UNITS
+    return bool(stripped) and not stripped.endswith(ENDS) and _size(stripped) < SHORT_LINE_UNITS
 
 
 def is_heading_line(line: str, headings: Sequence[str] = ()) -> bool:
     """A heading: one of ``headings``, a numbered / markdown heading line without sentence punctuation, or a short
     line without sentence punctuation (``5. Restart and factory reset``, ``一、排查前先记录现象``, ``VPN 连接``)."""
     stripped = line.strip().lstrip("#").strip()
-    if not stripped or stripped.endswith(_ENDS + ("：", ":")):
+    if not stripped or stripped.endswith(ENDS + ("：", ":")):
         return False
     if any(stripped == h.strip() for h in headings):
         return True
@@ -130,7 +130,7 @@ def _soft_break(line: str, next_line: str, full_width: int) -> bool:
     stripped, following = line.strip(), next_line.strip()
     if is_definition_term(line, next_line):
         return True
-    if not stripped or not following or stripped.endswith(_ENDS + ("：", ":")):
+    if not stripped or not following or stripped.endswith(ENDS + ("：", ":")):
         return False
     if _width(stripped) < 0.6 * full_width:  # a short last line: a title, heading or the paragraph's end
         return False
@@ -284,8 +284,8 @@ def is_whole_sentence(sentence: str, source: str) -> bool:
     sentences = segment(source)
     if any(s.complete and normalise(s.text) == normalise(sentence) for s in sentences):
         return True
-    wanted = normalise(sentence).rstrip(_CLOSERS).rstrip("".join(_ENDS))
+    wanted = normalise(sentence).rstrip(CLOSERS).rstrip("".join(ENDS))
     # a sentence in brackets or quotes ends with its punctuation inside them ("（……限定访问权限。）")
-    if not sentence.strip().rstrip(_CLOSERS).endswith(_ENDS) or not wanted:
+    if not sentence.strip().rstrip(CLOSERS).endswith(ENDS) or not wanted:
         return False
     return any(normalise(s.text).startswith(wanted) for s in sentences)

@@ -170,8 +170,8 @@ class AnswerConfig:
     # answerability (rag/answer/answerable.py), for every backend; a refused question never reaches the model.
     # calibrated: a logistic model over term coverage, question-to-sentence similarity, the share of the question no
     # document names and whether the answer is in the other language (rag/answer/calibration.py, docs/EVAL.md "The
-    # calibrated decision"); coverage: the share of
-    # the question's key-term weight (idf) the supporting sentences cover must reach min_term_coverage
+    # calibrated decision"); coverage: the share of the question's key-term weight (idf) the supporting sentences
+    # cover must reach min_term_coverage
     decision: str = "calibrated"
     min_answer_probability: float | None = None  # calibrated: the bar (None = the one the calibration chose)
     calibration: str = ""  # calibrated: a calibration JSON (eval/calibrate_answerability.py); "" = the shipped one
