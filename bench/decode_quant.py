@@ -17,6 +17,11 @@ Stages (one JSON line each, then a summary with the ratios, all in one process o
     bf16_separate_qkv / profile_bf16   q, k, v as three GEMVs (the same-run baseline of fuse_qkv), and a kernel
               profile of the bf16 decode step
     --serve   llm.quantization end to end through HFChatModel (see serve_quantized)
+    --pdl     only programmatic dependent launch off vs on (``gemv.PDL``), and for int8 the split-K GEMVs
+              (``gemv.INT8_SPLIT``) off vs on, the states alternating twice in one generator per weight kind (bf16;
+              int8 general and fused walk; int4 general and fused walk): decode tok/s of each, and whether the greedy
+              tokens and logits equal the base state's (PDL: bit-identical, the same kernels and block shapes; split-K
+              sums in another order)
 
 The bandwidth bound is the copy bandwidth measured here over the bytes one decode step reads (weights; the KV cache
 and activations are small at these lengths). Random weights make "greedy agreement" a stress test: logits of a
@@ -52,6 +57,7 @@ from bench.decode import (
     tokens_and_logits,
 )
 from rag.core.types import Message
+from rag.llm.fastgen import gemv
 from rag.llm.fastgen.generator import FastGenerator
 from rag.llm.fastgen.quant import quantize_linear
 
@@ -177,6 +183,53 @@ def kernel_profile(gen: FastGenerator, vocab: int, steps: int = 64) -> dict[str,
             "note": "kernels inside CUDA graphs as CUPTI reports them; wall time includes the profiler's overhead"}
 
 
+PDL_VARIANTS = {"bf16": {}, "int8": {"quantize": "int8"}, "int8_fused_walk": {"quantize": "int8", "fuse_gemv": True},
+                "int4": {"quantize": "int4"}, "int4_fused_walk": {"quantize": "int4", "fuse_gemv": True}}
+# gemv module switches per compared state: programmatic dependent launch, int8 split-K GEMVs (int8 layers only)
+PDL_STATES = {"base": {"PDL": False, "INT8_SPLIT": False}, "pdl": {"PDL": True, "INT8_SPLIT": False},
+              "split": {"PDL": False, "INT8_SPLIT": True}, "pdl_split": {"PDL": True, "INT8_SPLIT": True},
+              # PDL without the L2 prefetch of the first weight lines before the wait
+              "pdl_nopf": {"PDL": True, "INT8_SPLIT": False, "PDL_PREFETCH": 0},
+              "pdl_split_nopf": {"PDL": True, "INT8_SPLIT": True, "PDL_PREFETCH": 0}}
+PDL_DEFAULT_STATES = ("base", "pdl", "split", "pdl_split")
+
+
+def pdl_compare(model: Any, prompt: list[int], backend: str, time_tokens: int, chosen: tuple[str, ...] = PDL_DEFAULT_STATES,
+                **kw: Any) -> dict[str, Any]:
+    """Decode tok/s with programmatic dependent launch (``gemv.PDL``) and, for int8, split-K GEMVs
+    (``gemv.INT8_SPLIT``) off and on (the graph recaptured at each switch), the states alternating twice in one
+    generator; greedy tokens and logits of 16 steps of each state vs the base state."""
+    gen = FastGenerator(model, max_batch=1, max_len=4096, backend=backend, **kw)
+    states = [s for s in chosen if kw.get("quantize") == "int8" or not PDL_STATES[s]["INT8_SPLIT"]] or \
+        ["base", "pdl", "pdl_nopf"]  # int8 states only: the same without split-K
+    rates: dict[str, list[float]] = {state: [] for state in states}
+    outputs = {}
+    try:
+        for state in states * 2:
+            for name, value in {"PDL_PREFETCH": 1024, **PDL_STATES[state]}.items():
+                setattr(gemv, name, value)
+            gen.reset()
+            list(gen.generate(prompt, max_new_tokens=40))  # capture (and autotune, the first time)
+            rates[state].append(fast_time(gen, [prompt], time_tokens, runs=3)["decode_tok_s"])
+            if state not in outputs:
+                outputs[state] = tokens_and_logits(gen, prompt, 16)
+    finally:
+        gemv.PDL, gemv.INT8_SPLIT, gemv.PDL_PREFETCH = False, True, 1024  # the defaults
+        del gen
+        gc.collect()
+        torch.cuda.empty_cache()
+    out: dict[str, Any] = {f"{state}_tok_s": rates[state] for state in states}
+    medians = {state: statistics.median(rates[state]) for state in states}
+    out.update({f"{state}_median": medians[state] for state in states})
+    out.update({f"{state}_gain": round(medians[state] / medians[states[0]] - 1, 4) for state in states[1:]})
+    for state in states[1:]:
+        out[f"{state}_same_tokens"] = outputs[state][0] == outputs[states[0]][0]
+        out[f"{state}_logits_max_abs_diff"] = float((outputs[state][1] - outputs[states[0]][1]).abs().max())
+        out[f"{state}_logits_rel_l2"] = rel(outputs[state][1], outputs[states[0]][1])
+        out[f"{state}_greedy_prefix"] = agreement(outputs[state][0], outputs[states[0]][0])["greedy_prefix"]
+    return out
+
+
 def agreement(tokens: list[int], reference: list[int]) -> dict[str, Any]:
     prefix = next((i for i, (a, b) in enumerate(zip(tokens, reference, strict=False)) if a != b), len(tokens))
     same = sum(a == b for a, b in zip(tokens, reference, strict=False)) / max(1, len(reference))
@@ -199,6 +252,10 @@ def main() -> None:
                         help="only llm.quantization through HFChatModel.load/stream: bf16, int8, int4, first and cached "
                              "start (writes a ~12.5 GB checkpoint and the caches under --checkpoint-dir; CUDA)")
     parser.add_argument("--checkpoint-dir", default="/tmp/decode_quant_serve")
+    parser.add_argument("--pdl", action="store_true", help="only programmatic dependent launch off vs on (CUDA): "
+                        "bf16, int8, int8_fused_walk, int4, int4_fused_walk (--skip takes these names too)")
+    parser.add_argument("--pdl-states", default=",".join(PDL_DEFAULT_STATES),
+                        help=f"with --pdl: the states compared, the first the baseline ({', '.join(PDL_STATES)})")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -222,6 +279,21 @@ def main() -> None:
     bf16_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed_bytes
     if args.serve:
         serve_quantized(b, model, shape, args)
+        return
+    if args.pdl:
+        for label, kw in PDL_VARIANTS.items():
+            if label not in skip:
+                b.run(f"pdl_{label}", lambda kw=kw: pdl_compare(model, prompt, backend, args.time_tokens,
+                                                             tuple(args.pdl_states.split(",")), **kw),
+                      needs_s=30)
+        summary: dict[str, Any] = {}
+        for state in args.pdl_states.split(","):  # each weight kind's rate over bf16's in the same state (bf16: base or pdl)
+            base = RESULTS.get("pdl_bf16", {}).get(f"{'pdl' if 'pdl' in state else 'base'}_median")
+            for label in PDL_VARIANTS:
+                value = RESULTS.get(f"pdl_{label}", {}).get(f"{state}_median")
+                if base and value:
+                    summary[f"{label}_{state}_over_bf16"] = round(value / base, 3)
+        b.emit("pdl_summary", **summary)
         return
     b.run("kernels", lambda: kernels(model, device, dtype))
     ref: dict[str, Any] = {}

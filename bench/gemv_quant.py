@@ -4,6 +4,12 @@ autotuner chose and every tried configuration's time (``configs_us``), so a slow
 
     python bench/gemv_quant.py --out gemv_quant.jsonl          # CUDA GPU
     python bench/gemv_quant.py --kinds int8,int8-i2f           # int8 through its bits vs the int-to-float instruction
+    python bench/gemv_quant.py --kinds bf16-pdl,int8,int8-pdl,int8-split,int8-split-pdl,int4,int4-pdl
+
+A kind is a weight kind and switches of rag.llm.fastgen.gemv, each off unless named: ``-pdl`` programmatic dependent
+launch (``gemv.PDL``; the graph replays the same GEMV on successive weight copies back to back, so the gain is that
+of one GEMV following another), ``-split`` the int8 split-K GEMV (``gemv.INT8_SPLIT``), ``-i2f`` int8 through the
+int-to-float instruction (``gemv.INT8_BITS`` off).
 
 Each measurement replays a CUDA graph of calls that cycle over enough copies of the weight (>= 256 MB) that none is
 served from the L2 cache, as in decoding. Each shape runs with the prologue/epilogue it has in the fused decode step
@@ -23,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gemv import timed
 from rag.llm.fastgen import gemv, quant
-from rag.llm.fastgen.gemv import fused_gemv, gemv_kernel, reference
+from rag.llm.fastgen.gemv import SPLIT_MAX_N, fused_gemv, gemv_kernel, gemv_split_kernel, reference
 from rag.llm.fastgen.quant import quantize_linear
 
 # name: (out, in, prologue)
@@ -58,24 +64,33 @@ def shape_rows(name: str, n: int, k: int, prologue: str, kinds: list[str]) -> li
     rows: list[dict[str, Any]] = []
     copies = max(2, -(-(256 << 20) // (n * k * 2)))
     ws = [w] + [torch.randn_like(w) * 0.02 for _ in range(copies - 1)]
+    gemv.PDL = False
     t = timed(lambda: [fused_gemv(x, wi, **kw) for wi in ws]) / copies
     rows.append({"shape": name, "N": n, "K": k, "prologue": prologue, "kind": "bf16", "us": round(t * 1e6, 2),
                  "GBps": round(n * k * 2 / t / 1e9, 1)})
+    if "bf16-pdl" in kinds:
+        gemv.PDL = True
+        t = timed(lambda: [fused_gemv(x, wi, **kw) for wi in ws]) / copies
+        got, want = fused_gemv(x, w, **kw).float(), reference(x, w, **kw).float()
+        rows.append({"shape": name, "N": n, "K": k, "prologue": prologue, "kind": "bf16-pdl", "us": round(t * 1e6, 2),
+                     "GBps": round(n * k * 2 / t / 1e9, 1), "vs_bf16": round(rows[0]["us"] / (t * 1e6), 2),
+                     "rel_err": round(float((got - want).norm() / want.norm()), 5)})
     ws = []
     for kind in kinds:
-        if name == "lm_head" and kind == "int4":
+        if (name == "lm_head" and kind.startswith("int4")) or kind.startswith("bf16"):
             continue
-        # int8-i2f: int8 through the int-to-float instruction (gemv.INT8_BITS off), the same-run baseline
-        gemv.INT8_BITS, base = kind != "int8-i2f", kind.removesuffix("-i2f")
+        base, *switches = kind.split("-")
+        gemv.PDL, gemv.INT8_SPLIT, gemv.INT8_BITS = "pdl" in switches, "split" in switches, "i2f" not in switches
         layer = quantize_linear(w, None, base)
         copies = max(2, -(-(256 << 20) // layer.nbytes))
         layers = [layer] + [quantize_linear(torch.randn_like(w) * 0.02, None, base) for _ in range(copies - 1)]
-        kernel = gemv_kernel if layer.kind == "int8" else quant._int4_gemv_kernel
+        kernel = quant._int4_gemv_kernel if layer.kind == "int4" else \
+            gemv_split_kernel if gemv.INT8_SPLIT and n <= SPLIT_MAX_N else gemv_kernel
         t = timed(lambda layers=layers: [q(x, **kw) for q in layers]) / copies  # type: ignore[misc]
         got = layer(x, **kw).float()
         want = reference(x, layer.dequantize(torch.bfloat16), **kw).float()
         best = getattr(kernel, "best_config", None)
-        gemv.INT8_BITS = True
+        gemv.INT8_BITS, gemv.PDL, gemv.INT8_SPLIT = True, False, False
         rows.append({"shape": name, "N": n, "K": k, "prologue": prologue, "kind": kind,
                      "us": round(t * 1e6, 2), "GBps": round(layer.nbytes / t / 1e9, 1),
                      "vs_bf16": round(rows[0]["us"] / (t * 1e6), 2), "rel_err": round(float((got - want).norm()

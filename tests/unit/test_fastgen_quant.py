@@ -95,7 +95,8 @@ def test_every_linear_of_the_step_reads_the_quantized_weights(kind: str) -> None
     # float32 on both sides; only the order of the same products differs (F.linear on the same numbers)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
     default = FastGenerator(model, max_len=64, backend="eager", quantize=kind)
-    assert not default._fusable  # quantized weights take the general walk unless asked (slower fused on an H100)
+    # by default int8 takes the fused walk (faster with its split-K GEMVs), int4 the general one (slower fused)
+    assert default._fusable == (kind == "int8")
     general = step_logits(FastGenerator(model, max_len=64, backend="eager", quantize=kind, fuse_gemv=False))
     assert torch.allclose(got, general, rtol=1e-4, atol=1e-4 * float(general.abs().max()))  # fused == general walk
 
@@ -283,3 +284,85 @@ def test_gpu_lora_epilogue_decode_matches_the_addend_path(kind: str) -> None:
     gen.reset()
     want = step_logits(gen, steps=4)
     assert float((got - want).norm() / want.norm()) < 2e-2
+
+
+def test_pdl_switch_is_off_where_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programmatic dependent launch (gemv.PDL) is asked for only on CUDA tensors with Triton: CPU tensors never take
+    it, whatever the switch, and the switched-off module takes no launch path that needs it."""
+    from rag.llm.fastgen import gemv
+
+    x = torch.zeros(1, 8)
+    for flag in (True, False):
+        monkeypatch.setattr(gemv, "PDL", flag)
+        assert gemv.pdl_on(x) is False
+    monkeypatch.setattr(gemv, "PDL", False)
+    if torch.cuda.is_available():
+        assert gemv.pdl_on(x.cuda()) is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["", "int8", "int4"])
+def test_gpu_pdl_changes_no_number(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graph decode through the fused GEMV walk (GEMV after GEMV, the decode attention) with programmatic dependent
+    launch (gemv.PDL) off and on: the same kernels with the same block shapes, so the same logits bit for bit (a
+    missing wait would read a half-written input and show here). Below compute capability 9 both take plain
+    launches."""
+    from rag.llm.fastgen import gemv
+
+    model = small_glm().to(device="cuda", dtype=torch.bfloat16)
+    gen = FastGenerator(model, max_len=256, backend="graph", quantize=kind, fuse_gemv=True)
+    monkeypatch.setattr(gemv, "PDL", False)
+    want = step_logits(gen, steps=8)
+    monkeypatch.setattr(gemv, "PDL", True)
+    gen.reset()
+    got = step_logits(gen, steps=8)
+    assert torch.equal(got, want)
+    if torch.cuda.get_device_capability()[0] >= 9:
+        assert gemv.pdl_on(got)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("split", [2, 4])
+def test_gpu_int8_split_k_gemv(split: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8 GEMV with its K split over ``split`` programs (forced: one configuration, so the autotuner cannot pick
+    an unsplit one) against ``x @ dequantize().T`` with each prologue, the residual and the LoRA epilogue, eagerly
+    and replayed in a CUDA graph (the arrival counters reset themselves), with and without PDL."""
+    import triton
+
+    from rag.llm.fastgen import gemv
+
+    forced = triton.autotune(configs=[triton.Config({"BLOCK_N": 8, "BLOCK_K": 512, "SPLIT": split}, num_warps=4,
+                                                    num_stages=3)],
+                             key=["N", "K", "ROW_BUCKET", "PRO", "HAS_SCALE", "INT8_BITS"])(gemv._gemv)
+    monkeypatch.setattr(gemv, "gemv_split_kernel", forced)
+    monkeypatch.setattr(gemv, "INT8_SPLIT", True)
+    torch.manual_seed(1)
+    for n, k in ((4100, 13696), (72, 1000)):
+        layer = quantize_linear(torch.randn(n, k, device="cuda", dtype=torch.bfloat16),
+                                torch.randn(n, device="cuda", dtype=torch.bfloat16), "int8")
+        reference = layer.dequantize(torch.float32)
+        for rows in (1, 3):
+            both = torch.randn(rows, 2 * k, device="cuda", dtype=torch.bfloat16)
+            xs, up = both[:, :k].float(), both[:, k:].float()
+            g = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
+            res = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
+            low, b = torch.randn(rows, 8, device="cuda"), torch.randn(n, 8, device="cuda") * 0.1
+            normed = g.float() * xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + 1e-5)
+            cases = (({}, xs, 0), ({"norm_weight": g, "eps": 1e-5, "residual": res}, normed, res.float()),
+                     ({"up": both[:, k:], "lora": (low, b)}, torch.nn.functional.silu(xs) * up, low @ b.t()))
+            for pdl in (False, True):
+                monkeypatch.setattr(gemv, "PDL", pdl)
+                for kw, inp, extra in cases:
+                    want = inp @ reference.t() + layer.bias.float() + extra  # type: ignore[union-attr]
+                    got = layer(both[:, :k], **kw).float()
+                    assert float((got - want).norm() / want.norm()) < 1e-2, (n, k, rows, pdl, kw.keys())
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        out = layer(both[:, :k], **kw)
+                    for _ in range(2):
+                        out.zero_()
+                        graph.replay()
+                        torch.cuda.synchronize()
+                        assert torch.equal(out.float(), got), (n, k, rows, pdl, kw.keys())

@@ -4,7 +4,9 @@ The split-K Triton kernels read only the filled part of the cache (one program p
 split, then a combine over the splits that were written); :func:`sdpa_decode` is the same thing as SDPA over the
 whole cache with a mask, the reference the kernels are checked against and the fallback where Triton is missing or
 fails that check (:func:`triton_ok`). Kept apart from the generator because it is self-contained GPU math with its
-own tests, and because it is the only code that needs Triton.
+own tests, and because it is the only code that needs Triton. Both kernels take programmatic dependent launch like
+the GEMVs (:data:`rag.llm.fastgen.gemv.PDL`): each program first waits for the previous kernel (nothing they read is
+known before it ends: q, the cache and the positions are written by the step itself).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 
 import torch
 import torch.nn.functional as F
+
+from rag.llm.fastgen.gemv import pdl_on
 
 try:
     import triton
@@ -31,9 +35,12 @@ if HAS_TRITON:
     @triton.jit
     def _attn_split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, scale, stride_qb, stride_qh, stride_kb,
                            stride_kh, stride_kn, GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-                           BLOCK_N: tl.constexpr, SPLIT_N: tl.constexpr):
+                           BLOCK_N: tl.constexpr, SPLIT_N: tl.constexpr, PDL: tl.constexpr):
         # program (row b, kv head h, split s): the GROUP query heads of h against cache positions [s*SPLIT_N, ...]
         b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        if PDL:  # every program, also those past the filled part: the next kernel's wait must cover the one before
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         pos = tl.load(pos_ptr + b)  # newest filled position of row b
         start = s * SPLIT_N
         if start <= pos:  # splits past the filled part do nothing; the combine kernel skips them
@@ -65,8 +72,12 @@ if HAS_TRITON:
 
     @triton.jit
     def _attn_combine_kernel(o_ptr, ml_ptr, pos_ptr, out_ptr, n_splits, stride_ob, stride_oh,
-                             GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, SPLIT_N: tl.constexpr):
+                             GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, SPLIT_N: tl.constexpr,
+                             PDL: tl.constexpr):
         b, h = tl.program_id(0), tl.program_id(1)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         pos = tl.load(pos_ptr + b)
         g = tl.arange(0, GP)
         d = tl.arange(0, D)
@@ -103,11 +114,13 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     partial = torch.empty(batch, kv_heads, splits, padded, dim, device=q.device, dtype=torch.float32)
     max_and_sum = torch.empty(batch, kv_heads, splits, padded, 2, device=q.device, dtype=torch.float32)
     out = torch.empty_like(q)
+    pdl = pdl_on(q)
     _attn_split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, positions, partial, max_and_sum, scale, q.stride(0), q.stride(1), k_cache.stride(0),
-        k_cache.stride(1), k_cache.stride(2), GROUP=group, GP=padded, D=dim, BLOCK_N=64, SPLIT_N=SPLIT)
+        k_cache.stride(1), k_cache.stride(2), GROUP=group, GP=padded, D=dim, BLOCK_N=64, SPLIT_N=SPLIT, PDL=pdl,
+        launch_pdl=pdl)
     _attn_combine_kernel[(batch, kv_heads)](partial, max_and_sum, positions, out, splits, out.stride(0), out.stride(1),
-                                            GROUP=group, GP=padded, D=dim, SPLIT_N=SPLIT)
+                                            GROUP=group, GP=padded, D=dim, SPLIT_N=SPLIT, PDL=pdl, launch_pdl=pdl)
     return out
 
 

@@ -20,9 +20,19 @@ The quantized GEMVs (rag.llm.fastgen.quant) also take an unmerged LoRA adapter's
 ``lora = (low [M, R], b [N, R])`` (``low = x @ A^T`` in float32, computed by the caller; ``b`` the scaled B, both
 zero-padded to ``R`` columns, a power of two) adds ``low[m] . b[row]`` to each output, so the adapter costs one small
 kernel for ``low`` per group of linears instead of two kernels and an ``[M, N]`` addend written and read.
+
+Programmatic dependent launch (:data:`PDL`, Hopper and later): the decode step is a chain of ~140-270 dependent
+kernels a token inside a CUDA graph, and each one used to start only once the one before had finished and flushed
+its writes. The Triton decode kernels (these GEMVs, :mod:`rag.llm.fastgen.quant`'s int4 GEMV, the decode attention)
+are launched with the programmatic-serialization attribute instead: a kernel may start while the previous one
+finishes; it asks the L2 cache for its first weight lines (which no earlier kernel writes) and only then waits
+(``griddepcontrol.wait``) for the previous kernel's writes before it reads anything a kernel wrote (x, the residual,
+the LoRA ``low``, split-K counters) or writes anything itself, then lets the next kernel start launching.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +51,32 @@ except ImportError:  # CPU installs: the torch formula serves every call
 # instruction (the benchmark's same-run baseline, bench/gemv_quant.py kind int8-i2f).
 INT8_BITS = True
 MAX_ROWS = 16  # rows of x the kernel is meant for (decode); longer inputs (prefill) take the torch formula
+# Programmatic dependent launch of the Triton decode kernels (see the module's docstring), where the GPU has it
+# (compute capability >= 9). Read at each launch: a captured CUDA graph keeps what was on at its capture, so a
+# bench switches it and calls FastGenerator.reset(). Off: on an H200 it made decoding 0.6-2.8 % slower (bf16, int8,
+# int4; same run, docs/BENCHMARKS.md) though a GEMV directly after another gained up to 10 %.
+PDL = False
+# bytes of each weight row a kernel asks the L2 cache for before it waits for the previous kernel (PDL only; 0: none)
+PDL_PREFETCH = 1024
+_CAPABILITY: dict[int, int] = {}
+# int8 layers of at most SPLIT_MAX_N rows (q/k/v, o, down of ChatGLM3-6B) take gemv_split_kernel, whose autotuner also
+# tries split-K shapes (SPLIT programs per block of rows, each over a slice of K; the last to arrive adds the slices
+# up: :func:`finish_store`); False: gemv_kernel, whose shapes have no split (the bench's same-run baseline)
+INT8_SPLIT = True
+SPLIT_MAX_N = 16384  # layers of at most this many rows may take split-K GEMV configurations
+SPLIT_MAX = 8  # the most programs that share one block of rows (the autotuners' largest SPLIT)
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def pdl_on(x: torch.Tensor) -> bool:
+    """Whether kernels on ``x``'s device launch with programmatic dependent launch: :data:`PDL`, and CUDA compute
+    capability 9 or more (``griddepcontrol`` is Hopper's)."""
+    if not (PDL and HAS_TRITON and x.is_cuda):
+        return False
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = torch.cuda.get_device_capability(index)[0]
+    return _CAPABILITY[index] >= 9
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
@@ -130,6 +166,21 @@ def lora_args(x: torch.Tensor, lora: tuple[torch.Tensor, torch.Tensor] | None,
     return low, b, r
 
 
+def split_buffers(device: torch.device, rows: int, out_features: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
+    """Split-K scratch for one GEMV launch: partial dot products ``[rows, SPLIT_MAX, out]`` and sums of squares
+    (float32, written before they are read), and the arrival counters (int32 zeros, reset by the kernel itself after
+    each use; kept per device, made at the first call, which is eager: the autotuning runs before graph capture).
+    Split-K shapes have at least 4 rows a block (the counters and sums of squares hold ``out / 4`` blocks a row)."""
+    if device not in _COUNTERS:
+        _COUNTERS[device] = torch.zeros(MAX_ROWS * (SPLIT_MAX_N // 4), dtype=torch.int32, device=device)
+    if out_features > SPLIT_MAX_N:  # no split configuration is tried: nothing to hold
+        return _COUNTERS[device], _COUNTERS[device], _COUNTERS[device]
+    ws = torch.empty(rows * SPLIT_MAX * out_features, dtype=torch.float32, device=device)
+    sq = torch.empty(rows * SPLIT_MAX * (out_features // 4 + 1), dtype=torch.float32, device=device)
+    return ws, sq, _COUNTERS[device]
+
+
 def launch_gemv(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None, *,
                 norm_weight: torch.Tensor | None, eps: float, up: torch.Tensor | None,
                 residual: torch.Tensor | None, lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -139,16 +190,39 @@ def launch_gemv(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | No
     low, lb, r = lora_args(x, lora, weight.shape[0])
     rows, (n, k) = x.shape[0], weight.shape
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)  # noqa: E731
-    gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, weight, weight.stride(0),
-                      scales if scales is not None else x, bias if bias is not None else x, addend_stride(bias), res,
-                      low, lb, out, n, k, float(eps), row_bucket(rows), PRO=pro, HAS_SCALE=scales is not None,
-                      HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r,
-                      INT8_BITS=INT8_BITS and scales is not None)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows, meta["SPLIT"])  # noqa: E731
+    pdl = pdl_on(x)
+    split = INT8_SPLIT and scales is not None and n <= SPLIT_MAX_N
+    ws, sq, cnt = split_buffers(x.device, rows, n) if split else (x, x, x)
+    (gemv_split_kernel if split else gemv_kernel)[grid](
+        x, x.stride(0), up_, up_.stride(0), g, weight, weight.stride(0), scales if scales is not None else x,
+        bias if bias is not None else x, addend_stride(bias), res, low, lb, out, ws, sq, cnt, n, k, float(eps),
+        row_bucket(rows), PRO=pro, HAS_SCALE=scales is not None, HAS_BIAS=bias is not None,
+        HAS_RES=residual is not None, LORA_R=r, INT8_BITS=INT8_BITS and scales is not None, PDL=pdl,
+        PREFETCH=PDL_PREFETCH if pdl else 0, launch_pdl=pdl)
     return out
 
 
 if HAS_TRITON:
+
+    @triton.jit
+    def pdl_begin(w_ptr, w_stride, rows, row_ok, col0, K, PDL: tl.constexpr, PREFETCH: tl.constexpr):
+        """The start of a decode kernel under programmatic dependent launch (``PDL``; nothing otherwise): ask the L2
+        cache for the first ``PREFETCH`` bytes of the weight rows ``rows`` from column ``col0`` (``w_ptr``'s element
+        type; ``K`` columns a row) -- weights no kernel writes, so their streaming overlaps the previous kernel's end
+        -- then wait until the previous kernel has finished and its writes are visible, and let the next kernel begin
+        launching. Every program must pass here before it reads what a kernel wrote or writes anything."""
+        if PDL:
+            if PREFETCH > 0:
+                ELEMS: tl.constexpr = 128 // (w_ptr.dtype.element_ty.primitive_bitwidth // 8)  # a 128-byte line
+                LINES: tl.constexpr = PREFETCH // 128
+                cols = col0 + tl.arange(0, LINES) * ELEMS
+                ok = row_ok[:, None] & (cols < K)[None, :]
+                offsets = tl.where(ok, rows[:, None] * w_stride + cols[None, :], 0)
+                tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [w_ptr + offsets],
+                                          dtype=tl.int32, is_pure=False, pack=1)
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
 
     @triton.jit
     def prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, col_ok, squares, PRO: tl.constexpr):
@@ -181,29 +255,63 @@ if HAS_TRITON:
             acc += tl.load(r_ptr + m * N + rows, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + m * N + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
 
-    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-                              for n, k, w, s in ((8, 512, 4, 3), (16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 3),
-                                                 (4, 1024, 4, 3), (8, 1024, 8, 3), (16, 512, 8, 4), (32, 128, 4, 4),
-                                                 (4, 512, 2, 4), (2, 1024, 4, 4), (8, 256, 2, 4), (16, 1024, 8, 2),
-                                                 # the int8 kernel's own (one byte a weight: wider K blocks)
-                                                 (16, 256, 4, 3), (16, 512, 8, 3), (32, 256, 8, 3), (2, 2048, 4, 3),
-                                                 (4, 512, 2, 3), (2, 1024, 2, 3))],
-                     # LORA_R not in the key: the LoRA epilogue reuses the block shape tuned for the layer (its
-                     # [BLOCK_N, R] tile is small; no second autotuning at the first adapter step)
-                     key=["N", "K", "ROW_BUCKET", "PRO", "HAS_SCALE", "INT8_BITS"])
     @triton.jit
-    def gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
-                     lo_ptr, lb_ptr, out_ptr, N, K, eps, ROW_BUCKET, PRO: tl.constexpr, HAS_SCALE: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, LORA_R: tl.constexpr, INT8_BITS: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # program (block of BLOCK_N output rows, row m of x): dot products of those weight rows (bf16, or int8 with one
-        # scale per row: HAS_SCALE) with prologue(x[m])
+    def finish_store(total, squares, ws_ptr, sq_ptr, cnt_ptr, s, m, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr,
+                     out_ptr, N, rows, row_ok, PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+                     LORA_R: tl.constexpr, SPLIT: tl.constexpr):
+        """Store this program's rows (``total`` [BLOCK_N] dot products, ``squares`` [1] its part of sum(x²)). With
+        split-K (``SPLIT`` programs per block of rows, each over a slice of K), each stores its partial sums to the
+        workspace and counts itself in; the last to arrive adds the parts up, stores, and resets the counter for the
+        next launch (or graph replay). Shared by the int8 and int4 GEMVs."""
+        if SPLIT == 1:
+            epilogue_store(total, squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows, row_ok,
+                           PRO, HAS_BIAS, HAS_RES, LORA_R)
+        else:
+            tile = tl.program_id(0)
+            tiles = tl.num_programs(0)
+            tl.store(ws_ptr + (m * SPLIT + s) * N + rows, total, mask=row_ok)
+            tl.store(sq_ptr + (m * SPLIT + s) * tiles + tile + tl.arange(0, 1), squares)
+            tl.debug_barrier()  # every thread's stores issued before the (one-thread, releasing) count
+            count = tl.atomic_add(cnt_ptr + m * tiles + tile, 1, sem="acq_rel")
+            if count == SPLIT - 1:
+                parts = m * SPLIT + tl.arange(0, SPLIT)
+                whole = tl.sum(tl.load(ws_ptr + parts[:, None] * N + rows[None, :], mask=row_ok[None, :], other=0.0,
+                                       cache_modifier=".cg"), axis=0)
+                all_squares = tl.load(sq_ptr + parts * tiles + tile, cache_modifier=".cg")
+                epilogue_store(whole, all_squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows,
+                               row_ok, PRO, HAS_BIAS, HAS_RES, LORA_R)
+                tl.atomic_xchg(cnt_ptr + m * tiles + tile, 0)
+
+    def prune_split(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
+        """Drop block shapes taller than the layer (small test shapes: they only repeat rows), and split-K shapes for
+        layers with enough rows to fill the GPU without them."""
+        n = named_args["N"]
+        kept = [c for c in configs if c.kwargs["BLOCK_N"] <= max(triton.next_power_of_2(n), 4)
+                and (c.kwargs["SPLIT"] == 1 or n <= SPLIT_MAX_N)]
+        return kept or configs[:1]
+
+    @triton.jit
+    def _gemv(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr,
+              out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, ROW_BUCKET, PRO: tl.constexpr, HAS_SCALE: tl.constexpr,
+              HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, LORA_R: tl.constexpr, INT8_BITS: tl.constexpr,
+              PDL: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+              SPLIT: tl.constexpr):
+        # program (block of BLOCK_N output rows, row m of x, slice s of K): dot products of those weight rows (bf16, or
+        # int8 with one scale per row: HAS_SCALE) with prologue(x[m]); SPLIT 1: the whole of K, else finish_store adds
+        # the SPLIT slices up
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         m = tl.program_id(1)
         row_ok = rows < N
+        if SPLIT == 1:
+            start, end = 0, K
+        else:
+            per = tl.cdiv(tl.cdiv(K, SPLIT), BLOCK_K) * BLOCK_K
+            start = tl.program_id(2) * per
+            end = tl.minimum(start + per, K)
+        pdl_begin(w_ptr, w_stride, rows, row_ok, start, K, PDL, PREFETCH)  # PDL: the wait for the previous kernel
         acc = tl.zeros([BLOCK_N], dtype=tl.float32)
         squares = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in range(start, end, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             col_ok = cols < K
             x, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, col_ok, squares, PRO)
@@ -216,5 +324,31 @@ if HAS_TRITON:
             acc += tl.sum(wf * x[None, :], axis=1)
         if HAS_SCALE:
             acc = acc * tl.load(s_ptr + rows, mask=row_ok, other=0.0)
-        epilogue_store(acc, squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows, row_ok, PRO,
-                       HAS_BIAS, HAS_RES, LORA_R)
+        if SPLIT == 1:
+            epilogue_store(acc, squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows, row_ok,
+                           PRO, HAS_BIAS, HAS_RES, LORA_R)
+        else:
+            finish_store(acc, tl.sum(squares, axis=0, keep_dims=True), ws_ptr, sq_ptr, cnt_ptr, tl.program_id(2), m, K,
+                         eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES,
+                         LORA_R, SPLIT)
+
+    _SHAPES = ((8, 512, 4, 3), (16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 3), (4, 1024, 4, 3), (8, 1024, 8, 3),
+               (16, 512, 8, 4), (32, 128, 4, 4), (4, 512, 2, 4), (2, 1024, 4, 4), (8, 256, 2, 4), (16, 1024, 8, 2),
+               # the int8 kernel's own (one byte a weight: wider K blocks)
+               (16, 256, 4, 3), (16, 512, 8, 3), (32, 256, 8, 3), (2, 2048, 4, 3), (4, 512, 2, 3), (2, 1024, 2, 3))
+    # split-K shapes (int8, layers of few rows: q/k/v, o, down), at least 4 rows a block (split_buffers)
+    _SPLIT_SHAPES = ((16, 512, 4, 3, 2), (16, 512, 4, 3, 4), (8, 512, 4, 3, 4), (8, 1024, 4, 3, 2),
+                     (32, 256, 8, 3, 4), (16, 256, 4, 4, 4), (4, 1024, 4, 3, 4), (16, 1024, 8, 3, 2))
+    # LORA_R not in the keys: the LoRA epilogue reuses the block shape tuned for the layer (its [BLOCK_N, R] tile is
+    # small; no second autotuning at the first adapter step); PDL neither (the same shape with and without)
+    gemv_kernel = triton.autotune(
+        configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k, "SPLIT": 1}, num_warps=w, num_stages=s)
+                 for n, k, w, s in _SHAPES],
+        key=["N", "K", "ROW_BUCKET", "PRO", "HAS_SCALE", "INT8_BITS"])(_gemv)
+    gemv_split_kernel = triton.autotune(
+        configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k, "SPLIT": 1}, num_warps=w, num_stages=s)
+                 for n, k, w, s in _SHAPES]
+        + [triton.Config({"BLOCK_N": n, "BLOCK_K": k, "SPLIT": p}, num_warps=w, num_stages=s)
+           for n, k, w, s, p in _SPLIT_SHAPES],
+        key=["N", "K", "ROW_BUCKET", "PRO", "HAS_SCALE", "INT8_BITS"],
+        prune_configs_by={"early_config_prune": prune_split})(_gemv)

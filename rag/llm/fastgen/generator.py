@@ -88,10 +88,11 @@ class FastGenerator:
             :func:`rag.llm.fastgen.quant.quantize_served`), e.g. loaded from the cache of :mod:`rag.llm.hf.quantized`.
         fuse_gemv: decode steps with no adapter active run the fused GEMV layer walk
             (:meth:`_forward_fused`) where the model allows it (joined q/k/v, a joined gate/up matrix, standard RMSNorm,
-            SiLU); other models and adapter states take the general walk. ``None`` (default): on for bf16 weights,
-            off with ``quantize`` — the int8/int4 GEMVs take the same prologues, but on an H100 their fused walk
-            was slower than the general one (int8 1-1.5 %; int4 with its word-interleaved GEMV 23 %: 247.0 vs
-            321.1 tok/s; docs/BENCHMARKS.md), while bf16 gained 15 %.
+            SiLU); other models and adapter states take the general walk. ``None`` (default): on for bf16 and int8
+            weights, off for int4 — bf16 gained 15 %; int8 (its GEMVs through their bits, split-K for the layers of
+            few rows) 13 % on an H200 (395.0 vs 348.5 tok/s, same run), where before those two changes its fused walk
+            was 1-1.5 % slower on an H100; int4's fused walk was 23 % slower (247.0 vs 321.1 tok/s;
+            docs/BENCHMARKS.md).
     """
 
     def __init__(self, model: Any, max_batch: int = 1, max_len: int = 4096, *, backend: str = "auto",
@@ -161,7 +162,7 @@ class FastGenerator:
         if quantize:
             self._quant = self._quantized(quantize, release_weights, quantized)
         self._cat = self._concatenated() if fuse_qkv else {}
-        fuse = (not quantize) if fuse_gemv is None else fuse_gemv
+        fuse = quantize in ("", "int8") if fuse_gemv is None else fuse_gemv
         self._qkv_plan = self._fused_plan() if fuse else None
         self._layer_ids = torch.arange(len(self._layers), device=dev)
         self._graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}

@@ -35,13 +35,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rag.llm.fastgen.gemv import MAX_ROWS, addend_stride, fused_args, lora_args, reference, row_bucket
+from rag.llm.fastgen import gemv
+from rag.llm.fastgen.gemv import (
+    MAX_ROWS,
+    addend_stride,
+    fused_args,
+    lora_args,
+    pdl_on,
+    reference,
+    row_bucket,
+    split_buffers,
+)
 
 try:
     import triton
     import triton.language as tl
 
-    from rag.llm.fastgen.gemv import epilogue_store, launch_gemv, prologue_load
+    from rag.llm.fastgen.gemv import finish_store, launch_gemv, pdl_begin, prologue_load, prune_split
 
     HAS_TRITON = True
 except ImportError:  # CPU installs: the dequantizing path serves every call
@@ -238,11 +248,6 @@ def quantize_served(lm: Any, kind: str, *, release: bool, device: torch.device |
     return out
 
 
-SPLIT_MAX_N = 16384  # layers of at most this many rows may take split-K GEMV configurations
-SPLIT_MAX = 8  # the most programs that share one block of rows (the autotuners' largest SPLIT)
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
 INLINE_ASM = True  # the int4 GEMV's lop3 (see _float_of_field); False: plain Triton operations (the same numbers)
 
 
@@ -250,20 +255,6 @@ def use_asm(x: torch.Tensor) -> bool:
     """Whether the int4 GEMV uses inline PTX: on CUDA, unless :data:`INLINE_ASM` is off (Triton's interpreter runs on CPU
     tensors and cannot run PTX)."""
     return INLINE_ASM and x.is_cuda
-
-
-def split_buffers(device: torch.device, rows: int, out_features: int) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                torch.Tensor]:
-    """Split-K scratch for one GEMV launch: partial dot products ``[rows, SPLIT_MAX, out]`` and sums of squares
-    (float32, written before they are read), and the arrival counters (int32 zeros, reset by the kernel itself after
-    each use; kept per device, made at the first call, which is eager: the autotuning runs before graph capture)."""
-    if device not in _COUNTERS:
-        _COUNTERS[device] = torch.zeros(GEMV_MAX_ROWS * (SPLIT_MAX_N // 4), dtype=torch.int32, device=device)
-    if out_features > SPLIT_MAX_N:  # no split configuration is tried: nothing to hold
-        return _COUNTERS[device], _COUNTERS[device], _COUNTERS[device]
-    ws = torch.empty(rows * SPLIT_MAX * out_features, dtype=torch.float32, device=device)
-    sq = torch.empty(rows * SPLIT_MAX * (out_features // 4 + 1), dtype=torch.float32, device=device)
-    return ws, sq, _COUNTERS[device]
 
 
 def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *,
@@ -280,14 +271,6 @@ def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias
 
 
 if HAS_TRITON:
-
-    def _prune(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
-        """Drop block shapes taller than the layer (small test shapes: they only repeat rows), and split-K shapes for
-        layers with enough rows to fill the GPU without them."""
-        n = named_args["N"]
-        kept = [c for c in configs if c.kwargs["BLOCK_N"] <= max(triton.next_power_of_2(n), 4)
-                and (c.kwargs["SPLIT"] == 1 or n <= SPLIT_MAX_N)]
-        return kept or configs[:1]
 
     # (t & mask) ^ bits in one instruction (lop3 with the truth table 0x6a = (a & b) ^ c): LLVM splits the two
     # operations and ptxas does not join them again, and the integer units (half the FMA rate) are the GEMVs' limit
@@ -308,33 +291,6 @@ if HAS_TRITON:
             t = (t & MASK) ^ BITS
         return t.to(tl.float32, bitcast=True)
 
-    @triton.jit
-    def _finish(total, squares, ws_ptr, sq_ptr, cnt_ptr, s, m, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, N,
-                rows, row_ok, PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                LORA_R: tl.constexpr, SPLIT: tl.constexpr):
-        """Store this program's rows (``total`` [BLOCK_N] dot products, ``squares`` [1] its part of sum(x²)). With
-        split-K (``SPLIT`` programs per block of rows, each over a slice of K), each stores its partial sums to the
-        workspace and counts itself in; the last to arrive adds the parts up, stores, and resets the counter for the
-        next launch (or graph replay)."""
-        if SPLIT == 1:
-            epilogue_store(total, squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows, row_ok,
-                           PRO, HAS_BIAS, HAS_RES, LORA_R)
-        else:
-            tile = tl.program_id(0)
-            tiles = tl.num_programs(0)
-            tl.store(ws_ptr + (m * SPLIT + s) * N + rows, total, mask=row_ok)
-            tl.store(sq_ptr + (m * SPLIT + s) * tiles + tile + tl.arange(0, 1), squares)
-            tl.debug_barrier()  # every thread's stores issued before the (one-thread, releasing) count
-            count = tl.atomic_add(cnt_ptr + m * tiles + tile, 1, sem="acq_rel")
-            if count == SPLIT - 1:
-                parts = m * SPLIT + tl.arange(0, SPLIT)
-                whole = tl.sum(tl.load(ws_ptr + parts[:, None] * N + rows[None, :], mask=row_ok[None, :], other=0.0,
-                                       cache_modifier=".cg"), axis=0)
-                all_squares = tl.load(sq_ptr + parts * tiles + tile, cache_modifier=".cg")
-                epilogue_store(whole, all_squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows,
-                               row_ok, PRO, HAS_BIAS, HAS_RES, LORA_R)
-                tl.atomic_xchg(cnt_ptr + m * tiles + tile, 0)
-
     @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k}, num_warps=w, num_stages=s)
                               for n, g, w, s, k in ((16, 2, 4, 3, 1), (8, 4, 4, 3, 1), (32, 2, 8, 3, 1),
                                                     (16, 4, 8, 3, 1), (64, 1, 8, 3, 1), (16, 8, 8, 2, 1),
@@ -342,12 +298,13 @@ if HAS_TRITON:
                                                     (32, 2, 8, 3, 4), (16, 2, 4, 3, 4), (32, 4, 8, 2, 4),
                                                     (64, 4, 4, 2, 4))],
                      key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"],  # LORA_R not in it: as gemv_kernel
-                     prune_configs_by={"early_config_prune": _prune})
+                     prune_configs_by={"early_config_prune": prune_split})
     @triton.jit
     def _int4_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
                           lo_ptr, lb_ptr, out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, ROW_BUCKET, GROUP: tl.constexpr,
                           PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, LORA_R: tl.constexpr,
-                          ASM: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, SPLIT: tl.constexpr):
+                          ASM: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr,
+                          GROUPS: tl.constexpr, SPLIT: tl.constexpr):
         # program (block of BLOCK_N output rows, row m of x); per step GROUPS groups, read as [BLOCK_N, GROUPS, W]
         # int32 words (W = GROUP / 8) whose nibble i is column i * W + j of the group (pack_int4). Nibble q becomes
         # the float 16 + q (0x41800000 | q << 19); with w = (q - 8) * scale + zero = (16 + q) * scale + (zero -
@@ -362,6 +319,8 @@ if HAS_TRITON:
         per = tl.cdiv(tl.cdiv(K // GROUP, SPLIT), GROUPS) * GROUPS
         start = s * per
         n_groups = tl.minimum(start + per, K // GROUP)
+        # PDL: this program's first weight words into L2, then the wait for the previous kernel (gemv.pdl_begin)
+        pdl_begin(w_ptr, w_stride, rows, row_ok, start * W, K // 8, PDL, PREFETCH)
         g_in = tl.arange(0, GROUPS)
         j = tl.arange(0, W)
         acc = tl.zeros([BLOCK_N, GROUPS, W], dtype=tl.float32)
@@ -385,7 +344,7 @@ if HAS_TRITON:
             scale = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
             low = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32) - 24.0 * scale
             acc += scale[:, :, None] * part + low[:, :, None] * xs
-        _finish(tl.sum(tl.sum(acc, axis=2), axis=1), tl.sum(tl.sum(squares, axis=2), axis=1), ws_ptr, sq_ptr, cnt_ptr,
+        finish_store(tl.sum(tl.sum(acc, axis=2), axis=1), tl.sum(tl.sum(squares, axis=2), axis=1), ws_ptr, sq_ptr, cnt_ptr,
                 s, m, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES,
                 LORA_R, SPLIT)
 
@@ -421,10 +380,12 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group
     out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows, meta["SPLIT"])  # noqa: E731
     ws, sq, cnt = split_buffers(x.device, rows, out_features)
+    pdl = pdl_on(x)
     _int4_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
                             bias if bias is not None else scales, addend_stride(bias), res, low, lb, out, ws, sq, cnt,
                             out_features, in_features, float(eps), row_bucket(rows), GROUP=group, PRO=pro,
-                            HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r, ASM=use_asm(x))
+                            HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r, ASM=use_asm(x),
+                            PDL=pdl, PREFETCH=gemv.PDL_PREFETCH if pdl else 0, launch_pdl=pdl)
     return out
 
 
