@@ -49,7 +49,7 @@ def main() -> int:
                               cross_language_min_dense=answer.cross_language_min_dense,
                               max_sentences=answer.max_sentences, dictionary=pipeline.dictionary,
                               relative_credit=answer.relative_credit, similarity=pipeline.similarity,
-                              calibration=probe)
+                              calibration=probe, alignment=pipeline.alignment)
             row = {
                 "id": question.id, "answerable": question.answerable, "split": question.split, "source": question.source,
                 "lang": question.language, "embedder": embedder,
@@ -58,6 +58,7 @@ def main() -> int:
                 "coverage": decision.coverage, "n_hits": len(hits),
                 "missing": list(decision.missing), "terms": [(t.text, round(t.weight, 2)) for t in decision.terms],
                 "question": question.question,
+                "support": [s.text for s in decision.support],
             }
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()

@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rag.answer.calibration import ANY_EMBEDDER, SIGNALS, Calibration
 
-WITH_SIMILARITY = SIGNALS
-WITHOUT_SIMILARITY = tuple(f for f in SIGNALS if f != "sim_max")
+# the embedder's model reads coverage with words said otherwise (aligned) instead of word overlap (coverage)
+WITH_SIMILARITY = tuple(f for f in SIGNALS if f != "coverage")
+WITHOUT_SIMILARITY = tuple(f for f in SIGNALS if f not in ("sim_max", "aligned"))
 
 
 def fit(rows: list[dict], features: tuple[str, ...], l2: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

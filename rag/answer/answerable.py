@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
+import numpy as np
+
 from rag.answer.calibration import Calibration
 from rag.answer.sentences import normalise, parent_text, segment
 from rag.core.text import CJK
@@ -108,6 +110,8 @@ _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 
 # (question, sentences) -> one similarity per sentence, higher = closer
 SentenceSimilarity = Callable[[str, Sequence[str]], Sequence[float]]
+# (question, its key terms, sentences) -> per term, how closely some word of the sentences says it (0..1)
+TermAlignment = Callable[[str, Sequence[str], Sequence[str]], Sequence[float]]
 
 
 SENTENCE_CACHE = 20_000  # sentence vectors kept per embedder (384 floats each for e5-small: ~30 MB)
@@ -494,12 +498,58 @@ def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
     return {k: max(left.get(k, 0.0), right.get(k, 0.0)) for k in {*left, *right}}
 
 
+def embedder_alignment(embedder: Any) -> TermAlignment | None:
+    """Per key term of the question, the closest any token of the sentences comes to it in meaning: the cosine of
+    the term's own tokens (the question embedded as a query, each token in its context) to the sentences' tokens (as
+    passages), the best match per term token, averaged over the term's tokens. A sentence that says 等于 where the
+    question asks 等价, or "directory" for 目录, comes close where word overlap sees nothing. None for an embedder
+    without token vectors (the hash embedder of tests)."""
+    if not callable(getattr(embedder, "token_vectors", None)):
+        return None
+
+    def alignment(question: str, terms: Sequence[str], sentences: Sequence[str]) -> list[float]:
+        if not terms or not sentences:
+            return [0.0] * len(terms)
+        (asked, spans), *passages = embedder.token_vectors([question], query=True) + embedder.token_vectors(
+            list(sentences), query=False)
+        tokens = np.concatenate([vectors for vectors, _ in passages]) if passages else np.zeros((0, 1))
+        if not len(tokens) or not len(asked):
+            return [0.0] * len(terms)
+        best = (asked @ tokens.T).max(axis=1)  # each question token's closest sentence token
+        flat, origin = _normalised_with_origin(question)
+        scores = []
+        for term in terms:
+            at = flat.find(term)
+            if at < 0:
+                scores.append(0.0)
+                continue
+            start, end = origin[at], origin[at + len(term) - 1] + 1
+            inside = [i for i, (a, b) in enumerate(spans) if a < end and b > start]
+            scores.append(float(np.clip(best[inside].mean(), 0.0, 1.0)) if inside else 0.0)
+        return scores
+
+    return alignment
+
+
+def _normalised_with_origin(text: str) -> tuple[str, list[int]]:
+    """``text`` as key terms are written (NFKC, lower case) and, per character of it, the index of the character of
+    ``text`` it comes from (NFKC may turn one character into several: ² -> 2)."""
+    flat: list[str] = []
+    origin: list[int] = []
+    for i, char in enumerate(text):
+        piece = unicodedata.normalize("NFKC", char).lower()
+        flat.append(piece)
+        origin.extend([i] * len(piece))
+    return "".join(flat), origin
+
+
 def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, min_coverage: float = 0.6,
            min_gain: float = 0.25, cross_language_min_dense: float = 0.8, max_sentences: int = 3,
            max_chars: int = 400, exclude: Sequence[str] = (), similarity: SentenceSimilarity | None = None,
            min_similarity: float = 0.0, semantic_min_coverage: float = 0.0, dictionary: Dictionary | None = None,
            relative_credit: float = RELATIVE_CREDIT, pick_margin: float = 0.0,
-           calibration: Calibration | None = None, min_probability: float | None = None) -> Assessment:
+           calibration: Calibration | None = None, min_probability: float | None = None,
+           alignment: TermAlignment | None = None) -> Assessment:
     """Decide whether ``hits`` answer ``question`` and pick the sentences that support the answer.
 
     Args:
@@ -526,6 +576,9 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             and the passage holds every name and number; ``min_coverage`` then only admits another document's
             sentence to the answer. None = coverage against ``min_coverage`` decides. A model that needs the
             similarity is not used without ``similarity`` (coverage decides).
+        alignment: per key term, how closely the lead passage's sentences say it in other words
+            (:func:`embedder_alignment`): the calibrated model's ``aligned`` signal. A model that needs it is not
+            used without it.
     """
     terms = key_terms(question, corpus, dictionary)
     if not terms or not hits:
@@ -635,8 +688,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         return [known[t] for t in texts]
 
     # a model that needs the similarity is not used without one: coverage decides then
-    model = calibration if calibration is not None and (
-        similarity is not None or not calibration.needs_similarity) else None
+    model = calibration if calibration is not None and (similarity is not None or "sim_max" not in calibration.features) and (
+        alignment is not None or "aligned" not in calibration.features) else None
     chosen: list[_Candidate] = []
     decided, answerable, probability = 0.0, False, None
     signals: dict[str, float] = {}
@@ -645,8 +698,10 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         if model is not None:
             signals = {"coverage": decided, "absent_share": absent_share(terms, corpus),
                        "cross_language": float(chosen[0].language != asked_in)}
-            if model.needs_similarity:
+            if "sim_max" in model.features:
                 signals["sim_max"] = max(closeness([c.text for c in candidates[:MAX_SIMILARITY_SENTENCES]]))
+            if "aligned" in model.features and alignment is not None:
+                signals["aligned"] = aligned_coverage(question, terms, chosen, alignment)
             probability = model.probability(signals)
             bar = model.threshold if min_probability is None else min_probability
             answerable = cross or (anchored and probability >= bar)
@@ -705,6 +760,21 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
                       cross_language=cross, reason=reason, similarity=closest, semantic=semantic,
                       probability=None if probability is None else round(probability, 4),
                       signals={k: round(v, 4) for k, v in signals.items()})
+
+
+def aligned_coverage(question: str, terms: Sequence[Term], chosen: Sequence[_Candidate],
+                     alignment: TermAlignment) -> float:
+    """Coverage with words said otherwise: per key term, the larger of the chosen sentences' word-overlap credit and
+    how closely a word of theirs says it in meaning (``alignment``), weighted like the coverage."""
+    weight = sum(t.weight for t in terms)
+    if not weight or not chosen:
+        return 0.0
+    closeness = alignment(question, [t.text for t in terms], list(dict.fromkeys(c.text for c in chosen)))
+    held: dict[str, float] = {}
+    for picked in chosen:
+        held = _merge(held, picked.credit)
+    return sum(t.weight * max(min(held.get(t.text, 0.0), 1.0), close)
+               for t, close in zip(terms, closeness, strict=True)) / weight
 
 
 def names_only(chosen: Sequence[_Candidate], terms: Sequence[Term]) -> bool:

@@ -7,6 +7,9 @@ The decision here combines signals that each separate answerable from unanswerab
 
 - ``coverage``: the share of the key terms' weight the lead passage's sentences cover
   (:func:`rag.answer.answerable.assess`);
+- ``aligned``: the same coverage with words said otherwise — per key term, the larger of its word-overlap credit
+  and how closely a token of those sentences comes to the term's tokens (the index's embedder, token by token in
+  context: :func:`rag.answer.answerable.embedder_alignment`). It replaces ``coverage`` in an embedder's model;
 - ``sim_max``: the best question-to-sentence similarity over the retrieved sentences (the index's embedder, question
   as a query, sentence as a passage) — sees paraphrases that share no words;
 - ``absent_share``: the share of the question's weight held by words no chunk of the index holds at all (a
@@ -18,7 +21,8 @@ The decision here combines signals that each separate answerable from unanswerab
 ``p = sigmoid(w · standardised(x) + b)``; the question is answerable when ``p >= min_answer_probability`` and its
 passage holds every name and number the question gives. The weights are fitted by ``eval/calibrate_answerability.py``
 on the ``tune`` splits of the project's question sets and stored in ``calibration.json`` beside this file, one model
-per embedder (a similarity's scale is the embedder's own) and one without ``sim_max`` for any other embedder.
+per embedder (a similarity's scale is the embedder's own) and one without ``sim_max`` and ``aligned`` (coverage
+instead) for any other embedder.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from rag.core.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).with_name("calibration.json")
 ANY_EMBEDDER = "*"  # the model for an embedder that has none of its own (no similarity feature)
-SIGNALS = ("coverage", "sim_max", "absent_share", "cross_language")  # what assess() computes for a model (Assessment.signals)
+SIGNALS = ("coverage", "aligned", "sim_max", "absent_share", "cross_language")  # what assess() computes for a model (Assessment.signals)
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,8 @@ class Calibration:
 
     @property
     def needs_similarity(self) -> bool:
-        return "sim_max" in self.features
+        """It reads the embedder's similarities (``sim_max`` or ``aligned``): only for the embedder it was fitted with."""
+        return "sim_max" in self.features or "aligned" in self.features
 
     def probability(self, values: Mapping[str, float]) -> float:
         """P(answerable) for a question's signals (a missing feature counts as 0)."""

@@ -16,7 +16,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rag.answer.answerable import Assessment, SentenceSimilarity, assess, embedder_similarity, key_terms
+from rag.answer.answerable import (
+    Assessment,
+    SentenceSimilarity,
+    TermAlignment,
+    assess,
+    embedder_alignment,
+    embedder_similarity,
+    key_terms,
+)
 from rag.answer.calibration import Calibration, load_calibration
 from rag.answer.cite import verify
 from rag.answer.extractive import pieces, previous_sentences, render
@@ -93,6 +101,7 @@ class QAPipeline:
         # the index's embedder compares the question with single sentences (the semantic path of the decision)
         embedder = getattr(getattr(retriever, "index", None), "embedder", None)
         self.similarity: SentenceSimilarity | None = embedder_similarity(embedder) if embedder is not None else None
+        self.alignment: TermAlignment | None = embedder_alignment(embedder) if embedder is not None else None
         # meaning picks among equally covering sentences only with a language model's embedder (a hash embedder's
         # cosine is word overlap again, which the coverage already counted)
         describe = getattr(embedder, "describe", None)
@@ -174,7 +183,8 @@ class QAPipeline:
                           semantic_min_coverage=answer_cfg.semantic_min_coverage, dictionary=self.dictionary,
                           relative_credit=answer_cfg.relative_credit,
                           pick_margin=answer_cfg.pick_similarity_margin if self.semantic_embedder else 0.0,
-                          calibration=self.calibration, min_probability=answer_cfg.min_answer_probability)
+                          calibration=self.calibration, min_probability=answer_cfg.min_answer_probability,
+                          alignment=self.alignment)
         stream.assessment = decision
         if not decision.answerable:
             log.info("refused (%s): %s", decision.reason or "no hits", standalone)

@@ -232,6 +232,28 @@ class SentenceTransformerEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         return self._encode([text], self.query_prefix)[0]
 
+    def token_vectors(self, texts: Sequence[str], query: bool) -> list[tuple[np.ndarray, list[tuple[int, int]]]]:
+        """Per text: its tokens' contextual vectors (float32 [n, dim], L2-normalised) and each token's character span
+        in the text (the prefix's tokens and the special tokens left out), as a query or as a passage. Used to see
+        which words of a question a sentence puts in other words (``rag.answer.answerable.embedder_alignment``)."""
+        prefix = self.query_prefix if query else self.passage_prefix
+        if not texts:
+            return []
+        outputs = self.model.encode(list(texts), prompt=prefix, batch_size=len(texts), output_value="token_embeddings",
+                                    convert_to_numpy=False, show_progress_bar=False)
+        encoded = self.model.tokenizer([prefix + t for t in texts], return_offsets_mapping=True, truncation=True,
+                                       max_length=self.model.max_seq_length)
+        result = []
+        for vectors, offsets in zip(outputs, encoded["offset_mapping"], strict=True):
+            matrix = np.asarray(vectors.float().cpu().numpy(), dtype=np.float32)
+            if len(matrix) != len(offsets):  # the model tokenised otherwise: no alignment rather than a wrong one
+                raise ValueError(f"{self.name}: {len(matrix)} token vectors for {len(offsets)} token offsets")
+            keep = [i for i, (start, end) in enumerate(offsets) if end > start and start >= len(prefix)]
+            kept = matrix[keep]
+            kept /= np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)
+            result.append((kept, [(offsets[i][0] - len(prefix), offsets[i][1] - len(prefix)) for i in keep]))
+        return result
+
     def describe(self) -> dict[str, Any]:
         return _describe(self, "sentence-transformers", path=str(self.path), origin=self.origin,
                          max_seq_length=int(self.model.max_seq_length or 0), device=self.device)

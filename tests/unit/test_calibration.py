@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from rag.answer.answerable import Term, absent_share, assess, key_terms
+from rag.answer.answerable import Term, absent_share, assess, embedder_alignment, key_terms
 from rag.answer.calibration import ANY_EMBEDDER, DEFAULT_PATH, Calibration, load_calibration
 from rag.core.errors import ConfigError
 from rag.core.types import Chunk, Hit
@@ -75,9 +76,11 @@ def test_the_shipped_calibration_weighs_each_signal_the_right_way() -> None:
         model = load_calibration(name)
         assert 0.0 < model.threshold < 1.0
         weights = dict(zip(model.features, model.weights, strict=True))
-        assert weights["coverage"] > 0 and weights["absent_share"] < 0 and weights.get("sim_max", 1.0) > 0
-        covered = {"coverage": 1.0, "sim_max": 0.95, "absent_share": 0.0}
-        unknown = {"coverage": 0.0, "sim_max": 0.80, "absent_share": 1.0}
+        # an embedder's model reads coverage with words said otherwise (aligned), the general one word overlap
+        overlap = weights["aligned"] if name == E5 else weights["coverage"]
+        assert overlap > 0 and weights["absent_share"] < 0 and weights.get("sim_max", 1.0) > 0
+        covered = {"coverage": 1.0, "aligned": 1.0, "sim_max": 0.95, "absent_share": 0.0}
+        unknown = {"coverage": 0.0, "aligned": 0.5, "sim_max": 0.80, "absent_share": 1.0}
         assert model.probability(covered) >= model.threshold > model.probability(unknown)
 
 
@@ -146,3 +149,78 @@ def test_a_model_that_needs_similarity_uses_it_and_falls_back_to_coverage_withou
     fallback = assess("员工每年的年假有几天？", [HANDBOOK], corpus, calibration=by_similarity)
     assert fallback.answerable and fallback.probability is None
     assert not assess(PARKING, [HANDBOOK], corpus, calibration=by_similarity).answerable
+
+
+class _CharEmbedder:
+    """Token vectors by hand: one token per non-space character, its vector the character's row of ``table``
+    (characters not in it: a row of their own), so which question character "says" which sentence character is
+    known exactly. The question's (query) vectors are the same rows: context plays no part."""
+
+    def __init__(self, table: dict[str, np.ndarray]) -> None:
+        self.table = table
+        self.queries: list[str] = []
+
+    def vector(self, char: str) -> np.ndarray:
+        if char not in self.table:  # a direction no other character has
+            row = np.zeros(256, np.float32)
+            row[16 + len(self.table)] = 1.0
+            self.table[char] = row
+        return self.table[char]
+
+    def token_vectors(self, texts: Sequence[str], query: bool) -> list[tuple[np.ndarray, list[tuple[int, int]]]]:
+        if query:
+            self.queries.extend(texts)
+        out = []
+        for text in texts:
+            spans = [(i, i + 1) for i, c in enumerate(text) if not c.isspace()]
+            out.append((np.stack([self.vector(text[a]) for a, _ in spans]), spans))
+        return out
+
+
+def _unit(*weights: tuple[int, float]) -> np.ndarray:
+    row = np.zeros(256, np.float32)
+    for index, value in weights:
+        row[index] = value
+    return row / np.linalg.norm(row)
+
+
+def test_alignment_scores_each_term_by_its_own_tokens_closest_sentence_tokens() -> None:
+    # 价 and 于 point the same way (等价 ~ 等于), 选 is halfway to 项's direction, 组/合 appear nowhere else
+    table = {"等": _unit((0, 1.0)), "价": _unit((1, 1.0)), "于": _unit((1, 1.0)), "选": _unit((2, 1.0), (3, 1.0)),
+             "项": _unit((3, 1.0)), "2": _unit((4, 1.0))}
+    embedder = _CharEmbedder(table)
+    alignment = embedder_alignment(embedder)
+    assert alignment is not None and embedder_alignment(object()) is None  # no token vectors: no alignment
+    question = "GOsa² 里 cp -a 等价于哪些选项的组合？"
+    scores = alignment(question, ["等价", "选项", "组合", "gosa2", "缺席"], ["-a 等于 -dR，项 2。"])
+    assert scores[0] == pytest.approx(1.0)  # 等 itself and 价 ~ 于
+    assert scores[1] == pytest.approx((1 / math.sqrt(2) + 1.0) / 2)  # 选 half-way to 项, 项 itself
+    assert scores[2] == pytest.approx(0.0, abs=1e-6)  # 组合: orthogonal to everything the sentence holds
+    # a term is found in the question as key terms are written (NFKC, lower case): gosa2 is GOsa² (² -> 2)
+    assert 0.0 < scores[3] < 1.0 and scores[4] == 0.0  # a term not in the question scores nothing
+    assert embedder.queries == [question]
+    assert alignment(question, ["等价"], []) == [0.0] and alignment(question, [], ["等于"]) == []
+
+
+def test_the_aligned_signal_answers_a_paraphrase_that_word_overlap_refuses() -> None:
+    corpus = _Corpus()
+    corpus.words = {**corpus.words, "请假": 2.0, "提前": 2.0, "申请": 2.0, "多久": 1.0}
+    asked: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+
+    def alignment(question: str, terms: Sequence[str], sentences: Sequence[str]) -> list[float]:
+        asked.append((question, tuple(terms), tuple(sentences)))
+        return [0.95 if t == "请假" else 0.0 for t in terms]  # 请假 said as 年假需要...申请
+
+    by_alignment = _model(("aligned",), (20.0,), bias=-16.0, embedder=E5)  # P >= 0.5 needs aligned >= 0.8
+    question = "请假要提前多久申请？"
+    without = assess(question, [HANDBOOK], corpus, calibration=_model(("coverage",), (20.0,), bias=-16.0))
+    assert not without.answerable and without.coverage < 0.8
+    decision = assess(question, [HANDBOOK], corpus, calibration=by_alignment, alignment=alignment)
+    assert decision.answerable and decision.signals["aligned"] > decision.coverage
+    assert "提前三个工作日" in " ".join(s.text for s in decision.support)
+    (q, terms, sentences), = asked
+    assert q == question and "请假" in terms and any("提前三个工作日" in s for s in sentences)
+    # a model that reads the alignment is not used without one: coverage against min_coverage decides
+    fallback = assess(question, [HANDBOOK], corpus, calibration=by_alignment, min_coverage=0.8)
+    assert fallback.probability is None and not fallback.answerable
+    assert assess(question, [HANDBOOK], corpus, calibration=by_alignment, min_coverage=0.6).answerable

@@ -191,6 +191,33 @@ def test_model_prompts_used_when_config_prefixes_empty(tiny_e5: Path, offline: P
     assert plain.describe()["fingerprint"] != info["fingerprint"]
 
 
+def test_token_vectors_are_the_models_own_tokens_with_their_spans_in_the_text(tiny_e5: Path, offline: Path) -> None:
+    emb = load_embedder(EmbedConfig(model=str(tiny_e5)))
+    assert isinstance(emb, SentenceTransformerEmbedder)
+    texts = ["打印机驱动", "To connect to the office VPN, install the WireGuard client."]
+    (short, short_spans), (long, long_spans) = emb.token_vectors(texts, query=False)
+    # one vector per character of the Chinese text (BERT splits CJK characters), the prefix and specials left out
+    assert short_spans == [(i, i + 1) for i in range(5)] and short.shape == (5, 32) and short.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(long, axis=1), 1.0, atol=1e-5)
+    assert all(0 <= a < b <= len(texts[1]) for a, b in long_spans)
+    assert "".join(texts[1][a:b] for a, b in long_spans).lower() == "".join(texts[1].split()).lower()
+    # the rows are the model's own token outputs after the prefix ("passage: " / "query: "), whatever else is in
+    # the batch
+    def own_rows(prefixed: str) -> np.ndarray:
+        vectors = emb.model.encode([prefixed], prompt="", output_value="token_embeddings")[0].numpy()
+        offsets = emb.model.tokenizer(prefixed, return_offsets_mapping=True)["offset_mapping"]
+        rows = [i for i, (a, b) in enumerate(offsets) if b > a >= prefixed.index(":") + 2]
+        assert len(rows) == 5 and len(offsets) == len(vectors)
+        return vectors[rows] / np.linalg.norm(vectors[rows], axis=1, keepdims=True)
+
+    np.testing.assert_allclose(short, own_rows("passage: 打印机驱动"), atol=1e-5)
+    alone, _ = emb.token_vectors(texts[:1], query=False)[0]
+    np.testing.assert_allclose(alone, short, atol=1e-5)
+    as_query, _ = emb.token_vectors(texts[:1], query=True)[0]
+    np.testing.assert_allclose(as_query, own_rows("query: 打印机驱动"), atol=1e-5)
+    assert emb.token_vectors([], query=True) == []
+
+
 def test_found_in_our_cache_by_model_id(tiny: Path, offline: Path) -> None:
     shutil.copytree(tiny, offline / "someorg--tiny-model")
     path, origin = resolve_model_path(EmbedConfig(model="someorg/tiny-model"))
