@@ -118,3 +118,36 @@ def test_ask_cli_prints_the_missing_model_note_once_and_one_citation(kb: tuple[P
     assert len(lines) == 1 and lines[0].startswith("note: ") and ".;" not in lines[0], lines
     answer = result.stdout.split("\n\n")[0]
     assert "indexes/default" in answer and answer.count("[") == 1, answer
+
+
+def test_with_the_offline_e5_the_decision_reads_words_said_otherwise(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default path without any model download: ingest falls back to the offline multilingual-e5 (here a tiny
+    stand-in under its name), so the pipeline decides with that embedder's calibrated model, whose coverage signal
+    is ``aligned`` (token vectors of the question and the supporting sentences)."""
+    from rag.answer.calibration import load_calibration
+    from rag.embed.e5 import ME5_NAME
+    from rag.embed.embedder import load_embedder
+    from tests.unit.test_embed import E5_PROMPTS, build_tiny_st, write_me5_standin
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("KBQA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "modelscope"))
+    write_me5_standin(tmp_path / "cache", build_tiny_st(tmp_path / "tiny-e5", prompts=E5_PROMPTS))
+    folder = tmp_path / "knowledge"
+    shutil.copytree(REPO / "knowledge", folder)
+    cfg = load_config(None, [f"index.dir={tmp_path / 'index'}", "embed.model=nobody/no-such-model",
+                             "load.workers=1", "load.timeout_s=120"])
+    embedder = load_embedder(cfg.embed)
+    assert embedder is not None and embedder.describe()["name"] == ME5_NAME
+    sync_folder(folder, cfg, embedder)
+    pipeline = QAPipeline(Retriever(KnowledgeIndex.open(cfg.index.dir, cfg, embedder), cfg.retrieve),
+                          ExtractiveModel(), cfg)
+    assert pipeline.alignment is not None and "aligned" in load_calibration(ME5_NAME).features
+    stream = pipeline.ask("VPN 服务器地址是什么？", [])
+    stream.text()
+    decision = stream.assessment
+    assert decision is not None and decision.probability is not None
+    # the model read the alignment: per key term at least its word-overlap credit, so at least the coverage
+    assert decision.signals["aligned"] >= decision.coverage - 1e-6 and 0.0 <= decision.signals["aligned"] <= 1.0
+    assert "sim_max" in decision.signals  # (a random stand-in's similarities say nothing: no verdict is checked)
