@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--questions", action="append", required=True)
     parser.add_argument("--split", default=None)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--align-lead", type=int, default=None, help="answer.align_lead (default: the config's)")
     args = parser.parse_args()
     cfg = load_config(None, ["answer.decision=coverage"])  # the probe below decides; no calibration is read
     pipeline, _ = open_pipeline(cfg, args.index)
@@ -49,7 +50,8 @@ def main() -> int:
                               cross_language_min_dense=answer.cross_language_min_dense,
                               max_sentences=answer.max_sentences, dictionary=pipeline.dictionary,
                               relative_credit=answer.relative_credit, similarity=pipeline.similarity,
-                              calibration=probe, alignment=pipeline.alignment)
+                              calibration=probe, alignment=pipeline.alignment,
+                              align_lead=answer.align_lead if args.align_lead is None else args.align_lead)
             row = {
                 "id": question.id, "answerable": question.answerable, "split": question.split, "source": question.source,
                 "lang": question.language, "embedder": embedder,

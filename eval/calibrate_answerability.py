@@ -4,6 +4,9 @@
     python eval/calibrate_answerability.py --features dev2=/tmp/f_dev2.jsonl --features kb=/tmp/f_kb.jsonl \
         --features dev=/tmp/f_dev.jsonl --drop linuxcnc --write rag/answer/calibration.json
 
+With ``--any-features`` (dumped with ``answer_features.py --align-lead 0``), the model for any other embedder is fitted
+on those: such an embedder gives no token vectors, so its lead is the best word coverage (docs/EVAL.md, eighth pass).
+
 A logistic regression (L2, classes weighted equally) over standardised signals, fitted on the tune questions whose
 passage holds every name and number (the others are refused whatever the model says). Two models: one with the
 embedder's question-to-sentence similarity (for the embedder the features were computed with) and one without it
@@ -75,24 +78,33 @@ def auc(rows: list[dict], model: Calibration) -> float | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", action="append", required=True, help="NAME=features.jsonl (answer_features.py)")
+    parser.add_argument("--any-features", action="append", default=None,
+                        help="NAME=features.jsonl for the model of any other embedder (default: --features); dumped "
+                             "with --align-lead 0, as such an embedder (no token vectors) picks its lead")
     parser.add_argument("--drop", default=None, help="leave out questions whose source or text matches this regex "
                                                      "(a part of the corpus the index does not hold)")
     parser.add_argument("--min-refusal", type=float, default=0.85)
     parser.add_argument("--write", default=None, help="write the calibration JSON here")
     args = parser.parse_args()
     drop = re.compile(args.drop, re.IGNORECASE) if args.drop else None
-    sets: dict[str, list[dict]] = {}
-    for spec in args.features:
-        name, _, path = spec.partition("=")
-        rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-        sets[name] = [r for r in rows if not (drop and (drop.search(r.get("source", "")) or drop.search(r["question"])))]
-    tune = [r for rows in sets.values() for r in rows if r["split"] == "tune"]
-    embedders = {r["embedder"] for r in tune}
+    def read(specs: list[str]) -> dict[str, list[dict]]:
+        sets: dict[str, list[dict]] = {}
+        for spec in specs:
+            name, _, path = spec.partition("=")
+            rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+            sets[name] = [r for r in rows
+                          if not (drop and (drop.search(r.get("source", "")) or drop.search(r["question"])))]
+        return sets
+
+    own_sets = read(args.features)
+    any_sets = read(args.any_features) if args.any_features else own_sets
+    embedders = {r["embedder"] for rows in own_sets.values() for r in rows if r["split"] == "tune"}
     if len(embedders) != 1:
         raise SystemExit(f"the feature files come from {len(embedders)} embedders ({embedders}); fit one at a time")
     embedder = embedders.pop()
     models: dict[str, dict] = {}
-    for key, features in ((embedder, WITH_SIMILARITY), (ANY_EMBEDDER, WITHOUT_SIMILARITY)):
+    for key, features, sets in ((embedder, WITH_SIMILARITY, own_sets), (ANY_EMBEDDER, WITHOUT_SIMILARITY, any_sets)):
+        tune = [r for rows in sets.values() for r in rows if r["split"] == "tune"]
         anchored = [r for r in tune if r["anchored"]]
         mean, scale, w = fit(anchored, features)
         model = Calibration(features, tuple(mean), tuple(scale), tuple(w[:-1]), float(w[-1]), 0.5, key)

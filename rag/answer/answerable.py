@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rag.answer.calibration import Calibration
-from rag.answer.sentences import normalise, parent_text, segment
+from rag.answer.sentences import is_heading_line, normalise, parent_text, segment
 from rag.core.text import CJK
 from rag.core.types import Chunk, Hit
 from rag.index.bm25 import STOPWORDS
@@ -110,8 +110,8 @@ _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 
 # (question, sentences) -> one similarity per sentence, higher = closer
 SentenceSimilarity = Callable[[str, Sequence[str]], Sequence[float]]
-# (question, its key terms, sentences) -> per term, how closely some word of the sentences says it (0..1)
-TermAlignment = Callable[[str, Sequence[str], Sequence[str]], Sequence[float]]
+# (question, its key terms, sentences) -> per sentence, per term, how closely a word of the sentence says it (0..1)
+TermAlignment = Callable[[str, Sequence[str], Sequence[str]], Sequence[Sequence[float]]]
 
 
 SENTENCE_CACHE = 20_000  # sentence vectors kept per embedder (384 floats each for e5-small: ~30 MB)
@@ -499,33 +499,32 @@ def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
 
 
 def embedder_alignment(embedder: Any) -> TermAlignment | None:
-    """Per key term of the question, the closest any token of the sentences comes to it in meaning: the cosine of
-    the term's own tokens (the question embedded as a query, each token in its context) to the sentences' tokens (as
-    passages), the best match per term token, averaged over the term's tokens. A sentence that says 等于 where the
-    question asks 等价, or "directory" for 目录, comes close where word overlap sees nothing. None for an embedder
+    """Per sentence and per key term of the question, the closest the sentence's tokens come to the term in meaning:
+    the cosine of each of the term's own tokens (the question embedded as a query, each token in its context) to its
+    closest token of the sentence (as a passage), averaged over the term's tokens. A sentence that says 等于 where
+    the question asks 等价, or "directory" for 目录, comes close where word overlap sees nothing. None for an embedder
     without token vectors (the hash embedder of tests)."""
     if not callable(getattr(embedder, "token_vectors", None)):
         return None
 
-    def alignment(question: str, terms: Sequence[str], sentences: Sequence[str]) -> list[float]:
+    def alignment(question: str, terms: Sequence[str], sentences: Sequence[str]) -> list[list[float]]:
         if not terms or not sentences:
-            return [0.0] * len(terms)
+            return [[0.0] * len(terms) for _ in sentences]
         (asked, spans), *passages = embedder.token_vectors([question], query=True) + embedder.token_vectors(
             list(sentences), query=False)
-        tokens = np.concatenate([vectors for vectors, _ in passages]) if passages else np.zeros((0, 1))
-        if not len(tokens) or not len(asked):
-            return [0.0] * len(terms)
-        best = (asked @ tokens.T).max(axis=1)  # each question token's closest sentence token
         flat, origin = _normalised_with_origin(question)
-        scores = []
+        rows: list[list[int] | None] = []  # per term, its tokens in the question
         for term in terms:
             at = flat.find(term)
-            if at < 0:
-                scores.append(0.0)
+            start, end = (origin[at], origin[at + len(term) - 1] + 1) if at >= 0 else (0, 0)
+            rows.append([i for i, (a, b) in enumerate(spans) if a < end and b > start] or None)
+        scores = []
+        for vectors, _ in passages:
+            if not len(vectors) or not len(asked):
+                scores.append([0.0] * len(terms))
                 continue
-            start, end = origin[at], origin[at + len(term) - 1] + 1
-            inside = [i for i, (a, b) in enumerate(spans) if a < end and b > start]
-            scores.append(float(np.clip(best[inside].mean(), 0.0, 1.0)) if inside else 0.0)
+            best = (asked @ vectors.T).max(axis=1)  # each question token's closest token of this sentence
+            scores.append([float(np.clip(best[r].mean(), 0.0, 1.0)) if r else 0.0 for r in rows])
         return scores
 
     return alignment
@@ -549,7 +548,7 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
            min_similarity: float = 0.0, semantic_min_coverage: float = 0.0, dictionary: Dictionary | None = None,
            relative_credit: float = RELATIVE_CREDIT, pick_margin: float = 0.0,
            calibration: Calibration | None = None, min_probability: float | None = None,
-           alignment: TermAlignment | None = None) -> Assessment:
+           alignment: TermAlignment | None = None, align_lead: int = 0) -> Assessment:
     """Decide whether ``hits`` answer ``question`` and pick the sentences that support the answer.
 
     Args:
@@ -622,6 +621,25 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     if same:
         best = max(scored, key=lambda c: (anchors[c.hit_number], share(c.credit, pool) + share(c.own, pool),
                                           -c.hit_number))
+        if align_lead > 0 and alignment is not None and calibration is not None and "aligned" in calibration.features:
+            # the lead the question's words are said by, in other words too: among the best-covering sentences of
+            # passages as anchored as the best one's, the one whose aligned coverage is highest
+            # a heading said again in the text (a manual page's NAME line, "cut - 从文件的每一行中移除某些段", is its
+            # section's heading) or a short line without a full stop says the topic's words and answers nothing: it
+            # never leads by meaning
+            near = sorted((c for c in scored if anchors[c.hit_number] == anchors[best.hit_number] and (
+                c is best or not is_heading_line(c.text) and not _restates_heading(c))),
+                          key=lambda c: (-(share(c.credit, pool) + share(c.own, pool)), c.hit_number))
+            near = [c for i, c in enumerate(near) if all(o.text != c.text for o in near[:i])][:align_lead]
+            if len(near) > 1:
+                rows = alignment(question, [t.text for t in terms], [c.text for c in near])
+                weight = sum(t.weight for t in terms) or 1.0
+
+                def aligned_alone(c: _Candidate, row: Sequence[float]) -> float:
+                    return sum(t.weight * max(min(c.credit.get(t.text, 0.0), 1.0), row[i])
+                               for i, t in enumerate(terms)) / weight
+
+                best = max(zip(near, rows, strict=True), key=lambda pair: aligned_alone(*pair))[0]
     if neutral and other:  # the other language can only match names and numbers, and needs a close passage
         other_best = max(other, key=lambda c: (share(c.credit, neutral) + share(c.own, neutral), c.dense,
                                                -c.hit_number))
@@ -640,7 +658,7 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         while len(chosen) < max_sentences:
             # another document's sentence joins only as an answer of its own: a term it adds is no support for
             # what the first sentence says (the second citation of an on-topic, unrelated passage)
-            rest = [c for c in scored if c not in chosen and used + len(c.text) <= max_chars and (
+            rest = [c for c in scored if c not in chosen and used + len(c.text) <= max_chars and not _restates_heading(c) and (
                 c.hit_number == first.hit_number or anchors[c.hit_number] and share(c.credit, pool) >= min_coverage)]
             gains = [(share(_merge(credit, c.credit), pool) - share(credit, pool), -c.hit_number, i)
                      for i, c in enumerate(rest)]
@@ -762,6 +780,13 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
                       signals={k: round(v, 4) for k, v in signals.items()})
 
 
+def _restates_heading(candidate: _Candidate) -> bool:
+    """The sentence repeats its own heading (a manual page's NAME line, "cut - 从文件的每一行中移除某些段", under the
+    heading it is): it names the topic and answers nothing, so it neither leads by meaning nor joins an answer."""
+    bare = normalise(candidate.text).rstrip("。.")
+    return bool(bare) and bare in normalise(candidate.about)
+
+
 def aligned_coverage(question: str, terms: Sequence[Term], chosen: Sequence[_Candidate],
                      alignment: TermAlignment) -> float:
     """Coverage with words said otherwise: per key term, the larger of the chosen sentences' word-overlap credit and
@@ -769,7 +794,9 @@ def aligned_coverage(question: str, terms: Sequence[Term], chosen: Sequence[_Can
     weight = sum(t.weight for t in terms)
     if not weight or not chosen:
         return 0.0
-    closeness = alignment(question, [t.text for t in terms], list(dict.fromkeys(c.text for c in chosen)))
+    texts = list(dict.fromkeys(c.text for c in chosen))
+    per_sentence = alignment(question, [t.text for t in terms], texts)
+    closeness = [max(row[i] for row in per_sentence) for i in range(len(terms))]
     held: dict[str, float] = {}
     for picked in chosen:
         held = _merge(held, picked.credit)

@@ -92,6 +92,8 @@ class QAPipeline:
         for key in ("min_term_coverage", "semantic_min_coverage", "min_sentence_similarity", "relative_credit"):
             if not 0.0 <= getattr(cfg.answer, key) <= 1.0:
                 raise ConfigError(f"answer.{key}={getattr(cfg.answer, key)} must be between 0 and 1")
+        if not 0 <= cfg.answer.align_lead <= 64:
+            raise ConfigError(f"answer.align_lead={cfg.answer.align_lead} must be between 0 and 64")
         if not 0.0 <= cfg.answer.pick_similarity_margin <= 2.0:  # a difference of coverage scores (0..2)
             raise ConfigError(f"answer.pick_similarity_margin={cfg.answer.pick_similarity_margin} must be between 0 and 2")
         self.retriever = retriever
@@ -184,7 +186,7 @@ class QAPipeline:
                           relative_credit=answer_cfg.relative_credit,
                           pick_margin=answer_cfg.pick_similarity_margin if self.semantic_embedder else 0.0,
                           calibration=self.calibration, min_probability=answer_cfg.min_answer_probability,
-                          alignment=self.alignment)
+                          alignment=self.alignment, align_lead=answer_cfg.align_lead)
         stream.assessment = decision
         if not decision.answerable:
             log.info("refused (%s): %s", decision.reason or "no hits", standalone)

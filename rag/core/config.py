@@ -190,6 +190,10 @@ class AnswerConfig:
     # among sentences whose coverage score (0..2) is this close to the best and that answer too, the closest in meaning
     # (the index embedder) leads; 0 = off. docs/EVAL.md "Parent passages and dictionary relatives together"
     pick_similarity_margin: float = 0.4
+    # calibrated, with an embedder that gives token vectors (the aligned signal): among this many best-covering
+    # sentences (of passages as anchored as the best one's) the one that says most of the question, in other words
+    # too, leads the answer; 0 = the best word coverage leads. docs/EVAL.md "Words said otherwise"
+    align_lead: int = 6
 
 
 @dataclass

@@ -192,14 +192,17 @@ def test_alignment_scores_each_term_by_its_own_tokens_closest_sentence_tokens() 
     alignment = embedder_alignment(embedder)
     assert alignment is not None and embedder_alignment(object()) is None  # no token vectors: no alignment
     question = "GOsa² 里 cp -a 等价于哪些选项的组合？"
-    scores = alignment(question, ["等价", "选项", "组合", "gosa2", "缺席"], ["-a 等于 -dR，项 2。"])
+    terms = ["等价", "选项", "组合", "gosa2", "缺席"]
+    (scores, other) = alignment(question, terms, ["-a 等于 -dR，项 2。", "等"])
     assert scores[0] == pytest.approx(1.0)  # 等 itself and 价 ~ 于
     assert scores[1] == pytest.approx((1 / math.sqrt(2) + 1.0) / 2)  # 选 half-way to 项, 项 itself
     assert scores[2] == pytest.approx(0.0, abs=1e-6)  # 组合: orthogonal to everything the sentence holds
     # a term is found in the question as key terms are written (NFKC, lower case): gosa2 is GOsa² (² -> 2)
     assert 0.0 < scores[3] < 1.0 and scores[4] == 0.0  # a term not in the question scores nothing
-    assert embedder.queries == [question]
-    assert alignment(question, ["等价"], []) == [0.0] and alignment(question, [], ["等于"]) == []
+    # each sentence on its own: the second one says 等 and nothing else
+    assert other[0] == pytest.approx(0.5) and other[1] == pytest.approx(0.0, abs=1e-6)
+    assert embedder.queries == [question]  # the question embedded once for both sentences
+    assert alignment(question, ["等价"], []) == [] and alignment(question, [], ["等于"]) == [[]]
 
 
 def test_the_aligned_signal_answers_a_paraphrase_that_word_overlap_refuses() -> None:
@@ -207,9 +210,9 @@ def test_the_aligned_signal_answers_a_paraphrase_that_word_overlap_refuses() -> 
     corpus.words = {**corpus.words, "请假": 2.0, "提前": 2.0, "申请": 2.0, "多久": 1.0}
     asked: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
 
-    def alignment(question: str, terms: Sequence[str], sentences: Sequence[str]) -> list[float]:
+    def alignment(question: str, terms: Sequence[str], sentences: Sequence[str]) -> list[list[float]]:
         asked.append((question, tuple(terms), tuple(sentences)))
-        return [0.95 if t == "请假" else 0.0 for t in terms]  # 请假 said as 年假需要...申请
+        return [[0.95 if t == "请假" else 0.0 for t in terms] for _ in sentences]  # 请假 said as 年假需要...申请
 
     by_alignment = _model(("aligned",), (20.0,), bias=-16.0, embedder=E5)  # P >= 0.5 needs aligned >= 0.8
     question = "请假要提前多久申请？"
@@ -224,3 +227,22 @@ def test_the_aligned_signal_answers_a_paraphrase_that_word_overlap_refuses() -> 
     fallback = assess(question, [HANDBOOK], corpus, calibration=by_alignment, min_coverage=0.8)
     assert fallback.probability is None and not fallback.answerable
     assert assess(question, [HANDBOOK], corpus, calibration=by_alignment, min_coverage=0.6).answerable
+
+
+def test_align_lead_lets_the_sentence_that_says_the_question_in_other_words_lead() -> None:
+    corpus = _Corpus()
+    corpus.words = {**corpus.words, "病假": 2.0, "提前": 2.0, "申请": 2.0}
+    rules = Hit(Chunk(5, "年假需要提前三个工作日在系统中申请。病假可以事后补交医院证明。", "员工手册.docx", 2,
+                      heading=("休假制度",)), 1.0, dense_score=0.9)
+
+    def alignment(question: str, terms: Sequence[str], sentences: Sequence[str]) -> list[list[float]]:
+        # the sick-leave sentence answers "提前申请" with 事后补交 (said otherwise); the annual-leave one says nothing
+        return [[1.0 if "病假" in s else 0.0 for _ in terms] for s in sentences]
+
+    lenient = _model(("aligned",), (0.0,), bias=10.0, embedder=E5)
+    question = "病假需要提前申请吗？"
+    by_words = assess(question, [rules], corpus, calibration=lenient, alignment=alignment, max_sentences=1)
+    assert by_words.support[0].text.startswith("年假")  # 提前 + 申请 outweigh 病假 word for word
+    said = assess(question, [rules], corpus, calibration=lenient, alignment=alignment, max_sentences=1, align_lead=6)
+    assert said.answerable and said.support[0].text.startswith("病假")
+    assert said.signals["aligned"] == pytest.approx(1.0)
