@@ -594,6 +594,15 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         candidates.append(_Candidate(text, number, order, credit, own, language_of(text), dense or 0.0, heading))
     if not candidates:
         return Assessment(False, 0.0, tuple(terms), tuple(t.text for t in terms), reason="no whole sentence")
+    aligned: dict[str, Sequence[float]] = {}
+
+    def aligned_rows(texts: Sequence[str]) -> list[Sequence[float]]:
+        """``alignment`` of each text with the question's terms, each text embedded once per question."""
+        assert alignment is not None
+        new = [t for t in dict.fromkeys(texts) if t not in aligned]
+        if new:
+            aligned.update(zip(new, alignment(question, [t.text for t in terms], new), strict=True))
+        return [aligned[t] for t in texts]
 
     def share(credit: dict[str, float], pool: Sequence[Term]) -> float:
         weight = sum(t.weight for t in pool)
@@ -627,19 +636,17 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             # a heading said again in the text (a manual page's NAME line, "cut - 从文件的每一行中移除某些段", is its
             # section's heading) or a short line without a full stop says the topic's words and answers nothing: it
             # never leads by meaning
-            near = sorted((c for c in scored if anchors[c.hit_number] == anchors[best.hit_number] and (
+            ranked = sorted((c for c in scored if anchors[c.hit_number] == anchors[best.hit_number] and (
                 c is best or not is_heading_line(c.text) and not _restates_heading(c))),
-                          key=lambda c: (-(share(c.credit, pool) + share(c.own, pool)), c.hit_number))
-            near = [c for i, c in enumerate(near) if all(o.text != c.text for o in near[:i])][:align_lead]
+                            key=lambda c: (-(share(c.credit, pool) + share(c.own, pool)), c.hit_number))
+            near: list[_Candidate] = []
+            for candidate in ranked:  # the first of each text (overlapping chunks repeat sentences)
+                if len(near) < align_lead and all(c.text != candidate.text for c in near):
+                    near.append(candidate)
             if len(near) > 1:
-                rows = alignment(question, [t.text for t in terms], [c.text for c in near])
-                weight = sum(t.weight for t in terms) or 1.0
-
-                def aligned_alone(c: _Candidate, row: Sequence[float]) -> float:
-                    return sum(t.weight * max(min(c.credit.get(t.text, 0.0), 1.0), row[i])
-                               for i, t in enumerate(terms)) / weight
-
-                best = max(zip(near, rows, strict=True), key=lambda pair: aligned_alone(*pair))[0]
+                rows = aligned_rows([c.text for c in near])
+                best = max(zip(near, rows, strict=True), key=lambda pair: _aligned_share(terms, pair[0].credit,
+                                                                                          [pair[1]]))[0]
     if neutral and other:  # the other language can only match names and numbers, and needs a close passage
         other_best = max(other, key=lambda c: (share(c.credit, neutral) + share(c.own, neutral), c.dense,
                                                -c.hit_number))
@@ -718,8 +725,11 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
                        "cross_language": float(chosen[0].language != asked_in)}
             if "sim_max" in model.features:
                 signals["sim_max"] = max(closeness([c.text for c in candidates[:MAX_SIMILARITY_SENTENCES]]))
-            if "aligned" in model.features and alignment is not None:
-                signals["aligned"] = aligned_coverage(question, terms, chosen, alignment)
+            if "aligned" in model.features:
+                held: dict[str, float] = {}
+                for picked in chosen:
+                    held = _merge(held, picked.credit)
+                signals["aligned"] = _aligned_share(terms, held, aligned_rows([c.text for c in chosen]))
             probability = model.probability(signals)
             bar = model.threshold if min_probability is None else min_probability
             answerable = cross or (anchored and probability >= bar)
@@ -787,21 +797,15 @@ def _restates_heading(candidate: _Candidate) -> bool:
     return bool(bare) and bare in normalise(candidate.about)
 
 
-def aligned_coverage(question: str, terms: Sequence[Term], chosen: Sequence[_Candidate],
-                     alignment: TermAlignment) -> float:
-    """Coverage with words said otherwise: per key term, the larger of the chosen sentences' word-overlap credit and
-    how closely a word of theirs says it in meaning (``alignment``), weighted like the coverage."""
+def _aligned_share(terms: Sequence[Term], credit: dict[str, float], rows: Sequence[Sequence[float]]) -> float:
+    """Coverage with words said otherwise: per key term, the larger of its word-overlap ``credit`` and how closely a
+    word of the sentences says it in meaning (``rows``: per sentence, per term, from ``alignment``), weighted like the
+    coverage."""
     weight = sum(t.weight for t in terms)
-    if not weight or not chosen:
+    if not weight:
         return 0.0
-    texts = list(dict.fromkeys(c.text for c in chosen))
-    per_sentence = alignment(question, [t.text for t in terms], texts)
-    closeness = [max(row[i] for row in per_sentence) for i in range(len(terms))]
-    held: dict[str, float] = {}
-    for picked in chosen:
-        held = _merge(held, picked.credit)
-    return sum(t.weight * max(min(held.get(t.text, 0.0), 1.0), close)
-               for t, close in zip(terms, closeness, strict=True)) / weight
+    return sum(t.weight * max(min(credit.get(t.text, 0.0), 1.0), max((row[i] for row in rows), default=0.0))
+               for i, t in enumerate(terms)) / weight
 
 
 def names_only(chosen: Sequence[_Candidate], terms: Sequence[Term]) -> bool:
