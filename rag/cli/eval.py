@@ -238,18 +238,23 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
         answer = stream.answer
         wanted = [normalise(e) for e in question.evidence]
         one: Counter[str] = Counter()
+        rank: int | None = None
+        cited_ok: dict[int, bool] = {}
         if not answer.refused:
             one["sentences"], one["fragments"], one["headings"] = sentence_faults(answer, index)
         if question.answerable:
             one["answerable"], one["refused_answerable"] = 1, int(answer.refused)
-            if first_hit_rank(question, answer.hits) is not None:
+            rank = first_hit_rank(question, answer.hits)
+            if rank is not None:
                 one["retrieved"], one["refused_retrieved"] = 1, int(answer.refused)
             citing = _answer_sentences(answer.text)
             for citation in answer.citations:
                 one["cited"] += 1
                 said = " ".join(s for s, numbers in citing if citation.number in numbers)
-                one["cited_ok"] += int(any(w in normalise(citation.chunk.text) for w in wanted) or any(
-                    bigram_recall(e, said) >= recall_threshold for e in question.evidence))
+                ok = any(w in normalise(citation.chunk.text) for w in wanted) or any(
+                    bigram_recall(e, said) >= recall_threshold for e in question.evidence)
+                one["cited_ok"] += int(ok)
+                cited_ok[citation.number] = ok
             one["recalled"] = int(not answer.refused and any(
                 bigram_recall(e, answer.text) >= recall_threshold for e in question.evidence))
         else:
@@ -265,9 +270,9 @@ def evaluate_answers(pipeline: Any, questions: Sequence[Question], out: Path | N
         lines.append({"id": question.id, "answer": answer.text, "refused": answer.refused, "coverage": coverage,
                       "cross_language": cross, "similarity": similarity, "semantic": semantic,
                       "probability": probability, "signals": assessment.signals if assessment is not None else {},
-                      "answerable": question.answerable, "citations": [
+                      "answerable": question.answerable, "evidence_rank": rank, "citations": [
             {"n": c.number, "source": c.chunk.source, "page": c.chunk.page, "chunk_id": c.chunk.id,
-             "supported": c.supported} for c in answer.citations]})
+             "supported": c.supported, "holds_evidence": cited_ok.get(c.number)} for c in answer.citations]})
     if out is not None:
         Path(out).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
     overall = groups.pop("all", Counter())

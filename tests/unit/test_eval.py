@@ -61,9 +61,11 @@ def test_scores_are_computed_from_ranks(setup: tuple[Path, list[str]]) -> None:
     assert result["lang:zh"]["n"] == 3
 
 
-def test_answers_cli_with_extractive_backend(setup: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+def test_answers_cli_with_extractive_backend(setup: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str],
+                                             tmp_path: Path) -> None:
     questions, overrides = setup
-    args = rag_eval.parse_args(["answers", "--questions", str(questions), "llm.backend=extractive",
+    out = tmp_path / "answers.jsonl"
+    args = rag_eval.parse_args(["answers", "--questions", str(questions), "--out", str(out), "llm.backend=extractive",
                                 "retrieve.bm25_threshold=2.5", "retrieve.score_threshold=0.2",
                                 "answer.cross_language_min_dense=0", *overrides])  # hash vectors: names decide
     assert rag_eval.main(args) == 0
@@ -79,6 +81,14 @@ def test_answers_cli_with_extractive_backend(setup: tuple[Path, list[str]], caps
     assert sum(row["n_answerable"] for name, row in groups.items() if name.startswith("source:")) == 3
     assert groups["source:(unanswerable)"] == {**groups["source:(unanswerable)"], "refusal_rate": 1.0,
                                                "n_unanswerable": 1, "n_answerable": 0}
+    # per question: where the evidence was retrieved, and whether each citation's chunk (or sentence) holds it
+    rows = {r["id"]: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
+    assert rows["q1"]["evidence_rank"] == 1 and not rows["q1"]["refused"]
+    assert rows["q1"]["citations"] and all(c["holds_evidence"] is True for c in rows["q1"]["citations"])
+    assert rows["q4"]["evidence_rank"] is None and rows["q4"]["citations"] == []
+    cited = sum(len(r["citations"]) for r in rows.values() if r["answerable"])
+    held = sum(bool(c["holds_evidence"]) for r in rows.values() if r["answerable"] for c in r["citations"])
+    assert round(held / cited, 3) == scores["citation_precision"]
 
 
 def test_bad_questions_file_names_the_line(tmp_path: Path) -> None:
