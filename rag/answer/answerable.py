@@ -578,6 +578,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         alignment: per key term, how closely the lead passage's sentences say it in other words
             (:func:`embedder_alignment`): the calibrated model's ``aligned`` signal. A model that needs it is not
             used without it.
+        align_lead: with ``alignment`` and a model that reads it, among this many best-covering sentences the one
+            whose aligned coverage is highest leads (0: the best word coverage leads).
     """
     terms = key_terms(question, corpus, dictionary)
     if not terms or not hits:
@@ -627,9 +629,13 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         return all(credit.get(t, 0.0) >= 1.0 for t in anchor_terms)
 
     anchors = {n: holds_anchors(c) for n, c in per_hit.items()}
+
+    def lead_score(c: _Candidate) -> float:
+        """How well the sentence, with its heading path, and the sentence alone cover the question (0..2)."""
+        return share(c.credit, pool) + share(c.own, pool)
+
     if same:
-        best = max(scored, key=lambda c: (anchors[c.hit_number], share(c.credit, pool) + share(c.own, pool),
-                                          -c.hit_number))
+        best = max(scored, key=lambda c: (anchors[c.hit_number], lead_score(c), -c.hit_number))
         if align_lead > 0 and alignment is not None and calibration is not None and "aligned" in calibration.features:
             # the lead the question's words are said by, in other words too: among the best-covering sentences of
             # passages as anchored as the best one's, the one whose aligned coverage is highest
@@ -638,7 +644,7 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             # never leads by meaning
             ranked = sorted((c for c in scored if anchors[c.hit_number] == anchors[best.hit_number] and (
                 c is best or not is_heading_line(c.text) and not _restates_heading(c))),
-                            key=lambda c: (-(share(c.credit, pool) + share(c.own, pool)), c.hit_number))
+                            key=lambda c: (-lead_score(c), c.hit_number))
             near: list[_Candidate] = []
             for candidate in ranked:  # the first of each text (overlapping chunks repeat sentences)
                 if len(near) < align_lead and all(c.text != candidate.text for c in near):
@@ -746,10 +752,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             answerable = cross or (decided >= min_coverage and anchored)
         if answerable and not cross and similarity is not None and pick_margin > 0:
             # among sentences covering nearly as much, the closest in meaning leads, if it answers too
-            def score(c: _Candidate) -> float:
-                return share(c.credit, pool) + share(c.own, pool)
             near = [c for c in scored if anchors[c.hit_number] >= anchors[best.hit_number]
-                    and score(c) >= score(best) - pick_margin]
+                    and lead_score(c) >= lead_score(best) - pick_margin]
             if len(near) > 1:
                 close = closeness([c.text for c in near])
                 for i in sorted(range(len(near)), key=lambda i: (-close[i], near[i].hit_number)):

@@ -36,7 +36,7 @@ def render(support: Sequence[Support], max_chars: int = 400) -> str:
     """The answer text: each supporting sentence followed by ``[n]`` of its hit (quoted text is defanged and its
     own bracketed numbers become ``(n)``, so they can't pass for citations). A line-item sentence without
     punctuation gets a full stop, unless it is a command or code line (no CJK, see ``_CODE``): that is quoted as it
-    is and ends its line, as nothing else would end its sentence for the answer's readers (and
+    is and ends its line (so do the command lines a sentence introduces with a colon), as nothing else would end its sentence for the answer's readers (and
     :func:`rag.answer.cite.sentence_spans`). A sentence longer than ``max_chars`` is never cut, only left out."""
     parts: list[str] = []
     for item in support:
@@ -46,7 +46,9 @@ def render(support: Sequence[Support], max_chars: int = 400) -> str:
         if parts and not parts[-1].rstrip("[]0123456789").endswith(_CJK_CLOSERS + ("\n",)):
             parts.append(" ")
         bare = not text.rstrip(CLOSERS).endswith(ENDS)  # "（……权限。）" ends inside its brackets
-        code = bare and not CJK.search(text) and bool(_CODE.search(text))
+        # the command lines a sentence introduces ("请使用下列命令： rm -- -foo") end it as a command line would
+        said = re.split(r"：|:\s", text)[-1]
+        code = bare and not CJK.search(said) and bool(_CODE.search(said))
         if bare and not code:
             text += "。" if CJK.search(text) else "."
         parts.append(f"{text}[{item.hit_number}]" + "\n" * code)

@@ -51,6 +51,9 @@ _LATIN_TERM = re.compile(r"^[A-Za-z0-9%][\w%=:.+/\[\]{}<>|-]*(?: [\w%=:.+/\[\]{}
 # An option with its description on one line (``-C     逐列列出项目``, ``-d, --dir 删除空目录`` once joined): a manual
 # page's list item, however short, never a heading.
 _OPTION_ITEM = re.compile(r"^\s*-{1,2}[A-Za-z0-9?#][^\s,]*(?:,\s{0,2}-{1,2}[A-Za-z0-9][^\s,]*)*(?:=[^\s,]+)?\s+[^\s-]")
+# A value with its description, a column gap between them (an exit status list's ``124    如果指定“命令”超时``): a list
+# item like an option's, never a numbered heading (``2 Installation``, one space).
+_VALUE_ITEM = re.compile(r"^\s*\d{1,3}\s{2,}\S")
 SHORT_LINE_UNITS = 12  # a line without sentence punctuation shorter than this (CJK chars + 2 x words) is no sentence
 
 
@@ -92,7 +95,7 @@ def is_heading_line(line: str, headings: Sequence[str] = ()) -> bool:
         return False
     if any(stripped == h.strip() for h in headings):
         return True
-    if _OPTION_ITEM.match(stripped):
+    if _OPTION_ITEM.match(stripped) or _VALUE_ITEM.match(stripped):
         return False
     return _short_line(stripped) or (bool(_NUMBERED_HEADING.match(line)) and _size(stripped) < 2 * SHORT_LINE_UNITS)
 
@@ -149,14 +152,63 @@ def segment(text: str, headings: Sequence[str] = ()) -> list[Sentence]:
         position += len(line) + 1
     # Hard line breaks split the text into blocks of layout lines; a block is one paragraph / item / heading.
     full_width = max((_width(line) for line in lines), default=0)
+    blocks: list[list[int]] = []
     block: list[int] = []
     for index in range(len(lines)):
         block.append(index)
         last = index == len(lines) - 1
         if last or not _soft_break(lines[index], lines[index + 1], full_width):
-            sentences.extend(_block_sentences(lines, offsets, block, headings, ends_text=last))
+            blocks.append(block)
             block = []
+    at = 0
+    while at < len(blocks):
+        found = _block_sentences(lines, offsets, blocks[at], headings, ends_text=blocks[at][-1] == len(lines) - 1)
+        examples = _examples(lines, blocks, at) if found and _introduces(found[-1]) else []
+        if examples:
+            # "请使用下列命令：" / "run:" and the indented command lines under it are one sentence: the lines are
+            # what it says (each alone is a short line without punctuation, a heading by the rules above)
+            intro, final = found[-1], examples[-1]
+            text = " ".join([intro.text, *(lines[i].strip() for i in examples)])
+            end = offsets[final] + len(lines[final].rstrip())
+            found[-1] = Sentence(intro.start, end, text, final != len(lines) - 1, False)
+            at += len([b for b in blocks[at + 1:] if b[0] <= final])
+        sentences.extend(found)
+        at += 1
     return sentences
+
+
+_PROMPT_LINE = re.compile(r"^[$#] \S")  # a shell prompt's command line ("$ sudo apt update", "# apt install x")
+MAX_EXAMPLE_LINES = 4  # command lines an introducing sentence takes with it
+MAX_EXAMPLE_CHARS = 160  # ... each at most this long
+
+
+def _introduces(sentence: Sentence) -> bool:
+    """An unfinished sentence that ends with a colon and says something (``如果需要删除……请使用下列命令：``): it
+    introduces what follows."""
+    return not sentence.complete and not sentence.heading and sentence.text.endswith(("：", ":")) and (
+        _size(sentence.text) >= SHORT_LINE_UNITS)
+
+
+def _examples(lines: list[str], blocks: list[list[int]], at: int) -> list[int]:
+    """The command lines after block ``at`` that its last sentence introduces: up to ``MAX_EXAMPLE_LINES`` one-line
+    blocks (blank lines between them), each indented deeper than the block or starting with a shell prompt, short,
+    and without sentence punctuation (even inside it) or CJK text (a command, not prose)."""
+    indent = _indent(lines[blocks[at][0]])
+    out: list[int] = []
+    for following in blocks[at + 1:]:
+        content = [i for i in following if lines[i].strip()]
+        if not content:
+            continue
+        if len(content) > 1 or len(out) == MAX_EXAMPLE_LINES:
+            break
+        line = lines[content[0]]
+        stripped = line.strip()
+        # a line with a sentence end inside (``cd ./source; cp -a . /dest``) would split where the answer is read
+        if len(stripped) > MAX_EXAMPLE_CHARS or _TERMINAL.search(stripped) or CJK.search(stripped) or not (
+                _indent(line) > indent or _PROMPT_LINE.match(stripped)):
+            break
+        out.append(content[0])
+    return out
 
 
 def _code_semicolon(raw: str, match: re.Match[str]) -> bool:
@@ -230,7 +282,8 @@ def _block_sentences(lines: list[str], offsets: list[int], block: list[int], hea
         # a line, or a definition term with its unpunctuated description (not the rest after a sentence of it)
         item = len(block) == 1 or not pieces and is_definition_term(lines[block[0]], lines[block[1]])
         whole_line = item and not tail.endswith(("：", ":")) and (
-            _size(tail) >= SHORT_LINE_UNITS or bool(_OPTION_ITEM.match(" ".join(tail.split()))))
+            _size(tail) >= SHORT_LINE_UNITS or bool(_OPTION_ITEM.match(" ".join(tail.split()))) or bool(
+                _VALUE_ITEM.match(tail)))
         pieces.append((len(raw), whole_line and not ends_text))
     for piece_end, complete in pieces:
         piece = raw[cut:piece_end]
