@@ -29,6 +29,7 @@ _WORD = re.compile(r"[^\W_]+")
 _CJK_CLOSERS = ("。", "！", "？", "；", "…", "”", "」", "』", "）")
 # A command or code line: it ends with a file or domain name (a path, a URL), an option or a bracket, or holds an option,
 # "/", "=", "|", "$" or "`"; a full stop would change it ("dig -d DOMAIN.com." names another domain).
+_AFTER_COLON = re.compile(r"：|:\s")  # what a sentence says after its last colon: the commands it introduces
 _CODE = re.compile(r"\w\.\w+$|[)\]}>]$|(?:^|\s)--?\w|[/=|$`]")
 
 
@@ -36,8 +37,9 @@ def render(support: Sequence[Support], max_chars: int = 400) -> str:
     """The answer text: each supporting sentence followed by ``[n]`` of its hit (quoted text is defanged and its
     own bracketed numbers become ``(n)``, so they can't pass for citations). A line-item sentence without
     punctuation gets a full stop, unless it is a command or code line (no CJK, see ``_CODE``): that is quoted as it
-    is and ends its line (so do the command lines a sentence introduces with a colon), as nothing else would end its sentence for the answer's readers (and
-    :func:`rag.answer.cite.sentence_spans`). A sentence longer than ``max_chars`` is never cut, only left out."""
+    is and ends its line (so do the command lines a sentence introduces with a colon), as nothing else would end its
+    sentence for the answer's readers (and :func:`rag.answer.cite.sentence_spans`). A sentence longer than
+    ``max_chars`` is never cut, only left out."""
     parts: list[str] = []
     for item in support:
         text = MARKER.sub(lambda m: f"({m.group(1)})", defang(item.text)).strip()
@@ -47,7 +49,7 @@ def render(support: Sequence[Support], max_chars: int = 400) -> str:
             parts.append(" ")
         bare = not text.rstrip(CLOSERS).endswith(ENDS)  # "（……权限。）" ends inside its brackets
         # the command lines a sentence introduces ("请使用下列命令： rm -- -foo") end it as a command line would
-        said = re.split(r"：|:\s", text)[-1]
+        said = _AFTER_COLON.split(text)[-1]
         code = bare and not CJK.search(said) and bool(_CODE.search(said))
         if bare and not code:
             text += "。" if CJK.search(text) else "."

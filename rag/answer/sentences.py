@@ -167,11 +167,11 @@ def segment(text: str, headings: Sequence[str] = ()) -> list[Sentence]:
         if examples:
             # "请使用下列命令：" / "run:" and the indented command lines under it are one sentence: the lines are
             # what it says (each alone is a short line without punctuation, a heading by the rules above)
-            intro, final = found[-1], examples[-1]
-            text = " ".join([intro.text, *(lines[i].strip() for i in examples)])
+            intro, final = found[-1], blocks[examples[-1]][-1]
+            text = " ".join([intro.text, *(lines[blocks[b][-1]].strip() for b in examples)])
             end = offsets[final] + len(lines[final].rstrip())
             found[-1] = Sentence(intro.start, end, text, final != len(lines) - 1, False)
-            at += len([b for b in blocks[at + 1:] if b[0] <= final])
+            at = examples[-1]  # the command lines' blocks are taken
         sentences.extend(found)
         at += 1
     return sentences
@@ -190,13 +190,14 @@ def _introduces(sentence: Sentence) -> bool:
 
 
 def _examples(lines: list[str], blocks: list[list[int]], at: int) -> list[int]:
-    """The command lines after block ``at`` that its last sentence introduces: up to ``MAX_EXAMPLE_LINES`` one-line
-    blocks (blank lines between them), each indented deeper than the block or starting with a shell prompt, short,
-    and without sentence punctuation (even inside it) or CJK text (a command, not prose)."""
+    """The blocks of command lines after block ``at`` that its last sentence introduces: up to
+    ``MAX_EXAMPLE_LINES`` one-line blocks (blank lines between them), each indented deeper than the block or starting
+    with a shell prompt, short, and without sentence punctuation (even inside it) or CJK text (a command, not prose).
+    Blank-line blocks between them are not listed (they say nothing); the last listed block ends the sentence."""
     indent = _indent(lines[blocks[at][0]])
     out: list[int] = []
-    for following in blocks[at + 1:]:
-        content = [i for i in following if lines[i].strip()]
+    for number in range(at + 1, len(blocks)):
+        content = [i for i in blocks[number] if lines[i].strip()]
         if not content:
             continue
         if len(content) > 1 or len(out) == MAX_EXAMPLE_LINES:
@@ -207,7 +208,7 @@ def _examples(lines: list[str], blocks: list[list[int]], at: int) -> list[int]:
         if len(stripped) > MAX_EXAMPLE_CHARS or _TERMINAL.search(stripped) or CJK.search(stripped) or not (
                 _indent(line) > indent or _PROMPT_LINE.match(stripped)):
             break
-        out.append(content[0])
+        out.append(number)
     return out
 
 
