@@ -195,6 +195,10 @@ def _examples(lines: list[str], blocks: list[list[int]], at: int) -> list[int]:
     with a shell prompt, short, and without sentence punctuation (even inside it) or CJK text (a command, not prose).
     Blank-line blocks between them are not listed (they say nothing); the last listed block ends the sentence."""
     indent = _indent(lines[blocks[at][0]])
+    # under a Chinese sentence a line without CJK text is what it introduces (a web page's <pre> block arrives at the
+    # margin: "更新“/etc/security/limits.conf”文件，包括下面内容：" above "* soft core unlimited"); under a Latin one
+    # only an indented or prompted line is (at the margin it may be the next paragraph or a list item)
+    chinese = bool(CJK.search(lines[blocks[at][-1]]))
     out: list[int] = []
     for number in range(at + 1, len(blocks)):
         content = [i for i in blocks[number] if lines[i].strip()]
@@ -206,7 +210,7 @@ def _examples(lines: list[str], blocks: list[list[int]], at: int) -> list[int]:
         stripped = line.strip()
         # a line with a sentence end inside (``cd ./source; cp -a . /dest``) would split where the answer is read
         if len(stripped) > MAX_EXAMPLE_CHARS or _TERMINAL.search(stripped) or CJK.search(stripped) or not (
-                _indent(line) > indent or _PROMPT_LINE.match(stripped)):
+                chinese or _indent(line) > indent or _PROMPT_LINE.match(stripped)):
             break
         out.append(number)
     return out

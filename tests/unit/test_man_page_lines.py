@@ -40,6 +40,18 @@ def test_shell_prompt_lines_are_commands_without_indentation() -> None:
         "The first question is the name of the workgroup."]
 
 
+def test_under_a_chinese_sentence_a_latin_line_at_the_margin_is_what_it_introduces() -> None:
+    """A web page's <pre> block reaches the text at the margin: under a Chinese intro a line without CJK text is the
+    config line it introduces; Chinese prose after it, or a Latin intro above a margin line, stays apart."""
+    page = ("先崩溃的方案：\n\n更新“/etc/security/limits.conf”文件，包括下面内容：\n\n* soft core unlimited\n\n"
+            "shell 提示符下输入 \"ulimit -c unlimited\"。\n")
+    assert [(s.text, s.complete) for s in segment(page)][1:] == [
+        ("更新“/etc/security/limits.conf”文件，包括下面内容： * soft core unlimited", True),
+        ('shell 提示符下输入 "ulimit -c unlimited"。', True)]
+    prose = "更新“/etc/security/limits.conf”文件，包括下面内容：\n\n在首次安装时，只需要工作组的名称。\n"
+    assert not segment(prose)[0].complete  # Chinese prose follows: nothing is introduced
+
+
 def test_what_is_not_a_command_stays_apart() -> None:
     prose = "Run the tool with the options below to adapt it:\n\n在首次安装时，只需要工作组的名称。\n"
     first = segment(prose)[0]
