@@ -105,6 +105,8 @@ COMMON_NAME_IDF = math.log(4.0)
 # the calibrated decision's best similarity looks at this many of the retrieved sentences (in hit order)
 MAX_SIMILARITY_SENTENCES = 64
 _REFERENCE = re.compile(r"[A-Za-z_][\w.:+-]*\(\d[a-z]*\),?")  # a manual-page reference: ssh-add(1), ssh_config(5)
+# A web manual's navigation bar: two or more bracketed links, "|" between them ("[ << 教程 ] | [ 首页 ][ 目录 ]").
+_NAVIGATION = re.compile(r"\s*(?:\[[^\[\]]{1,80}\]\s*\|?\s*){2,}")
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 
 
@@ -464,8 +466,11 @@ def candidate_sentences(hits: Sequence[Hit], corpus: Corpus | None = None,
                 continue
             if sentence.heading or (sentence.start <= offset and not trusted_start and sentence.start == 0):
                 continue
-            if _SYNOPSIS.fullmatch(sentence.text.strip()) or reference_list(sentence.text):
-                continue  # "sort [OPTION]... [FILE]...", "scp(1), sftp(1), ssh-add(1)": usage lines and lists say nothing
+            if _SYNOPSIS.fullmatch(sentence.text.strip()) or reference_list(sentence.text) or _NAVIGATION.fullmatch(
+                    sentence.text):
+                # "sort [OPTION]... [FILE]...", "scp(1), sftp(1), ssh-add(1)", "[ < Setup ] | [ 上 : Installing ]":
+                # usage lines, reference lists and a web manual's navigation bar say nothing
+                continue
             key = normalise(sentence.text)
             if key in seen or len(key) < 4:
                 continue
@@ -548,7 +553,7 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
            min_similarity: float = 0.0, semantic_min_coverage: float = 0.0, dictionary: Dictionary | None = None,
            relative_credit: float = RELATIVE_CREDIT, pick_margin: float = 0.0,
            calibration: Calibration | None = None, min_probability: float | None = None,
-           alignment: TermAlignment | None = None, align_lead: int = 0) -> Assessment:
+           alignment: TermAlignment | None = None, align_lead: int = 0, rank_margin: float = 0.0) -> Assessment:
     """Decide whether ``hits`` answer ``question`` and pick the sentences that support the answer.
 
     Args:
@@ -580,6 +585,10 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             used without it.
         align_lead: with ``alignment`` and a model that reads it, among this many best-covering sentences the one
             whose aligned coverage is highest leads (0: the best word coverage leads).
+        rank_margin: once the question is answerable, a lead from an earlier retrieved passage whose coverage score
+            is within this of the lead's (0..2) and whose passage answers too (the coverage and the names the lead's
+            passage had, and every name and number the lead's sentences hold) leads instead: the earliest such
+            passage, its best-covering sentence (0: off).
     """
     terms = key_terms(question, corpus, dictionary)
     if not terms or not hits:
@@ -765,6 +774,23 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
                             alternative_anchored):
                         chosen, decided, best = alternative, alternative_share, near[i]
                         break
+    if answerable and not cross and rank_margin > 0 and best.hit_number > 1:
+        # the retriever ranked the passages: among leads that cover nearly as much and answer too, the earliest
+        # passage's leads (a later passage that repeats the question's words more often seldom holds the answer)
+        # ... and it must hold every name and number the lead's sentences hold ("5 GHz" for a question about 5 GHz
+        # Wi-Fi: the spec line "Wi-Fi 802.11 b/g/n at 2.4 GHz" of the first passage says less)
+        said = passage_credit(chosen, best.hit_number)
+        names = [t.text for t in terms if t.neutral and said.get(t.text, 0.0) >= 1.0]
+        earlier = [c for c in scored if c.hit_number < best.hit_number and anchors[c.hit_number]
+                   and not is_heading_line(c.text) and not _restates_heading(c)
+                   and lead_score(c) >= lead_score(best) - rank_margin]
+        for candidate in sorted(earlier, key=lambda c: (c.hit_number, -lead_score(c))):
+            alternative, alternative_share, alternative_anchored = decide(candidate)
+            held = passage_credit(alternative, candidate.hit_number)
+            if alternative_share >= (min(min_coverage, decided) if model else min_coverage) and alternative_anchored and (
+                    all(held.get(name, 0.0) >= 1.0 for name in names)):
+                chosen, decided, best = alternative, alternative_share, candidate
+                break
     closest, semantic = None, False
     if not answerable and similarity is not None and min_similarity > 0 and decided >= semantic_min_coverage:
         # a paraphrase: the closest sentence in meaning leads, if its passage holds the question's names and numbers

@@ -51,9 +51,10 @@ _LATIN_TERM = re.compile(r"^[A-Za-z0-9%][\w%=:.+/\[\]{}<>|-]*(?: [\w%=:.+/\[\]{}
 # An option with its description on one line (``-C     逐列列出项目``, ``-d, --dir 删除空目录`` once joined): a manual
 # page's list item, however short, never a heading.
 _OPTION_ITEM = re.compile(r"^\s*-{1,2}[A-Za-z0-9?#][^\s,]*(?:,\s{0,2}-{1,2}[A-Za-z0-9][^\s,]*)*(?:=[^\s,]+)?\s+[^\s-]")
-# A value with its description, a column gap between them (an exit status list's ``124    如果指定“命令”超时``): a list
-# item like an option's, never a numbered heading (``2 Installation``, one space).
-_VALUE_ITEM = re.compile(r"^\s*\d{1,3}\s{2,}\S")
+# A value with its description, a column gap between them (an exit status list's ``124    如果指定“命令”超时``, a format
+# list's ``%H     小时 (00..23)``, an escape list's ``\\n     换行``): a list item like an option's, never a numbered
+# heading (``2 Installation``, one space) nor a heading at all, however short.
+_VALUE_ITEM = re.compile(r"^\s*(?:\d{1,3}|%[-_0^#:+\d]*(?:[A-Za-z]{1,2}|%)|\\[A-Za-z0-9\\])\s{2,}\S")
 SHORT_LINE_UNITS = 12  # a line without sentence punctuation shorter than this (CJK chars + 2 x words) is no sentence
 
 
@@ -230,7 +231,8 @@ def _code_semicolon(raw: str, match: re.Match[str]) -> bool:
 
 def false_end(text: str, start: int) -> bool:
     """The sentence punctuation at ``text[start]`` ends no sentence: the "." of an abbreviation (see
-    ``_ABBREVIATION``), an ASCII "." before a tiny CJK remnant (``gunzip -c.   相同。``), or any end inside a bracket
+    ``_ABBREVIATION``), an ASCII "." before a tiny CJK remnant (``gunzip -c.   相同。``), a "." inside closing quotes
+    or brackets before a lower-case word (a quoted literal: ``\\bar "|." for a final bar``), or any end inside a bracket
     that closes within ``BRACKET_REACH`` characters (``rule sets (e.g. foo. bar) and more.``); a whole sentence in
     brackets ends after its closing bracket (``（……限定 NFS 访问权限。）``), which is outside them."""
     end = _END_RUN.match(text, start).end()  # type: ignore[union-attr]
@@ -241,6 +243,8 @@ def false_end(text: str, start: int) -> bool:
             return True
         if _REMNANT.match(text, end):
             return True
+        if end > start + 1 and text[start + 1] in CLOSERS and after.isascii() and after.islower():
+            return True  # the "." of a quoted literal the sentence goes on after (``or \\bar "|." for a final bar``)
     return _in_brackets(text, end)
 
 

@@ -194,6 +194,10 @@ class AnswerConfig:
     # sentences (of passages as anchored as the best one's) the one that says most of the question, in other words
     # too, leads the answer; 0 = the best word coverage leads. docs/EVAL.md "Words said otherwise"
     align_lead: int = 6
+    # once a question is answerable, a lead from an earlier retrieved passage whose coverage score (0..2) is within
+    # this of the chosen lead's and whose passage answers too (and holds the lead's names and numbers) leads instead;
+    # 0 = off. docs/EVAL.md "The earlier passage leads"
+    rank_margin: float = 0.3
 
 
 @dataclass

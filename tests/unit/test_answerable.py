@@ -272,3 +272,39 @@ def test_a_see_also_list_of_manual_pages_is_no_answer_sentence() -> None:
     hit = Hit(Chunk(1, f"{pointer}\n\n{see_also}\n\n{prose}", "man/ssh.1.txt", 0, start=0), 1.0)
     assert [text for _, text, _, _ in candidate_sentences([hit])] == [pointer, prose]
 
+
+
+def test_an_earlier_passage_that_answers_too_leads_within_the_rank_margin() -> None:
+    """The retriever's order counts once the question is answerable: a later passage that repeats more of the
+    question's words (a warning that names them all) leads only when the first passage's best sentence covers much
+    less; the first passage must answer by itself (its coverage and names), else the later one keeps the lead."""
+    question = "怎么让 dpkg 强制覆盖别的软件包里的文件？"
+    answer = Hit(Chunk(1, "你可以使用 --force-overwrite 选项让 dpkg 强制覆盖别的包的文件。", "dpkg.html", 0), 1.0)
+    warning = Hit(Chunk(2, "dpkg 默认不会强制覆盖别的软件包里的文件，这样做有风险。", "faq.html", 0), 0.9)
+    assert assess(question, [answer, warning]).support[0].hit_number == 2  # the most words lead
+    assert assess(question, [answer, warning], rank_margin=0.6).support[0].hit_number == 1
+    assert assess(question, [answer, warning], rank_margin=0.1).support[0].hit_number == 2  # not close enough
+    unrelated = Hit(Chunk(1, "dpkg 是 Debian 的底层软件包工具。", "intro.html", 0), 1.0)  # covers little: no lead
+    assert assess(question, [unrelated, warning], rank_margin=0.6).support[0].hit_number == 2
+
+
+def test_a_web_manuals_navigation_bar_is_no_answer_sentence() -> None:
+    bar = "[ < Graphical setup under Windows ] | [ 上 : Installing ] | [ Command line setup > ]"
+    said = "Now click “OK” to everything until you are back to the main Frescobaldi window."
+    hit = Hit(Chunk(1, f"{said}\n\n{bar}\n\n[ << 教程 ] | [ 首页 ][ 目录 ][ 索引 ] | [ Common notation >> ]\n",
+                    "web/windows.html", 0, start=0), 1.0)
+    assert [text for _, text, _, _ in candidate_sentences([hit])] == [said]
+
+
+def test_the_earlier_passage_must_hold_the_names_the_lead_holds() -> None:
+    """A name most chunks hold (Debian in Debian's manuals) anchors nothing, but once the lead's passage says it, an
+    earlier passage that does not is no better lead."""
+    question = "Debian 上 umask 设为 002 时新建的文件对同组用户可写吗？"
+    generic = Hit(Chunk(1, "umask 设为 002 时，新建的文件对同组用户可写。", "manual/umask.html", 0), 1.0)
+    debian = Hit(Chunk(2, "在 Debian 上 umask 设为 002 时，新建的文件对同组用户可写，因为每个用户有自己的组。",
+                       "debian-reference/ch01.html", 0), 0.9)
+    common = _Neighbours([])
+    common.idf = lambda term: 0.4 if term == "debian" else 3.0  # type: ignore[method-assign]  # most chunks hold it
+    assert assess(question, [generic, debian], common, rank_margin=2.0).support[0].hit_number == 2
+    without = "umask 设为 002 时新建的文件对同组用户可写吗？"  # the question names no Debian: the earlier passage leads
+    assert assess(without, [generic, debian], common, rank_margin=2.0).support[0].hit_number == 1

@@ -94,3 +94,22 @@ def test_a_value_and_its_description_is_an_item_not_a_numbered_heading() -> None
         ("3.1 Getting started with the system", False, True)]
     assert not is_heading_line("124    如果指定“命令”超时，且未指定 --preserve-status 选项")  # as the eval reads it
     assert is_heading_line("2 Installation") and is_heading_line("3.1 Getting started with the system")
+
+
+FORMATS = ("       %F     完整的日期；等于 %+4Y-%m-%d\n\n"
+           "       %H     小时 (00..23)\n\n"
+           "       %%     一个 % 字符\n\n"
+           "       \\n     换行\n\n"
+           "%%%  definitions.ily\n\n"
+           "F Major\n")
+
+
+def test_a_format_or_escape_and_its_description_is_an_item_not_a_heading() -> None:
+    """date(1)'s ``%H     小时 (00..23)`` is short and has no sentence end: without the rule it was a heading, and
+    the "about" of every item under it."""
+    assert [(s.text, s.complete, s.heading) for s in segment(FORMATS)][2:] == [
+        ("%H     小时 (00..23)", True, False),
+        ("%%     一个 % 字符", True, False),
+        ("\\n     换行", True, False),
+        ("%%%  definitions.ily", False, True),  # a code comment's marks: no conversion, still a short line
+        ("F Major", False, True)]

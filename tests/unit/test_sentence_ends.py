@@ -65,9 +65,18 @@ def test_a_tiny_cjk_remnant_stays_with_its_sentence() -> None:
         "指定 swapon 的 优先级.", "这个 选项 要求 swapon 指定 一个 设备."]
 
 
+BAR = ('Other types of bar lines are added using \\bar, for example \\bar "||" for a double bar line, or \\bar "|." for '
+       'a final bar line. He said "stop." Then he left.')
+
+
+def test_a_quoted_literals_full_stop_before_a_lower_case_word_ends_nothing() -> None:
+    assert texts(BAR) == ['Other types of bar lines are added using \\bar, for example \\bar "||" for a double bar '
+                          'line, or \\bar "|." for a final bar line.', 'He said "stop."', "Then he left."]
+
+
 def test_the_quoted_answer_splits_as_its_source() -> None:
     """The eval's answer split (cite.sentence_spans) keeps these sentences whole, so each is a whole sentence."""
-    for source in (UFW, ZCAT, "Use approx. 5 GB, i.e. half. See Fig. 3 and cf. the table."):
+    for source in (UFW, ZCAT, "Use approx. 5 GB, i.e. half. See Fig. 3 and cf. the table.", BAR.split(" He said")[0]):
         answer = "".join(f"{s.text}[1]" for s in segment(source))
         pieces = [answer[a:b].removesuffix("[1]") for a, b in sentence_spans(answer)]
         assert pieces == texts(source)
