@@ -196,7 +196,7 @@ class AnswerConfig:
     align_lead: int = 6
     # once a question is answerable, a lead from an earlier retrieved passage whose coverage score (0..2) is within
     # this of the chosen lead's and whose passage answers too (and holds the lead's names and numbers) leads instead;
-    # 0 = off. docs/EVAL.md "The earlier passage leads"
+    # 0 = off. docs/EVAL.md "tenth pass"
     rank_margin: float = 0.3
 
 
