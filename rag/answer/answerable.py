@@ -777,8 +777,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
     if answerable and not cross and rank_margin > 0 and best.hit_number > 1:
         # the retriever ranked the passages: among leads that cover nearly as much and answer too, the earliest
         # passage's leads (a later passage that repeats the question's words more often seldom holds the answer)
-        # ... and it must hold every name and number the lead's sentences hold ("5 GHz" for a question about 5 GHz
-        # Wi-Fi: the spec line "Wi-Fi 802.11 b/g/n at 2.4 GHz" of the first passage says less)
+        # ... and it must hold every name and number the lead's sentences hold, those the anchor gate lets pass too
+        # (a Debian-wide name such as Debian: a generic page about umask says less than Debian's own)
         said = passage_credit(chosen, best.hit_number)
         names = [t.text for t in terms if t.neutral and said.get(t.text, 0.0) >= 1.0]
         earlier = [c for c in scored if c.hit_number < best.hit_number and anchors[c.hit_number]
