@@ -732,6 +732,17 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         alignment is not None or "aligned" not in calibration.features) else None
     chosen: list[_Candidate] = []
     decided, answerable, probability = 0.0, False, None
+
+    def answers_too(lead: _Candidate, names: Sequence[str] = ()) -> tuple[list[_Candidate], float] | None:
+        """``lead``'s sentences and its passage's share when that passage answers as the current lead's does:
+        anchored, holding ``names``, and (calibrated) the coverage the current lead had or (else) the bar."""
+        picked, picked_share, picked_anchored = decide(lead)
+        held = passage_credit(picked, lead.hit_number)
+        if picked_anchored and picked_share >= (min(min_coverage, decided) if model else min_coverage) and all(
+                held.get(name, 0.0) >= 1.0 for name in names):
+            return picked, picked_share
+        return None
+
     signals: dict[str, float] = {}
     if scored:
         chosen, decided, anchored = decide(best)
@@ -768,11 +779,9 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
                 for i in sorted(range(len(near)), key=lambda i: (-close[i], near[i].hit_number)):
                     if near[i] is best:
                         break
-                    alternative, alternative_share, alternative_anchored = decide(near[i])
                     # with the calibrated decision an alternative lead needs the coverage its own lead had
-                    if alternative_share >= (min(min_coverage, decided) if model else min_coverage) and (
-                            alternative_anchored):
-                        chosen, decided, best = alternative, alternative_share, near[i]
+                    if (switched := answers_too(near[i])) is not None:
+                        (chosen, decided), best = switched, near[i]
                         break
     if answerable and not cross and rank_margin > 0 and best.hit_number > 1:
         # the retriever ranked the passages: among leads that cover nearly as much and answer too, the earliest
@@ -785,11 +794,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
                    and not is_heading_line(c.text) and not _restates_heading(c)
                    and lead_score(c) >= lead_score(best) - rank_margin]
         for candidate in sorted(earlier, key=lambda c: (c.hit_number, -lead_score(c))):
-            alternative, alternative_share, alternative_anchored = decide(candidate)
-            held = passage_credit(alternative, candidate.hit_number)
-            if alternative_share >= (min(min_coverage, decided) if model else min_coverage) and alternative_anchored and (
-                    all(held.get(name, 0.0) >= 1.0 for name in names)):
-                chosen, decided, best = alternative, alternative_share, candidate
+            if (switched := answers_too(candidate, names)) is not None:
+                (chosen, decided), best = switched, candidate
                 break
     closest, semantic = None, False
     if not answerable and similarity is not None and min_similarity > 0 and decided >= semantic_min_coverage:

@@ -27,9 +27,9 @@ from rag.llm.base import GenerationConfig, ModelInfo
 
 _WORD = re.compile(r"[^\W_]+")
 _CJK_CLOSERS = ("。", "！", "？", "；", "…", "”", "」", "』", "）")
+_AFTER_COLON = re.compile(r"：|:\s")  # what a sentence says after its last colon: the commands it introduces
 # A command or code line: it ends with a file or domain name (a path, a URL), an option or a bracket, or holds an option,
 # "/", "=", "|", "$" or "`"; a full stop would change it ("dig -d DOMAIN.com." names another domain).
-_AFTER_COLON = re.compile(r"：|:\s")  # what a sentence says after its last colon: the commands it introduces
 _CODE = re.compile(r"\w\.\w+$|[)\]}>]$|(?:^|\s)--?\w|[/=|$`]")
 
 
