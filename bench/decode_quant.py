@@ -246,7 +246,7 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=560.0)
     parser.add_argument("--skip", default="", help="comma-separated stages to skip: bf16_separate_qkv, profile_bf16, "
                         "general_walk (int8/int4 without the fused GEMV prologues), fused_walk (with them), int4_8k, "
-                        "int4_lora")
+                        "int8, int8_lora, int4 (its fused walk too), int4_lora, kernels (the GEMVs against x @ dequantize().T)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--serve", action="store_true",
                         help="only llm.quantization through HFChatModel.load/stream: bf16, int8, int4, first and cached "
@@ -295,7 +295,8 @@ def main() -> None:
                     summary[f"{label}_{state}_over_bf16"] = round(value / base, 3)
         b.emit("pdl_summary", **summary)
         return
-    b.run("kernels", lambda: kernels(model, device, dtype))
+    if "kernels" not in skip:
+        b.run("kernels", lambda: kernels(model, device, dtype))
     ref: dict[str, Any] = {}
 
     def measure(gen: FastGenerator, label: str) -> dict[str, Any]:
@@ -337,7 +338,8 @@ def main() -> None:
     if cuda and "profile_bf16" not in skip:
         b.run("profile_bf16", lambda: kernel_profile(FastGenerator(model, max_batch=1, max_len=4096, backend=backend),
                                                      shape["vocab_size"]), needs_s=60)
-    b.run("int8", variant("int8", quantize="int8"), needs_s=60)
+    if "int8" not in skip:
+        b.run("int8", variant("int8", quantize="int8"), needs_s=60)
 
     def lora_cost(kind: str) -> Any:
         def go() -> dict[str, Any]:
@@ -366,8 +368,10 @@ def main() -> None:
                     "lora_cost": round(1 - on / off, 3), "lora_cost_addend": round(1 - on_addend / off, 3)}
         return go
 
-    b.run("int8_lora", lora_cost("int8"), needs_s=60)
-    b.run("int4", variant("int4", quantize="int4"), needs_s=60)
+    if "int8_lora" not in skip:
+        b.run("int8_lora", lora_cost("int8"), needs_s=60)
+    if "int4" not in skip:
+        b.run("int4", variant("int4", quantize="int4"), needs_s=60)
     if "int4_lora" not in skip:
         b.run("int4_lora", lora_cost("int4"), needs_s=60)
     if "general_walk" not in skip:  # the same weights through the general layer walk (no fused GEMV prologues)
@@ -375,7 +379,8 @@ def main() -> None:
         b.run("int4_general_walk", variant("int4_general_walk", quantize="int4", fuse_gemv=False), needs_s=60)
     if "fused_walk" not in skip:  # the same weights through the fused GEMV layer walk (prologues in the GEMVs)
         b.run("int8_fused_walk", variant("int8_fused_walk", quantize="int8", fuse_gemv=True), needs_s=60)
-        b.run("int4_fused_walk", variant("int4_fused_walk", quantize="int4", fuse_gemv=True), needs_s=60)
+        if "int4" not in skip:
+            b.run("int4_fused_walk", variant("int4_fused_walk", quantize="int4", fuse_gemv=True), needs_s=60)
 
     def int4_8k() -> dict[str, Any]:
         if cuda:
