@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,12 @@ def parse_pdf(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
     if not pages:
         raise LoadError("corrupt", "the PDF has no pages")
     metadata = {"parser": name, "page_count": str(len(pages))}
-    documents = [Document(normalize_text(text, join_cjk=True), source, number, (), dict(metadata))
-                 for number, text in enumerate(pages, start=1)]
+    pages, titles = strip_running_lines([normalize_text(text, join_cjk=True) for text in pages])
+    # a running head says what the page is in (the manual's title): it opens the page once, without its page counter,
+    # a line retrieval reads and the answer takes for a heading (a page heading would make every passage of the manual
+    # "about" the names in its title, which lets a question that only shares those names be answered)
+    documents = [Document(f"{title}\n{text}" if title and text else text, source, number, (), dict(metadata))
+                 for number, (text, title) in enumerate(zip(pages, titles, strict=True), start=1)]
     if cfg.ocr != "off":
         documents = _with_ocr(path, source, documents, cfg)
     documents = [document for document in documents if document.text]
@@ -101,6 +106,71 @@ def parse_pdf(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
         raise LoadError("empty", "the PDF has no text layer and no picture with text (load.ocr=force also reads "
                         "text drawn as shapes)")
     return documents
+
+
+# a line that is only a page number: "12", "- 12 -", "12 / 92", "Page 3 of 10", "第 3 页", "第 3 页 共 10 页"
+_PAGE_NUMBER = re.compile(r"[\W_]*(?:page\s*)?\d{1,4}(?:\s*(?:/|of|-)\s*\d{1,4})?[\W_]*"
+                          r"|第\s*\d{1,4}\s*页(?:\s*[/,，]?\s*共\s*\d{1,4}\s*页)?", re.IGNORECASE)
+_DIGITS = re.compile(r"\d+")
+# a page counter at the start or end of a running head: "11 / 92", "Page 3 of 10", "第 3 页", "- 12 -", "12"
+_COUNTER = re.compile(r"(?:^|\s)(?:page\s*)?\d{1,4}(?:\s*(?:/|of)\s*\d{1,4})?\s*$|^\s*\d{1,4}(?:\s*(?:/|of)\s*\d{1,4})?\s"
+                      r"|第\s*\d{1,4}\s*页(?:\s*[/,，]?\s*共\s*\d{1,4}\s*页)?", re.IGNORECASE)
+RUNNING_EDGE_LINES = 2  # a page's first and last lines that may be a running head or foot
+RUNNING_MIN_PAGES = 3  # a line repeated at the edge of at least this many pages ...
+# ... and this share of the pages with text is a running head or foot (a book's title on every other page is one; a
+# table's header row repeated where the table crosses a page, or "Chapter 3" atop a chapter's first page, is not)
+RUNNING_MIN_SHARE = 0.4
+
+
+def strip_running_lines(pages: list[str]) -> tuple[list[str], list[str]]:
+    """(``pages`` without their running heads and feet and page numbers, each page's running title): a line
+    among the first or last :data:`RUNNING_EDGE_LINES` of a page that stands at the edge of enough pages, the same
+    text each time or with a number that counts the pages ("Debian Edu / Skolelinux 12 Bookworm 手册 11 / 92" atop
+    every page of that manual), or that is a page number alone (in a document of more than one page). Such lines say
+    nothing a question asks about, and left in they become answer sentences or cut a paragraph that runs on from the
+    previous page. A line whose numbers change otherwise ("Step 3", "Total: 42") is content, and stays. A page's
+    running title is the first running line taken out of it, without its page counter ("Debian Edu / Skolelinux 12
+    Bookworm 手册"), or "" (``pages``: normalised text, one per page)."""
+
+    def edges(lines: list[str]) -> list[int]:
+        filled = [i for i, line in enumerate(lines) if line.strip()]
+        return sorted(set(filled[:RUNNING_EDGE_LINES] + filled[-RUNNING_EDGE_LINES:]))
+
+    split = [page.split("\n") for page in pages]
+    with_text = sum(1 for page in pages if page.strip())
+    # per line shape (the line with its numbers as #): the pages whose edge it is on, and its numbers there
+    seen: dict[str, dict[int, list[int]]] = {}
+    for number, lines in enumerate(split):
+        for i in edges(lines):
+            text = " ".join(lines[i].split())
+            seen.setdefault(_DIGITS.sub("#", text).lower(), {}).setdefault(number, [int(d) for d in _DIGITS.findall(text)])
+    needed = max(RUNNING_MIN_PAGES, RUNNING_MIN_SHARE * with_text)
+
+    def counts_pages(found: dict[int, list[int]]) -> bool:
+        """The same numbers on every page, or one of them the page's number plus a fixed offset on most of them."""
+        rows = [(page, values) for page, values in found.items() if len(values) < 16]
+        if not rows:
+            return False
+        if all(values == rows[0][1] for _, values in rows):
+            return True
+        for j in range(len(rows[0][1])):
+            offsets: dict[int, int] = {}
+            for page, values in rows:
+                offsets[values[j] - page] = offsets.get(values[j] - page, 0) + 1
+            if max(offsets.values()) >= max(needed, 0.8 * len(rows)):
+                return True
+        return False
+
+    running = {shape for shape, found in seen.items() if len(found) >= needed and counts_pages(found)}
+    out, titles = [], []
+    for lines in split:
+        heads = [i for i in edges(lines) if _DIGITS.sub("#", " ".join(lines[i].split())).lower() in running]
+        drop = set(heads) | {i for i in edges(lines) if with_text > 1 and _PAGE_NUMBER.fullmatch(lines[i].strip())}
+        out.append(normalize_text("\n".join(line for i, line in enumerate(lines) if i not in drop)) if drop
+                   else "\n".join(lines))
+        titles.append(next((title for i in heads if not _PAGE_NUMBER.fullmatch(lines[i].strip())
+                            and (title := _COUNTER.sub("", " ".join(lines[i].split())).strip(" -–—|·,，"))), ""))
+    return out, titles
 
 
 def _with_ocr(path: Path, source: str, documents: list[Document], cfg: LoadConfig) -> list[Document]:
