@@ -108,13 +108,13 @@ def parse_pdf(path: Path, source: str, cfg: LoadConfig) -> list[Document]:
     return documents
 
 
-# a line that is only a page number: "12", "- 12 -", "12 / 92", "Page 3 of 10", "第 3 页", "第 3 页 共 10 页"
-_PAGE_NUMBER = re.compile(r"[\W_]*(?:page\s*)?\d{1,4}(?:\s*(?:/|of|-)\s*\d{1,4})?[\W_]*"
-                          r"|第\s*\d{1,4}\s*页(?:\s*[/,，]?\s*共\s*\d{1,4}\s*页)?", re.IGNORECASE)
+_CHINESE_PAGE = r"第\s*\d{1,4}\s*页(?:\s*[/,，]?\s*共\s*\d{1,4}\s*页)?"  # "第 3 页", "第 3 页 共 10 页"
+# a line that is only a page number: "12", "- 12 -", "12 / 92", "Page 3 of 10", "第 3 页"
+_PAGE_NUMBER = re.compile(r"[\W_]*(?:page\s*)?\d{1,4}(?:\s*(?:/|of|-)\s*\d{1,4})?[\W_]*|" + _CHINESE_PAGE, re.IGNORECASE)
+# a page counter at the start or end of a running head: "11 / 92", "Page 3 of 10", "第 3 页", "12"
+_COUNTER = re.compile(r"(?:^|\s)(?:page\s*)?\d{1,4}(?:\s*(?:/|of)\s*\d{1,4})?\s*$|^\s*\d{1,4}(?:\s*(?:/|of)\s*\d{1,4})?\s|"
+                      + _CHINESE_PAGE, re.IGNORECASE)
 _DIGITS = re.compile(r"\d+")
-# a page counter at the start or end of a running head: "11 / 92", "Page 3 of 10", "第 3 页", "- 12 -", "12"
-_COUNTER = re.compile(r"(?:^|\s)(?:page\s*)?\d{1,4}(?:\s*(?:/|of)\s*\d{1,4})?\s*$|^\s*\d{1,4}(?:\s*(?:/|of)\s*\d{1,4})?\s"
-                      r"|第\s*\d{1,4}\s*页(?:\s*[/,，]?\s*共\s*\d{1,4}\s*页)?", re.IGNORECASE)
 RUNNING_EDGE_LINES = 2  # a page's first and last lines that may be a running head or foot
 RUNNING_MIN_PAGES = 3  # a line repeated at the edge of at least this many pages ...
 # ... and this share of the pages with text is a running head or foot (a book's title on every other page is one; a
@@ -136,14 +136,18 @@ def strip_running_lines(pages: list[str]) -> tuple[list[str], list[str]]:
         filled = [i for i, line in enumerate(lines) if line.strip()]
         return sorted(set(filled[:RUNNING_EDGE_LINES] + filled[-RUNNING_EDGE_LINES:]))
 
+    def shape(line: str) -> str:
+        """The line with its spaces squeezed and its numbers as #, lower case: what repeats from page to page."""
+        return _DIGITS.sub("#", " ".join(line.split())).lower()
+
     split = [page.split("\n") for page in pages]
+    edge_lines = [edges(lines) for lines in split]
     with_text = sum(1 for page in pages if page.strip())
-    # per line shape (the line with its numbers as #): the pages whose edge it is on, and its numbers there
+    # per line shape: the pages whose edge it is on, and its numbers there
     seen: dict[str, dict[int, list[int]]] = {}
-    for number, lines in enumerate(split):
-        for i in edges(lines):
-            text = " ".join(lines[i].split())
-            seen.setdefault(_DIGITS.sub("#", text).lower(), {}).setdefault(number, [int(d) for d in _DIGITS.findall(text)])
+    for number, (lines, at) in enumerate(zip(split, edge_lines, strict=True)):
+        for i in at:
+            seen.setdefault(shape(lines[i]), {}).setdefault(number, [int(d) for d in _DIGITS.findall(lines[i])])
     needed = max(RUNNING_MIN_PAGES, RUNNING_MIN_SHARE * with_text)
 
     def counts_pages(found: dict[int, list[int]]) -> bool:
@@ -161,11 +165,11 @@ def strip_running_lines(pages: list[str]) -> tuple[list[str], list[str]]:
                 return True
         return False
 
-    running = {shape for shape, found in seen.items() if len(found) >= needed and counts_pages(found)}
+    running = {key for key, found in seen.items() if len(found) >= needed and counts_pages(found)}
     out, titles = [], []
-    for lines in split:
-        heads = [i for i in edges(lines) if _DIGITS.sub("#", " ".join(lines[i].split())).lower() in running]
-        drop = set(heads) | {i for i in edges(lines) if with_text > 1 and _PAGE_NUMBER.fullmatch(lines[i].strip())}
+    for lines, at in zip(split, edge_lines, strict=True):
+        heads = [i for i in at if shape(lines[i]) in running]
+        drop = set(heads) | {i for i in at if with_text > 1 and _PAGE_NUMBER.fullmatch(lines[i].strip())}
         out.append(normalize_text("\n".join(line for i, line in enumerate(lines) if i not in drop)) if drop
                    else "\n".join(lines))
         titles.append(next((title for i in heads if not _PAGE_NUMBER.fullmatch(lines[i].strip())
