@@ -57,7 +57,7 @@ from bench.decode import (
     tokens_and_logits,
 )
 from rag.core.types import Message
-from rag.llm.fastgen import gemv, quant
+from rag.llm.fastgen import gemv
 from rag.llm.fastgen.generator import FastGenerator
 from rag.llm.fastgen.quant import quantize_linear
 
@@ -72,15 +72,13 @@ def kernels(model: Any, device: torch.device, dtype: torch.dtype) -> dict[str, A
     out: dict[str, Any] = {}
     for name, linear in (("gate_up", layer.mlp.gate_up_proj), ("down", layer.mlp.down_proj),
                          ("q", layer.self_attn.q_proj)):
-        for kind in ("int8", "int4", "int4_mma"):
-            q = quantize_linear(linear.weight, linear.bias, kind[:4])
+        for kind in ("int8", "int4"):
+            q = quantize_linear(linear.weight, linear.bias, kind)
             ref_w = q.dequantize(torch.float32)
-            quant.INT4_MMA = kind == "int4_mma"
             for rows in (1, 8, 300):
                 x = torch.randn(rows, linear.in_features, device=device, dtype=dtype)
                 want = x.float() @ ref_w.t() + (linear.bias.float() if linear.bias is not None else 0)
-                out[f"{name}_{kind if q.kind == kind[:4] else q.kind}_m{rows}"] = rel(q(x), want)
-            quant.INT4_MMA = False
+                out[f"{name}_{q.kind}_m{rows}"] = rel(q(x), want)
     return out
 
 
@@ -248,7 +246,7 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=560.0)
     parser.add_argument("--skip", default="", help="comma-separated stages to skip: bf16_separate_qkv, profile_bf16, "
                         "general_walk (int8/int4 without the fused GEMV prologues), fused_walk (with them), int4_8k, "
-                        "int8, int8_lora, int4 (its fused walk too), int4_lora, int4_mma (the tensor-core int4 GEMV, both walks), kernels (the GEMVs against x @ dequantize().T)")
+                        "int8, int8_lora, int4 (its fused walk too), int4_lora, kernels (the GEMVs against x @ dequantize().T)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--serve", action="store_true",
                         help="only llm.quantization through HFChatModel.load/stream: bf16, int8, int4, first and cached "
@@ -376,20 +374,6 @@ def main() -> None:
         b.run("int4", variant("int4", quantize="int4"), needs_s=60)
     if "int4_lora" not in skip:
         b.run("int4_lora", lora_cost("int4"), needs_s=60)
-
-    def with_mma(stage: Any) -> Any:
-        def go() -> dict[str, Any]:
-            quant.INT4_MMA = True
-            try:
-                return stage()
-            finally:
-                quant.INT4_MMA = False
-        return go
-
-    if "int4_mma" not in skip:  # the int4 GEMV on the tensor cores (quant.INT4_MMA), general and fused walk
-        b.run("int4_mma", with_mma(variant("int4_mma", quantize="int4")), needs_s=60)
-        b.run("int4_mma_fused_walk", with_mma(variant("int4_mma_fused_walk", quantize="int4", fuse_gemv=True)),
-              needs_s=60)
     if "general_walk" not in skip:  # the same weights through the general layer walk (no fused GEMV prologues)
         b.run("int8_general_walk", variant("int8_general_walk", quantize="int8", fuse_gemv=False), needs_s=60)
         b.run("int4_general_walk", variant("int4_general_walk", quantize="int4", fuse_gemv=False), needs_s=60)
@@ -420,11 +404,9 @@ def main() -> None:
         return float(value) if value else None
 
     bf16, int8, int4 = rate("bf16"), rate("int8"), rate("int4")
-    mma = max(filter(None, (rate("int4_mma"), rate("int4_mma_fused_walk"))), default=None)
     b.emit("summary", bf16_tok_s=bf16, int8_tok_s=int8, int4_tok_s=int4,
            int8_over_bf16=round(int8 / bf16, 2) if bf16 and int8 else None,
            int4_over_bf16=round(int4 / bf16, 2) if bf16 and int4 else None,
-           int4_mma_over_bf16=round(mma / bf16, 2) if bf16 and mma else None,
            int8_lora_cost=RESULTS.get("int8_lora", {}).get("lora_cost"),
            int8_lora_cost_addend=RESULTS.get("int8_lora", {}).get("lora_cost_addend"),
            int4_lora_cost=RESULTS.get("int4_lora", {}).get("lora_cost"),

@@ -166,15 +166,15 @@ def lora_args(x: torch.Tensor, lora: tuple[torch.Tensor, torch.Tensor] | None,
     return low, b, r
 
 
-def split_buffers(device: torch.device, rows: int, out_features: int,
-                  max_n: int = SPLIT_MAX_N) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_buffers(device: torch.device, rows: int, out_features: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
     """Split-K scratch for one GEMV launch: partial dot products ``[rows, SPLIT_MAX, out]`` and sums of squares
     (float32, written before they are read), and the arrival counters (int32 zeros, reset by the kernel itself after
     each use; kept per device, made at the first call, which is eager: the autotuning runs before graph capture).
     Split-K shapes have at least 4 rows a block (the counters and sums of squares hold ``out / 4`` blocks a row)."""
     if device not in _COUNTERS:
         _COUNTERS[device] = torch.zeros(MAX_ROWS * (SPLIT_MAX_N // 4), dtype=torch.int32, device=device)
-    if out_features > max_n:  # no split configuration is tried: nothing to hold
+    if out_features > SPLIT_MAX_N:  # no split configuration is tried: nothing to hold
         return _COUNTERS[device], _COUNTERS[device], _COUNTERS[device]
     ws = torch.empty(rows * SPLIT_MAX * out_features, dtype=torch.float32, device=device)
     sq = torch.empty(rows * SPLIT_MAX * (out_features // 4 + 1), dtype=torch.float32, device=device)

@@ -248,10 +248,6 @@ def quantize_served(lm: Any, kind: str, *, release: bool, device: torch.device |
     return out
 
 
-# The int4 GEMV on the tensor cores (_int4_mma_kernel: nibble pairs to bf16 pairs by one and/or per word, the dot
-# on mma) instead of the float32 FMA kernel (_int4_gemv_kernel). Read at each call.
-INT4_MMA = False
-MMA_SPLIT_MAX_N = 32768
 INLINE_ASM = True  # the int4 GEMV's lop3 (see _float_of_field); False: plain Triton operations (the same numbers)
 
 
@@ -352,74 +348,6 @@ if HAS_TRITON:
                 s, m, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES,
                 LORA_R, SPLIT)
 
-    def _prune_mma(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
-        """As prune_split, split-K allowed up to MMA_SPLIT_MAX_N rows (gate/up too)."""
-        n = named_args["N"]
-        kept = [c for c in configs if c.kwargs["BLOCK_N"] <= max(triton.next_power_of_2(n), 16)
-                and (c.kwargs["SPLIT"] == 1 or n <= MMA_SPLIT_MAX_N)]
-        return kept or configs[:1]
-
-    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "SPLIT": k}, num_warps=w, num_stages=s)
-                              for n, w, s, k in ((128, 8, 3, 1), (64, 4, 4, 1), (64, 4, 4, 2), (64, 4, 4, 4),
-                                                 (128, 8, 3, 2), (128, 8, 4, 4), (64, 4, 4, 8), (32, 4, 4, 4),
-                                                 (64, 8, 4, 4), (128, 4, 4, 2))],
-                     key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"],
-                     prune_configs_by={"early_config_prune": _prune_mma})
-    @triton.jit
-    def _int4_mma_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
-                         lo_ptr, lb_ptr, out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, ROW_BUCKET, GROUP: tl.constexpr,
-                         PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, LORA_R: tl.constexpr,
-                         PDL: tl.constexpr, PREFETCH: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_N: tl.constexpr,
-                         SPLIT: tl.constexpr):
-        # The int4 GEMV on the tensor cores (INT4_MMA): program (block of BLOCK_N output rows, row m of x, slice s of
-        # the groups). Per group, the [BLOCK_N, W] words (W = GROUP / 8) give, for nibble pair (i, i + 4), the bf16
-        # pair (128 + q_i, 128 + q_i+4) in one and / or per word (0x4300 is bf16 128.0, a mantissa unit worth 1):
-        # [BLOCK_N, 2 W] bf16 whose column 2 j + h is group column (i + 4 h) W + j, multiplied on the tensor cores by
-        # x's matching column (the dot's N is 16: x in column 0, zeros beside). With w = (q - 8) scale + zero =
-        # (128 + q) scale + (zero - 136 scale), the group adds scale * dot + (zero - 136 scale) * sum(x) -- the sum
-        # of the same bf16 x the dot reads, so the 128 offset cancels to float32 rounding.
-        W: tl.constexpr = GROUP // 8
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m = tl.program_id(1)
-        s = tl.program_id(2)
-        row_ok = rows < N
-        per = tl.cdiv(K // GROUP, SPLIT)
-        start = s * per
-        n_groups = tl.minimum(start + per, K // GROUP)
-        pdl_begin(w_ptr, w_stride, rows, row_ok, start * W, K // 8, PDL, PREFETCH)
-        j = tl.arange(0, W)
-        k = tl.arange(0, 2 * W)  # the dot's K index 2 j + h
-        col_of_k = (k % 2) * 4 * W + k // 2  # + i * W: the group column it holds
-        lane = tl.arange(0, 16)
-        acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
-        squares = tl.zeros([2 * W], dtype=tl.float32)
-        for g in range(start, n_groups):
-            w = tl.load(w_ptr + rows[:, None] * w_stride + g * W + j[None, :], mask=row_ok[:, None], other=0)
-            d = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
-            xs = tl.zeros([2 * W], dtype=tl.float32)
-            for i in tl.static_range(4):
-                t = ((w >> (4 * i)) & 0x000F000F) | 0x43004300
-                lo = t.to(tl.int16).to(tl.bfloat16, bitcast=True)
-                hi = (t >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
-                a = tl.reshape(tl.join(lo, hi), [BLOCK_N, 2 * W])
-                cols = g * GROUP + i * W + col_of_k
-                xi, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, cols < K, squares,
-                                            PRO)
-                xb = xi.to(tl.bfloat16)
-                xs += xb.to(tl.float32)
-                b = tl.where(lane[None, :] == 0, xb[:, None], 0.0).to(tl.bfloat16)
-                if DOT_F32:  # Triton's interpreter (CPU) multiplies bfloat16 dot operands wrongly
-                    d = tl.dot(a.to(tl.float32), b.to(tl.float32), d, input_precision="ieee")
-                else:
-                    d = tl.dot(a, b, d)
-            at = (g * N + rows) * 2
-            scale = tl.load(s_ptr + at, mask=row_ok, other=0.0).to(tl.float32)
-            low = tl.load(s_ptr + at + 1, mask=row_ok, other=0.0).to(tl.float32) - 136.0 * scale
-            acc += scale[:, None] * d + low[:, None] * tl.sum(xs, axis=0)
-        total = tl.sum(tl.where(lane[None, :] == 0, acc, 0.0), axis=1)
-        finish_store(total, tl.sum(squares[None, :], axis=1), ws_ptr, sq_ptr, cnt_ptr, s, m, K, eps, b_ptr, b_stride,
-                     r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES, LORA_R, SPLIT)
-
     @triton.jit
     def _int4_dequantize_kernel(w_ptr, w_stride, s_ptr, out_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
         # program (block of BLOCK_N rows, one group): nibble i of word j -> column i * W + j of the group
@@ -451,16 +379,8 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group
     words = packed.view(torch.int32)
     out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows, meta["SPLIT"])  # noqa: E731
-    ws, sq, cnt = split_buffers(x.device, rows, out_features,
-                                MMA_SPLIT_MAX_N if INT4_MMA and group >= 64 else gemv.SPLIT_MAX_N)
+    ws, sq, cnt = split_buffers(x.device, rows, out_features)
     pdl = pdl_on(x)
-    if INT4_MMA and group >= 64:  # the dot's K (2 group / 8) at least 16
-        _int4_mma_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
-                               bias if bias is not None else scales, addend_stride(bias), res, low, lb, out, ws, sq,
-                               cnt, out_features, in_features, float(eps), row_bucket(rows), GROUP=group, PRO=pro,
-                               HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r, PDL=pdl,
-                               PREFETCH=gemv.PDL_PREFETCH if pdl else 0, DOT_F32=not x.is_cuda, launch_pdl=pdl)
-        return out
     _int4_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
                             bias if bias is not None else scales, addend_stride(bias), res, low, lb, out, ws, sq, cnt,
                             out_features, in_features, float(eps), row_bucket(rows), GROUP=group, PRO=pro,
