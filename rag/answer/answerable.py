@@ -108,6 +108,11 @@ _REFERENCE = re.compile(r"[A-Za-z_][\w.:+-]*\(\d[a-z]*\),?")  # a manual-page re
 # A web manual's navigation bar: two or more bracketed links, "|" between them ("[ << 教程 ] | [ 首页 ][ 目录 ]").
 _NAVIGATION = re.compile(r"\s*(?:\[[^\[\]]{1,80}\]\s*\|?\s*){2,}")
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
+# A one-letter command-line option or format directive (-r, -S, %F, +%F): a token of its own, its case meaningful
+# (ls -r reverses, -R recurses; date's %F is the date, %f no directive). As a bare letter it would be found in almost
+# any English text; as "-r" / "%F" only where that option is written. Hyphen-like dashes (‐ ‑ − of groff's UTF-8
+# manual pages) count as the hyphen.
+_OPTION = re.compile(r"(?<![A-Za-z0-9_\-\u2010\u2011\u2212%])([\-\u2010\u2011\u2212%])([A-Za-z])(?![A-Za-z0-9_])")
 
 
 # (question, sentences) -> one similarity per sentence, higher = closer
@@ -163,7 +168,7 @@ class Corpus(Protocol):
 
 @dataclass(frozen=True)
 class Term:
-    """A key term of the question: ``text`` (lower case), its ``weight``, whether it is ``neutral`` (written
+    """A key term of the question: ``text`` (lower case; a one-letter option as written), its ``weight``, whether it is ``neutral`` (written
     the same in Chinese and English text: a Latin-script name, a number), its dictionary ``relatives`` (words
     of either language that a bilingual dictionary links to it, :func:`relatives_of`) and, for a word jieba only
     guessed, its content characters (``pieces``)."""
@@ -173,6 +178,16 @@ class Term:
     neutral: bool
     relatives: tuple[str, ...] = ()
     pieces: str = ""  # an unplaced word's content characters (补零 -> 补零, 只改 -> 改): each covers a share of half
+
+    @property
+    def option(self) -> bool:
+        """A one-letter option or directive ("-r", "%F", :data:`_OPTION`): its case kept, matched as a token."""
+        return len(self.text) == 2 and self.text[0] in "-%"
+
+    @property
+    def index_word(self) -> str:
+        """How the index's tokens write it (its idf): an option by its letter."""
+        return self.text[1].lower() if self.option else self.text
 
 
 @dataclass(frozen=True)
@@ -267,6 +282,8 @@ def key_terms(question: str, corpus: Corpus | None = None, dictionary: Dictionar
                 or (word[0].isupper() and not sentence_start and word.lower() not in QUESTION_WORDS)
                 or (CJK.search(text) and word.lower() not in QUESTION_WORDS)):
             names.add(word.lower())
+    options = dict.fromkeys(_options_of(text))
+    option_letters = {o[1].lower() for o in options}
     lowered = text.lower()
     found: dict[str, bool] = {}
     unplaced = set()
@@ -277,12 +294,16 @@ def key_terms(question: str, corpus: Corpus | None = None, dictionary: Dictionar
                 unplaced.add(word)
     latin = _CJK_RUN.sub(" ", lowered)
     for word in _TERM.findall(latin):
+        if len(word) == 1 and word in option_letters:  # the option's letter: the option is the term
+            continue
         if word in names or (len(word) > 1 and word not in QUESTION_WORDS and word not in STOPWORDS):
             found.setdefault(word, word in names or any(c.isdigit() for c in word))
+    for option in options:
+        found.setdefault(option, True)
     top = corpus.max_idf() if corpus is not None else 1.0
     terms = []
     for word, neutral in found.items():
-        idf = corpus.idf(word) if corpus is not None else 1.0
+        idf = corpus.idf(word[1].lower() if word in options else word) if corpus is not None else 1.0
         pieces = "".join(ch for ch in word if ch not in FUNCTION_CHARACTERS) if word in unplaced else ""
         if idf is None and corpus is not None and word in unplaced:
             # a word of no dictionary (年假, but also 时想 of "时想让") is in the index as its characters: weigh it
@@ -407,6 +428,8 @@ def _latin_match(word: str, latin_words: set[str]) -> bool:
 
 
 def _covers_itself(term: Term, flat: str, latin_words: set[str]) -> float:
+    if term.option:
+        return 1.0 if term.text in latin_words else 0.0
     if _CJK_RUN.fullmatch(term.text):
         if term.text in flat:
             return 1.0
@@ -425,8 +448,15 @@ def _covers_itself(term: Term, flat: str, latin_words: set[str]) -> float:
     return 1.0 if _stem(term.text) in latin_words or term.text in flat else 0.0
 
 
+def _options_of(text: str) -> list[str]:
+    """The one-letter options and directives of ``text`` (:data:`_OPTION`) as ``-x`` / ``%x``, case kept."""
+    return [("%" if mark == "%" else "-") + letter for mark, letter in _OPTION.findall(text)]
+
+
 def _latin_stems(text: str) -> set[str]:
-    return {_stem(w) for w in _TERM.findall(_CJK_RUN.sub(" ", unicodedata.normalize("NFKC", text).lower()))}
+    """The stems of ``text``'s Latin words (lower case) and its one-letter options as written (``-R``, ``%F``)."""
+    normal = unicodedata.normalize("NFKC", text)
+    return {_stem(w) for w in _TERM.findall(_CJK_RUN.sub(" ", normal.lower()))} | set(_options_of(normal))
 
 
 @dataclass(frozen=True)
@@ -632,7 +662,7 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         per_hit[candidate.hit_number] = _merge(per_hit.get(candidate.hit_number, {}), candidate.credit)
     # a name most of the corpus holds (Debian in Debian's manuals) is its subject, not what singles out the answer
     anchor_terms = {t.text for t in terms if t.neutral and not (
-        corpus is not None and (idf := corpus.idf(t.text)) is not None and idf < COMMON_NAME_IDF)}
+        corpus is not None and (idf := corpus.idf(t.index_word)) is not None and idf < COMMON_NAME_IDF)}
 
     def holds_anchors(credit: dict[str, float]) -> bool:
         return all(credit.get(t, 0.0) >= 1.0 for t in anchor_terms)
@@ -862,5 +892,5 @@ def absent_share(terms: Sequence[Term], corpus: Corpus | None) -> float:
     def held(word: str) -> bool:
         return all(corpus.idf(part) is not None for part in word.split())
 
-    return sum(t.weight for t in terms if not t.pieces and corpus.idf(t.text) is None and not any(
+    return sum(t.weight for t in terms if not t.pieces and corpus.idf(t.index_word) is None and not any(
         held(r) for r in t.relatives)) / weight

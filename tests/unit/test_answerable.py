@@ -308,3 +308,23 @@ def test_the_earlier_passage_must_hold_the_names_the_lead_holds() -> None:
     assert assess(question, [generic, debian], common, rank_margin=2.0).support[0].hit_number == 2
     without = "umask 设为 002 时新建的文件对同组用户可写吗？"  # the question names no Debian: the earlier passage leads
     assert assess(without, [generic, debian], common, rank_margin=2.0).support[0].hit_number == 1
+
+
+def test_a_one_letter_option_is_a_token_of_its_own_with_its_case() -> None:
+    """"-r" / "%F" in a question are the option as written, not a letter every English word holds: the sentence
+    that writes that option leads, not one with the other case or the letter inside a word (--file, --remove)."""
+    assert [(t.text, t.neutral) for t in key_terms("dpkg -r 会删掉配置文件吗？")][-2:] == [("dpkg", True), ("-r", True)]
+    assert [t.text for t in key_terms("date +%F 打出来的是什么格式？")][-1] == "%F"
+    assert "rf" in [t.text for t in key_terms("rm -rf 危险吗")]  # more than one letter: a name as before
+    assert [t.text for t in key_terms("tar ‐x 做什么")][-1] == "-x"  # groff's hyphen (U+2010) is a hyphen
+    page = ("       -f, --file=日期文件\n              类似 --date；\n\n"
+            "       -R, --rfc-email\n              以 RFC 5322 格式输出日期和时间。\n\n"
+            "       %F     完整的日期；等于 %+4Y-%m-%d\n\n"
+            "       -r, --reference=文件\n              显示文件的最后修改时间。\n")
+    hit = Hit(Chunk(1, page, "man/date.1.txt", 0), 1.0)
+    lead = assess("date +%F 打出来的是什么格式？", [hit]).support[0].text
+    assert lead.startswith("%F")
+    lead = assess("date 的 -r 选项显示什么时间？", [hit]).support[0].text
+    assert lead.startswith("-r, --reference")
+    lead = assess("date 的 -R 选项输出什么格式？", [hit]).support[0].text
+    assert lead.startswith("-R, --rfc-email")
