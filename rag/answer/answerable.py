@@ -168,10 +168,10 @@ class Corpus(Protocol):
 
 @dataclass(frozen=True)
 class Term:
-    """A key term of the question: ``text`` (lower case; a one-letter option as written), its ``weight``, whether it is ``neutral`` (written
-    the same in Chinese and English text: a Latin-script name, a number), its dictionary ``relatives`` (words
-    of either language that a bilingual dictionary links to it, :func:`relatives_of`) and, for a word jieba only
-    guessed, its content characters (``pieces``)."""
+    """A key term of the question: ``text`` (lower case; a one-letter option as written), its ``weight``, whether
+    it is ``neutral`` (written the same in Chinese and English text: a Latin-script name, a number), its dictionary
+    ``relatives`` (words of either language that a bilingual dictionary links to it, :func:`relatives_of`) and, for
+    a word jieba only guessed, its content characters (``pieces``)."""
 
     text: str
     weight: float
@@ -182,12 +182,21 @@ class Term:
     @property
     def option(self) -> bool:
         """A one-letter option or directive ("-r", "%F", :data:`_OPTION`): its case kept, matched as a token."""
-        return len(self.text) == 2 and self.text[0] in "-%"
+        return _is_option(self.text)
 
     @property
     def index_word(self) -> str:
         """How the index's tokens write it (its idf): an option by its letter."""
-        return self.text[1].lower() if self.option else self.text
+        return _index_word(self.text)
+
+
+def _is_option(text: str) -> bool:
+    return len(text) == 2 and text[0] in "-%"
+
+
+def _index_word(text: str) -> str:
+    """A term as the index's idf knows it: a one-letter option by its letter (lower case), any other as it is."""
+    return text[1].lower() if _is_option(text) else text
 
 
 @dataclass(frozen=True)
@@ -303,7 +312,7 @@ def key_terms(question: str, corpus: Corpus | None = None, dictionary: Dictionar
     top = corpus.max_idf() if corpus is not None else 1.0
     terms = []
     for word, neutral in found.items():
-        idf = corpus.idf(word[1].lower() if word in options else word) if corpus is not None else 1.0
+        idf = corpus.idf(_index_word(word)) if corpus is not None else 1.0
         pieces = "".join(ch for ch in word if ch not in FUNCTION_CHARACTERS) if word in unplaced else ""
         if idf is None and corpus is not None and word in unplaced:
             # a word of no dictionary (年假, but also 时想 of "时想让") is in the index as its characters: weigh it
