@@ -57,7 +57,7 @@ from bench.decode import (
     tokens_and_logits,
 )
 from rag.core.types import Message
-from rag.llm.fastgen import gemv
+from rag.llm.fastgen import gemv, quant
 from rag.llm.fastgen.generator import FastGenerator
 from rag.llm.fastgen.quant import quantize_linear
 
@@ -246,7 +246,9 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=560.0)
     parser.add_argument("--skip", default="", help="comma-separated stages to skip: bf16_separate_qkv, profile_bf16, "
                         "general_walk (int8/int4 without the fused GEMV prologues), fused_walk (with them), int4_8k, "
-                        "int8, int8_lora, int4 (its fused walk too), int4_lora, kernels (the GEMVs against x @ dequantize().T)")
+                        "int8, int8_lora, int4 (its fused walk too), int4_lora, kernels (the GEMVs against x @ dequantize().T), "
+                        "int4_gemvs (int4 through the fp16-pair GEMV and the float32 one, and both layer walks; or one "
+                        "of int4_pairs, int4_f32, int4_pairs_fused_walk, int4_pairs_general_walk)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--serve", action="store_true",
                         help="only llm.quantization through HFChatModel.load/stream: bf16, int8, int4, first and cached "
@@ -374,6 +376,20 @@ def main() -> None:
         b.run("int4", variant("int4", quantize="int4"), needs_s=60)
     if "int4_lora" not in skip:
         b.run("int4_lora", lora_cost("int4"), needs_s=60)
+    def int4_gemv(pairs: bool, label: str, **kw: Any) -> Any:
+        def go() -> dict[str, Any]:
+            default, quant.INT4_PAIRS = quant.INT4_PAIRS, pairs
+            try:
+                return variant(label, quantize="int4", **kw)()
+            finally:
+                quant.INT4_PAIRS = default
+        return go
+
+    # int4 through each GEMV (quant.INT4_PAIRS: the fp16-pair kernel or the float32 one) and each layer walk
+    for label, pairs, walk in (("int4_pairs", True, None), ("int4_f32", False, None),
+                               ("int4_pairs_fused_walk", True, True), ("int4_pairs_general_walk", True, False)):
+        if label not in skip and "int4_gemvs" not in skip:
+            b.run(label, int4_gemv(pairs, label, fuse_gemv=walk), needs_s=60)
     if "general_walk" not in skip:  # the same weights through the general layer walk (no fused GEMV prologues)
         b.run("int8_general_walk", variant("int8_general_walk", quantize="int8", fuse_gemv=False), needs_s=60)
         b.run("int4_general_walk", variant("int4_general_walk", quantize="int4", fuse_gemv=False), needs_s=60)

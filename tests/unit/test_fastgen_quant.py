@@ -12,8 +12,10 @@ import torch
 
 from rag.llm.fastgen.generator import FastGenerator
 from rag.llm.fastgen.quant import (
+    PAIR_TOP,
     int4_group_for,
     pack_int4,
+    pairs_reference,
     quantize_int4,
     quantize_int8,
     quantize_linear,
@@ -226,12 +228,46 @@ def test_gemv_float_of_bits_is_exact() -> None:
         assert torch.equal(((shifted & 0x780000) ^ 0x41800000).view(torch.float32), 16.0 + q4.float())
 
 
+def test_fp16_pair_constants_and_layout_give_the_dot_product() -> None:
+    """The int4 pair GEMV's arithmetic in torch (quant._PAIR_DOT): nibbles k and k + 4 of a word or-ed into the
+    mantissas of the fp16 pair 0x6400 (1024) are 1024 + q exactly, minus 0x6408 (1032) is q - 8; with x' in
+    pairs_reference's layout (scaled to PAIR_TOP, group sums for the zeros) the words' sums rebuild x @ w.T within
+    fp16 rounding of x' and of four-product sums (relative ~1e-3)."""
+    q = torch.arange(16, dtype=torch.int16)
+    assert torch.equal((q | 0x6400).view(torch.float16).float(), 1024 + q.float())
+    assert torch.tensor([0x6408], dtype=torch.int16).view(torch.float16).item() == 1032.0
+    torch.manual_seed(0)
+    for out_features, in_features, group in ((24, 384, 128), (16, 96, 32)):
+        layer = quantize_linear(torch.randn(out_features, in_features), None, "int4", group=group)
+        x = torch.randn(2, in_features) * 50
+        pairs, sums, factor = pairs_reference(x, group)
+        assert float((pairs.view(torch.int16).view(torch.float16).float().abs().amax(dim=1) - PAIR_TOP).abs().max()) == 0
+        words = layer.qweight.view(torch.int32).view(out_features, in_features // group, group // 8)  # [out, g, j]
+        xp = pairs.view(2, in_features // group, 4, group // 8)  # [M, g, k, j]
+        x_lo = (xp & 0xFFFF).to(torch.int16).view(torch.float16).float()
+        x_hi = (xp >> 16).to(torch.int16).view(torch.float16).float()
+        dot = torch.zeros(2, out_features, in_features // group)
+        for k in range(4):
+            q_lo = ((words >> (4 * k)) & 15).float() - 8
+            q_hi = ((words >> (4 * k + 16)) & 15).float() - 8
+            dot += (q_lo[None] * x_lo[:, None, :, k] + q_hi[None] * x_hi[:, None, :, k]).sum(-1)
+        scale, zero = layer.scales.float().permute(1, 0, 2).unbind(-1)  # [out, g]
+        got = ((dot * scale[None]).sum(-1) + sums @ zero.t()) * factor[:, None]
+        want = x @ layer.dequantize().t()
+        assert float((got - want).norm() / want.norm()) < 2e-3, (out_features, in_features, group)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("kind", ["int8", "int4"])
-def test_gpu_kernels_compute_what_the_quantized_numbers_stand_for(kind: str) -> None:
-    """The Triton GEMVs (decode rows) and the int4 dequantizing kernel (prefill) against ``x @ dequantize().T`` in
-    float32, on widths that are no multiple of any block size; bf16 inputs and outputs: ~0.3 % relative error."""
+@pytest.mark.parametrize("kind", ["int8", "int4", "int4-pairs"])
+def test_gpu_kernels_compute_what_the_quantized_numbers_stand_for(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton GEMVs (decode rows; int4 through the float32 kernel and the fp16-pair one) and the int4 dequantizing
+    kernel (prefill) against ``x @ dequantize().T`` in float32, on widths that are no multiple of any block size; bf16
+    inputs and outputs: ~0.3 % relative error."""
+    from rag.llm.fastgen import quant
+
+    monkeypatch.setattr(quant, "INT4_PAIRS", kind == "int4-pairs")
+    kind = kind.removesuffix("-pairs")
     torch.manual_seed(0)
     for out_features, in_features, group in ((4100, 13696, 128), (300, 4096, 64), (72, 96, 32)):
         weight = torch.randn(out_features, in_features, device="cuda", dtype=torch.bfloat16)

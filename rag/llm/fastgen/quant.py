@@ -251,6 +251,15 @@ def quantize_served(lm: Any, kind: str, *, release: bool, device: torch.device |
 INLINE_ASM = True  # the int4 GEMV's lop3 (see _float_of_field); False: plain Triton operations (the same numbers)
 
 
+# int4 decode GEMVs through fp16 pairs (:func:`int4_gemv`): x made once per launch into fp16 pairs that match the
+# nibble layout (:func:`int4_pairs`), then packed half-precision arithmetic on the weights; False: the float32 kernel
+# that applies the prologue per weight (:data:`_int4_gemv_kernel`). Off until measured on a GPU (docs/BENCHMARKS.md)
+INT4_PAIRS = False
+# the largest |x'| of the pairs: a product with q - 8 stays within 8 * 1024, four of them summed within 32768, under
+# float16's largest value (65504); the smallest values that matter stay far above its subnormals (6e-5)
+PAIR_TOP = 1024.0
+
+
 def use_asm(x: torch.Tensor) -> bool:
     """Whether the int4 GEMV uses inline PTX: on CUDA, unless :data:`INLINE_ASM` is off (Triton's interpreter runs on CPU
     tensors and cannot run PTX)."""
@@ -366,21 +375,206 @@ if HAS_TRITON:
             tl.store(out_ptr + rows[:, None] * K + g * GROUP + i * W + j[None, :],
                      (q * scale + zero).to(out_ptr.dtype.element_ty), mask=ok)
 
+    # sum over a word's 8 nibbles of (q - 8) * x' (:func:`_pair_dot`): nibbles k and k + 4 become the fp16 pair
+    # (1024 + q, 1024 + q') by one lop3 each ((w >> 4k) & 0x000F000F | 0x64006400), minus 1032 gives q - 8 exactly,
+    # then four packed multiply-adds with the x' pairs and one float32 sum of the two halves: ~2.3 instructions a
+    # weight, against ~8.6 of the float32 kernel (13.4 with its prologue, docs/BENCHMARKS.md)
+    _PAIR_TOP = tl.constexpr(PAIR_TOP)
+    _PAIR_DOT = tl.constexpr("""{
+    .reg .b32 t0, t1, t2, t3, acc, c;
+    .reg .b16 lo, hi;
+    .reg .f32 flo, fhi, sum;
+    mov.b32 c, 0x64086408;
+    shr.u32 t1, $1, 4;
+    shr.u32 t2, $1, 8;
+    shr.u32 t3, $1, 12;
+    lop3.b32 t0, $1, 0x000F000F, 0x64006400, 0xea;
+    lop3.b32 t1, t1, 0x000F000F, 0x64006400, 0xea;
+    lop3.b32 t2, t2, 0x000F000F, 0x64006400, 0xea;
+    lop3.b32 t3, t3, 0x000F000F, 0x64006400, 0xea;
+    sub.f16x2 t0, t0, c;
+    sub.f16x2 t1, t1, c;
+    sub.f16x2 t2, t2, c;
+    sub.f16x2 t3, t3, c;
+    mul.rn.f16x2 acc, t0, $2;
+    fma.rn.f16x2 acc, t1, $3, acc;
+    fma.rn.f16x2 acc, t2, $4, acc;
+    fma.rn.f16x2 acc, t3, $5, acc;
+    mov.b32 {lo, hi}, acc;
+    cvt.f32.f16 flo, lo;
+    cvt.f32.f16 fhi, hi;
+    add.f32 sum, flo, fhi;
+    mov.b32 $0, sum;
+    }""")
+
+    @triton.jit
+    def _pair_term(w, xk, SHIFT: tl.constexpr):
+        """Nibbles ``SHIFT / 4`` and ``SHIFT / 4 + 4`` of the words ``w`` (minus 8) times the fp16 pair ``xk``, summed
+        in float32 (:func:`_pair_dot` without inline PTX)."""
+        q_lo = ((w >> SHIFT) & 15).to(tl.float32) - 8.0
+        q_hi = ((w >> (SHIFT + 16)) & 15).to(tl.float32) - 8.0
+        x_lo = (xk & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        x_hi = (xk >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        return q_lo * x_lo + q_hi * x_hi
+
+    @triton.jit
+    def _pair_dot(w, x0, x1, x2, x3, ASM: tl.constexpr):
+        """Per int32 word of ``w``: the sum over its 8 nibbles of (q - 8) * x', ``xk`` the fp16 pairs (x' of nibble k,
+        x' of nibble k + 4) as int32. ``ASM``: packed fp16 arithmetic in inline PTX (``_PAIR_DOT``; the sum of four
+        products rounded to fp16 before the float32 add); else float32 operations."""
+        if ASM:
+            bits = tl.inline_asm_elementwise(_PAIR_DOT, "=r,r,r,r,r,r", [w, x0, x1, x2, x3], dtype=tl.int32,
+                                             is_pure=True, pack=1)
+            return bits.to(tl.float32, bitcast=True)
+        else:
+            return _pair_term(w, x0, 0) + _pair_term(w, x1, 4) + _pair_term(w, x2, 8) + _pair_term(w, x3, 12)
+
+    @triton.jit
+    def _int4_pairs_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, xp_ptr, gs_ptr, sc_ptr, K, eps,
+                           GROUP: tl.constexpr, PRO: tl.constexpr, BLOCK_G: tl.constexpr, PDL: tl.constexpr):
+        # one program per row m of x: y = prologue(x[m]) whole (PRO 1: RMSNorm including its 1 / rms; 2: silu(x) *
+        # up), scaled so that max |y'| = PAIR_TOP (sc[m] = the factor back), as fp16 pairs in the int4 words' order:
+        # pair (g, k, j) = (y'[g GROUP + k W + j], y'[g GROUP + (k + 4) W + j]) at g 4W + k W + j, and each group's
+        # sum of the fp16 values (gs[m, g], for the zeros)
+        W: tl.constexpr = GROUP // 8
+        m = tl.program_id(0)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        g = tl.arange(0, BLOCK_G)
+        k = tl.arange(0, 4)
+        j = tl.arange(0, W)
+        cols = g[:, None, None] * GROUP + k[None, :, None] * W + j[None, None, :]
+        ok = cols < K
+        squares = tl.zeros([BLOCK_G, 4, W], dtype=tl.float32)
+        lo, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, ok, squares, PRO)
+        hi, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols + 4 * W, ok, squares, PRO)
+        if PRO == 1:
+            inv_rms = tl.rsqrt(tl.sum(squares) / K + eps)
+            lo = lo * inv_rms
+            hi = hi * inv_rms
+        top = tl.maximum(tl.max(tl.abs(lo)), tl.max(tl.abs(hi)))
+        scale = tl.where(top > 0, top / _PAIR_TOP, 1.0)
+        lo16 = (lo / scale).to(tl.float16)
+        hi16 = (hi / scale).to(tl.float16)
+        bits = (lo16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | \
+            (hi16.to(tl.int16, bitcast=True).to(tl.int32) << 16)
+        tl.store(xp_ptr + m * (K // 2) + g[:, None, None] * (4 * W) + k[None, :, None] * W + j[None, None, :], bits,
+                 mask=ok)
+        sums = tl.sum(tl.sum(lo16.to(tl.float32) + hi16.to(tl.float32), axis=2), axis=1)
+        tl.store(gs_ptr + m * (K // GROUP) + g, sums, mask=g < K // GROUP)
+        tl.store(sc_ptr + m, scale)
+
+    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k}, num_warps=w, num_stages=s)
+                              # 4 to 16 words a thread a step (W = 16): the loop's own work spread over more
+                              for n, g, w, s, k in ((16, 2, 4, 3, 1), (16, 4, 4, 3, 1), (16, 8, 4, 3, 1),
+                                                    (32, 4, 4, 3, 1), (32, 4, 8, 3, 1), (64, 2, 8, 3, 1),
+                                                    (16, 8, 8, 2, 1), (32, 8, 8, 2, 1),
+                                                    (16, 4, 4, 3, 2), (16, 4, 4, 3, 4), (32, 4, 8, 2, 4),
+                                                    (16, 8, 4, 2, 4))],
+                     key=["N", "K", "ROW_BUCKET", "GROUP"],
+                     prune_configs_by={"early_config_prune": prune_split})
+    @triton.jit
+    def _int4_pair_gemv_kernel(xp_ptr, gs_ptr, sc_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr,
+                               out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, ROW_BUCKET, GROUP: tl.constexpr,
+                               HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, LORA_R: tl.constexpr, ASM: tl.constexpr,
+                               PDL: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr,
+                               GROUPS: tl.constexpr, SPLIT: tl.constexpr):
+        # program (block of BLOCK_N output rows, row m of x, slice s of the groups): per step GROUPS groups of words
+        # [BLOCK_N, GROUPS, W] and the four x' pairs of each word (_int4_pairs_kernel's layout); each group adds
+        # scale * sum((q - 8) x') + zero * sum(x'); the total times sc[m] (x' = x / sc[m])
+        W: tl.constexpr = GROUP // 8
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m = tl.program_id(1)
+        s = tl.program_id(2)
+        row_ok = rows < N
+        n_all = K // GROUP
+        per = tl.cdiv(tl.cdiv(n_all, SPLIT), GROUPS) * GROUPS
+        start = s * per
+        n_groups = tl.minimum(start + per, n_all)
+        pdl_begin(w_ptr, w_stride, rows, row_ok, start * W, K // 8, PDL, PREFETCH)
+        g_in = tl.arange(0, GROUPS)
+        j = tl.arange(0, W)
+        acc = tl.zeros([BLOCK_N, GROUPS, W], dtype=tl.float32)
+        acc_zero = tl.zeros([BLOCK_N, GROUPS], dtype=tl.float32)
+        x_row = xp_ptr + m * (K // 2)
+        for g0 in range(start, n_groups, GROUPS):
+            g = g0 + g_in
+            g_ok = g < n_groups
+            words = (g[:, None] * W + j[None, :])[None, :, :]
+            w = tl.load(w_ptr + rows[:, None, None] * w_stride + words,
+                        mask=row_ok[:, None, None] & g_ok[None, :, None], other=0)
+            pairs = (g[:, None] * (4 * W) + j[None, :])[None, :, :]
+            x_ok = g_ok[None, :, None]
+            dot = _pair_dot(w, tl.load(x_row + pairs, mask=x_ok, other=0),
+                            tl.load(x_row + pairs + W, mask=x_ok, other=0),
+                            tl.load(x_row + pairs + 2 * W, mask=x_ok, other=0),
+                            tl.load(x_row + pairs + 3 * W, mask=x_ok, other=0), ASM)
+            at = (g[None, :] * N + rows[:, None]) * 2
+            ok = row_ok[:, None] & g_ok[None, :]
+            scale = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
+            zero = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32)
+            acc += scale[:, :, None] * dot
+            acc_zero += zero * tl.load(gs_ptr + m * n_all + g, mask=g_ok, other=0.0)[None, :]
+        total = (tl.sum(tl.sum(acc, axis=2), axis=1) + tl.sum(acc_zero, axis=1)) * tl.load(sc_ptr + m)
+        finish_store(total, tl.zeros([1], dtype=tl.float32), ws_ptr, sq_ptr, cnt_ptr, s, m, K, 0.0, b_ptr, b_stride,
+                     r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, 0, HAS_BIAS, HAS_RES, LORA_R, SPLIT)
+
+
+def int4_pairs(x: torch.Tensor, group: int, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
+               up: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``prologue(x [M, in])`` as the int4 pair GEMV reads it, on CUDA: (pairs int32 ``[M, in / 2]``, each group's sum
+    float32 ``[M, in / group]``, the factor back ``[M]``); see :data:`_int4_pairs_kernel` and :func:`pairs_reference`."""
+    x, up_, g, _, pro = fused_args(x, up, norm_weight, None)
+    rows, in_features = x.shape
+    pairs = torch.empty(rows, in_features // 2, dtype=torch.int32, device=x.device)
+    sums = torch.empty(rows, in_features // group, dtype=torch.float32, device=x.device)
+    factor = torch.empty(rows, dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(in_features // group)
+    pdl = pdl_on(x)
+    _int4_pairs_kernel[(rows,)](x, x.stride(0), up_, up_.stride(0), g, pairs, sums, factor, in_features, float(eps),
+                                GROUP=group, PRO=pro, BLOCK_G=block, PDL=pdl,
+                                num_warps=min(16, max(4, block * group // 512)), launch_pdl=pdl)
+    return pairs, sums, factor
+
+
+def pairs_reference(y: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What :func:`int4_pairs` makes of an already computed ``prologue(x)`` ``y [M, in]`` (float32), in torch."""
+    rows, in_features = y.shape
+    top = y.abs().amax(dim=1)
+    factor = torch.where(top > 0, top / PAIR_TOP, torch.ones_like(top))
+    half = (y / factor[:, None]).to(torch.float16).view(rows, in_features // group, 2, 4, group // 8)  # [M, g, hi, k, j]
+    bits = half.view(torch.int16).to(torch.int32)
+    pairs = (bits[:, :, 0] & 0xFFFF) | (bits[:, :, 1] << 16)
+    return pairs.reshape(rows, in_features // 2), half.float().sum(dim=(2, 3, 4)), factor
+
 
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int,
               bias: torch.Tensor | None, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
               up: torch.Tensor | None = None, residual: torch.Tensor | None = None,
               lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``x [M, in] @ dequantized(packed).T + bias`` on CUDA, reading the 4-bit weights (not a dequantized copy); with
-    the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv` and the LoRA epilogue (``lora``)."""
-    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
+    the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv` and the LoRA epilogue (``lora``).
+    :data:`INT4_PAIRS` on: the prologue once into fp16 pairs (:func:`int4_pairs`), then the pair GEMV; else the
+    float32 kernel that applies it per weight."""
     rows, out_features, in_features = x.shape[0], packed.shape[0], packed.shape[1] * 2
-    low, lb, r = lora_args(x, lora, out_features)
     words = packed.view(torch.int32)
     out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows, meta["SPLIT"])  # noqa: E731
     ws, sq, cnt = split_buffers(x.device, rows, out_features)
     pdl = pdl_on(x)
+    if INT4_PAIRS:
+        pairs, sums, factor = int4_pairs(x, group, norm_weight=norm_weight, eps=eps, up=up)
+        res = residual.contiguous() if residual is not None else x
+        low, lb, r = lora_args(x, lora, out_features)
+        _int4_pair_gemv_kernel[grid](pairs, sums, factor, words, words.stride(0), scales,
+                                     bias if bias is not None else scales, addend_stride(bias), res, low, lb, out, ws,
+                                     sq, cnt, out_features, in_features, row_bucket(rows), GROUP=group,
+                                     HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r,
+                                     ASM=use_asm(x), PDL=pdl, PREFETCH=gemv.PDL_PREFETCH if pdl else 0, launch_pdl=pdl)
+        return out
+    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
+    low, lb, r = lora_args(x, lora, out_features)
     _int4_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
                             bias if bias is not None else scales, addend_stride(bias), res, low, lb, out, ws, sq, cnt,
                             out_features, in_features, float(eps), row_bucket(rows), GROUP=group, PRO=pro,
