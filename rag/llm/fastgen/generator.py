@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rag.llm.fastgen import quant
 from rag.llm.fastgen.attention import SPLIT, decode_attention, sdpa_decode, triton_ok
 from rag.llm.fastgen.gemv import fused_gemv
 from rag.llm.fastgen.ops import (
@@ -89,10 +90,10 @@ class FastGenerator:
         fuse_gemv: decode steps with no adapter active run the fused GEMV layer walk
             (:meth:`_forward_fused`) where the model allows it (joined q/k/v, a joined gate/up matrix, standard RMSNorm,
             SiLU); other models and adapter states take the general walk. ``None`` (default): on for bf16 and int8
-            weights, off for int4 — bf16 gained 15 %; int8 (its GEMVs through their bits, split-K for the layers of
-            few rows) 13 % on an H200 (395.0 vs 348.5 tok/s, same run), where before those two changes its fused walk
-            was 1-1.5 % slower on an H100; int4's fused walk was 23 % slower (247.0 vs 321.1 tok/s;
-            docs/BENCHMARKS.md).
+            weights, and for int4 through the fp16-pair GEMV (``quant.INT4_PAIRS``, default) — bf16 gained 15 %;
+            int8 (its GEMVs through their bits, split-K for the layers of few rows) 13 % on an H200 (395.0 vs 348.5
+            tok/s, same run); int4 8 % on an H100 (369.5 vs 342.0 tok/s, same run), where through the float32 int4
+            GEMV (prologue per weight) its fused walk was 23 % slower (247.0 vs 321.1 tok/s; docs/BENCHMARKS.md).
     """
 
     def __init__(self, model: Any, max_batch: int = 1, max_len: int = 4096, *, backend: str = "auto",
@@ -162,7 +163,7 @@ class FastGenerator:
         if quantize:
             self._quant = self._quantized(quantize, release_weights, quantized)
         self._cat = self._concatenated() if fuse_qkv else {}
-        fuse = quantize in ("", "int8") if fuse_gemv is None else fuse_gemv
+        fuse = (quantize in ("", "int8") or quantize == "int4" and quant.INT4_PAIRS) if fuse_gemv is None else fuse_gemv
         self._qkv_plan = self._fused_plan() if fuse else None
         self._layer_ids = torch.arange(len(self._layers), device=dev)
         self._graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}
