@@ -307,6 +307,16 @@ if HAS_TRITON:
             t = (t & MASK) ^ BITS
         return t.to(tl.float32, bitcast=True)
 
+    @triton.jit
+    def _program_slice(N, n_groups, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, SPLIT: tl.constexpr):
+        """An int4 GEMV program's work: (its BLOCK_N output rows, which of them exist, its row m of x, its slice s of
+        SPLIT, and the groups [start, end) of that slice, a multiple of GROUPS each but the last)."""
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        s = tl.program_id(2)
+        per = tl.cdiv(tl.cdiv(n_groups, SPLIT), GROUPS) * GROUPS
+        start = s * per
+        return rows, rows < N, tl.program_id(1), s, start, tl.minimum(start + per, n_groups)
+
     @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k}, num_warps=w, num_stages=s)
                               for n, g, w, s, k in ((16, 2, 4, 3, 1), (8, 4, 4, 3, 1), (32, 2, 8, 3, 1),
                                                     (16, 4, 8, 3, 1), (64, 1, 8, 3, 1), (16, 8, 8, 2, 1),
@@ -328,13 +338,7 @@ if HAS_TRITON:
         # (PRO 1: RMSNorm, its 1 / rms applied at the end, as both terms are linear in x; PRO 2: silu(x) * up).
         # Program (.., .., s) of SPLIT takes the s-th slice of the groups (_finish adds the slices up).
         W: tl.constexpr = GROUP // 8
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m = tl.program_id(1)
-        s = tl.program_id(2)
-        row_ok = rows < N
-        per = tl.cdiv(tl.cdiv(K // GROUP, SPLIT), GROUPS) * GROUPS
-        start = s * per
-        n_groups = tl.minimum(start + per, K // GROUP)
+        rows, row_ok, m, s, start, n_groups = _program_slice(N, K // GROUP, BLOCK_N, GROUPS, SPLIT)
         # PDL: this program's first weight words into L2, then the wait for the previous kernel (gemv.pdl_begin)
         pdl_begin(w_ptr, w_stride, rows, row_ok, start * W, K // 8, PDL, PREFETCH)
         g_in = tl.arange(0, GROUPS)
@@ -491,14 +495,8 @@ if HAS_TRITON:
         # [BLOCK_N, GROUPS, W] and the four x' pairs of each word (_int4_pairs_kernel's layout); each group adds
         # scale * sum((q - 8) x') + zero * sum(x'); the total times sc[m] (x' = x / sc[m])
         W: tl.constexpr = GROUP // 8
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m = tl.program_id(1)
-        s = tl.program_id(2)
-        row_ok = rows < N
         n_all = K // GROUP
-        per = tl.cdiv(tl.cdiv(n_all, SPLIT), GROUPS) * GROUPS
-        start = s * per
-        n_groups = tl.minimum(start + per, n_all)
+        rows, row_ok, m, s, start, n_groups = _program_slice(N, n_all, BLOCK_N, GROUPS, SPLIT)
         pdl_begin(w_ptr, w_stride, rows, row_ok, start * W, K // 8, PDL, PREFETCH)
         g_in = tl.arange(0, GROUPS)
         j = tl.arange(0, W)
