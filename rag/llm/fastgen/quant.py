@@ -317,6 +317,15 @@ if HAS_TRITON:
         start = s * per
         return rows, rows < N, tl.program_id(1), s, start, tl.minimum(start + per, n_groups)
 
+    @triton.jit
+    def _load_words(w_ptr, w_stride, rows, row_ok, g, n_groups, W: tl.constexpr):
+        """The packed int32 words ``[BLOCK_N, GROUPS, W]`` of groups ``g`` of the weight rows ``rows`` (zeros past the
+        ends), and which of those groups exist."""
+        g_ok = g < n_groups
+        words = (g[:, None] * W + tl.arange(0, W)[None, :])[None, :, :]
+        return tl.load(w_ptr + rows[:, None, None] * w_stride + words, mask=row_ok[:, None, None] & g_ok[None, :, None],
+                       other=0), g_ok
+
     @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k}, num_warps=w, num_stages=s)
                               for n, g, w, s, k in ((16, 2, 4, 3, 1), (8, 4, 4, 3, 1), (32, 2, 8, 3, 1),
                                                     (16, 4, 8, 3, 1), (64, 1, 8, 3, 1), (16, 8, 8, 2, 1),
@@ -347,10 +356,7 @@ if HAS_TRITON:
         squares = tl.zeros([1, GROUPS, W], dtype=tl.float32)
         for g0 in range(start, n_groups, GROUPS):
             g = g0 + g_in
-            g_ok = g < n_groups
-            words = (g[:, None] * W + j[None, :])[None, :, :]
-            w = tl.load(w_ptr + rows[:, None, None] * w_stride + words,
-                        mask=row_ok[:, None, None] & g_ok[None, :, None], other=0)
+            w, g_ok = _load_words(w_ptr, w_stride, rows, row_ok, g, n_groups, W)
             part = tl.zeros([BLOCK_N, GROUPS, W], dtype=tl.float32)
             xs = tl.zeros([1, GROUPS, W], dtype=tl.float32)
             for i in tl.static_range(8):
@@ -505,10 +511,7 @@ if HAS_TRITON:
         x_row = xp_ptr + m * (K // 2)
         for g0 in range(start, n_groups, GROUPS):
             g = g0 + g_in
-            g_ok = g < n_groups
-            words = (g[:, None] * W + j[None, :])[None, :, :]
-            w = tl.load(w_ptr + rows[:, None, None] * w_stride + words,
-                        mask=row_ok[:, None, None] & g_ok[None, :, None], other=0)
+            w, g_ok = _load_words(w_ptr, w_stride, rows, row_ok, g, n_groups, W)
             pairs = (g[:, None] * (4 * W) + j[None, :])[None, :, :]
             x_ok = g_ok[None, :, None]
             dot = _pair_dot(w, tl.load(x_row + pairs, mask=x_ok, other=0),
