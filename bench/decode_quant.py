@@ -360,6 +360,13 @@ def main() -> None:
                 gen.reset()
                 list(gen.generate(prompt, max_new_tokens=40))
                 on_addend = fast_time(gen, [prompt], args.time_tokens, runs=3)["decode_tok_s"]
+                gen.lora_epilogue, gen.lora_fused_walk = True, True  # the fused walk with the adapter on
+                gen.reset()
+                list(gen.generate(prompt, max_new_tokens=40))
+                on_fused = fast_time(gen, [prompt], args.time_tokens, runs=3)["decode_tok_s"]
+                fused_ran = any(gen._lora_walk.values())
+                gen.lora_fused_walk = False
+                gen.reset()
                 with lora_model.disable_adapter():
                     list(gen.generate(prompt, max_new_tokens=40))
                     off = fast_time(gen, [prompt], args.time_tokens, runs=2)["decode_tok_s"]
@@ -367,7 +374,9 @@ def main() -> None:
             finally:
                 lora_model.unload()
             return {"adapter_on_tok_s": on, "adapter_on_addend_tok_s": on_addend, "adapter_off_tok_s": off,
-                    "lora_cost": round(1 - on / off, 3), "lora_cost_addend": round(1 - on_addend / off, 3)}
+                    "adapter_on_fused_walk_tok_s": on_fused, "fused_walk_ran": fused_ran,
+                    "lora_cost": round(1 - on / off, 3), "lora_cost_addend": round(1 - on_addend / off, 3),
+                    "lora_cost_fused_walk": round(1 - on_fused / off, 3)}
         return go
 
     if "int8_lora" not in skip:

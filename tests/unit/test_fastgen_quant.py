@@ -193,6 +193,25 @@ def test_lora_decode_on_quantized_weights_equals_the_dequantized_model(kind: str
     assert float((got - without).norm() / without.norm()) > 0.1  # the adapter changes the answer
 
 
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_fused_walk_with_lora_on_quantized_weights_equals_the_general_walk(kind: str) -> None:
+    """``lora_fused_walk``: decode steps with an adapter on take the fused GEMV walk (LoRA's ``x @ A^T`` from the
+    prologue's output, B in the epilogue) and give the general walk's logits (float32; the order of the same products
+    differs); with the switch off, or an adapter state it cannot join, the general walk runs."""
+    lora = lora_glm()
+    gen = FastGenerator(lora, max_len=64, backend="eager", quantize=kind)
+    want = step_logits(gen)
+    assert not gen._lora_walk  # off by default: the general walk ran
+    gen.lora_fused_walk = True
+    gen.reset()
+    got = step_logits(gen)
+    assert list(gen._lora_walk.values()) == [True]  # the fused walk ran, with the adapter
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    with lora.disable_adapter():
+        without = step_logits(gen)
+    assert float((got - without).norm() / without.norm()) > 0.1  # the adapter is applied on the fused walk
+
+
 def test_released_weights_free_memory_and_change_nothing() -> None:
     model = small_glm()
     kept = step_logits(FastGenerator(copy.deepcopy(model), max_len=64, backend="eager", quantize="int8"))
@@ -298,6 +317,14 @@ def test_gpu_kernels_compute_what_the_quantized_numbers_stand_for(kind: str, mon
                 want = x.float() @ reference.t() + bias.float() + low @ b[8:].t()
                 got = layer(x, lora=(low, b[8:])).float()
                 assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows, "lora", r)
+                # lora_ab: low = prologue(x) @ A^T made by the call (int4 pairs: in the pairs kernel), here RMSNorm
+                a = torch.randn(r, in_features, device="cuda") * 0.05
+                g = torch.rand(in_features, device="cuda", dtype=torch.bfloat16) + 0.5
+                xf = x.float()
+                normed = g.float() * xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)
+                want = normed @ reference.t() + bias.float() + (normed @ a.t()) @ b[8:].t()
+                got = layer(x, norm_weight=g, eps=1e-5, lora_ab=(a, b[8:])).float()
+                assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows, "lora_ab")
             # the fused decode step's prologues (RMSNorm / silu gate, x and up as slices of one tensor) + residual
             both = torch.randn(rows, 2 * in_features, device="cuda", dtype=torch.bfloat16)
             g = torch.rand(in_features, device="cuda", dtype=torch.bfloat16) + 0.5
@@ -325,6 +352,11 @@ def test_gpu_lora_epilogue_decode_matches_the_addend_path(kind: str) -> None:
     gen.reset()
     want = step_logits(gen, steps=4)
     assert float((got - want).norm() / want.norm()) < 2e-2
+    gen.lora_epilogue, gen.lora_fused_walk = True, True  # the fused walk with the adapter on (int4: low in pairs)
+    gen.reset()
+    fused = step_logits(gen, steps=4)
+    assert any(gen._lora_walk.values())
+    assert float((fused - want).norm() / want.norm()) < 2e-2
 
 
 def test_pdl_switch_is_off_where_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -79,18 +79,24 @@ def pdl_on(x: torch.Tensor) -> bool:
     return _CAPABILITY[index] >= 9
 
 
+def prologue(x: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
+             up: torch.Tensor | None = None) -> torch.Tensor:
+    """What the GEMVs multiply by in float32: ``x``, its RMSNorm (``norm_weight``) or ``silu(x) * up``."""
+    h = x.float()
+    if norm_weight is not None:
+        h = norm_weight.float() * h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    if up is not None:
+        h = F.silu(h) * up.float()
+    return h
+
+
 def reference(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
               up: torch.Tensor | None = None, bias: torch.Tensor | None = None,
               residual: torch.Tensor | None = None,
               lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The formula of :func:`fused_gemv` with torch ops (float32 prologue, like the kernel); ``lora = (low, b)`` adds
     ``low @ b.T`` (the quantized GEMVs' LoRA epilogue)."""
-    h = x.float()
-    if norm_weight is not None:
-        h = norm_weight.float() * h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    if up is not None:
-        h = F.silu(h) * up.float()
-    out = h @ weight.float().t()
+    out = prologue(x, norm_weight=norm_weight, eps=eps, up=up) @ weight.float().t()
     if bias is not None:
         out = out + bias.float()
     if lora is not None:

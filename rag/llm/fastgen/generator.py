@@ -173,6 +173,10 @@ class FastGenerator:
         # path, kept for comparison); its zero-padded A and B, per adapter state and group (ops.pad_lora)
         self.lora_epilogue = True
         self._lora_pad: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        # quantized decode with plain LoRA adapters on takes the fused walk too, LoRA's x @ A^T made in the int4 pair
+        # GEMV's pairs kernel (no kernel of its own); False (default until measured on a GPU): the general walk
+        self.lora_fused_walk = False
+        self._lora_walk: dict[tuple[Any, ...], bool] = {}
 
     def _quantized(self, kind: str, release: bool, made: Mapping[str, QuantLinear] | None) -> dict[int, QuantLinear]:
         """Quantized copies of every block linear (``kind``) and of the output layer (int8), by module id: ``made``
@@ -257,6 +261,7 @@ class FastGenerator:
             self._graphs.clear()
             self._lora.clear()
             self._lora_pad.clear()
+            self._lora_walk.clear()
 
     # ---- the model math: reuse the model's modules, write the static cache ----
     def _adapter_state(self) -> tuple[Any, ...]:
@@ -391,7 +396,8 @@ class FastGenerator:
         """ids, positions [B, T] -> float32 logits of the last position [B, vocab]; writes the KV cache."""
         if prefill_row is None:  # graph warm-up runs a few steps ahead; real steps never pass max_len - 1
             positions = positions.clamp_max(self.max_len - 1)
-            if self._fusable and (self._state == ("base",) or (self._state[0] and not self._state[1])):
+            if self._fusable and (self._state == ("base",) or (self._state[0] and not self._state[1])
+                                  or self._lora_walk_ok()):
                 return self._forward_fused(ids, positions)
         fns = self._eager if prefill_row is not None else self._fast
         hidden = self._embed(ids)
@@ -404,15 +410,51 @@ class FastGenerator:
             hidden, x = self._add_norm(fns, after, hidden, self._mlp(fns, layer.mlp, x))
         return self._linears(fns, [self.lm.get_output_embeddings()], x[:, -1])[0].float()
 
+    def _walk_groups(self) -> list[list[Any]]:
+        """The linears of the fused walk by shared input: each layer's q/k/v, o, gate/up and down; the output layer."""
+        groups = []
+        for layer in self._layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            groups += [[attn.q_proj, attn.k_proj, attn.v_proj], [attn.o_proj], [mlp.gate_up_proj], [mlp.down_proj]]
+        return groups + [[self.lm.get_output_embeddings()]]
+
+    def _lora_walk_ok(self) -> bool:
+        """Whether this adapter state's decode steps take the fused walk (:attr:`lora_fused_walk`): quantized weights,
+        the LoRA epilogue on, and every group's adapters plain LoRA that :func:`rag.llm.fastgen.ops.fuse_lora` can
+        join (or none)."""
+        if not (self.lora_fused_walk and self._quant and self.lora_epilogue):
+            return False
+        if self._state not in self._lora_walk:
+            self._lora_walk[self._state] = all(self._lora_ab(group) is not None or not any(map(lora_active, group))
+                                               for group in self._walk_groups())
+        return self._lora_walk[self._state]
+
+    def _lora_ab(self, modules: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The zero-padded (A, B) of the fused LoRA adapters of ``modules`` in this adapter state (None: none active,
+        or not joinable), for the quantized GEMVs' ``lora_ab``."""
+        key = (self._state, *(id(m) for m in modules))
+        if key not in self._lora:
+            self._lora[key] = self._fused_lora(modules)
+        fused = self._lora[key]
+        if fused is None:
+            return None
+        if key not in self._lora_pad:
+            self._lora_pad[key] = pad_lora(fused[0], fused[1])
+        return self._lora_pad[key]
+
     def _gemv(self, module: Any, x: torch.Tensor, **fused: Any) -> torch.Tensor:
         """``module``'s base linear on ``x`` with the fused prologue / epilogue ``fused`` (see
-        :func:`rag.llm.fastgen.gemv.fused_gemv`): its quantized copy's GEMV, or the bf16 one."""
+        :func:`rag.llm.fastgen.gemv.fused_gemv`): its quantized copy's GEMV, or the bf16 one; the quantized one with
+        its active LoRA adapter (``lora_ab``) when the walk runs with one."""
         base = getattr(module, "base_layer", module)
         quant = self._quant.get(id(base))
-        return quant(x, **fused) if quant is not None else fused_gemv(x, base.weight, **fused)
+        if quant is None:
+            return fused_gemv(x, base.weight, **fused)
+        return quant(x, lora_ab=self._lora_ab([module]) if base is not module else None, **fused)
 
     def _forward_fused(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The decode step's layer walk with no adapter active: per layer q/k/v GEMV (+ input norm), rotary + cache
+        """The decode step's layer walk with no adapter active (or plain LoRA adapters on quantized weights, with
+        :attr:`lora_fused_walk`: their ``x @ A^T`` in the pairs kernels, B in the GEMVs' epilogue): per layer q/k/v GEMV (+ input norm), rotary + cache
         writes, attention, o GEMV (+ residual), gate/up GEMV (+ post-attention norm), down GEMV (+ SiLU gate,
         + residual) — 6 kernels and the attention's own, instead of ~12. bf16, int8 or int4 weights alike."""
         fns = self._fast
@@ -426,7 +468,8 @@ class FastGenerator:
         for i, (layer, (weight, bias, widths)) in enumerate(zip(self._layers, self._qkv_plan, strict=True)):
             attn, mlp = layer.self_attn, layer.mlp
             norm = layer.input_layernorm
-            qkv = weight(hidden, norm_weight=norm.weight, eps=norm.variance_epsilon) \
+            qkv = weight(hidden, norm_weight=norm.weight, eps=norm.variance_epsilon,
+                         lora_ab=self._lora_ab([attn.q_proj, attn.k_proj, attn.v_proj])) \
                 if isinstance(weight, QuantLinear) else \
                 fused_gemv(hidden, weight, norm_weight=norm.weight, eps=norm.variance_epsilon, bias=bias)
             q, k, v = (t.view(batch, 1, -1, self.head_dim).transpose(1, 2) for t in qkv.split(widths, dim=-1))

@@ -48,6 +48,7 @@ from rag.llm.fastgen.gemv import (
     fused_args,
     lora_args,
     pdl_on,
+    prologue,
     reference,
     row_bucket,
     split_buffers,
@@ -97,8 +98,8 @@ class QuantLinear:
 
     def __call__(self, x: torch.Tensor, with_bias: bool = True, add: torch.Tensor | None = None, *,
                  norm_weight: torch.Tensor | None = None, eps: float = 1e-6, up: torch.Tensor | None = None,
-                 residual: torch.Tensor | None = None,
-                 lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 residual: torch.Tensor | None = None, lora: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 lora_ab: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """``x @ w.T`` plus the bias (``with_bias``) or plus ``add`` ``[M, out]`` instead (a LoRA delta that already
         holds the bias): on CUDA the GEMV kernels add it as they store, one kernel fewer per linear.
 
@@ -108,7 +109,18 @@ class QuantLinear:
 
         ``norm_weight`` / ``up`` / ``residual`` are the fused decode step's prologues and epilogue, as in
         :func:`rag.llm.fastgen.gemv.fused_gemv`: RMSNorm of ``x`` first, or ``silu(x) * up`` first; ``residual``
-        ``[M, out]`` added at the end."""
+        ``[M, out]`` added at the end.
+
+        ``lora_ab = (a [R, in], b [out, R])`` is ``lora`` with ``low = prologue(x) @ a.T`` left to this call: the int4
+        pair GEMV makes it in its pairs kernel (no kernel of its own; the fused walk with an adapter on), elsewhere it
+        is computed first."""
+        if lora_ab is not None:
+            if lora is not None:
+                raise ValueError("lora or lora_ab, not both")
+            if not (self.kind == "int4" and INT4_PAIRS and x.device.type == "cuda" and HAS_TRITON
+                    and x.shape[0] <= GEMV_MAX_ROWS):
+                h = prologue(x, norm_weight=norm_weight, eps=eps, up=up)
+                lora, lora_ab = (h @ lora_ab[0].float().t(), lora_ab[1]), None
         bias = add if add is not None else self.bias if with_bias else None
         fused = norm_weight is not None or up is not None or residual is not None
         if norm_weight is not None and up is not None:
@@ -118,7 +130,7 @@ class QuantLinear:
                 return int8_gemv(x, self.qweight, self.scales, bias, norm_weight=norm_weight, eps=eps, up=up,
                                  residual=residual, lora=lora)
             return int4_gemv(x, self.qweight, self.scales, self.group, bias, norm_weight=norm_weight, eps=eps,
-                             up=up, residual=residual, lora=lora)
+                             up=up, residual=residual, lora=lora, lora_ab=lora_ab)
         if lora is not None:  # no GEMV epilogue here: bias + low @ b.T as one addend
             extra = lora[0].float() @ lora[1].float().t()
             bias = (extra if bias is None else extra + bias.float()).to(x.dtype)
@@ -447,12 +459,14 @@ if HAS_TRITON:
             return _pair_term(w, x0, 0) + _pair_term(w, x1, 4) + _pair_term(w, x2, 8) + _pair_term(w, x3, 12)
 
     @triton.jit
-    def _int4_pairs_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, xp_ptr, gs_ptr, sc_ptr, K, eps,
-                           GROUP: tl.constexpr, PRO: tl.constexpr, BLOCK_G: tl.constexpr, PDL: tl.constexpr):
+    def _int4_pairs_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, xp_ptr, gs_ptr, sc_ptr, a_ptr, lo_ptr, K, eps,
+                           GROUP: tl.constexpr, PRO: tl.constexpr, BLOCK_G: tl.constexpr, LORA_R: tl.constexpr,
+                           PDL: tl.constexpr):
         # one program per row m of x: y = prologue(x[m]) whole (PRO 1: RMSNorm including its 1 / rms; 2: silu(x) *
         # up), scaled so that max |y'| = PAIR_TOP (sc[m] = the factor back), as fp16 pairs in the int4 words' order:
         # pair (g, k, j) = (y'[g GROUP + k W + j], y'[g GROUP + (k + 4) W + j]) at g 4W + k W + j, and each group's
-        # sum of the fp16 values (gs[m, g], for the zeros)
+        # sum of the fp16 values (gs[m, g], for the zeros); LORA_R > 0: also low[m, r] = y . A[r] (float32) for the
+        # GEMV's LoRA epilogue, A [LORA_R, K]
         W: tl.constexpr = GROUP // 8
         m = tl.program_id(0)
         if PDL:
@@ -470,6 +484,10 @@ if HAS_TRITON:
             inv_rms = tl.rsqrt(tl.sum(squares) / K + eps)
             lo = lo * inv_rms
             hi = hi * inv_rms
+        for r in tl.static_range(LORA_R):
+            a_lo = tl.load(a_ptr + r * K + cols, mask=ok, other=0.0).to(tl.float32)
+            a_hi = tl.load(a_ptr + r * K + cols + 4 * W, mask=ok, other=0.0).to(tl.float32)
+            tl.store(lo_ptr + m * LORA_R + r, tl.sum(lo * a_lo + hi * a_hi))
         top = tl.maximum(tl.max(tl.abs(lo)), tl.max(tl.abs(hi)))
         scale = tl.where(top > 0, top / _PAIR_TOP, 1.0)
         lo16 = (lo / scale).to(tl.float16)
@@ -530,20 +548,26 @@ if HAS_TRITON:
 
 
 def int4_pairs(x: torch.Tensor, group: int, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
-               up: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               up: torch.Tensor | None = None, lora_a: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``prologue(x [M, in])`` as the int4 pair GEMV reads it, on CUDA: (pairs int32 ``[M, in / 2]``, each group's sum
-    float32 ``[M, in / group]``, the factor back ``[M]``); see :data:`_int4_pairs_kernel` and :func:`pairs_reference`."""
+    float32 ``[M, in / group]``, the factor back ``[M]``, and with ``lora_a`` (A ``[R, in]``) LoRA's ``low =
+    prologue(x) @ A^T`` float32 ``[M, R]``, else None); see :data:`_int4_pairs_kernel` and :func:`pairs_reference`."""
     x, up_, g, _, pro = fused_args(x, up, norm_weight, None)
     rows, in_features = x.shape
     pairs = torch.empty(rows, in_features // 2, dtype=torch.int32, device=x.device)
     sums = torch.empty(rows, in_features // group, dtype=torch.float32, device=x.device)
     factor = torch.empty(rows, dtype=torch.float32, device=x.device)
+    r = 0 if lora_a is None else lora_a.shape[0]
+    a = lora_a.contiguous() if lora_a is not None else factor
+    low = torch.empty(rows, r, dtype=torch.float32, device=x.device) if r else None
     block = triton.next_power_of_2(in_features // group)
     pdl = pdl_on(x)
-    _int4_pairs_kernel[(rows,)](x, x.stride(0), up_, up_.stride(0), g, pairs, sums, factor, in_features, float(eps),
-                                GROUP=group, PRO=pro, BLOCK_G=block, PDL=pdl,
-                                num_warps=min(16, max(4, block * group // 512)), launch_pdl=pdl)
-    return pairs, sums, factor
+    _int4_pairs_kernel[(rows,)](x, x.stride(0), up_, up_.stride(0), g, pairs, sums, factor, a,
+                                low if low is not None else factor, in_features, float(eps), GROUP=group, PRO=pro,
+                                BLOCK_G=block, LORA_R=r, PDL=pdl, num_warps=min(16, max(4, block * group // 512)),
+                                launch_pdl=pdl)
+    return pairs, sums, factor, low
 
 
 def pairs_reference(y: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -560,11 +584,12 @@ def pairs_reference(y: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Te
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int,
               bias: torch.Tensor | None, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
               up: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-              lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+              lora: tuple[torch.Tensor, torch.Tensor] | None = None,
+              lora_ab: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``x [M, in] @ dequantized(packed).T + bias`` on CUDA, reading the 4-bit weights (not a dequantized copy); with
     the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv` and the LoRA epilogue (``lora``).
     :data:`INT4_PAIRS` on: the prologue once into fp16 pairs (:func:`int4_pairs`), then the pair GEMV; else the
-    float32 kernel that applies it per weight."""
+    float32 kernel that applies it per weight. ``lora_ab``: see :meth:`QuantLinear.__call__` (pairs only)."""
     rows, out_features, in_features = x.shape[0], packed.shape[0], packed.shape[1] * 2
     words = packed.view(torch.int32)
     out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
@@ -572,15 +597,19 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group
     ws, sq, cnt = split_buffers(x.device, rows, out_features)
     pdl = pdl_on(x)
     if INT4_PAIRS:
-        pairs, sums, factor = int4_pairs(x, group, norm_weight=norm_weight, eps=eps, up=up)
+        pairs, sums, factor, low_ = int4_pairs(x, group, norm_weight=norm_weight, eps=eps, up=up,
+                                               lora_a=lora_ab[0] if lora_ab is not None else None)
         res = residual.contiguous() if residual is not None else x
-        low, lb, r = lora_args(x, lora, out_features)
+        low, lb, r = lora_args(x, (low_, lora_ab[1]) if lora_ab is not None and low_ is not None else lora,
+                               out_features)
         _int4_pair_gemv_kernel[grid](pairs, sums, factor, words, words.stride(0), scales,
                                      bias if bias is not None else scales, addend_stride(bias), res, low, lb, out, ws,
                                      sq, cnt, out_features, in_features, row_bucket(rows), GROUP=group,
                                      HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r,
                                      ASM=use_asm(x), PDL=pdl, PREFETCH=gemv.PDL_PREFETCH if pdl else 0, launch_pdl=pdl)
         return out
+    if lora_ab is not None:
+        raise ValueError("lora_ab needs the pair GEMV (quant.INT4_PAIRS)")
     x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
     low, lb, r = lora_args(x, lora, out_features)
     _int4_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
