@@ -454,9 +454,10 @@ class FastGenerator:
 
     def _forward_fused(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The decode step's layer walk with no adapter active (or plain LoRA adapters on quantized weights, with
-        :attr:`lora_fused_walk`: their ``x @ A^T`` in the pairs kernels, B in the GEMVs' epilogue): per layer q/k/v GEMV (+ input norm), rotary + cache
-        writes, attention, o GEMV (+ residual), gate/up GEMV (+ post-attention norm), down GEMV (+ SiLU gate,
-        + residual) — 6 kernels and the attention's own, instead of ~12. bf16, int8 or int4 weights alike."""
+        :attr:`lora_fused_walk`: their ``x @ A^T`` in the pairs kernels, B in the GEMVs' epilogue): per layer q/k/v
+        GEMV (+ input norm), rotary + cache writes, attention, o GEMV (+ residual), gate/up GEMV (+ post-attention
+        norm), down GEMV (+ SiLU gate, + residual) — 6 kernels and the attention's own, instead of ~12. bf16, int8 or
+        int4 weights alike."""
         fns = self._fast
         batch = ids.shape[0]
         hidden = self._embed(ids)  # [B, 1, H]
