@@ -575,7 +575,8 @@ def pairs_reference(y: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Te
     rows, in_features = y.shape
     top = y.abs().amax(dim=1)
     factor = torch.where(top > 0, top / PAIR_TOP, torch.ones_like(top))
-    half = (y / factor[:, None]).to(torch.float16).view(rows, in_features // group, 2, 4, group // 8)  # [M, g, hi, k, j]
+    # [M, group g, low / high half of the group, k, j]
+    half = (y / factor[:, None]).to(torch.float16).view(rows, in_features // group, 2, 4, group // 8)
     bits = half.view(torch.int16).to(torch.int32)
     pairs = (bits[:, :, 0] & 0xFFFF) | (bits[:, :, 1] << 16)
     return pairs.reshape(rows, in_features // 2), half.float().sum(dim=(2, 3, 4)), factor
