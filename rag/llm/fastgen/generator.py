@@ -281,18 +281,29 @@ class FastGenerator:
         (the bf16 path, prefill and ``lora_epilogue`` off add the whole delta)."""
         if not (quantized and self.lora_epilogue and flat.shape[0] <= GEMV_MAX_ROWS):
             return None
+        a_pad, b_pad = self._padded(key, fused)
+        return fns["lora_low"](flat, a_pad), b_pad
+
+    def _padded(self, key: tuple[Any, ...],
+                fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The zero-padded (A, B) of a group's fused adapters (:func:`rag.llm.fastgen.ops.pad_lora`), made once per
+        adapter state and group (``key``)."""
         if key not in self._lora_pad:
             self._lora_pad[key] = pad_lora(fused[0], fused[1])
-        a_pad, b_pad = self._lora_pad[key]
-        return fns["lora_low"](flat, a_pad), b_pad
+        return self._lora_pad[key]
+
+    def _group_lora(self, modules: Sequence[Any]) -> tuple[tuple[Any, ...], Any]:
+        """(key, fused adapters) of the linears ``modules`` that share an input, in this adapter state: ``key`` names
+        the group and state, the fused adapters are :meth:`_fused_lora`'s (None: peft must run them), made once."""
+        key = (self._state, *(id(m) for m in modules))
+        if key not in self._lora:
+            self._lora[key] = self._fused_lora(modules)
+        return key, self._lora[key]
 
     def _linears(self, fns: dict[str, Any], modules: Sequence[Any], x: torch.Tensor) -> list[torch.Tensor]:
         """``[m(x) for m in modules]``, with unmerged LoRA as 2 small GEMMs for the group + the bases' own GEMMs (on
         quantized decode: ``x @ A^T`` for the group, ``B`` in the quantized GEMVs' epilogue)."""
-        key = (self._state, *(id(m) for m in modules))
-        if key not in self._lora:
-            self._lora[key] = self._fused_lora(modules)
-        fused = self._lora[key]
+        key, fused = self._group_lora(modules)
         cat = self._cat.get(tuple(id(getattr(m, "base_layer", m)) for m in modules)) if len(modules) > 1 else None
         if cat is not None and (fused is not None or not any(lora_active(m) for m in modules)):
             return self._joined(fns, cat, fused, x, key)
@@ -432,15 +443,8 @@ class FastGenerator:
     def _lora_ab(self, modules: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The zero-padded (A, B) of the fused LoRA adapters of ``modules`` in this adapter state (None: none active,
         or not joinable), for the quantized GEMVs' ``lora_ab``."""
-        key = (self._state, *(id(m) for m in modules))
-        if key not in self._lora:
-            self._lora[key] = self._fused_lora(modules)
-        fused = self._lora[key]
-        if fused is None:
-            return None
-        if key not in self._lora_pad:
-            self._lora_pad[key] = pad_lora(fused[0], fused[1])
-        return self._lora_pad[key]
+        key, fused = self._group_lora(modules)
+        return None if fused is None else self._padded(key, fused)
 
     def _gemv(self, module: Any, x: torch.Tensor, **fused: Any) -> torch.Tensor:
         """``module``'s base linear on ``x`` with the fused prologue / epilogue ``fused`` (see

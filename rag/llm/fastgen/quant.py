@@ -114,18 +114,18 @@ class QuantLinear:
         ``lora_ab = (a [R, in], b [out, R])`` is ``lora`` with ``low = prologue(x) @ a.T`` left to this call: the int4
         pair GEMV makes it in its pairs kernel (no kernel of its own; the fused walk with an adapter on), elsewhere it
         is computed first."""
+        gemv_rows = x.device.type == "cuda" and HAS_TRITON and x.shape[0] <= GEMV_MAX_ROWS  # decode: the GEMVs
         if lora_ab is not None:
             if lora is not None:
                 raise ValueError("lora or lora_ab, not both")
-            if not (self.kind == "int4" and INT4_PAIRS and x.device.type == "cuda" and HAS_TRITON
-                    and x.shape[0] <= GEMV_MAX_ROWS):
+            if not (gemv_rows and self.kind == "int4" and INT4_PAIRS):
                 h = prologue(x, norm_weight=norm_weight, eps=eps, up=up)
                 lora, lora_ab = (h @ lora_ab[0].float().t(), lora_ab[1]), None
         bias = add if add is not None else self.bias if with_bias else None
         fused = norm_weight is not None or up is not None or residual is not None
         if norm_weight is not None and up is not None:
             raise ValueError("a quantized linear takes norm_weight or up, not both")
-        if x.device.type == "cuda" and HAS_TRITON and x.shape[0] <= GEMV_MAX_ROWS:
+        if gemv_rows:
             if self.kind == "int8":
                 return int8_gemv(x, self.qweight, self.scales, bias, norm_weight=norm_weight, eps=eps, up=up,
                                  residual=residual, lora=lora)
