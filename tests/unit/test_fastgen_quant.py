@@ -12,6 +12,7 @@ import torch
 
 from rag.llm.fastgen.generator import FastGenerator
 from rag.llm.fastgen.quant import (
+    INT4_PAIRS,
     PAIR_TOP,
     int4_group_for,
     pack_int4,
@@ -200,8 +201,13 @@ def test_fused_walk_with_lora_on_quantized_weights_equals_the_general_walk(kind:
     differs); with the switch off, or an adapter state it cannot join, the general walk runs."""
     lora = lora_glm()
     gen = FastGenerator(lora, max_len=64, backend="eager", quantize=kind)
+    gen.lora_fused_walk = False
     want = step_logits(gen)
-    assert not gen._lora_walk  # off by default: the general walk ran
+    assert not gen._lora_walk  # switched off: the general walk ran
+    gen.lora_fused_walk = None  # the default: on for int4 through the pair GEMV, off for int8
+    gen.reset()
+    step_logits(gen)
+    assert list(gen._lora_walk.values()) == ([True] if kind == "int4" and INT4_PAIRS else [])
     gen.lora_fused_walk = True
     gen.reset()
     got = step_logits(gen)

@@ -462,13 +462,15 @@ if HAS_TRITON:
     def _int4_pairs_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, xp_ptr, gs_ptr, sc_ptr, a_ptr, lo_ptr, K, eps,
                            GROUP: tl.constexpr, PRO: tl.constexpr, BLOCK_G: tl.constexpr, LORA_R: tl.constexpr,
                            PDL: tl.constexpr):
-        # one program per row m of x: y = prologue(x[m]) whole (PRO 1: RMSNorm including its 1 / rms; 2: silu(x) *
-        # up), scaled so that max |y'| = PAIR_TOP (sc[m] = the factor back), as fp16 pairs in the int4 words' order:
-        # pair (g, k, j) = (y'[g GROUP + k W + j], y'[g GROUP + (k + 4) W + j]) at g 4W + k W + j, and each group's
-        # sum of the fp16 values (gs[m, g], for the zeros); LORA_R > 0: also low[m, r] = y . A[r] (float32) for the
-        # GEMV's LoRA epilogue, A [LORA_R, K]
+        # program (m, 0) per row m of x: y = prologue(x[m]) whole (PRO 1: RMSNorm including its 1 / rms; 2: silu(x)
+        # * up), scaled so that max |y'| = PAIR_TOP (sc[m] = the factor back), as fp16 pairs in the int4 words'
+        # order: pair (g, k, j) = (y'[g GROUP + k W + j], y'[g GROUP + (k + 4) W + j]) at g 4W + k W + j, and each
+        # group's sum of the fp16 values (gs[m, g], for the zeros). LORA_R > 0: programs (m, 1 + r) each make y
+        # too and write low[m, r] = y . A[r] (float32) for the GEMV's LoRA epilogue, A [LORA_R, K] (one program
+        # doing all R dot products serially made decoding with an adapter slower than the general walk)
         W: tl.constexpr = GROUP // 8
         m = tl.program_id(0)
+        part = tl.program_id(1)
         if PDL:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
@@ -484,21 +486,23 @@ if HAS_TRITON:
             inv_rms = tl.rsqrt(tl.sum(squares) / K + eps)
             lo = lo * inv_rms
             hi = hi * inv_rms
-        for r in tl.static_range(LORA_R):
+        if part > 0:  # launched only with LORA_R > 0
+            r = part - 1
             a_lo = tl.load(a_ptr + r * K + cols, mask=ok, other=0.0).to(tl.float32)
             a_hi = tl.load(a_ptr + r * K + cols + 4 * W, mask=ok, other=0.0).to(tl.float32)
             tl.store(lo_ptr + m * LORA_R + r, tl.sum(lo * a_lo + hi * a_hi))
-        top = tl.maximum(tl.max(tl.abs(lo)), tl.max(tl.abs(hi)))
-        scale = tl.where(top > 0, top / _PAIR_TOP, 1.0)
-        lo16 = (lo / scale).to(tl.float16)
-        hi16 = (hi / scale).to(tl.float16)
-        bits = (lo16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | \
-            (hi16.to(tl.int16, bitcast=True).to(tl.int32) << 16)
-        tl.store(xp_ptr + m * (K // 2) + g[:, None, None] * (4 * W) + k[None, :, None] * W + j[None, None, :], bits,
-                 mask=ok)
-        sums = tl.sum(tl.sum(lo16.to(tl.float32) + hi16.to(tl.float32), axis=2), axis=1)
-        tl.store(gs_ptr + m * (K // GROUP) + g, sums, mask=g < K // GROUP)
-        tl.store(sc_ptr + m, scale)
+        else:
+            top = tl.maximum(tl.max(tl.abs(lo)), tl.max(tl.abs(hi)))
+            scale = tl.where(top > 0, top / _PAIR_TOP, 1.0)
+            lo16 = (lo / scale).to(tl.float16)
+            hi16 = (hi / scale).to(tl.float16)
+            bits = (lo16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | \
+                (hi16.to(tl.int16, bitcast=True).to(tl.int32) << 16)
+            tl.store(xp_ptr + m * (K // 2) + g[:, None, None] * (4 * W) + k[None, :, None] * W + j[None, None, :],
+                     bits, mask=ok)
+            sums = tl.sum(tl.sum(lo16.to(tl.float32) + hi16.to(tl.float32), axis=2), axis=1)
+            tl.store(gs_ptr + m * (K // GROUP) + g, sums, mask=g < K // GROUP)
+            tl.store(sc_ptr + m, scale)
 
     @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k}, num_warps=w, num_stages=s)
                               # 4 to 16 words a thread a step (W = 16): the loop's own work spread over more
@@ -563,7 +567,7 @@ def int4_pairs(x: torch.Tensor, group: int, *, norm_weight: torch.Tensor | None 
     low = torch.empty(rows, r, dtype=torch.float32, device=x.device) if r else None
     block = triton.next_power_of_2(in_features // group)
     pdl = pdl_on(x)
-    _int4_pairs_kernel[(rows,)](x, x.stride(0), up_, up_.stride(0), g, pairs, sums, factor, a,
+    _int4_pairs_kernel[(rows, 1 + r)](x, x.stride(0), up_, up_.stride(0), g, pairs, sums, factor, a,
                                 low if low is not None else factor, in_features, float(eps), GROUP=group, PRO=pro,
                                 BLOCK_G=block, LORA_R=r, PDL=pdl, num_warps=min(16, max(4, block * group // 512)),
                                 launch_pdl=pdl)
