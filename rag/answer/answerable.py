@@ -107,6 +107,9 @@ MAX_SIMILARITY_SENTENCES = 64
 _REFERENCE = re.compile(r"[A-Za-z_][\w.:+-]*\(\d[a-z]*\),?")  # a manual-page reference: ssh-add(1), ssh_config(5)
 # A web manual's navigation bar: two or more bracketed links, "|" between them ("[ << 教程 ] | [ 首页 ][ 目录 ]").
 _NAVIGATION = re.compile(r"\s*(?:\[[^\[\]]{1,80}\]\s*\|?\s*){2,}")
+# A manual page's title or footer line ends with its name and section after a column gap (``TEE(1)   用户命令
+# TEE(1)``, ``GNU coreutils 9.1   2022年9月   TEE(1)``): a running head, never quoted.
+_MAN_TITLE = re.compile(r"\s{2,}[\w.+-]+\(\d\w*\)[。.]?$")
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 # A one-letter command-line option or format directive (-r, -S, %F, +%F): a token of its own, its case meaningful
 # (ls -r reverses, -R recurses; date's %F is the date, %f no directive). As a bare letter it would be found in almost
@@ -178,6 +181,7 @@ class Term:
     neutral: bool
     relatives: tuple[str, ...] = ()
     pieces: str = ""  # an unplaced word's content characters (补零 -> 补零, 只改 -> 改): each covers a share of half
+    parts: tuple[str, ...] = ()  # a compound's words (配置文件 -> 配置, 文件): all of them apart cover it half
 
     @property
     def option(self) -> bool:
@@ -325,8 +329,28 @@ def key_terms(question: str, corpus: Corpus | None = None, dictionary: Dictionar
             idf = sum(known) / len(word) if len(known) == len(pieces) else None
         weight = top if idf is None else idf
         related = relatives_of(word, dictionary, corpus) if dictionary is not None and not neutral else ()
-        terms.append(Term(word, weight * (1.5 if neutral else 1.0), neutral, related, pieces))
+        terms.append(Term(word, weight * (1.5 if neutral else 1.0), neutral, related, pieces,
+                          () if pieces or neutral else compound_parts(word)))
     return terms
+
+
+def compound_parts(word: str) -> tuple[str, ...]:
+    """The words of at least two characters that a Chinese compound is made of, end to end (配置文件 -> 配置, 文件;
+    服务器地址 -> 服务器, 地址), from jieba's search cut; () for a word that is no such compound (停车费: 停车 / 车费
+    overlap, 费 stands alone). A text may say the compound apart ("配置 mini-dinstall 需要设置 … 文件")."""
+    if len(word) < 4 or not _CJK_RUN.fullmatch(word):
+        return ()
+    import jieba
+
+    found = {w for w in jieba.lcut_for_search(word) if 2 <= len(w) < len(word)}
+    # the longest words first: 服务器 before 服务 at the start
+    for first in sorted((w for w in found if word.startswith(w)), key=len, reverse=True):
+        rest = word[len(first):]
+        if rest in found:
+            return first, rest
+        if (tail := compound_parts(rest) if len(rest) >= 4 else ()) and all(t in found for t in tail):
+            return (first, *tail)
+    return ()
 
 
 _PHRASE = re.compile(r"[a-z][a-z-]*(?: [a-z][a-z-]*)?")  # a gloss of one or two plain words ("later; afterwards" is none)
@@ -444,6 +468,8 @@ def _covers_itself(term: Term, flat: str, latin_words: set[str]) -> float:
             return 1.0
         if term.pieces:  # a word jieba guessed (补零): its characters are the words (在数据前填充零)
             return 0.5 * sum(ch in flat for ch in term.pieces) / len(term.pieces)
+        if term.parts and all(p in flat for p in term.parts):  # 配置 … 文件 for 配置文件: half, as its pieces
+            return 0.5
         if len(term.text) >= 3:  # 停车费 in a text that only says 停车: half credit for the shared pieces
             pieces = [term.text[i : i + 2] for i in range(len(term.text) - 1)]
             return 0.5 * sum(p in flat for p in pieces) / len(pieces)
@@ -847,6 +873,28 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             alike = [c for c in candidates if c.language == lead.language]
             chosen, pool, answerable, semantic = extend(lead, alike, terms), terms, True, True
             cross = lead.language != asked_in
+    if answerable and any(_MAN_TITLE.search(c.text) for c in chosen):
+        # a manual page's title line ("TEE(1)   用户命令   TEE(1)") names the page for the decision, as its heading
+        # would; the answer never quotes it, and a passage that says nothing else does not answer
+        shown = [c for c in chosen if not _MAN_TITLE.search(c.text)]
+        chosen, answerable = (shown, True) if shown else (chosen, False)
+    if answerable and not semantic and len(chosen) > 1:
+        # the answer shows what supports what it says: a sentence of another section that joined for one word of
+        # the question alone (under a factory-reset answer, the error-code table's "E5 Firmware update failed Keep
+        # the thermostat online; …" for "thermostat", a word every passage of the manual holds) counted for the
+        # decision, which reads the passage, but says nothing the answer needs. One that adds a name or number
+        # (df's -H line beside -h) or says more of the question stays.
+        kept = [chosen[0]]
+        for following in chosen[1:]:
+            before: dict[str, float] = {}
+            for picked in kept:
+                before = _merge(before, picked.credit)
+            gain = share(_merge(before, following.credit), pool) - share(before, pool)
+            one_word = sum(following.own.get(t.text, 0.0) >= 0.5 for t in pool) <= 1 and not any(
+                t.neutral and following.own.get(t.text, 0.0) >= 1.0 and before.get(t.text, 0.0) < 0.5 for t in pool)
+            if following.about == chosen[0].about or gain >= min_gain or not one_word:
+                kept.append(following)
+        chosen = kept
     if not chosen:
         return Assessment(False, 0.0, tuple(terms), tuple(t.text for t in terms), cross_language=True,
                           reason="other language and no name or number to match", similarity=closest)

@@ -122,9 +122,10 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
 
 
 def _inside_code(text: str, match: re.Match[str]) -> bool:
-    """An ASCII ``;`` or ``!`` of code, not a sentence end: right before a Latin character (``kern.info;kern.!err``),
-    or a ``;`` between Latin words inside a Chinese sentence (``dquilt pop -a; while quilt push; do …``), as
-    :mod:`rag.answer.sentences` cuts the quoted sentence."""
+    """An ASCII ``;`` or ``!`` that ends no sentence, as :mod:`rag.answer.sentences` cuts the quoted sentence: code's,
+    right before a Latin character (``kern.info;kern.!err``) or between Latin words inside a Chinese sentence
+    (``dquilt pop -a; while quilt push; do …``), and a ``;`` before a lower-case word or a number, joining two clauses
+    of an English sentence (``Wi-Fi networks only; 5 GHz networks are not supported.``)."""
     mark, before, after = match.group(), text[: match.start()], text[match.end():]
     if mark not in (";", "!") or not before or not before[-1].isascii() or before[-1].isspace():
         return False
@@ -132,6 +133,8 @@ def _inside_code(text: str, match: re.Match[str]) -> bool:
         return True
     clause = re.split(r"[。！？；\n]", before)[-1]
     rest = after.lstrip(" ")
+    if mark == ";" and not _CJK_RUN.search(clause):
+        return after[:1].isspace() and rest[:1].isascii() and (rest[:1].islower() or rest[:1].isdigit())
     return mark == ";" and bool(_CJK_RUN.search(clause)) and rest[:1].isascii() and rest[:1].isalnum()
 
 

@@ -218,15 +218,20 @@ def _examples(lines: list[str], blocks: list[list[int]], at: int) -> list[int]:
 
 
 def _code_semicolon(raw: str, match: re.Match[str]) -> bool:
-    """An ASCII ``;`` between Latin words inside a Chinese sentence is a command line's (``while quilt push; do quilt
-    refresh; done 来验证这点``), not the end of the sentence."""
+    """An ASCII ``;`` that ends no sentence: between Latin words inside a Chinese sentence it is a command line's
+    (``while quilt push; do quilt refresh; done 来验证这点``); in English text before a lower-case word or a number it
+    joins two clauses of one sentence (``Keep the thermostat online; the update is retried automatically.``, ``2.4 GHz
+    Wi-Fi networks only; 5 GHz networks are not supported.``), where a sentence cut there would start in the middle."""
     if match.group() != ";":
         return False
     before = raw[: match.start()]
     clause = re.split(r"[。！？!?；]", before)[-1]
     after = raw[match.end():].lstrip()
-    return bool(CJK.search(clause)) and bool(after) and after[0].isascii() and after[0].isalnum() and (
-        bool(before) and before[-1].isascii() and not before[-1].isspace())
+    if not after or not after[0].isascii() or not after[0].isalnum():
+        return False
+    if not CJK.search(clause):
+        return (after[0].islower() or after[0].isdigit()) and match.end() < len(raw) and raw[match.end()].isspace()
+    return bool(before) and before[-1].isascii() and not before[-1].isspace()
 
 
 def false_end(text: str, start: int) -> bool:

@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 
 from rag.answer.answerable import (
+    _latin_stems,
     assess,
     candidate_sentences,
+    compound_parts,
+    covers,
     document_name,
     embedder_similarity,
     key_terms,
     reference_list,
 )
 from rag.answer.extractive import ExtractiveModel, previous_sentences
-from rag.answer.sentences import is_whole_sentence, parent_text, segment
+from rag.answer.sentences import is_whole_sentence, normalise, parent_text, segment
 from rag.core.types import Chunk, Hit, Message
 
 PDF_PAGE = ("2. 查看 IP 地址\n"
@@ -223,7 +226,10 @@ def test_a_command_line_semicolon_inside_a_chinese_sentence_ends_nothing() -> No
     text = "补丁必须有清晰的边界。你应该通过 dquilt pop -a; while quilt\npush; do quilt refresh; done 来验证这点。"
     assert [s.text for s in segment(text)][-1] == ("你应该通过 dquilt pop -a; while quilt push; do quilt refresh; done "
                                                    "来验证这点。")
-    assert [s.text for s in segment("Use a semicolon; it ends a clause.")] == ["Use a semicolon;", "it ends a clause."]
+    # in English a ";" before a lower-case word joins two clauses of one sentence; before a capital it may end one
+    assert [s.text for s in segment("Keep the thermostat online; the update is\nretried. Next.")] == [
+        "Keep the thermostat online; the update is retried.", "Next."]
+    assert [s.text for s in segment("Use a semicolon; It ends here.")] == ["Use a semicolon;", "It ends here."]
 
 
 class _CountingEmbedder:
@@ -288,6 +294,18 @@ def test_an_earlier_passage_that_answers_too_leads_within_the_rank_margin() -> N
     assert assess(question, [unrelated, warning], rank_margin=0.6).support[0].hit_number == 2
 
 
+def test_a_manual_pages_title_line_is_never_quoted() -> None:
+    """``TEE(1)   用户命令   TEE(1)`` atop a manual page (and its footer, ending with the same name) is a running head:
+    it counts for the decision as the page's name, the answer never quotes it, and alone it answers nothing."""
+    title = "TEE(1)                     用户命令                     TEE(1)\n\n"
+    page = title + "名称\n       tee - 从标准输入读取数据并重定向到标准输出和文件。\n"
+    decision = assess("tee 用户命令从标准输入读取数据后写到哪里？", [Hit(Chunk(1, page, "man/tee.1.txt", 0, start=0), 1.0)])
+    assert decision.answerable
+    assert [s.text for s in decision.support] == ["tee - 从标准输入读取数据并重定向到标准输出和文件。"]
+    alone = assess("tee 的用户命令？", [Hit(Chunk(1, title, "man/tee.1.txt", 0, start=0), 1.0)])
+    assert not alone.answerable and not alone.support
+
+
 def test_a_web_manuals_navigation_bar_is_no_answer_sentence() -> None:
     bar = "[ < Graphical setup under Windows ] | [ 上 : Installing ] | [ Command line setup > ]"
     said = "Now click “OK” to everything until you are back to the main Frescobaldi window."
@@ -328,3 +346,37 @@ def test_a_one_letter_option_is_a_token_of_its_own_with_its_case() -> None:
     assert lead.startswith("-r, --reference")
     lead = assess("date 的 -R 选项输出什么格式？", [hit]).support[0].text
     assert lead.startswith("-R, --rfc-email")
+
+
+def test_a_sentence_of_another_section_shown_only_when_it_adds_enough() -> None:
+    """A further sentence that joined for one weighty word the lead leaves out (every sentence of a thermostat manual
+    says "thermostat") counts for the decision but is shown only from the lead's own section."""
+    page = ("5. Restart and factory reset\n"
+            "Factory reset: press and hold the dial for 20 seconds, then release it.\n\n"
+            "6. Error codes\n"
+            "E5 Firmware update failed. Keep the thermostat online; the update is retried.\n")
+    common = _Neighbours([])
+    common.idf = {"factory": 3.2, "reset": 3.2, "thermostat": 1.8}.get  # type: ignore[method-assign]
+    common.max_idf = lambda: 5.0  # type: ignore[method-assign]
+    decision = assess("How do I factory reset the thermostat?", [Hit(Chunk(1, page, "manual.pdf", 0), 1.0)], common)
+    assert decision.answerable and decision.coverage == 1.0  # the passage holds every word
+    assert [s.text for s in decision.support] == [
+        "Factory reset: press and hold the dial for 20 seconds, then release it."]
+    same = page.replace("\n\n6. Error codes\n", "\n")  # the same sentence in the lead's section is shown
+    assert [s.text for s in assess("How do I factory reset the thermostat?", [Hit(Chunk(1, same, "manual.pdf", 0), 1.0)],
+                                   common).support] == [
+        "Factory reset: press and hold the dial for 20 seconds, then release it.",
+        "Keep the thermostat online; the update is retried."]
+
+
+def test_a_compound_said_apart_covers_it_half() -> None:
+    """配置文件 in a sentence that says 配置 … 文件 is half covered (as a word jieba guessed is by its characters), enough
+    that the passage is not "names only"; a compound that does not split into words end to end has no parts."""
+    term = next(t for t in key_terms("mini-dinstall 的配置文件放在哪？") if t.text == "配置文件")
+    assert term.parts == ("配置", "文件")
+    said = "配置 mini-dinstall 需要设置 ~/.mini-dinstall.conf 文件；"
+    assert covers(term, normalise(said), _latin_stems(said)) == 0.5
+    only = "配置 mini-dinstall 需要一个目录；"
+    assert covers(term, normalise(only), _latin_stems(only)) < 0.5
+    assert compound_parts("服务器地址") == ("服务器", "地址")
+    assert compound_parts("停车费") == ()  # 停车 / 车费 overlap; 费 alone is no word

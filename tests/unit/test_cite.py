@@ -136,4 +136,6 @@ def test_a_command_lines_semicolon_or_bang_ends_no_sentence() -> None:
     assert split_sentences("例如 kern.info;kern.!err 表示内核消息。[1]") == ["例如 kern.info;kern.!err 表示内核消息。[1]"]
     assert split_sentences("通过 dquilt pop -a; while quilt push; do quilt refresh; done 来验证。[1] 第二句。") == [
         "通过 dquilt pop -a; while quilt push; do quilt refresh; done 来验证。[1]", "第二句。"]
-    assert split_sentences("Stop it; now. Really! yes") == ["Stop it;", "now.", "Really!", "yes"]  # prose: unchanged
+    # prose: a ";" before a lower-case word joins two clauses, as the quoted source's sentence does; "!" ends one
+    assert split_sentences("Stop it; now. Really! yes") == ["Stop it; now.", "Really!", "yes"]
+    assert split_sentences("Stop it; Now. Really!") == ["Stop it;", "Now.", "Really!"]

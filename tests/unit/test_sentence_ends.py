@@ -76,7 +76,8 @@ def test_a_quoted_literals_full_stop_before_a_lower_case_word_ends_nothing() -> 
 
 def test_the_quoted_answer_splits_as_its_source() -> None:
     """The eval's answer split (cite.sentence_spans) keeps these sentences whole, so each is a whole sentence."""
-    for source in (UFW, ZCAT, "Use approx. 5 GB, i.e. half. See Fig. 3 and cf. the table.", BAR.split(" He said")[0]):
+    for source in (UFW, ZCAT, "Use approx. 5 GB, i.e. half. See Fig. 3 and cf. the table.", BAR.split(" He said")[0],
+                   "Keep the thermostat online; the update is retried. Use a semicolon; It ends here."):
         answer = "".join(f"{s.text}[1]" for s in segment(source))
         pieces = [answer[a:b].removesuffix("[1]") for a, b in sentence_spans(answer)]
         assert pieces == texts(source)
@@ -112,3 +113,4 @@ def test_a_whole_command_line_is_a_whole_sentence_and_a_cut_piece_still_a_fragme
                    support("The answer lists the records that the name server found for the domain, one record per line.")])
     answer = SimpleNamespace(text=text, hits=[Hit(Chunk(1, DIG, "dig.txt", 0), 1.0)])
     assert sentence_faults(answer, None) == (2, 0, 0)
+
