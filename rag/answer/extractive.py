@@ -31,6 +31,7 @@ _AFTER_COLON = re.compile(r"：|:\s")  # what a sentence says after its last col
 # A command or code line: it ends with a file or domain name (a path, a URL), an option or a bracket, or holds an option,
 # "/", "=", "|", "$" or "`"; a full stop would change it ("dig -d DOMAIN.com." names another domain).
 _CODE = re.compile(r"\w\.\w+$|[)\]}>]$|(?:^|\s)--?\w|[/=|$`]")
+_GAP = re.compile(r"[ \t\u3000]{2,}")  # spaces a justified or columned text puts between words
 
 
 def render(support: Sequence[Support], max_chars: int = 400) -> str:
@@ -38,7 +39,8 @@ def render(support: Sequence[Support], max_chars: int = 400) -> str:
     own bracketed numbers become ``(n)``, so they can't pass for citations). A line-item sentence without
     punctuation gets a full stop, unless it is a command or code line (no CJK, see ``_CODE``): that is quoted as it
     is and ends its line (so do the command lines a sentence introduces with a colon), as nothing else would end its
-    sentence for the answer's readers (and :func:`rag.answer.cite.sentence_spans`). A sentence longer than
+    sentence for the answer's readers (and :func:`rag.answer.cite.sentence_spans`). Runs of spaces (a manual page's
+    justified text, an option's column gap) become one space, except in a command or code line. A sentence longer than
     ``max_chars`` is never cut, only left out."""
     parts: list[str] = []
     for item in support:
@@ -51,6 +53,8 @@ def render(support: Sequence[Support], max_chars: int = 400) -> str:
         # the command lines a sentence introduces ("请使用下列命令： rm -- -foo") end it as a command line would
         said = _AFTER_COLON.split(text)[-1]
         code = bare and not CJK.search(said) and bool(_CODE.search(said))
+        if not code:  # a manual page's justified line ("这个版本的          df 不能显示…") reads with one space
+            text = _GAP.sub(" ", text)
         if bare and not code:
             text += "。" if CJK.search(text) else "."
         parts.append(f"{text}[{item.hit_number}]" + "\n" * code)

@@ -114,3 +114,12 @@ def test_a_whole_command_line_is_a_whole_sentence_and_a_cut_piece_still_a_fragme
     answer = SimpleNamespace(text=text, hits=[Hit(Chunk(1, DIG, "dig.txt", 0), 1.0)])
     assert sentence_faults(answer, None) == (2, 0, 0)
 
+
+
+def test_a_justified_lines_runs_of_spaces_read_as_one_but_a_command_keeps_them() -> None:
+    justified = "这个版本的                 df 不能显示未挂载文件系统的可用空间。"
+    assert render([support(justified)]) == "这个版本的 df 不能显示未挂载文件系统的可用空间。[1]"
+    assert render([support("-c     与 -lt 一起使用时：按照 ctime 排序")]) == "-c 与 -lt 一起使用时：按照 ctime 排序。[1]"
+    command = 'cut -d "  " -f 2 file.txt'  # a command line is quoted as it is
+    assert render([support(command)]) == f"{command}[1]"
+    assert is_whole_sentence(render([support(justified)]).removesuffix("[1]"), justified)
