@@ -884,16 +884,14 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         # the thermostat online; …" for "thermostat", a word every passage of the manual holds) counted for the
         # decision, which reads the passage, but says nothing the answer needs. One that adds a name or number
         # (df's -H line beside -h) or says more of the question stays.
-        kept = [chosen[0]]
+        kept, before = [chosen[0]], dict(chosen[0].credit)  # before: what the kept sentences cover
         for following in chosen[1:]:
-            before: dict[str, float] = {}
-            for picked in kept:
-                before = _merge(before, picked.credit)
             gain = share(_merge(before, following.credit), pool) - share(before, pool)
             one_word = sum(following.own.get(t.text, 0.0) >= 0.5 for t in pool) <= 1 and not any(
                 t.neutral and following.own.get(t.text, 0.0) >= 1.0 and before.get(t.text, 0.0) < 0.5 for t in pool)
             if following.about == chosen[0].about or gain >= min_gain or not one_word:
                 kept.append(following)
+                before = _merge(before, following.credit)
         chosen = kept
     if not chosen:
         return Assessment(False, 0.0, tuple(terms), tuple(t.text for t in terms), cross_language=True,

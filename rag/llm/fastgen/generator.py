@@ -322,9 +322,9 @@ class FastGenerator:
         if epilogue is not None:  # each quantized GEMV adds its bias and its rows of B (low) as it stores
             low, b_pad = epilogue
             outs, offset = [], 0
-            for m, quant in zip(modules, quants, strict=True):
+            for m, linear in zip(modules, quants, strict=True):
                 width = m.base_layer.out_features
-                out = quant(flat, lora=(low, b_pad[offset : offset + width]))  # type: ignore[misc]
+                out = linear(flat, lora=(low, b_pad[offset : offset + width]))  # type: ignore[misc]
                 outs.append(out.view(*x.shape[:-1], width))
                 offset += width
             return outs
@@ -334,8 +334,8 @@ class FastGenerator:
             base = m.base_layer
             width = base.out_features
             part = delta[:, offset : offset + width]
-            quant = self._quant.get(id(base))
-            out = torch.addmm(part, flat, base.weight.t()) if quant is None else quant(flat, add=part)
+            linear = self._quant.get(id(base))
+            out = torch.addmm(part, flat, base.weight.t()) if linear is None else linear(flat, add=part)
             outs.append(out.view(*x.shape[:-1], width))
             offset += width
         return outs
@@ -361,14 +361,14 @@ class FastGenerator:
     def _plain(self, module: Any, x: torch.Tensor) -> torch.Tensor:
         """``module(x)`` for a linear whose LoRA (if any) is not fused: through its quantized copy when it has one."""
         base = getattr(module, "base_layer", module)
-        quant = self._quant.get(id(base))
-        if quant is None:
+        linear = self._quant.get(id(base))
+        if linear is None:
             return module(x)
         if base is not module and (module.merged or (not module.disable_adapters and any(
                 a in module.lora_A for a in module.active_adapters))):
             raise ValueError("quantized decoding runs plain unmerged LoRA adapters only (not merged, DoRA or other "
                              "variants); merge the adapter into the weights before quantizing, or quantize=''")
-        return quant(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], quant.out_features)
+        return linear(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], linear.out_features)
 
     def _attention(self, fns: dict[str, Any], i: int, layer: Any, x: torch.Tensor, cos: torch.Tensor,
                    sin: torch.Tensor, positions: torch.Tensor, prefill_row: int | None) -> torch.Tensor:
@@ -456,10 +456,10 @@ class FastGenerator:
         :func:`rag.llm.fastgen.gemv.fused_gemv`): its quantized copy's GEMV, or the bf16 one; the quantized one with
         its active LoRA adapter (``lora_ab``) when the walk runs with one."""
         base = getattr(module, "base_layer", module)
-        quant = self._quant.get(id(base))
-        if quant is None:
+        linear = self._quant.get(id(base))
+        if linear is None:
             return fused_gemv(x, base.weight, **fused)
-        return quant(x, lora_ab=self._lora_ab([module]) if base is not module else None, **fused)
+        return linear(x, lora_ab=self._lora_ab([module]) if base is not module else None, **fused)
 
     def _forward_fused(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The decode step's layer walk with no adapter active (or plain LoRA adapters on quantized weights, with

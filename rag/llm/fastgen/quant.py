@@ -568,9 +568,9 @@ def int4_pairs(x: torch.Tensor, group: int, *, norm_weight: torch.Tensor | None 
     block = triton.next_power_of_2(in_features // group)
     pdl = pdl_on(x)
     _int4_pairs_kernel[(rows, 1 + r)](x, x.stride(0), up_, up_.stride(0), g, pairs, sums, factor, a,
-                                low if low is not None else factor, in_features, float(eps), GROUP=group, PRO=pro,
-                                BLOCK_G=block, LORA_R=r, PDL=pdl, num_warps=min(16, max(4, block * group // 512)),
-                                launch_pdl=pdl)
+                                      low if low is not None else factor, in_features, float(eps), GROUP=group,
+                                      PRO=pro, BLOCK_G=block, LORA_R=r, PDL=pdl,
+                                      num_warps=min(16, max(4, block * group // 512)), launch_pdl=pdl)
     return pairs, sums, factor, low
 
 
