@@ -12,9 +12,7 @@ Stages (one JSON line each, then a summary with the ratios, all in one process o
               with B in the GEMVs' epilogue (adapter_on) and through the addend path it replaced (adapter_on_addend)
     int4      quantize="int4" (group 128; output layer int8), same measures
     int4_lora the LoRA cost on the int4 path (as int8_lora); its default is the fused walk with the adapter on
-              (fused_walk_ran); both LoRA stages also time the fused walk and the general walk explicitly
-    int4_gemvs / int8_gemvs   each quantized kind through its fp16-pair GEMV and its float32 one (int4_pairs /
-              int4_f32, int8_pairs / int8_shared), and int4 through both layer walks
+              (fused_walk_ran), the general walk beside it (adapter_on_general_walk)
     int4_8k   a fresh generator with release_weights=True and an 8k-token cache: memory after freeing the bf16
               weights, and peak during a decode of --new-tokens after a 4k-token prompt
     bf16_separate_qkv / profile_bf16   q, k, v as three GEMVs (the same-run baseline of fuse_qkv), and a kernel
@@ -251,8 +249,7 @@ def main() -> None:
                         "general_walk (int8/int4 without the fused GEMV prologues), fused_walk (with them), int4_8k, "
                         "int8, int8_lora, int4 (its fused walk too), int4_lora, kernels (the GEMVs against x @ dequantize().T), "
                         "int4_gemvs (int4 through the fp16-pair GEMV and the float32 one, and both layer walks; or one "
-                        "of int4_pairs, int4_f32, int4_pairs_fused_walk, int4_pairs_general_walk), int8_gemvs "
-                        "(int8 through the fp16-pair GEMV and the shared bf16/int8 one; or int8_pairs, int8_shared)")
+                        "of int4_pairs, int4_f32, int4_pairs_fused_walk, int4_pairs_general_walk)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--serve", action="store_true",
                         help="only llm.quantization through HFChatModel.load/stream: bf16, int8, int4, first and cached "
@@ -361,10 +358,6 @@ def main() -> None:
                 list(gen.generate(prompt, max_new_tokens=40))
                 on = fast_time(gen, [prompt], args.time_tokens, runs=3)["decode_tok_s"]  # the defaults
                 fused_ran = any(gen._lora_walk.values())  # int4: the fused walk with the adapter on (default)
-                gen.lora_fused_walk = True  # the fused walk with the adapter on (low in the pairs kernels)
-                gen.reset()
-                list(gen.generate(prompt, max_new_tokens=40))
-                on_fused = fast_time(gen, [prompt], args.time_tokens, runs=3)["decode_tok_s"]
                 gen.lora_fused_walk = False  # the general walk, B in the GEMV epilogue
                 gen.reset()
                 list(gen.generate(prompt, max_new_tokens=40))
@@ -381,8 +374,7 @@ def main() -> None:
                 del gen
             finally:
                 lora_model.unload()
-            return {"adapter_on_tok_s": on, "fused_walk_ran": fused_ran, "adapter_on_fused_walk_tok_s": on_fused,
-                    "adapter_on_general_walk_tok_s": on_general, "lora_cost_fused_walk": round(1 - on_fused / off, 3),
+            return {"adapter_on_tok_s": on, "fused_walk_ran": fused_ran, "adapter_on_general_walk_tok_s": on_general,
                     "adapter_on_addend_tok_s": on_addend, "adapter_off_tok_s": off,
                     "lora_cost": round(1 - on / off, 3), "lora_cost_general_walk": round(1 - on_general / off, 3),
                     "lora_cost_addend": round(1 - on_addend / off, 3)}
@@ -394,25 +386,20 @@ def main() -> None:
         b.run("int4", variant("int4", quantize="int4"), needs_s=60)
     if "int4_lora" not in skip:
         b.run("int4_lora", lora_cost("int4"), needs_s=60)
-    def pairs_variant(switch: str, pairs: bool, label: str, kind: str, **kw: Any) -> Any:
+    def int4_gemv(pairs: bool, label: str, **kw: Any) -> Any:
         def go() -> dict[str, Any]:
-            default = getattr(quant, switch)
-            setattr(quant, switch, pairs)
+            default, quant.INT4_PAIRS = quant.INT4_PAIRS, pairs
             try:
-                return variant(label, quantize=kind, **kw)()
+                return variant(label, quantize="int4", **kw)()
             finally:
-                setattr(quant, switch, default)
+                quant.INT4_PAIRS = default
         return go
 
     # int4 through each GEMV (quant.INT4_PAIRS: the fp16-pair kernel or the float32 one) and each layer walk
     for label, pairs, walk in (("int4_pairs", True, None), ("int4_f32", False, None),
                                ("int4_pairs_fused_walk", True, True), ("int4_pairs_general_walk", True, False)):
         if label not in skip and "int4_gemvs" not in skip:
-            b.run(label, pairs_variant("INT4_PAIRS", pairs, label, "int4", fuse_gemv=walk), needs_s=60)
-    # int8 through each GEMV (quant.INT8_PAIRS: the fp16-pair kernel or the shared bf16/int8 one), fused walk
-    for label, pairs in (("int8_pairs", True), ("int8_shared", False)):
-        if label not in skip and "int8_gemvs" not in skip:
-            b.run(label, pairs_variant("INT8_PAIRS", pairs, label, "int8"), needs_s=60)
+            b.run(label, int4_gemv(pairs, label, fuse_gemv=walk), needs_s=60)
     if "general_walk" not in skip:  # the same weights through the general layer walk (no fused GEMV prologues)
         b.run("int8_general_walk", variant("int8_general_walk", quantize="int8", fuse_gemv=False), needs_s=60)
         b.run("int4_general_walk", variant("int4_general_walk", quantize="int4", fuse_gemv=False), needs_s=60)

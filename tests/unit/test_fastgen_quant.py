@@ -13,7 +13,6 @@ import torch
 from rag.llm.fastgen.generator import FastGenerator
 from rag.llm.fastgen.quant import (
     INT4_PAIRS,
-    INT8_PAIR_TOP,
     PAIR_TOP,
     int4_group_for,
     pack_int4,
@@ -288,53 +287,16 @@ def test_fp16_pair_constants_and_layout_give_the_dot_product() -> None:
         assert float((got - want).norm() / want.norm()) < 2e-3, (out_features, in_features, group)
 
 
-
-def test_int8_fp16_pair_constants_and_layout_give_the_dot_product() -> None:
-    """The int8 pair GEMV's arithmetic in torch (quant._INT8_PAIR_DOT): bytes 0, 2 (and, shifted by 8, 1, 3) of a
-    weight word masked into the low bytes of an fp16 pair and xor-ed with 0x6480 (the sign bit flipped under the
-    exponent of 1024) are 1152 + q exactly, minus 0x6480 (1152) is q; with x' in pairs_reference's planar layout
-    (group 4, scaled to INT8_PAIR_TOP) and each half's two products rounded to fp16 as the packed multiply-add does,
-    the words' sums rebuild x @ w.T within fp16 rounding (relative ~1e-3)."""
-    q = torch.arange(-128, 128, dtype=torch.int32)
-    assert torch.equal((((q & 0xFF) ^ 0x6480).to(torch.int16)).view(torch.float16).float(), 1152 + q.float())
-    assert torch.tensor([0x6480], dtype=torch.int16).view(torch.float16).item() == 1152.0
-    torch.manual_seed(0)
-    for out_features, in_features in ((24, 384), (16, 100)):
-        layer = quantize_linear(torch.randn(out_features, in_features), None, "int8")
-        x = torch.randn(2, in_features) * 50
-        pairs, _, factor = pairs_reference(x, 4, planar=True, top=INT8_PAIR_TOP)
-        assert float((pairs.view(torch.int16).view(torch.float16).float().abs().amax(dim=1) - INT8_PAIR_TOP).abs()
-                     .max()) == 0
-        n_words = in_features // 4
-        words = layer.qweight.contiguous().view(torch.int32)  # [out, words]
-        xa, xb = pairs[:, :n_words], pairs[:, n_words:]  # [M, words] each
-
-        def halves(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return ((t & 0xFFFF).to(torch.int16).view(torch.float16).float(),
-                    ((t >> 16) & 0xFFFF).to(torch.int16).view(torch.float16).float())
-
-        even_lo, even_hi = halves((words & 0x00FF00FF) ^ 0x64806480)  # q of columns 4j and 4j + 2, plus 1152
-        odd_lo, odd_hi = halves(((words >> 8) & 0x00FF00FF) ^ 0x64806480)  # columns 4j + 1 and 4j + 3
-        a_lo, a_hi = halves(xa)
-        b_lo, b_hi = halves(xb)
-        lane_lo = ((even_lo - 1152)[None] * a_lo[:, None] + (odd_lo - 1152)[None] * b_lo[:, None]).half().float()
-        lane_hi = ((even_hi - 1152)[None] * a_hi[:, None] + (odd_hi - 1152)[None] * b_hi[:, None]).half().float()
-        got = (lane_lo + lane_hi).sum(-1) * layer.scales[None] * factor[:, None]
-        want = x @ layer.dequantize().t()
-        assert float((got - want).norm() / want.norm()) < 2e-3, (out_features, in_features)
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("kind", ["int8", "int8-pairs", "int4", "int4-pairs"])
+@pytest.mark.parametrize("kind", ["int8", "int4", "int4-pairs"])
 def test_gpu_kernels_compute_what_the_quantized_numbers_stand_for(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Triton GEMVs (decode rows; int8 and int4 each through their float32 kernel and the fp16-pair one) and the int4 dequantizing
+    """The Triton GEMVs (decode rows; int4 through the float32 kernel and the fp16-pair one) and the int4 dequantizing
     kernel (prefill) against ``x @ dequantize().T`` in float32, on widths that are no multiple of any block size; bf16
     inputs and outputs: ~0.3 % relative error."""
     from rag.llm.fastgen import quant
 
     monkeypatch.setattr(quant, "INT4_PAIRS", kind == "int4-pairs")
-    monkeypatch.setattr(quant, "INT8_PAIRS", kind == "int8-pairs")
     kind = kind.removesuffix("-pairs")
     torch.manual_seed(0)
     for out_features, in_features, group in ((4100, 13696, 128), (300, 4096, 64), (72, 96, 32)):
@@ -361,7 +323,7 @@ def test_gpu_kernels_compute_what_the_quantized_numbers_stand_for(kind: str, mon
                 want = x.float() @ reference.t() + bias.float() + low @ b[8:].t()
                 got = layer(x, lora=(low, b[8:])).float()
                 assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows, "lora", r)
-                # lora_ab: low = prologue(x) @ A^T made by the call (pairs: in the pairs kernel), here RMSNorm
+                # lora_ab: low = prologue(x) @ A^T made by the call (int4 pairs: in the pairs kernel), here RMSNorm
                 a = torch.randn(r, in_features, device="cuda") * 0.05
                 g = torch.rand(in_features, device="cuda", dtype=torch.bfloat16) + 0.5
                 xf = x.float()

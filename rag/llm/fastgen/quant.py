@@ -20,7 +20,7 @@ nibble is or-ed into the mantissa of a float whose exponent makes one unit of th
 ``x`` (:func:`int4_gemv`). The same for int8 (a word-interleaved layout, ``384 + q``) was slower on an H100 than the
 shared bf16/int8 kernel's conversions (283.8 vs ~315 tok/s, docs/BENCHMARKS.md) and was dropped.
 
-By default (:data:`INT4_PAIRS`) the int4 decode GEMV does less per weight: a small kernel (:func:`x_pairs`) applies
+By default (:data:`INT4_PAIRS`) the int4 decode GEMV does less per weight: a small kernel (:func:`int4_pairs`) applies
 the prologue (RMSNorm, SiLU gate) to ``x`` once per launch and writes it as fp16 pairs in the order of the nibbles,
 scaled so that no fp16 sum overflows; the GEMV then makes each word's nibble pairs into fp16 pairs with one ``lop3``
 and subtraction each and multiplies them with packed half-precision instructions (about 3 instructions a weight
@@ -96,10 +96,6 @@ class QuantLinear:
             weight = ((groups - 8) * scale[..., None] + zero[..., None]).view(self.out_features, self.in_features)
         return weight if dtype is None else weight.to(dtype)
 
-    def pairs_on(self, x: torch.Tensor) -> bool:
-        """Whether this layer's decode GEMV on ``x`` goes through the fp16 pairs (which can make LoRA's ``low``)."""
-        return INT4_PAIRS if self.kind == "int4" else int8_pairs_on(x, self.in_features)
-
     def __call__(self, x: torch.Tensor, with_bias: bool = True, add: torch.Tensor | None = None, *,
                  norm_weight: torch.Tensor | None = None, eps: float = 1e-6, up: torch.Tensor | None = None,
                  residual: torch.Tensor | None = None, lora: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -115,14 +111,14 @@ class QuantLinear:
         :func:`rag.llm.fastgen.gemv.fused_gemv`: RMSNorm of ``x`` first, or ``silu(x) * up`` first; ``residual``
         ``[M, out]`` added at the end.
 
-        ``lora_ab = (a [R, in], b [out, R])`` is ``lora`` with ``low = prologue(x) @ a.T`` left to this call: the pair
-        GEMVs make it in their pairs kernel (no kernel of its own; the fused walk with an adapter on), elsewhere it
+        ``lora_ab = (a [R, in], b [out, R])`` is ``lora`` with ``low = prologue(x) @ a.T`` left to this call: the int4
+        pair GEMV makes it in its pairs kernel (no kernel of its own; the fused walk with an adapter on), elsewhere it
         is computed first."""
         gemv_rows = x.device.type == "cuda" and HAS_TRITON and x.shape[0] <= GEMV_MAX_ROWS  # decode: the GEMVs
         if lora_ab is not None:
             if lora is not None:
                 raise ValueError("lora or lora_ab, not both")
-            if not (gemv_rows and self.pairs_on(x)):
+            if not (gemv_rows and self.kind == "int4" and INT4_PAIRS):
                 h = prologue(x, norm_weight=norm_weight, eps=eps, up=up)
                 lora, lora_ab = (h @ lora_ab[0].float().t(), lora_ab[1]), None
         bias = add if add is not None else self.bias if with_bias else None
@@ -132,7 +128,7 @@ class QuantLinear:
         if gemv_rows:
             if self.kind == "int8":
                 return int8_gemv(x, self.qweight, self.scales, bias, norm_weight=norm_weight, eps=eps, up=up,
-                                 residual=residual, lora=lora, lora_ab=lora_ab)
+                                 residual=residual, lora=lora)
             return int4_gemv(x, self.qweight, self.scales, self.group, bias, norm_weight=norm_weight, eps=eps,
                              up=up, residual=residual, lora=lora, lora_ab=lora_ab)
         if lora is not None:  # no GEMV epilogue here: bias + low @ b.T as one addend
@@ -274,27 +270,13 @@ INLINE_ASM = True  # the int4 GEMV's lop3 (see _float_of_field); False: plain Tr
 
 
 # int4 decode GEMVs through fp16 pairs (:func:`int4_gemv`): x made once per launch into fp16 pairs that match the
-# nibble layout (:func:`x_pairs`), then packed half-precision arithmetic on the weights; False: the float32 kernel
+# nibble layout (:func:`int4_pairs`), then packed half-precision arithmetic on the weights; False: the float32 kernel
 # that applies the prologue per weight (:data:`_int4_gemv_kernel`). On an H100: gate/up 57.3 -> 33.2 us, decoding
 # 329.0 -> 369.5 tok/s with the fused walk (docs/BENCHMARKS.md)
 INT4_PAIRS = True
-# the largest |x'| of the int4 pairs: a product with q - 8 stays within 8 * 1024, four of them summed within 32768,
-# under float16's largest value (65504); the smallest values that matter stay far above its subnormals (6e-5)
+# the largest |x'| of the pairs: a product with q - 8 stays within 8 * 1024, four of them summed within 32768, under
+# float16's largest value (65504); the smallest values that matter stay far above its subnormals (6e-5)
 PAIR_TOP = 1024.0
-# int8 decode GEMVs the same way (:func:`int8_gemv`): x once into fp16 pairs matching the bytes of a weight word
-# (columns 4j, 4j + 2 and 4j + 1, 4j + 3), each word's four bytes into two fp16 pairs by a lop3 each, two packed
-# multiply-adds; False: the shared bf16/int8 kernel (:func:`rag.llm.fastgen.gemv.launch_gemv`), which converts and
-# multiplies each weight in float32 and applies the prologue in every program (the default until the pair kernels
-# are timed on a GPU: bench/decode_quant.py's int8_pairs / int8_shared stages). Weights whose width is no multiple
-# of 4 take that kernel in any case
-INT8_PAIRS = False
-# the largest |x'| of the int8 pairs: two products with |q| <= 127 summed stay within 2 * 127 * 256 = 65024 < 65504
-INT8_PAIR_TOP = 256.0
-
-
-def int8_pairs_on(x: torch.Tensor, in_features: int) -> bool:
-    """Whether an int8 GEMV on ``x`` takes the pair kernels (:data:`INT8_PAIRS`, a width of whole words)."""
-    return INT8_PAIRS and in_features % 4 == 0
 
 
 def use_asm(x: torch.Tensor) -> bool:
@@ -305,37 +287,15 @@ def use_asm(x: torch.Tensor) -> bool:
 
 def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *,
               norm_weight: torch.Tensor | None = None, eps: float = 1e-6, up: torch.Tensor | None = None,
-              residual: torch.Tensor | None = None, lora: tuple[torch.Tensor, torch.Tensor] | None = None,
-              lora_ab: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+              residual: torch.Tensor | None = None,
+              lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``x [M, in] @ (qweight * scales).T + bias`` on CUDA, reading the int8 weights (not a dequantized copy); with
-    the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv` and the LoRA epilogue (``lora``).
-    :func:`int8_pairs_on`: the prologue once into fp16 pairs (:func:`x_pairs`), then the pair GEMV; else the shared
-    bf16/int8 kernel. ``lora_ab``: see :meth:`QuantLinear.__call__` (pairs only)."""
+    the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv` and the LoRA epilogue (``lora``)."""
     if not HAS_TRITON:
         return reference(x, (qweight.float() * scales[:, None]).to(x.dtype), norm_weight=norm_weight, eps=eps, up=up,
                          bias=bias, residual=residual, lora=lora)
-    out_features, in_features = qweight.shape
-    if not int8_pairs_on(x, in_features):
-        if lora_ab is not None:
-            raise ValueError("lora_ab needs the pair GEMV (quant.INT8_PAIRS)")
-        return launch_gemv(x, qweight, scales, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual,
-                           lora=lora)
-    rows = x.shape[0]
-    pairs, _, factor, low_ = x_pairs(x, 4, planar=True, top=INT8_PAIR_TOP, norm_weight=norm_weight, eps=eps, up=up,
-                                     lora_a=lora_ab[0] if lora_ab is not None else None)
-    res = residual.contiguous() if residual is not None else x
-    low, lb, r = lora_args(x, (low_, lora_ab[1]) if lora_ab is not None and low_ is not None else lora,
-                           out_features)
-    words = qweight.view(torch.int32)
-    out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
-    grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows, meta["SPLIT"])  # noqa: E731
-    ws, sq, cnt = split_buffers(x.device, rows, out_features)
-    pdl = pdl_on(x)
-    _int8_pair_gemv_kernel[grid](pairs, factor, words, words.stride(0), scales, bias if bias is not None else scales,
-                                 addend_stride(bias), res, low, lb, out, ws, sq, cnt, out_features, in_features,
-                                 row_bucket(rows), HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r,
-                                 ASM=use_asm(x), PDL=pdl, PREFETCH=gemv.PDL_PREFETCH if pdl else 0, launch_pdl=pdl)
-    return out
+    return launch_gemv(x, qweight, scales, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual,
+                       lora=lora)
 
 
 if HAS_TRITON:
@@ -448,6 +408,7 @@ if HAS_TRITON:
     # (1024 + q, 1024 + q') by one lop3 each ((w >> 4k) & 0x000F000F | 0x64006400), minus 1032 gives q - 8 exactly,
     # then four packed multiply-adds with the x' pairs and one float32 sum of the two halves: ~2.3 instructions a
     # weight, against ~8.6 of the float32 kernel (13.4 with its prologue, docs/BENCHMARKS.md)
+    _PAIR_TOP = tl.constexpr(PAIR_TOP)
     _PAIR_DOT = tl.constexpr("""{
     .reg .b32 t0, t1, t2, t3, acc, c;
     .reg .b16 lo, hi;
@@ -498,29 +459,29 @@ if HAS_TRITON:
             return _pair_term(w, x0, 0) + _pair_term(w, x1, 4) + _pair_term(w, x2, 8) + _pair_term(w, x3, 12)
 
     @triton.jit
-    def _pairs_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, xp_ptr, gs_ptr, sc_ptr, a_ptr, lo_ptr, K, eps,
-                      GROUP: tl.constexpr, PRO: tl.constexpr, BLOCK_G: tl.constexpr, LORA_R: tl.constexpr,
-                      TOP: tl.constexpr, PLANAR: tl.constexpr, SUMS: tl.constexpr, PDL: tl.constexpr):
+    def _int4_pairs_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, xp_ptr, gs_ptr, sc_ptr, a_ptr, lo_ptr, K, eps,
+                           GROUP: tl.constexpr, PRO: tl.constexpr, BLOCK_G: tl.constexpr, LORA_R: tl.constexpr,
+                           PDL: tl.constexpr):
         # program (m, 0) per row m of x: y = prologue(x[m]) whole (PRO 1: RMSNorm including its 1 / rms; 2: silu(x)
-        # * up), scaled so that max |y'| = TOP (sc[m] = the factor back), as fp16 pairs: pair p < GROUP / 2 of group
-        # g is (y'[g GROUP + p], y'[g GROUP + p + GROUP / 2]), stored at g GROUP / 2 + p (int4: the nibble order of
-        # the words) or, PLANAR, at p K / GROUP + g (int8, GROUP 4: the bytes of word g, one array per p); and with
-        # SUMS each group's sum of the fp16 values (gs[m, g], the int4 zeros). LORA_R > 0: programs (m, 1 + r)
-        # each make y too and write low[m, r] = y . A[r] (float32) for the GEMV's LoRA epilogue, A [LORA_R, K] (one
-        # program doing all R dot products serially made decoding with an adapter slower than the general walk)
-        HALF: tl.constexpr = GROUP // 2
+        # * up), scaled so that max |y'| = PAIR_TOP (sc[m] = the factor back), as fp16 pairs in the int4 words'
+        # order: pair (g, k, j) = (y'[g GROUP + k W + j], y'[g GROUP + (k + 4) W + j]) at g 4W + k W + j, and each
+        # group's sum of the fp16 values (gs[m, g], for the zeros). LORA_R > 0: programs (m, 1 + r) each make y
+        # too and write low[m, r] = y . A[r] (float32) for the GEMV's LoRA epilogue, A [LORA_R, K] (one program
+        # doing all R dot products serially made decoding with an adapter slower than the general walk)
+        W: tl.constexpr = GROUP // 8
         m = tl.program_id(0)
         part = tl.program_id(1)
         if PDL:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
         g = tl.arange(0, BLOCK_G)
-        p = tl.arange(0, HALF)
-        cols = g[:, None] * GROUP + p[None, :]
+        k = tl.arange(0, 4)
+        j = tl.arange(0, W)
+        cols = g[:, None, None] * GROUP + k[None, :, None] * W + j[None, None, :]
         ok = cols < K
-        squares = tl.zeros([BLOCK_G, HALF], dtype=tl.float32)
+        squares = tl.zeros([BLOCK_G, 4, W], dtype=tl.float32)
         lo, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, ok, squares, PRO)
-        hi, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols + HALF, ok, squares, PRO)
+        hi, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols + 4 * W, ok, squares, PRO)
         if PRO == 1:
             inv_rms = tl.rsqrt(tl.sum(squares) / K + eps)
             lo = lo * inv_rms
@@ -528,23 +489,19 @@ if HAS_TRITON:
         if part > 0:  # launched only with LORA_R > 0
             r = part - 1
             a_lo = tl.load(a_ptr + r * K + cols, mask=ok, other=0.0).to(tl.float32)
-            a_hi = tl.load(a_ptr + r * K + cols + HALF, mask=ok, other=0.0).to(tl.float32)
+            a_hi = tl.load(a_ptr + r * K + cols + 4 * W, mask=ok, other=0.0).to(tl.float32)
             tl.store(lo_ptr + m * LORA_R + r, tl.sum(lo * a_lo + hi * a_hi))
         else:
             top = tl.maximum(tl.max(tl.abs(lo)), tl.max(tl.abs(hi)))
-            scale = tl.where(top > 0, top / TOP, 1.0)
+            scale = tl.where(top > 0, top / _PAIR_TOP, 1.0)
             lo16 = (lo / scale).to(tl.float16)
             hi16 = (hi / scale).to(tl.float16)
             bits = (lo16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | \
                 (hi16.to(tl.int16, bitcast=True).to(tl.int32) << 16)
-            if PLANAR:
-                at = p[None, :] * (K // GROUP) + g[:, None]
-            else:
-                at = g[:, None] * HALF + p[None, :]
-            tl.store(xp_ptr + m * (K // 2) + at, bits, mask=ok)
-            if SUMS:
-                sums = tl.sum(lo16.to(tl.float32) + hi16.to(tl.float32), axis=1)
-                tl.store(gs_ptr + m * (K // GROUP) + g, sums, mask=g < K // GROUP)
+            tl.store(xp_ptr + m * (K // 2) + g[:, None, None] * (4 * W) + k[None, :, None] * W + j[None, None, :],
+                     bits, mask=ok)
+            sums = tl.sum(tl.sum(lo16.to(tl.float32) + hi16.to(tl.float32), axis=2), axis=1)
+            tl.store(gs_ptr + m * (K // GROUP) + g, sums, mask=g < K // GROUP)
             tl.store(sc_ptr + m, scale)
 
     @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k}, num_warps=w, num_stages=s)
@@ -563,7 +520,7 @@ if HAS_TRITON:
                                PDL: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr,
                                GROUPS: tl.constexpr, SPLIT: tl.constexpr):
         # program (block of BLOCK_N output rows, row m of x, slice s of the groups): per step GROUPS groups of words
-        # [BLOCK_N, GROUPS, W] and the four x' pairs of each word (_pairs_kernel's layout); each group adds
+        # [BLOCK_N, GROUPS, W] and the four x' pairs of each word (_int4_pairs_kernel's layout); each group adds
         # scale * sum((q - 8) x') + zero * sum(x'); the total times sc[m] (x' = x / sc[m])
         W: tl.constexpr = GROUP // 8
         n_all = K // GROUP
@@ -593,126 +550,40 @@ if HAS_TRITON:
         finish_store(total, tl.zeros([1], dtype=tl.float32), ws_ptr, sq_ptr, cnt_ptr, s, m, K, 0.0, b_ptr, b_stride,
                      r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, 0, HAS_BIAS, HAS_RES, LORA_R, SPLIT)
 
-    # a word's four int8 weights times its two x' pairs (:func:`_int8_pair_dot`): bytes 0, 2 and 1, 3 become the
-    # fp16 pairs (1024 + (q ^ 0x80)) = 1152 + q by one lop3 each ((w >> 8i) & 0x00FF00FF ^ 0x64806480: the sign bit
-    # flipped, 0x64 above), minus 1152 (0x6480) gives q exactly; two packed multiply-adds and one float32 sum of the
-    # two halves: ~2.5 instructions a weight, against ~5 of the float32 kernel and its per-program prologue
-    _INT8_PAIR_DOT = tl.constexpr("""{
-    .reg .b32 t0, t1, c, acc;
-    .reg .b16 lo, hi;
-    .reg .f32 flo, fhi, sum;
-    mov.b32 c, 0x64806480;
-    shr.u32 t1, $1, 8;
-    lop3.b32 t0, $1, 0x00FF00FF, 0x64806480, 0x6a;
-    lop3.b32 t1, t1, 0x00FF00FF, 0x64806480, 0x6a;
-    sub.f16x2 t0, t0, c;
-    sub.f16x2 t1, t1, c;
-    mul.rn.f16x2 acc, t0, $2;
-    fma.rn.f16x2 acc, t1, $3, acc;
-    mov.b32 {lo, hi}, acc;
-    cvt.f32.f16 flo, lo;
-    cvt.f32.f16 fhi, hi;
-    add.f32 sum, flo, fhi;
-    mov.b32 $0, sum;
-    }""")
 
-    @triton.jit
-    def _fp16_of_bits(bits, SHIFT: tl.constexpr):
-        """The float16 in bits ``SHIFT`` .. ``SHIFT + 15`` of the int32 ``bits``, as float32."""
-        return ((bits >> SHIFT) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-
-    @triton.jit
-    def _int8_pair_dot(w, xa, xb, ASM: tl.constexpr):
-        """Per int32 word of ``w`` (the int8 weights of columns 4j .. 4j + 3): q0 x'0 + q1 x'1 + q2 x'2 + q3 x'3, ``xa``
-        the fp16 pair (x'0, x'2) and ``xb`` (x'1, x'3) as int32. ``ASM``: packed fp16 arithmetic in inline PTX
-        (``_INT8_PAIR_DOT``; each half's two products rounded to fp16 before the float32 add); else float32."""
-        if ASM:
-            bits = tl.inline_asm_elementwise(_INT8_PAIR_DOT, "=r,r,r,r", [w, xa, xb], dtype=tl.int32, is_pure=True,
-                                             pack=1)
-            return bits.to(tl.float32, bitcast=True)
-        else:
-            q0 = ((w << 24) >> 24).to(tl.float32)
-            q1 = ((w << 16) >> 24).to(tl.float32)
-            q2 = ((w << 8) >> 24).to(tl.float32)
-            q3 = (w >> 24).to(tl.float32)
-            return q0 * _fp16_of_bits(xa, 0) + q2 * _fp16_of_bits(xa, 16) + q1 * _fp16_of_bits(xb, 0) + \
-                q3 * _fp16_of_bits(xb, 16)
-
-    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": k, "SPLIT": p}, num_warps=w, num_stages=s)
-                              # GROUPS: words (4 weights each) a row a step
-                              for n, k, w, s, p in ((8, 128, 4, 3, 1), (16, 64, 4, 3, 1), (16, 128, 4, 3, 1),
-                                                    (32, 64, 4, 3, 1), (4, 256, 4, 3, 1), (8, 256, 8, 3, 1),
-                                                    (16, 128, 8, 4, 1), (32, 64, 8, 3, 1), (2, 512, 4, 3, 1),
-                                                    (16, 256, 8, 2, 1),
-                                                    # split-K, for layers of few rows (q/k/v, o, down)
-                                                    (16, 128, 4, 3, 2), (16, 128, 4, 3, 4), (8, 128, 4, 3, 4),
-                                                    (8, 256, 4, 3, 2), (4, 256, 4, 3, 4), (32, 64, 8, 3, 4))],
-                     key=["N", "K", "ROW_BUCKET"],
-                     prune_configs_by={"early_config_prune": prune_split})
-    @triton.jit
-    def _int8_pair_gemv_kernel(xp_ptr, sc_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr,
-                               ws_ptr, sq_ptr, cnt_ptr, N, K, ROW_BUCKET, HAS_BIAS: tl.constexpr,
-                               HAS_RES: tl.constexpr, LORA_R: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
-                               PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr,
-                               SPLIT: tl.constexpr):
-        # program (block of BLOCK_N output rows, row m of x, slice s of the words): per step GROUPS int32 words a row
-        # [BLOCK_N, GROUPS] and their two x' pairs each (_pairs_kernel's planar layout, GROUP 4); the total times the
-        # row's scale and sc[m] (x' = x / sc[m])
-        n_words = K // 4
-        rows, row_ok, m, s, start, end = _program_slice(N, n_words, BLOCK_N, GROUPS, SPLIT)
-        pdl_begin(w_ptr, w_stride, rows, row_ok, start, n_words, PDL, PREFETCH)
-        acc = tl.zeros([BLOCK_N, GROUPS], dtype=tl.float32)
-        x_row = xp_ptr + m * (K // 2)
-        for w0 in range(start, end, GROUPS):
-            words = w0 + tl.arange(0, GROUPS)
-            ok = words < end
-            w = tl.load(w_ptr + rows[:, None] * w_stride + words[None, :], mask=row_ok[:, None] & ok[None, :], other=0)
-            xa = tl.load(x_row + words, mask=ok, other=0)
-            xb = tl.load(x_row + n_words + words, mask=ok, other=0)
-            acc += _int8_pair_dot(w, xa[None, :], xb[None, :], ASM)
-        total = tl.sum(acc, axis=1) * tl.load(s_ptr + rows, mask=row_ok, other=0.0) * tl.load(sc_ptr + m)
-        finish_store(total, tl.zeros([1], dtype=tl.float32), ws_ptr, sq_ptr, cnt_ptr, s, m, K, 0.0, b_ptr, b_stride,
-                     r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, 0, HAS_BIAS, HAS_RES, LORA_R, SPLIT)
-
-
-def x_pairs(x: torch.Tensor, group: int, *, planar: bool = False, top: float = PAIR_TOP,
-            norm_weight: torch.Tensor | None = None, eps: float = 1e-6, up: torch.Tensor | None = None,
-            lora_a: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``prologue(x [M, in])`` as the pair GEMVs read it, on CUDA: (pairs int32 ``[M, in / 2]``, each group's sum
-    float32 ``[M, in / group]`` (int4's zeros; not ``planar``: int8 takes ``group`` 4, ``planar``, and no sums), the
-    factor back ``[M]``, and with ``lora_a`` (A ``[R, in]``) LoRA's ``low = prologue(x) @ A^T`` float32 ``[M, R]``,
-    else None); see :data:`_pairs_kernel` and :func:`pairs_reference`."""
+def int4_pairs(x: torch.Tensor, group: int, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
+               up: torch.Tensor | None = None, lora_a: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``prologue(x [M, in])`` as the int4 pair GEMV reads it, on CUDA: (pairs int32 ``[M, in / 2]``, each group's sum
+    float32 ``[M, in / group]``, the factor back ``[M]``, and with ``lora_a`` (A ``[R, in]``) LoRA's ``low =
+    prologue(x) @ A^T`` float32 ``[M, R]``, else None); see :data:`_int4_pairs_kernel` and :func:`pairs_reference`."""
     x, up_, g, _, pro = fused_args(x, up, norm_weight, None)
     rows, in_features = x.shape
     pairs = torch.empty(rows, in_features // 2, dtype=torch.int32, device=x.device)
+    sums = torch.empty(rows, in_features // group, dtype=torch.float32, device=x.device)
     factor = torch.empty(rows, dtype=torch.float32, device=x.device)
-    sums = factor if planar else torch.empty(rows, in_features // group, dtype=torch.float32, device=x.device)
     r = 0 if lora_a is None else lora_a.shape[0]
     a = lora_a.contiguous() if lora_a is not None else factor
     low = torch.empty(rows, r, dtype=torch.float32, device=x.device) if r else None
     block = triton.next_power_of_2(in_features // group)
     pdl = pdl_on(x)
-    _pairs_kernel[(rows, 1 + r)](x, x.stride(0), up_, up_.stride(0), g, pairs, sums, factor, a,
-                                 low if low is not None else factor, in_features, float(eps), GROUP=group, PRO=pro,
-                                 BLOCK_G=block, LORA_R=r, TOP=top, PLANAR=planar, SUMS=not planar, PDL=pdl,
-                                 num_warps=min(16, max(4, block * group // 512)), launch_pdl=pdl)
+    _int4_pairs_kernel[(rows, 1 + r)](x, x.stride(0), up_, up_.stride(0), g, pairs, sums, factor, a,
+                                      low if low is not None else factor, in_features, float(eps), GROUP=group,
+                                      PRO=pro, BLOCK_G=block, LORA_R=r, PDL=pdl,
+                                      num_warps=min(16, max(4, block * group // 512)), launch_pdl=pdl)
     return pairs, sums, factor, low
 
 
-def pairs_reference(y: torch.Tensor, group: int, *, planar: bool = False, top: float = PAIR_TOP
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What :func:`x_pairs` makes of an already computed ``prologue(x)`` ``y [M, in]`` (float32), in torch (the group
-    sums also when ``planar``)."""
+def pairs_reference(y: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What :func:`int4_pairs` makes of an already computed ``prologue(x)`` ``y [M, in]`` (float32), in torch."""
     rows, in_features = y.shape
-    peak = y.abs().amax(dim=1)
-    factor = torch.where(peak > 0, peak / top, torch.ones_like(peak))
-    # [M, group g, low / high half of the group, p]
-    half = (y / factor[:, None]).to(torch.float16).view(rows, in_features // group, 2, group // 2)
+    top = y.abs().amax(dim=1)
+    factor = torch.where(top > 0, top / PAIR_TOP, torch.ones_like(top))
+    # [M, group g, low / high half of the group, k, j]
+    half = (y / factor[:, None]).to(torch.float16).view(rows, in_features // group, 2, 4, group // 8)
     bits = half.view(torch.int16).to(torch.int32)
-    pairs = (bits[:, :, 0] & 0xFFFF) | (bits[:, :, 1] << 16)  # [M, g, p]
-    if planar:
-        pairs = pairs.transpose(1, 2)
-    return pairs.reshape(rows, in_features // 2), half.float().sum(dim=(2, 3)), factor
+    pairs = (bits[:, :, 0] & 0xFFFF) | (bits[:, :, 1] << 16)
+    return pairs.reshape(rows, in_features // 2), half.float().sum(dim=(2, 3, 4)), factor
 
 
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int,
@@ -722,7 +593,7 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group
               lora_ab: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``x [M, in] @ dequantized(packed).T + bias`` on CUDA, reading the 4-bit weights (not a dequantized copy); with
     the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv` and the LoRA epilogue (``lora``).
-    :data:`INT4_PAIRS` on: the prologue once into fp16 pairs (:func:`x_pairs`), then the pair GEMV; else the
+    :data:`INT4_PAIRS` on: the prologue once into fp16 pairs (:func:`int4_pairs`), then the pair GEMV; else the
     float32 kernel that applies it per weight. ``lora_ab``: see :meth:`QuantLinear.__call__` (pairs only)."""
     rows, out_features, in_features = x.shape[0], packed.shape[0], packed.shape[1] * 2
     words = packed.view(torch.int32)
@@ -731,8 +602,8 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group
     ws, sq, cnt = split_buffers(x.device, rows, out_features)
     pdl = pdl_on(x)
     if INT4_PAIRS:
-        pairs, sums, factor, low_ = x_pairs(x, group, norm_weight=norm_weight, eps=eps, up=up,
-                                            lora_a=lora_ab[0] if lora_ab is not None else None)
+        pairs, sums, factor, low_ = int4_pairs(x, group, norm_weight=norm_weight, eps=eps, up=up,
+                                               lora_a=lora_ab[0] if lora_ab is not None else None)
         res = residual.contiguous() if residual is not None else x
         low, lb, r = lora_args(x, (low_, lora_ab[1]) if lora_ab is not None and low_ is not None else lora,
                                out_features)
