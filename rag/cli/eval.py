@@ -193,7 +193,10 @@ def sentence_faults(answer: Any, index: Any) -> tuple[int, int, int]:
         # the answer punctuated
         punctuated = normalise(sentence) in {normalise(s.text) for s, _ in cut if s.complete and s.text.endswith(
             ("。", "！", "？", "!", "?", ".", "；", ";", "…"))}
-        headings += int(bare in heading_lines or not punctuated and is_heading_line(sentence.rstrip("。.")))
+        # judged as its source writes it: the answer shows a run of spaces as one ("124    如果指定…" of an exit
+        # status list), which can make an item look like a numbered heading line
+        quoted = next((s.text for s, _ in cut if normalise(s.text).rstrip("。.！!？?；;…") == bare), sentence)
+        headings += int(bare in heading_lines or not punctuated and is_heading_line(quoted.rstrip("。.")))
     return sentences, fragments, headings
 
 

@@ -119,3 +119,16 @@ def test_a_short_sentence_punctuated_in_its_source_is_no_heading_but_a_punctuate
     hits = [Hit(page, 1.0)]
     assert rag_eval.sentence_faults(Answer("-r      递归复制整个目录。[1]", hits), None) == (1, 0, 0)
     assert rag_eval.sentence_faults(Answer("6. Error codes.[1]", hits), None)[2] == 1
+
+
+def test_an_item_shown_with_its_spaces_collapsed_is_judged_as_its_source_writes_it() -> None:
+    """The answer shows "124    如果指定…选项" (an exit status list item, no full stop in the man page) as "124 如果…
+    选项。"; with one space it looks like a numbered heading line, as its source writes it it does not."""
+    from rag.core.types import Answer, Chunk, Hit
+
+    page = Chunk(1, "退出状态\n       124    如果指定“命令”超时，且未指定 --preserve-status 选项\n\n"
+                    "       125    如果 timeout 命令本身出错\n", "man/timeout.1.txt", 0)
+    hits = [Hit(page, 1.0)]
+    shown = "124 如果指定“命令”超时，且未指定 --preserve-status 选项。[1]"
+    assert rag_eval.sentence_faults(Answer(shown, hits), None) == (1, 0, 0)
+    assert rag_eval.sentence_faults(Answer("退出状态。[1]", hits), None)[2] == 1  # a heading stays one
