@@ -107,6 +107,10 @@ MAX_SIMILARITY_SENTENCES = 64
 _REFERENCE = re.compile(r"[A-Za-z_][\w.:+-]*\(\d[a-z]*\),?")  # a manual-page reference: ssh-add(1), ssh_config(5)
 # A web manual's navigation bar: two or more bracketed links, "|" between them ("[ << 教程 ] | [ 首页 ][ 目录 ]").
 _NAVIGATION = re.compile(r"\s*(?:\[[^\[\]]{1,80}\]\s*\|?\s*){2,}")
+# A sentence that adds to one before it ("You can also start a factory reset from the app", 另外 / 也可以 …)
+# presupposes the main statement: that one leads.
+_ADDITIVE = re.compile(r"^\W*(?:(?:you|users?) (?:can|may|could) also\b|also\b|alternatively\b|in addition\b|"
+                       r"additionally\b|另外|此外|也可以|还可以|或者也?可以)", re.IGNORECASE)
 # A manual page's title or footer line ends with its name and section after a column gap (``TEE(1)   用户命令
 # TEE(1)``, ``GNU coreutils 9.1   2022年9月   TEE(1)``): a running head, never quoted.
 _MAN_TITLE = re.compile(r"\s{2,}[\w.+-]+\(\d\w*\)[。.]?$")
@@ -716,8 +720,10 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             # a heading said again in the text (a manual page's NAME line, "cut - 从文件的每一行中移除某些段", is its
             # section's heading) or a short line without a full stop says the topic's words and answers nothing: it
             # never leads by meaning
+            # nor does a sentence that adds to another ("You can also …"): the statement it adds to leads
             ranked = sorted((c for c in scored if anchors[c.hit_number] == anchors[best.hit_number] and (
-                c is best or not is_heading_line(c.text) and not _restates_heading(c))),
+                c is best or not is_heading_line(c.text) and not _restates_heading(c) and not _ADDITIVE.match(
+                    c.text))),
                             key=lambda c: (-lead_score(c), c.hit_number))
             near: list[_Candidate] = []
             for candidate in ranked:  # the first of each text (overlapping chunks repeat sentences)
@@ -838,7 +844,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         if answerable and not cross and similarity is not None and pick_margin > 0:
             # among sentences covering nearly as much, the closest in meaning leads, if it answers too
             near = [c for c in scored if anchors[c.hit_number] >= anchors[best.hit_number]
-                    and lead_score(c) >= lead_score(best) - pick_margin]
+                    and lead_score(c) >= lead_score(best) - pick_margin
+                    and (c is best or not _ADDITIVE.match(c.text))]  # an added sentence does not lead (above)
             if len(near) > 1:
                 close = closeness([c.text for c in near])
                 for i in sorted(range(len(near)), key=lambda i: (-close[i], near[i].hit_number)):

@@ -38,3 +38,20 @@ def test_a_close_sentence_that_does_not_answer_never_leads_nor_refuses() -> None
     assert decision.answerable and decision.support[0].text.startswith("-c")
     refused = assess(QUESTION, [hits[1]], None, similarity=_closer_to("-U"), pick_margin=0.4, min_coverage=0.7)
     assert not refused.answerable  # it does not answer on its own either
+
+
+def test_a_sentence_that_adds_to_another_does_not_lead_by_meaning() -> None:
+    """The sample KB's factory-reset case: "You can also start a factory reset from the app" is as close in meaning
+    as the 20-second instruction before it, but it adds to that statement; the statement leads (and an added
+    sentence that is the only answer still answers)."""
+    question = "How do I factory reset the thermostat?"
+    text = ("Factory reset: press and hold the dial for 20 seconds until the ring light flashes red three times, "
+            "then release it. You can also start a factory reset from Settings > Device > Reset in the app.\n")
+    hits = [Hit(Chunk(1, text, "product_manual_en.pdf", 0, heading=("Restart and factory reset",)), 1.0)]
+    picked = assess(question, hits, None, similarity=_closer_to("also"), pick_margin=0.4, max_sentences=1)
+    assert picked.answerable and picked.support[0].text.startswith("Factory reset: press and hold")
+    alone = "You can also start a factory reset from Settings > Device > Reset in the app.\n"
+    only = assess(question, [Hit(Chunk(2, alone, "product_manual_en.pdf", 0,
+                                       heading=("Restart and factory reset",)), 1.0)],
+                  None, similarity=_closer_to("also"), pick_margin=0.4)
+    assert only.answerable and only.support[0].text.startswith("You can also")
