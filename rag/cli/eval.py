@@ -171,6 +171,9 @@ def _answer_sentences(text: str) -> list[tuple[str, list[int]]]:
     return out
 
 
+_SENTENCE_ENDS = "。！？!?.；;…"  # punctuation that ends a sentence
+
+
 def sentence_faults(answer: Any, index: Any) -> tuple[int, int, int]:
     """(sentences, fragments, headings) of an extractive answer: a fragment does not end with sentence punctuation
     or does not start at a sentence start of its source text (the cited chunk with its neighbours), unless it is a
@@ -186,16 +189,18 @@ def sentence_faults(answer: Any, index: Any) -> tuple[int, int, int]:
         sentences += 1
         sources = [parent_text(c, index.neighbours(c) if index is not None else [])[0] for c in chunks]
         fragments += int(not any(is_whole_sentence(sentence, source) for source in sources))
-        bare = normalise(sentence).rstrip("。.！!？?；;…")
-        cut = [(s, c) for source, c in zip(sources, chunks, strict=True) for s in segment(source, c.heading)]
-        heading_lines = {normalise(s.text) for s, _ in cut if s.heading} | {normalise(h) for c in chunks for h in c.heading}
+        bare = normalise(sentence).rstrip(_SENTENCE_ENDS)
+        # the source's sentences and their normalised text, each normalised once
+        cut = [(s, normalise(s.text)) for source, c in zip(sources, chunks, strict=True)
+               for s in segment(source, c.heading)]
+        heading_lines = {n for s, n in cut if s.heading} | {
+            normalise(h) for c in chunks for h in c.heading}
         # a short sentence its source ends with its own punctuation ("-r      递归复制整个目录。") is no heading that
         # the answer punctuated
-        punctuated = normalise(sentence) in {normalise(s.text) for s, _ in cut if s.complete and s.text.endswith(
-            ("。", "！", "？", "!", "?", ".", "；", ";", "…"))}
+        punctuated = normalise(sentence) in {n for s, n in cut if s.complete and s.text.endswith(tuple(_SENTENCE_ENDS))}
         # judged as its source writes it: the answer shows a run of spaces as one ("124    如果指定…" of an exit
         # status list), which can make an item look like a numbered heading line
-        quoted = next((s.text for s, _ in cut if normalise(s.text).rstrip("。.！!？?；;…") == bare), sentence)
+        quoted = next((s.text for s, n in cut if n.rstrip(_SENTENCE_ENDS) == bare), sentence)
         headings += int(bare in heading_lines or not punctuated and is_heading_line(quoted.rstrip("。.")))
     return sentences, fragments, headings
 
