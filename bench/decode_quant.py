@@ -17,6 +17,8 @@ Stages (one JSON line each, then a summary with the ratios, all in one process o
               weights, and peak during a decode of --new-tokens after a 4k-token prompt
     bf16_separate_qkv / profile_bf16   q, k, v as three GEMVs (the same-run baseline of fuse_qkv), and a kernel
               profile of the bf16 decode step
+    *_silu_prologue   bf16 / int8 / int4 with ``gemv.SILU_EPILOGUE`` off (SiLU in down_proj's prologue, the fused
+              walk before): the same-run baseline of SiLU in the gate/up GEMV's epilogue (skip all: silu_prologue)
     --serve   llm.quantization end to end through HFChatModel (see serve_quantized)
     --pdl     only programmatic dependent launch off vs on (``gemv.PDL``), and for int8 the split-K GEMVs
               (``gemv.INT8_SPLIT``) off vs on, the states alternating twice in one generator per weight kind (bf16;
@@ -380,6 +382,19 @@ def main() -> None:
                     "lora_cost_addend": round(1 - on_addend / off, 3)}
         return go
 
+    def silu_prologue(label: str, **kw: Any) -> Any:
+        def go() -> dict[str, Any]:
+            default, gemv.SILU_EPILOGUE = gemv.SILU_EPILOGUE, False
+            try:
+                return variant(label, **kw)()
+            finally:
+                gemv.SILU_EPILOGUE = default
+        return go
+
+    for label, kw in (("bf16_silu_prologue", {}), ("int8_silu_prologue", {"quantize": "int8"}),
+                      ("int4_silu_prologue", {"quantize": "int4"})):
+        if label not in skip and "silu_prologue" not in skip and label.split("_")[0] not in skip:
+            b.run(label, silu_prologue(label, **kw), needs_s=60)
     if "int8_lora" not in skip:
         b.run("int8_lora", lora_cost("int8"), needs_s=60)
     if "int4" not in skip:
@@ -430,9 +445,15 @@ def main() -> None:
         return float(value) if value else None
 
     bf16, int8, int4 = rate("bf16"), rate("int8"), rate("int4")
+    before = {kind: rate(f"{kind}_silu_prologue") for kind in ("bf16", "int8", "int4")}
     b.emit("summary", bf16_tok_s=bf16, int8_tok_s=int8, int4_tok_s=int4,
-           int8_over_bf16=round(int8 / bf16, 2) if bf16 and int8 else None,
-           int4_over_bf16=round(int4 / bf16, 2) if bf16 and int4 else None,
+           silu_prologue_tok_s=before,
+           silu_prologue_int8_over_bf16=round(before["int8"] / before["bf16"], 3) if before["int8"] and before["bf16"]
+           else None,
+           silu_prologue_int4_over_bf16=round(before["int4"] / before["bf16"], 3) if before["int4"] and before["bf16"]
+           else None,
+           int8_over_bf16=round(int8 / bf16, 3) if bf16 and int8 else None,
+           int4_over_bf16=round(int4 / bf16, 3) if bf16 and int4 else None,
            int8_lora_cost=RESULTS.get("int8_lora", {}).get("lora_cost"),
            int8_lora_cost_addend=RESULTS.get("int8_lora", {}).get("lora_cost_addend"),
            int4_lora_cost=RESULTS.get("int4_lora", {}).get("lora_cost"),

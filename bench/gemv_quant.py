@@ -35,7 +35,9 @@ from rag.llm.fastgen.quant import quantize_linear
 
 # name: (out, in, prologue)
 SHAPES = {"qkv": (4608, 4096, "norm"), "o": (4096, 4096, "residual"), "gate_up": (27392, 4096, "norm"),
-          "down": (4096, 13696, "swiglu"), "lm_head": (65024, 4096, "norm")}
+          "down": (4096, 13696, "swiglu"), "lm_head": (65024, 4096, "norm"),
+          # with gemv.SILU_EPILOGUE: SiLU of the gate half as gate/up stores it, then down's prologue is x * up
+          "gate_up_silu": (27392, 4096, "norm_silu"), "down_gated": (4096, 13696, "gated")}
 
 
 def form(prologue: str, n: int, k: int) -> tuple[dict[str, Any], torch.Tensor]:
@@ -43,9 +45,12 @@ def form(prologue: str, n: int, k: int) -> tuple[dict[str, Any], torch.Tensor]:
     both = torch.randn(1, 2 * k, device=dev, dtype=dt)
     if prologue == "norm":
         return {"norm_weight": torch.rand(k, device=dev, dtype=dt) + 0.5, "eps": 1e-5}, both[:, :k]
+    if prologue == "norm_silu":
+        return {"norm_weight": torch.rand(k, device=dev, dtype=dt) + 0.5, "eps": 1e-5, "silu_rows": n // 2}, both[:, :k]
     if prologue == "residual":
         return {"residual": torch.randn(1, n, device=dev, dtype=dt)}, both[:, :k]
-    return {"up": both[:, k:], "residual": torch.randn(1, n, device=dev, dtype=dt)}, both[:, :k]
+    gated = {"activated": True} if prologue == "gated" else {}
+    return {"up": both[:, k:], "residual": torch.randn(1, n, device=dev, dtype=dt), **gated}, both[:, :k]
 
 
 def tried(kernel: Any) -> dict[str, float]:

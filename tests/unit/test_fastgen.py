@@ -182,6 +182,14 @@ def test_fused_gemv_formula_matches_the_modules() -> None:
                                rms_norm(x, g, 1e-5) @ w.t() + bias + res, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused_gemv(x, w, up=up), (torch.nn.functional.silu(x) * up) @ w.t(),
                                rtol=1e-5, atol=1e-5)
+    # the SiLU moved into the gate/up GEMV's epilogue (gemv.SILU_EPILOGUE): SiLU of the first rows as they are
+    # stored, then down's prologue multiplies by up only
+    joined = fused_gemv(x, w, norm_weight=g, eps=1e-5, silu_rows=8)
+    plain = rms_norm(x, g, 1e-5) @ w.t()
+    torch.testing.assert_close(joined, torch.cat([torch.nn.functional.silu(plain[:, :8]), plain[:, 8:]], dim=1),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused_gemv(torch.nn.functional.silu(x), w, up=up, activated=True, residual=res),
+                               fused_gemv(x, w, up=up, residual=res), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="not both"):
         fused_gemv(x, w, norm_weight=g, up=up)
 
@@ -204,6 +212,8 @@ def test_fused_gemv_kernel_matches_formula_on_gpu() -> None:
             x, up = both[:, :k], both[:, k:]
             g = (torch.rand(k, device="cuda") + 0.5).bfloat16()
             res, bias = torch.randn(rows, n, device="cuda").bfloat16(), torch.randn(n, device="cuda").bfloat16()
-            for kw in ({}, {"norm_weight": g, "eps": 1e-5, "bias": bias, "residual": res}, {"up": up}):
+            for kw in ({}, {"norm_weight": g, "eps": 1e-5, "bias": bias, "residual": res}, {"up": up},
+                       {"up": up, "activated": True, "residual": res},
+                       {"norm_weight": g, "eps": 1e-5, "silu_rows": n // 2}):
                 got, ref = fused_gemv(x, w, **kw).float(), reference(x, w, **kw).float()
                 assert ((got - ref).norm() / ref.norm()).item() < 1e-2, (n, k, rows, kw.keys())

@@ -338,10 +338,17 @@ def test_gpu_kernels_compute_what_the_quantized_numbers_stand_for(kind: str, mon
             xs, up = both[:, :in_features].float(), both[:, in_features:].float()
             normed = g.float() * xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + 1e-5)
             for kw, inp in (({"norm_weight": g, "eps": 1e-5, "residual": res}, normed),
-                            ({"up": both[:, in_features:], "residual": res}, torch.nn.functional.silu(xs) * up)):
+                            ({"up": both[:, in_features:], "residual": res}, torch.nn.functional.silu(xs) * up),
+                            ({"up": both[:, in_features:], "activated": True, "residual": res}, xs * up)):
                 want = inp @ reference.t() + bias.float() + res.float()
                 got = layer(both[:, :in_features], **kw).float()
                 assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows, kw.keys())
+            # SiLU of the first half of the outputs as they are stored (the joined gate/up GEMV of the fused walk)
+            half = out_features // 2
+            plain = normed @ reference.t() + bias.float()
+            want = torch.cat([torch.nn.functional.silu(plain[:, :half]), plain[:, half:]], dim=1)
+            got = layer(both[:, :in_features], norm_weight=g, eps=1e-5, silu_rows=half).float()
+            assert float((got - want).norm() / want.norm()) < 1e-2, (out_features, in_features, rows, "silu_rows")
 
 
 @pytest.mark.gpu

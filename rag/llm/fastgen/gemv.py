@@ -63,6 +63,11 @@ _CAPABILITY: dict[int, int] = {}
 # tries split-K shapes (SPLIT programs per block of rows, each over a slice of K; the last to arrive adds the slices
 # up: :func:`finish_store`); False: gemv_kernel, whose shapes have no split (the bench's same-run baseline)
 INT8_SPLIT = True
+# The fused layer walk applies SiLU to the gate half of the gate/up GEMV's outputs as it stores them
+# (``silu_rows``), so down_proj's prologue is ``x * up`` (``activated``): one exponential per gate value a token,
+# instead of one per gate value in every program of down_proj that reads it (its prologue runs per block of rows).
+# Read when a decode graph is captured; False: SiLU in down_proj's prologue (the bench's same-run baseline).
+SILU_EPILOGUE = True
 SPLIT_MAX_N = 16384  # layers of at most this many rows may take split-K GEMV configurations
 SPLIT_MAX = 8  # the most programs that share one block of rows (the autotuners' largest SPLIT)
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
@@ -80,49 +85,56 @@ def pdl_on(x: torch.Tensor) -> bool:
 
 
 def prologue(x: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
-             up: torch.Tensor | None = None) -> torch.Tensor:
-    """What the GEMVs multiply by in float32: ``x``, its RMSNorm (``norm_weight``) or ``silu(x) * up``."""
+             up: torch.Tensor | None = None, activated: bool = False) -> torch.Tensor:
+    """What the GEMVs multiply by in float32: ``x``, its RMSNorm (``norm_weight``) or ``silu(x) * up`` (``x * up``
+    when ``activated``: x is SiLU's output already, see :data:`SILU_EPILOGUE`)."""
     h = x.float()
     if norm_weight is not None:
         h = norm_weight.float() * h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     if up is not None:
-        h = F.silu(h) * up.float()
+        h = (h if activated else F.silu(h)) * up.float()
     return h
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
               up: torch.Tensor | None = None, bias: torch.Tensor | None = None,
               residual: torch.Tensor | None = None,
-              lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+              lora: tuple[torch.Tensor, torch.Tensor] | None = None, activated: bool = False,
+              silu_rows: int = 0) -> torch.Tensor:
     """The formula of :func:`fused_gemv` with torch ops (float32 prologue, like the kernel); ``lora = (low, b)`` adds
     ``low @ b.T`` (the quantized GEMVs' LoRA epilogue)."""
-    out = prologue(x, norm_weight=norm_weight, eps=eps, up=up) @ weight.float().t()
+    out = prologue(x, norm_weight=norm_weight, eps=eps, up=up, activated=activated) @ weight.float().t()
     if bias is not None:
         out = out + bias.float()
     if lora is not None:
         out = out + lora[0].float() @ lora[1].float().t()
     if residual is not None:
         out = out + residual.float()
+    if silu_rows:
+        out = torch.cat([F.silu(out[:, :silu_rows]), out[:, silu_rows:]], dim=1)
     return out.to(x.dtype)
 
 
 def fused_gemv(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
                up: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-               residual: torch.Tensor | None = None) -> torch.Tensor:
+               residual: torch.Tensor | None = None, activated: bool = False, silu_rows: int = 0) -> torch.Tensor:
     """``weight [N, K] @ prologue(x [M, K]) (+ bias [N]) (+ residual [M, N])`` -> ``[M, N]`` in ``x``'s dtype.
 
-    ``norm_weight`` (RMSNorm of x first) and ``up`` (``silu(x) * up`` first) exclude each other. ``x`` and ``up`` may
-    be column slices of a wider tensor (the two halves of a joined gate/up output): only their columns must be
-    contiguous.
+    ``norm_weight`` (RMSNorm of x first) and ``up`` (``silu(x) * up`` first; ``x * up`` with ``activated``) exclude
+    each other. ``x`` and ``up`` may be column slices of a wider tensor (the two halves of a joined gate/up output):
+    only their columns must be contiguous. ``silu_rows``: SiLU of the first ``silu_rows`` outputs, applied last
+    (the gate half of a joined gate/up matrix, :data:`SILU_EPILOGUE`).
     """
     if norm_weight is not None and up is not None:
         raise ValueError("fused_gemv takes norm_weight or up, not both")
     if not (HAS_TRITON and x.is_cuda and x.dim() == 2 and x.shape[0] <= MAX_ROWS):
-        return reference(x, weight, norm_weight=norm_weight, eps=eps, up=up, bias=bias, residual=residual)
+        return reference(x, weight, norm_weight=norm_weight, eps=eps, up=up, bias=bias, residual=residual,
+                         activated=activated, silu_rows=silu_rows)
     if weight.stride(1) != 1 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"fused_gemv needs a row-major weight [N, K] and x [M, K]; got {tuple(weight.shape)} "
                          f"(strides {weight.stride()}) and {tuple(x.shape)}")
-    return launch_gemv(x, weight, None, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual)
+    return launch_gemv(x, weight, None, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual,
+                       activated=activated, silu_rows=silu_rows)
 
 
 def addend_stride(bias: torch.Tensor | None) -> int:
@@ -143,14 +155,16 @@ def row_bucket(rows: int) -> int:
 
 
 def fused_args(x: torch.Tensor, up: torch.Tensor | None, norm_weight: torch.Tensor | None,
-               residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+               residual: torch.Tensor | None,
+               activated: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """(x, up, norm weight, residual, prologue code) as the GEMV kernels take them: x and up with contiguous columns
-    (a column slice of a wider tensor is fine), stand-ins for what is not used."""
+    (a column slice of a wider tensor is fine), stand-ins for what is not used. Prologue codes: 0 none, 1 RMSNorm,
+    2 ``silu(x) * up``, 3 ``x * up`` (``activated``)."""
     if norm_weight is not None and up is not None:
         raise ValueError("norm_weight or up, not both")
     x = x if x.stride(-1) == 1 else x.contiguous()
     up = x if up is None else up if up.stride(-1) == 1 else up.contiguous()
-    pro = 1 if norm_weight is not None else 2 if up is not x else 0
+    pro = 1 if norm_weight is not None else (3 if activated else 2) if up is not x else 0
     return (x, up, norm_weight if norm_weight is not None else x,
             residual.contiguous() if residual is not None else x, pro)
 
@@ -189,10 +203,12 @@ def split_buffers(device: torch.device, rows: int, out_features: int) -> tuple[t
 
 def launch_gemv(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None, *,
                 norm_weight: torch.Tensor | None, eps: float, up: torch.Tensor | None,
-                residual: torch.Tensor | None, lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                residual: torch.Tensor | None, lora: tuple[torch.Tensor, torch.Tensor] | None = None,
+                activated: bool = False, silu_rows: int = 0) -> torch.Tensor:
     """:data:`gemv_kernel` on CUDA for a row-major ``weight [N, K]``: bf16, or int8 with one float32 ``scales``
-    per row; ``bias`` a row ``[N]`` or an addend ``[M, N]``; ``lora`` a LoRA epilogue (:func:`lora_args`)."""
-    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
+    per row; ``bias`` a row ``[N]`` or an addend ``[M, N]``; ``lora`` a LoRA epilogue (:func:`lora_args`);
+    ``activated`` / ``silu_rows`` as in :func:`fused_gemv`."""
+    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual, activated)
     low, lb, r = lora_args(x, lora, weight.shape[0])
     rows, (n, k) = x.shape[0], weight.shape
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
@@ -203,7 +219,7 @@ def launch_gemv(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | No
     (gemv_split_kernel if split else gemv_kernel)[grid](
         x, x.stride(0), up_, up_.stride(0), g, weight, weight.stride(0), scales if scales is not None else x,
         bias if bias is not None else x, addend_stride(bias), res, low, lb, out, ws, sq, cnt, n, k, float(eps),
-        row_bucket(rows), PRO=pro, HAS_SCALE=scales is not None, HAS_BIAS=bias is not None,
+        silu_rows, row_bucket(rows), PRO=pro, HAS_SCALE=scales is not None, HAS_BIAS=bias is not None,
         HAS_RES=residual is not None, LORA_R=r, INT8_BITS=INT8_BITS and scales is not None, PDL=pdl,
         PREFETCH=PDL_PREFETCH if pdl else 0, launch_pdl=pdl)
     return out
@@ -233,7 +249,8 @@ if HAS_TRITON:
     @triton.jit
     def prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, col_ok, squares, PRO: tl.constexpr):
         """prologue(x[m, cols]) in float32 and the running sum of squares: PRO 0 x; 1 RMSNorm (norm weight now,
-        1 / rms at the end, :func:`epilogue_store`); 2 silu(x) * up. Shared by the bf16 and quantized GEMVs."""
+        1 / rms at the end, :func:`epilogue_store`); 2 silu(x) * up; 3 x * up (x is SiLU's output already).
+        Shared by the bf16 and quantized GEMVs."""
         x = tl.load(x_ptr + m * x_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
         if PRO == 1:
             squares += x * x
@@ -241,13 +258,17 @@ if HAS_TRITON:
         if PRO == 2:
             u = tl.load(up_ptr + m * up_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
             x = x / (1.0 + tl.exp(-x)) * u
+        if PRO == 3:
+            x = x * tl.load(up_ptr + m * up_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
         return x, squares
 
     @triton.jit
     def epilogue_store(acc, squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows, row_ok,
-                       PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, LORA_R: tl.constexpr):
+                       silu_rows, PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+                       LORA_R: tl.constexpr):
         """out[m, rows] = acc (/ rms of x, PRO 1) + bias or addend row (``b_stride`` 0: one bias row) (+ the LoRA
-        term low[m] . b[rows], ``LORA_R`` > 0: low [M, LORA_R] float32, b [N, LORA_R]) + residual."""
+        term low[m] . b[rows], ``LORA_R`` > 0: low [M, LORA_R] float32, b [N, LORA_R]) + residual, then SiLU of
+        the rows below ``silu_rows``."""
         if PRO == 1:
             acc = acc * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
         if LORA_R > 0:
@@ -259,19 +280,21 @@ if HAS_TRITON:
             acc += tl.load(b_ptr + m * b_stride + rows, mask=row_ok, other=0.0).to(tl.float32)
         if HAS_RES:
             acc += tl.load(r_ptr + m * N + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if silu_rows > 0:
+            acc = tl.where(rows < silu_rows, acc / (1.0 + tl.exp(-acc)), acc)
         tl.store(out_ptr + m * N + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
 
     @triton.jit
     def finish_store(total, squares, ws_ptr, sq_ptr, cnt_ptr, s, m, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr,
-                     out_ptr, N, rows, row_ok, PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                     LORA_R: tl.constexpr, SPLIT: tl.constexpr):
+                     out_ptr, N, rows, row_ok, silu_rows, PRO: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     HAS_RES: tl.constexpr, LORA_R: tl.constexpr, SPLIT: tl.constexpr):
         """Store this program's rows (``total`` [BLOCK_N] dot products, ``squares`` [1] its part of sum(x²)). With
         split-K (``SPLIT`` programs per block of rows, each over a slice of K), each stores its partial sums to the
         workspace and counts itself in; the last to arrive adds the parts up, stores, and resets the counter for the
         next launch (or graph replay). Shared by the int8 and int4 GEMVs."""
         if SPLIT == 1:
             epilogue_store(total, squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows, row_ok,
-                           PRO, HAS_BIAS, HAS_RES, LORA_R)
+                           silu_rows, PRO, HAS_BIAS, HAS_RES, LORA_R)
         else:
             tile = tl.program_id(0)
             tiles = tl.num_programs(0)
@@ -285,7 +308,7 @@ if HAS_TRITON:
                                        cache_modifier=".cg"), axis=0)
                 all_squares = tl.load(sq_ptr + parts * tiles + tile, cache_modifier=".cg")
                 epilogue_store(whole, all_squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows,
-                               row_ok, PRO, HAS_BIAS, HAS_RES, LORA_R)
+                               row_ok, silu_rows, PRO, HAS_BIAS, HAS_RES, LORA_R)
                 tl.atomic_xchg(cnt_ptr + m * tiles + tile, 0)
 
     def prune_split(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
@@ -298,7 +321,8 @@ if HAS_TRITON:
 
     @triton.jit
     def _gemv(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr,
-              out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, ROW_BUCKET, PRO: tl.constexpr, HAS_SCALE: tl.constexpr,
+              out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, silu_rows, ROW_BUCKET, PRO: tl.constexpr,
+              HAS_SCALE: tl.constexpr,
               HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, LORA_R: tl.constexpr, INT8_BITS: tl.constexpr,
               PDL: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
               SPLIT: tl.constexpr):
@@ -332,11 +356,11 @@ if HAS_TRITON:
             acc = acc * tl.load(s_ptr + rows, mask=row_ok, other=0.0)
         if SPLIT == 1:
             epilogue_store(acc, squares, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, m, N, rows, row_ok,
-                           PRO, HAS_BIAS, HAS_RES, LORA_R)
+                           silu_rows, PRO, HAS_BIAS, HAS_RES, LORA_R)
         else:
             finish_store(acc, tl.sum(squares, axis=0, keep_dims=True), ws_ptr, sq_ptr, cnt_ptr, tl.program_id(2), m, K,
-                         eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES,
-                         LORA_R, SPLIT)
+                         eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, silu_rows, PRO,
+                         HAS_BIAS, HAS_RES, LORA_R, SPLIT)
 
     _SHAPES = ((8, 512, 4, 3), (16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 3), (4, 1024, 4, 3), (8, 1024, 8, 3),
                (16, 512, 8, 4), (32, 128, 4, 4), (4, 512, 2, 4), (2, 1024, 4, 4), (8, 256, 2, 4), (16, 1024, 8, 2),

@@ -13,8 +13,8 @@ Batch-1 decoding of a 6 B model is bound by reading the weights once per token (
 - element-wise work (residual add + RMSNorm, rotary, gated activation) is ``torch.compile``-d once per function (not
   per layer or per graph), which removes two thirds of the ~1,300 kernels per step;
 - with no adapter active, each linear is one Triton GEMV (:mod:`rag.llm.fastgen.gemv`) with its neighbours fused in:
-  the RMSNorm before q/k/v, gate/up and the output layer, the gated activation before down_proj, the residual add
-  after o_proj and down_proj; rotary and both KV-cache writes are one compiled function (``fuse_gemv``);
+  the RMSNorm before q/k/v, gate/up and the output layer, SiLU of the gate half as gate/up stores it and the product
+  with up before down_proj, the residual add after o_proj and down_proj; rotary and both KV-cache writes are one compiled function (``fuse_gemv``);
 - unmerged peft LoRA adapters run fused: the adapters of linears that share an input (q/k/v) become one A and one
   block-diagonal B (two compiled float32 reductions at decode, two GEMMs at prefill), whose sum is the base GEMM's
   ``C`` operand. A graph is kept per adapter state (``set_adapter`` / ``disable_adapter`` switch graphs; the first
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rag.llm.fastgen import quant
+from rag.llm.fastgen import gemv, quant
 from rag.llm.fastgen.attention import SPLIT, decode_attention, sdpa_decode, triton_ok
 from rag.llm.fastgen.gemv import fused_gemv
 from rag.llm.fastgen.ops import (
@@ -465,7 +465,7 @@ class FastGenerator:
         """The decode step's layer walk with no adapter active (or plain LoRA adapters on quantized weights, with
         :attr:`lora_fused_walk`: their ``x @ A^T`` in the pairs kernels, B in the GEMVs' epilogue): per layer q/k/v
         GEMV (+ input norm), rotary + cache writes, attention, o GEMV (+ residual), gate/up GEMV (+ post-attention
-        norm), down GEMV (+ SiLU gate, + residual) — 6 kernels and the attention's own, instead of ~12. bf16, int8 or
+        norm, + SiLU of the gate half as it stores), down GEMV (gate times up, + residual) — 6 kernels and the attention's own, instead of ~12. bf16, int8 or
         int4 weights alike."""
         fns = self._fast
         batch = ids.shape[0]
@@ -488,9 +488,13 @@ class FastGenerator:
             out = attend(q[:, :, 0], self._k[i], self._v[i], pos, attn.scaling).reshape(batch, -1)
             hidden = self._gemv(attn.o_proj, out, residual=hidden)
             norm = layer.post_attention_layernorm
-            gate, up = self._gemv(mlp.gate_up_proj, hidden, norm_weight=norm.weight,
-                                  eps=norm.variance_epsilon).chunk(2, dim=-1)
-            hidden = self._gemv(mlp.down_proj, gate, up=up, residual=hidden)
+            # SiLU on the gate half as the gate/up GEMV stores it (gemv.SILU_EPILOGUE), then down's prologue is x * up
+            act = gemv.SILU_EPILOGUE
+            gate_up = self._gemv(mlp.gate_up_proj, hidden, norm_weight=norm.weight, eps=norm.variance_epsilon,
+                                 silu_rows=getattr(mlp.down_proj, "base_layer", mlp.down_proj).in_features
+                                 if act else 0)
+            gate, up = gate_up.chunk(2, dim=-1)
+            hidden = self._gemv(mlp.down_proj, gate, up=up, activated=act, residual=hidden)
         return self._gemv(self.lm.get_output_embeddings(), hidden, norm_weight=self._norm.weight,
                           eps=self._norm.variance_epsilon).float()
 

@@ -99,7 +99,8 @@ class QuantLinear:
     def __call__(self, x: torch.Tensor, with_bias: bool = True, add: torch.Tensor | None = None, *,
                  norm_weight: torch.Tensor | None = None, eps: float = 1e-6, up: torch.Tensor | None = None,
                  residual: torch.Tensor | None = None, lora: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 lora_ab: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 lora_ab: tuple[torch.Tensor, torch.Tensor] | None = None, activated: bool = False,
+                 silu_rows: int = 0) -> torch.Tensor:
         """``x @ w.T`` plus the bias (``with_bias``) or plus ``add`` ``[M, out]`` instead (a LoRA delta that already
         holds the bias): on CUDA the GEMV kernels add it as they store, one kernel fewer per linear.
 
@@ -109,7 +110,8 @@ class QuantLinear:
 
         ``norm_weight`` / ``up`` / ``residual`` are the fused decode step's prologues and epilogue, as in
         :func:`rag.llm.fastgen.gemv.fused_gemv`: RMSNorm of ``x`` first, or ``silu(x) * up`` first; ``residual``
-        ``[M, out]`` added at the end.
+        ``[M, out]`` added at the end; ``activated`` / ``silu_rows`` as there (``up`` multiplies SiLU's output
+        already made; SiLU of the first ``silu_rows`` outputs).
 
         ``lora_ab = (a [R, in], b [out, R])`` is ``lora`` with ``low = prologue(x) @ a.T`` left to this call: the int4
         pair GEMV makes it in its pairs kernel (no kernel of its own; the fused walk with an adapter on), elsewhere it
@@ -119,18 +121,19 @@ class QuantLinear:
             if lora is not None:
                 raise ValueError("lora or lora_ab, not both")
             if not (gemv_rows and self.kind == "int4" and INT4_PAIRS):
-                h = prologue(x, norm_weight=norm_weight, eps=eps, up=up)
+                h = prologue(x, norm_weight=norm_weight, eps=eps, up=up, activated=activated)
                 lora, lora_ab = (h @ lora_ab[0].float().t(), lora_ab[1]), None
         bias = add if add is not None else self.bias if with_bias else None
-        fused = norm_weight is not None or up is not None or residual is not None
+        fused = norm_weight is not None or up is not None or residual is not None or silu_rows > 0
         if norm_weight is not None and up is not None:
             raise ValueError("a quantized linear takes norm_weight or up, not both")
         if gemv_rows:
             if self.kind == "int8":
                 return int8_gemv(x, self.qweight, self.scales, bias, norm_weight=norm_weight, eps=eps, up=up,
-                                 residual=residual, lora=lora)
+                                 residual=residual, lora=lora, activated=activated, silu_rows=silu_rows)
             return int4_gemv(x, self.qweight, self.scales, self.group, bias, norm_weight=norm_weight, eps=eps,
-                             up=up, residual=residual, lora=lora, lora_ab=lora_ab)
+                             up=up, residual=residual, lora=lora, lora_ab=lora_ab, activated=activated,
+                             silu_rows=silu_rows)
         if lora is not None:  # no GEMV epilogue here: bias + low @ b.T as one addend
             extra = lora[0].float() @ lora[1].float().t()
             bias = (extra if bias is None else extra + bias.float()).to(x.dtype)
@@ -139,7 +142,8 @@ class QuantLinear:
         if fused:
             weight = self.dequantize(x.dtype) if x.device.type != "cuda" or self.kind == "int8" else \
                 int4_dequantize(self.qweight, self.scales, self.group, x.dtype)
-            return reference(x, weight, norm_weight=norm_weight, eps=eps, up=up, bias=bias, residual=residual)
+            return reference(x, weight, norm_weight=norm_weight, eps=eps, up=up, bias=bias, residual=residual,
+                             activated=activated, silu_rows=silu_rows)
         return linear_plus(x, self.dequantize(x.dtype), bias)
 
 
@@ -288,14 +292,15 @@ def use_asm(x: torch.Tensor) -> bool:
 def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *,
               norm_weight: torch.Tensor | None = None, eps: float = 1e-6, up: torch.Tensor | None = None,
               residual: torch.Tensor | None = None,
-              lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+              lora: tuple[torch.Tensor, torch.Tensor] | None = None, activated: bool = False,
+              silu_rows: int = 0) -> torch.Tensor:
     """``x [M, in] @ (qweight * scales).T + bias`` on CUDA, reading the int8 weights (not a dequantized copy); with
-    the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv` and the LoRA epilogue (``lora``)."""
+    the prologues / epilogues of :func:`rag.llm.fastgen.gemv.fused_gemv` and the LoRA epilogue (``lora``)."""
     if not HAS_TRITON:
         return reference(x, (qweight.float() * scales[:, None]).to(x.dtype), norm_weight=norm_weight, eps=eps, up=up,
-                         bias=bias, residual=residual, lora=lora)
+                         bias=bias, residual=residual, lora=lora, activated=activated, silu_rows=silu_rows)
     return launch_gemv(x, qweight, scales, bias, norm_weight=norm_weight, eps=eps, up=up, residual=residual,
-                       lora=lora)
+                       lora=lora, activated=activated, silu_rows=silu_rows)
 
 
 if HAS_TRITON:
@@ -348,7 +353,8 @@ if HAS_TRITON:
                      prune_configs_by={"early_config_prune": prune_split})
     @triton.jit
     def _int4_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr,
-                          lo_ptr, lb_ptr, out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, ROW_BUCKET, GROUP: tl.constexpr,
+                          lo_ptr, lb_ptr, out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, silu_rows, ROW_BUCKET,
+                          GROUP: tl.constexpr,
                           PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, LORA_R: tl.constexpr,
                           ASM: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr,
                           GROUPS: tl.constexpr, SPLIT: tl.constexpr):
@@ -383,8 +389,8 @@ if HAS_TRITON:
             low = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32) - 24.0 * scale
             acc += scale[:, :, None] * part + low[:, :, None] * xs
         finish_store(tl.sum(tl.sum(acc, axis=2), axis=1), tl.sum(tl.sum(squares, axis=2), axis=1), ws_ptr, sq_ptr, cnt_ptr,
-                s, m, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, PRO, HAS_BIAS, HAS_RES,
-                LORA_R, SPLIT)
+                s, m, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, silu_rows, PRO, HAS_BIAS,
+                HAS_RES, LORA_R, SPLIT)
 
     @triton.jit
     def _int4_dequantize_kernel(w_ptr, w_stride, s_ptr, out_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -463,7 +469,7 @@ if HAS_TRITON:
                            GROUP: tl.constexpr, PRO: tl.constexpr, BLOCK_G: tl.constexpr, LORA_R: tl.constexpr,
                            PDL: tl.constexpr):
         # program (m, 0) per row m of x: y = prologue(x[m]) whole (PRO 1: RMSNorm including its 1 / rms; 2: silu(x)
-        # * up), scaled so that max |y'| = PAIR_TOP (sc[m] = the factor back), as fp16 pairs in the int4 words'
+        # * up; 3: x * up), scaled so that max |y'| = PAIR_TOP (sc[m] = the factor back), as fp16 pairs in the int4 words'
         # order: pair (g, k, j) = (y'[g GROUP + k W + j], y'[g GROUP + (k + 4) W + j]) at g 4W + k W + j, and each
         # group's sum of the fp16 values (gs[m, g], for the zeros). LORA_R > 0: programs (m, 1 + r) each make y
         # too and write low[m, r] = y . A[r] (float32) for the GEMV's LoRA epilogue, A [LORA_R, K] (one program
@@ -515,7 +521,7 @@ if HAS_TRITON:
                      prune_configs_by={"early_config_prune": prune_split})
     @triton.jit
     def _int4_pair_gemv_kernel(xp_ptr, gs_ptr, sc_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr,
-                               out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, ROW_BUCKET, GROUP: tl.constexpr,
+                               out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, silu_rows, ROW_BUCKET, GROUP: tl.constexpr,
                                HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, LORA_R: tl.constexpr, ASM: tl.constexpr,
                                PDL: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr,
                                GROUPS: tl.constexpr, SPLIT: tl.constexpr):
@@ -548,16 +554,16 @@ if HAS_TRITON:
             acc_zero += zero * tl.load(gs_ptr + m * n_all + g, mask=g_ok, other=0.0)[None, :]
         total = (tl.sum(tl.sum(acc, axis=2), axis=1) + tl.sum(acc_zero, axis=1)) * tl.load(sc_ptr + m)
         finish_store(total, tl.zeros([1], dtype=tl.float32), ws_ptr, sq_ptr, cnt_ptr, s, m, K, 0.0, b_ptr, b_stride,
-                     r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, 0, HAS_BIAS, HAS_RES, LORA_R, SPLIT)
+                     r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, silu_rows, 0, HAS_BIAS, HAS_RES, LORA_R, SPLIT)
 
 
 def int4_pairs(x: torch.Tensor, group: int, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
-               up: torch.Tensor | None = None, lora_a: torch.Tensor | None = None
+               up: torch.Tensor | None = None, lora_a: torch.Tensor | None = None, activated: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``prologue(x [M, in])`` as the int4 pair GEMV reads it, on CUDA: (pairs int32 ``[M, in / 2]``, each group's sum
     float32 ``[M, in / group]``, the factor back ``[M]``, and with ``lora_a`` (A ``[R, in]``) LoRA's ``low =
     prologue(x) @ A^T`` float32 ``[M, R]``, else None); see :data:`_int4_pairs_kernel` and :func:`pairs_reference`."""
-    x, up_, g, _, pro = fused_args(x, up, norm_weight, None)
+    x, up_, g, _, pro = fused_args(x, up, norm_weight, None, activated)
     rows, in_features = x.shape
     pairs = torch.empty(rows, in_features // 2, dtype=torch.int32, device=x.device)
     sums = torch.empty(rows, in_features // group, dtype=torch.float32, device=x.device)
@@ -590,7 +596,8 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group
               bias: torch.Tensor | None, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
               up: torch.Tensor | None = None, residual: torch.Tensor | None = None,
               lora: tuple[torch.Tensor, torch.Tensor] | None = None,
-              lora_ab: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+              lora_ab: tuple[torch.Tensor, torch.Tensor] | None = None, activated: bool = False,
+              silu_rows: int = 0) -> torch.Tensor:
     """``x [M, in] @ dequantized(packed).T + bias`` on CUDA, reading the 4-bit weights (not a dequantized copy); with
     the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv` and the LoRA epilogue (``lora``).
     :data:`INT4_PAIRS` on: the prologue once into fp16 pairs (:func:`int4_pairs`), then the pair GEMV; else the
@@ -603,23 +610,24 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group
     pdl = pdl_on(x)
     if INT4_PAIRS:
         pairs, sums, factor, low_ = int4_pairs(x, group, norm_weight=norm_weight, eps=eps, up=up,
-                                               lora_a=lora_ab[0] if lora_ab is not None else None)
+                                               lora_a=lora_ab[0] if lora_ab is not None else None,
+                                               activated=activated)
         res = residual.contiguous() if residual is not None else x
         low, lb, r = lora_args(x, (low_, lora_ab[1]) if lora_ab is not None and low_ is not None else lora,
                                out_features)
         _int4_pair_gemv_kernel[grid](pairs, sums, factor, words, words.stride(0), scales,
                                      bias if bias is not None else scales, addend_stride(bias), res, low, lb, out, ws,
-                                     sq, cnt, out_features, in_features, row_bucket(rows), GROUP=group,
+                                     sq, cnt, out_features, in_features, silu_rows, row_bucket(rows), GROUP=group,
                                      HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r,
                                      ASM=use_asm(x), PDL=pdl, PREFETCH=gemv.PDL_PREFETCH if pdl else 0, launch_pdl=pdl)
         return out
     if lora_ab is not None:
         raise ValueError("lora_ab needs the pair GEMV (quant.INT4_PAIRS)")
-    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual)
+    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual, activated)
     low, lb, r = lora_args(x, lora, out_features)
     _int4_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
                             bias if bias is not None else scales, addend_stride(bias), res, low, lb, out, ws, sq, cnt,
-                            out_features, in_features, float(eps), row_bucket(rows), GROUP=group, PRO=pro,
+                            out_features, in_features, float(eps), silu_rows, row_bucket(rows), GROUP=group, PRO=pro,
                             HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r, ASM=use_asm(x),
                             PDL=pdl, PREFETCH=gemv.PDL_PREFETCH if pdl else 0, launch_pdl=pdl)
     return out
