@@ -19,6 +19,8 @@ Stages (one JSON line each, then a summary with the ratios, all in one process o
               profile of the bf16 decode step
     *_silu_prologue   bf16 / int8 / int4 with ``gemv.SILU_EPILOGUE`` off (SiLU in down_proj's prologue, the fused
               walk before): the same-run baseline of SiLU in the gate/up GEMV's epilogue (skip all: silu_prologue)
+    *_two_kernel_attention   the same with ``attention.ONE_KERNEL`` off (decode attention as a split kernel and a
+              combine kernel, before): the baseline of the one-kernel attention (skip all: two_kernel_attention)
     --serve   llm.quantization end to end through HFChatModel (see serve_quantized)
     --pdl     only programmatic dependent launch off vs on (``gemv.PDL``), and for int8 the split-K GEMVs
               (``gemv.INT8_SPLIT``) off vs on, the states alternating twice in one generator per weight kind (bf16;
@@ -60,7 +62,7 @@ from bench.decode import (
     tokens_and_logits,
 )
 from rag.core.types import Message
-from rag.llm.fastgen import gemv, quant
+from rag.llm.fastgen import attention, gemv, quant
 from rag.llm.fastgen.generator import FastGenerator
 from rag.llm.fastgen.quant import quantize_linear
 
@@ -382,19 +384,23 @@ def main() -> None:
                     "lora_cost_addend": round(1 - on_addend / off, 3)}
         return go
 
-    def silu_prologue(label: str, **kw: Any) -> Any:
+    def switched_off(label: str, module: Any, switch: str, **kw: Any) -> Any:
+        """``variant`` with the module's switch off: the same-run baseline of what the switch turned on."""
         def go() -> dict[str, Any]:
-            default, gemv.SILU_EPILOGUE = gemv.SILU_EPILOGUE, False
+            default = getattr(module, switch)
+            setattr(module, switch, False)
             try:
                 return variant(label, **kw)()
             finally:
-                gemv.SILU_EPILOGUE = default
+                setattr(module, switch, default)
         return go
 
-    for label, kw in (("bf16_silu_prologue", {}), ("int8_silu_prologue", {"quantize": "int8"}),
-                      ("int4_silu_prologue", {"quantize": "int4"})):
-        if label not in skip and "silu_prologue" not in skip and label.split("_")[0] not in skip:
-            b.run(label, silu_prologue(label, **kw), needs_s=60)
+    for base, module, switch in (("silu_prologue", gemv, "SILU_EPILOGUE"), ("two_kernel_attention", attention,
+                                                                            "ONE_KERNEL")):
+        for kind, kw in (("bf16", {}), ("int8", {"quantize": "int8"}), ("int4", {"quantize": "int4"})):
+            label = f"{kind}_{base}"
+            if label not in skip and base not in skip and kind not in skip:
+                b.run(label, switched_off(label, module, switch, **kw), needs_s=60)
     if "int8_lora" not in skip:
         b.run("int8_lora", lora_cost("int8"), needs_s=60)
     if "int4" not in skip:
@@ -445,13 +451,14 @@ def main() -> None:
         return float(value) if value else None
 
     bf16, int8, int4 = rate("bf16"), rate("int8"), rate("int4")
-    before = {kind: rate(f"{kind}_silu_prologue") for kind in ("bf16", "int8", "int4")}
-    b.emit("summary", bf16_tok_s=bf16, int8_tok_s=int8, int4_tok_s=int4,
-           silu_prologue_tok_s=before,
-           silu_prologue_int8_over_bf16=round(before["int8"] / before["bf16"], 3) if before["int8"] and before["bf16"]
-           else None,
-           silu_prologue_int4_over_bf16=round(before["int4"] / before["bf16"], 3) if before["int4"] and before["bf16"]
-           else None,
+    baselines: dict[str, Any] = {}
+    for base in ("silu_prologue", "two_kernel_attention"):
+        before = {kind: rate(f"{kind}_{base}") for kind in ("bf16", "int8", "int4")}
+        baselines[f"{base}_tok_s"] = before
+        for kind in ("int8", "int4"):
+            if before[kind] and before["bf16"]:
+                baselines[f"{base}_{kind}_over_bf16"] = round(before[kind] / before["bf16"], 3)  # type: ignore[operator]
+    b.emit("summary", bf16_tok_s=bf16, int8_tok_s=int8, int4_tok_s=int4, **baselines,
            int8_over_bf16=round(int8 / bf16, 3) if bf16 and int8 else None,
            int4_over_bf16=round(int4 / bf16, 3) if bf16 and int4 else None,
            int8_lora_cost=RESULTS.get("int8_lora", {}).get("lora_cost"),

@@ -1,7 +1,7 @@
 """Decode attention for :class:`rag.llm.fastgen.generator.FastGenerator`: one new query per row against its KV cache.
 
-The split-K Triton kernels read only the filled part of the cache (one program per row, kv head and 256-position
-split, then a combine over the splits that were written); :func:`sdpa_decode` is the same thing as SDPA over the
+The split-K Triton kernel reads only the filled part of the cache (one program per row, kv head and 256-position
+split; the last split of a row and head to finish combines the splits that were written, :data:`ONE_KERNEL`); :func:`sdpa_decode` is the same thing as SDPA over the
 whole cache with a mask, the reference the kernels are checked against and the fallback where Triton is missing or
 fails that check (:func:`triton_ok`). Kept apart from the generator because it is self-contained GPU math with its
 own tests, and because it is the only code that needs Triton. Both kernels take programmatic dependent launch like
@@ -29,6 +29,12 @@ except ImportError:  # CPU installs
 logger = logging.getLogger(__name__)
 
 SPLIT = 256  # cache positions per attention program; max_len is rounded up to a multiple of it
+# One kernel per decode attention: the last program of a (row, kv head) to finish its split combines the splits
+# (an arrival counter per row and head, reset by that program, so CUDA graph replays need nothing else); a row whose
+# filled part is one split stores its output directly. False: the split kernel and a combine kernel (two launches a
+# layer; the bench's same-run baseline). Read at each launch: a captured graph keeps what was on at its capture.
+ONE_KERNEL = True
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 if HAS_TRITON:
 
@@ -69,6 +75,71 @@ if HAS_TRITON:
             tl.store(o_ptr + row[:, None] * D + d[None, :], acc)
             tl.store(ml_ptr + row * 2, m_i)
             tl.store(ml_ptr + row * 2 + 1, l_i)
+
+    @triton.jit
+    def _attn_one_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, cnt_ptr, out_ptr, scale, stride_qb, stride_qh,
+                         stride_kb, stride_kh, stride_kn, stride_ob, stride_oh, GROUP: tl.constexpr,
+                         GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_N: tl.constexpr,
+                         PDL: tl.constexpr):
+        # program (row b, kv head h, split s) as _attn_split_kernel; then the last of the row's and head's filled
+        # splits to arrive adds them up as _attn_combine_kernel does and resets the counter (ONE_KERNEL)
+        b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        pos = tl.load(pos_ptr + b)
+        start = s * SPLIT_N
+        if start <= pos:
+            g = tl.arange(0, GP)
+            d = tl.arange(0, D)
+            q = tl.load(q_ptr + b * stride_qb + (h * GROUP + g)[:, None] * stride_qh + d[None, :],
+                        mask=(g < GROUP)[:, None], other=0.0)  # [GP, D]
+            kv = k_ptr + b * stride_kb + h * stride_kh
+            vv = v_ptr + b * stride_kb + h * stride_kh
+            m_i = tl.full([GP], float("-inf"), tl.float32)
+            l_i = tl.zeros([GP], tl.float32)
+            acc = tl.zeros([GP, D], tl.float32)
+            for n0 in range(0, SPLIT_N, BLOCK_N):
+                n = start + n0 + tl.arange(0, BLOCK_N)
+                valid = n <= pos
+                kt = tl.load(kv + n[None, :] * stride_kn + d[:, None], mask=valid[None, :], other=0.0)  # [D, BN]
+                scores = tl.where(valid[None, :], tl.dot(q, kt) * scale, float("-inf"))  # [GP, BN]
+                m_new = tl.maximum(m_i, tl.max(scores, 1))
+                p = tl.exp(scores - m_new[:, None])
+                alpha = tl.exp(m_i - m_new)
+                v = tl.load(vv + n[:, None] * stride_kn + d[None, :], mask=valid[:, None], other=0.0)  # [BN, D]
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                m_i = m_new
+            filled = pos // SPLIT_N + 1
+            at = out_ptr + b * stride_ob + (h * GROUP + g)[:, None] * stride_oh + d[None, :]
+            if filled == 1:
+                tl.store(at, (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
+            else:
+                head = b * tl.num_programs(1) + h
+                row = (head * tl.num_programs(2) + s) * GP + g
+                tl.store(o_ptr + row[:, None] * D + d[None, :], acc)
+                tl.store(ml_ptr + row * 2, m_i)
+                tl.store(ml_ptr + row * 2 + 1, l_i)
+                tl.debug_barrier()  # every thread's stores issued before the (one-thread, releasing) count
+                count = tl.atomic_add(cnt_ptr + head, 1, sem="acq_rel")
+                if count == filled - 1:
+                    m_all = tl.full([GP], float("-inf"), tl.float32)
+                    l_all = tl.zeros([GP], tl.float32)
+                    total = tl.zeros([GP, D], tl.float32)
+                    for t in range(0, filled):
+                        part = (head * tl.num_programs(2) + t) * GP + g
+                        m_t = tl.load(ml_ptr + part * 2, cache_modifier=".cg")
+                        l_t = tl.load(ml_ptr + part * 2 + 1, cache_modifier=".cg")
+                        m_new = tl.maximum(m_all, m_t)
+                        a = tl.exp(m_all - m_new)
+                        c = tl.exp(m_t - m_new)
+                        total = total * a[:, None] + tl.load(o_ptr + part[:, None] * D + d[None, :],
+                                                             cache_modifier=".cg") * c[:, None]
+                        l_all = l_all * a + l_t * c
+                        m_all = m_new
+                    tl.store(at, (total / l_all[:, None]).to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
+                    tl.atomic_xchg(cnt_ptr + head, 0)
 
     @triton.jit
     def _attn_combine_kernel(o_ptr, ml_ptr, pos_ptr, out_ptr, n_splits, stride_ob, stride_oh,
@@ -115,6 +186,13 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     max_and_sum = torch.empty(batch, kv_heads, splits, padded, 2, device=q.device, dtype=torch.float32)
     out = torch.empty_like(q)
     pdl = pdl_on(q)
+    if ONE_KERNEL:
+        counters = _counters(q.device, batch * kv_heads)
+        _attn_one_kernel[(batch, kv_heads, splits)](
+            q, k_cache, v_cache, positions, partial, max_and_sum, counters, out, scale, q.stride(0), q.stride(1),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1), GROUP=group,
+            GP=padded, D=dim, BLOCK_N=64, SPLIT_N=SPLIT, PDL=pdl, launch_pdl=pdl)
+        return out
     _attn_split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, positions, partial, max_and_sum, scale, q.stride(0), q.stride(1), k_cache.stride(0),
         k_cache.stride(1), k_cache.stride(2), GROUP=group, GP=padded, D=dim, BLOCK_N=64, SPLIT_N=SPLIT, PDL=pdl,
@@ -122,6 +200,16 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _attn_combine_kernel[(batch, kv_heads)](partial, max_and_sum, positions, out, splits, out.stride(0), out.stride(1),
                                             GROUP=group, GP=padded, D=dim, SPLIT_N=SPLIT, PDL=pdl, launch_pdl=pdl)
     return out
+
+
+def _counters(device: torch.device, needed: int) -> torch.Tensor:
+    """The arrival counters of :data:`_attn_one_kernel` (int32 zeros, one per row and kv head; each use resets its
+    own), kept per device and made at the first call, which is eager (the generator's warm-up steps run before graph
+    capture)."""
+    held = _COUNTERS.get(device)
+    if held is None or held.numel() < needed:
+        held = _COUNTERS[device] = torch.zeros(max(needed, 1024), dtype=torch.int32, device=device)
+    return held
 
 
 def sdpa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
