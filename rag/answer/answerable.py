@@ -113,6 +113,11 @@ _ADDITIVE = re.compile(r"^\W*(?:(?:you|users?) (?:can|may|could) also\b|also\b|a
                        r"additionally\b|另外|此外|也可以|还可以|或者也?可以)", re.IGNORECASE)
 # A manual page's title or footer line ends with its name and section after a column gap (``TEE(1)   用户命令
 # TEE(1)``, ``GNU coreutils 9.1   2022年9月   TEE(1)``): a running head, never quoted.
+# A how-to question ("怎么创建软链接", "how do I ...", "用哪个参数") and a line that documents a command's option
+# ("-s, --symbolic 创建符号链接而非硬链接", "--delete 把指定文件从存档中删除"): see assess(option_margin)
+_HOW_TO = re.compile(r"怎么|怎样|如何|用什么|哪个(?:参数|选项)|哪些(?:参数|选项)|\bhow (?:do|can|could|should|would|to)\b"
+                     r"|\bwhich (?:option|flag|switch)", re.IGNORECASE)
+_OPTION_LINE = re.compile(r"^\s*[-\u2010\u2011\u2212]{1,2}[A-Za-z0-9]")
 _MAN_TITLE = re.compile(r"\s{2,}[\w.+-]+\(\d\w*\)[。.]?$")
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 # A one-letter command-line option or format directive (-r, -S, %F, +%F): a token of its own, its case meaningful
@@ -622,7 +627,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
            min_similarity: float = 0.0, semantic_min_coverage: float = 0.0, dictionary: Dictionary | None = None,
            relative_credit: float = RELATIVE_CREDIT, pick_margin: float = 0.0,
            calibration: Calibration | None = None, min_probability: float | None = None,
-           alignment: TermAlignment | None = None, align_lead: int = 0, rank_margin: float = 0.0) -> Assessment:
+           alignment: TermAlignment | None = None, align_lead: int = 0, rank_margin: float = 0.0,
+           option_margin: float = 0.0) -> Assessment:
     """Decide whether ``hits`` answer ``question`` and pick the sentences that support the answer.
 
     Args:
@@ -658,6 +664,9 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             is within this of the lead's (0..2) and whose passage answers too (the coverage and the names the lead's
             passage had, and every name and number the lead's sentences hold) leads instead: the earliest such
             passage, its best-covering sentence (0: off).
+        option_margin: once a how-to question is answerable, a line documenting a command's option ("-s, --symbolic
+            …") whose coverage score is within this of the lead's and whose passage answers too leads instead of a
+            sentence that is no such line (0: off).
     """
     terms = key_terms(question, corpus, dictionary)
     if not terms or not hits:
@@ -867,6 +876,28 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
                    and lead_score(c) >= lead_score(best) - rank_margin]
         for candidate in sorted(earlier, key=lambda c: (c.hit_number, -lead_score(c))):
             if (switched := answers_too(candidate, names)) is not None:
+                (chosen, decided), best = switched, candidate
+                break
+    if answerable and not cross and option_margin > 0 and _HOW_TO.search(question) and not _OPTION_LINE.match(
+            best.text):
+        # how to do something, over a command's manual: the option that does it is the answer (the "-s, --symbolic
+        # 创建符号链接而非硬链接" line for "怎么创建软链接"), not the prose around it that repeats more of the words
+        # (scored with its heading path: an option's line seldom repeats the command's name, its page's title does)
+        # and the line itself says one of the question's words (not only its page's title)
+        words = [t for t in pool if not t.neutral]
+        lines = [c for c in scored if anchors[c.hit_number] >= anchors[best.hit_number] and _OPTION_LINE.match(c.text)
+                 and share(c.credit, pool) >= share(best.credit, pool) - option_margin and share(c.own, words) > 0]
+        if alignment is not None and lines:  # the line that says the question best, in other words too, and no
+            # worse than the lead does
+            vectors = dict(zip((c.text for c in [best, *lines]), aligned_rows([c.text for c in [best, *lines]]),
+                               strict=True))
+            said_by = {c.text: _aligned_share(terms, c.credit, [vectors[c.text]]) for c in [best, *lines]}
+            lines = sorted((c for c in lines if said_by[c.text] >= said_by[best.text]),
+                           key=lambda c: (-said_by[c.text], c.hit_number))
+        else:
+            lines.sort(key=lambda c: (-share(c.credit, pool), -lead_score(c), c.hit_number))
+        for candidate in lines:
+            if (switched := answers_too(candidate)) is not None:
                 (chosen, decided), best = switched, candidate
                 break
     closest, semantic = None, False

@@ -198,6 +198,9 @@ class AnswerConfig:
     # this of the chosen lead's and whose passage answers too (and holds the lead's names and numbers) leads instead;
     # 0 = off. docs/EVAL.md "tenth pass"
     rank_margin: float = 0.3
+    # once a how-to question is answerable, a line documenting a command's option whose coverage score (0..2) is
+    # within this of the lead's and whose passage answers too leads instead; 0 = off
+    option_margin: float = 0.0
 
 
 @dataclass

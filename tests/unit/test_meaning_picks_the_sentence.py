@@ -55,3 +55,24 @@ def test_a_sentence_that_adds_to_another_does_not_lead_by_meaning() -> None:
                                        heading=("Restart and factory reset",)), 1.0)],
                   None, similarity=_closer_to("also"), pick_margin=0.4)
     assert only.answerable and only.support[0].text.startswith("You can also")
+
+
+def test_a_how_to_question_over_a_manual_is_answered_by_the_option_line() -> None:
+    """"怎么创建软链接" over ln's manual: the "-s, --symbolic" line answers it, not the prose that repeats more of the
+    question's words (answer.option_margin); off (0), the prose leads; a line that says none of the question's words
+    itself (only its page's title holds them) never leads; a question that asks no how does not switch."""
+    prose = "硬链接使用 ln target link 命令创建。\n"
+    line = "-s, --symbolic 创建符号链接而非硬链接\n"
+    hits = [Hit(Chunk(1, prose, "debian-reference/ch01.html", 0, heading=("文件链接",)), 1.0),
+            Hit(Chunk(2, line, "man/ln.1.txt", 0, heading=("LN(1)", "ln - 在文件之间建立连接")), 0.9)]
+    question = "ln 怎么创建软链接而不是硬链接？"
+    off = assess(question, hits, None, max_sentences=1)
+    assert off.answerable and off.support[0].text.startswith("硬链接使用")
+    on = assess(question, hits, None, max_sentences=1, option_margin=0.3)
+    assert on.answerable and on.support[0].text.startswith("-s, --symbolic")
+    titled_only = [hits[0], Hit(Chunk(2, "-v, --verbose 显示每个已处理文件的名称\n", "man/ln.1.txt", 0,
+                                      heading=("LN(1)", "ln - 创建链接")), 0.9)]
+    kept = assess(question, titled_only, None, max_sentences=1, option_margin=0.3)
+    assert kept.answerable and kept.support[0].text.startswith("硬链接使用")
+    plain = assess("ln 的软链接和硬链接有什么不同？", hits, None, max_sentences=1, option_margin=0.3)
+    assert not plain.support or not plain.support[0].text.startswith("-s")
