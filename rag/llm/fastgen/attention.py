@@ -39,6 +39,63 @@ _COUNTERS: dict[torch.device, torch.Tensor] = {}
 if HAS_TRITON:
 
     @triton.jit
+    def _attend_split(q_ptr, k_ptr, v_ptr, b, h, start, pos, scale, stride_qb, stride_qh, stride_kb, stride_kh,
+                      stride_kn, GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+                      SPLIT_N: tl.constexpr):
+        """The GROUP query heads of kv head h of row b against cache positions [start, start + SPLIT_N) up to pos:
+        (running max [GP], sum of exponentials [GP], unnormalised output [GP, D]) in float32."""
+        g = tl.arange(0, GP)
+        d = tl.arange(0, D)
+        q = tl.load(q_ptr + b * stride_qb + (h * GROUP + g)[:, None] * stride_qh + d[None, :],
+                    mask=(g < GROUP)[:, None], other=0.0)  # [GP, D]
+        kv = k_ptr + b * stride_kb + h * stride_kh
+        vv = v_ptr + b * stride_kb + h * stride_kh
+        m_i = tl.full([GP], float("-inf"), tl.float32)
+        l_i = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, D], tl.float32)
+        for n0 in range(0, SPLIT_N, BLOCK_N):
+            n = start + n0 + tl.arange(0, BLOCK_N)
+            valid = n <= pos
+            kt = tl.load(kv + n[None, :] * stride_kn + d[:, None], mask=valid[None, :], other=0.0)  # [D, BN]
+            scores = tl.where(valid[None, :], tl.dot(q, kt) * scale, float("-inf"))  # [GP, BN]
+            m_new = tl.maximum(m_i, tl.max(scores, 1))
+            p = tl.exp(scores - m_new[:, None])
+            alpha = tl.exp(m_i - m_new)
+            v = tl.load(vv + n[:, None] * stride_kn + d[None, :], mask=valid[:, None], other=0.0)  # [BN, D]
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            m_i = m_new
+        return m_i, l_i, acc
+
+    @triton.jit
+    def _combine_splits(o_ptr, ml_ptr, first, filled, GP: tl.constexpr, D: tl.constexpr, CACHED: tl.constexpr):
+        """The attention output [GP, D] from the partial results of splits 0 .. filled - 1 of one row and head
+        (partial rows (first + s) * GP + g). ``CACHED`` False: read past L1 (written by other programs of the
+        running kernel)."""
+        g = tl.arange(0, GP)
+        d = tl.arange(0, D)
+        m_all = tl.full([GP], float("-inf"), tl.float32)
+        l_all = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, D], tl.float32)
+        for s in range(0, filled):
+            row = (first + s) * GP + g
+            if CACHED:
+                m_s = tl.load(ml_ptr + row * 2)
+                l_s = tl.load(ml_ptr + row * 2 + 1)
+                o_s = tl.load(o_ptr + row[:, None] * D + d[None, :])
+            else:
+                m_s = tl.load(ml_ptr + row * 2, cache_modifier=".cg")
+                l_s = tl.load(ml_ptr + row * 2 + 1, cache_modifier=".cg")
+                o_s = tl.load(o_ptr + row[:, None] * D + d[None, :], cache_modifier=".cg")
+            m_new = tl.maximum(m_all, m_s)
+            a = tl.exp(m_all - m_new)
+            c = tl.exp(m_s - m_new)
+            acc = acc * a[:, None] + o_s * c[:, None]
+            l_all = l_all * a + l_s * c
+            m_all = m_new
+        return acc / l_all[:, None]
+
+    @triton.jit
     def _attn_split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, scale, stride_qb, stride_qh, stride_kb,
                            stride_kh, stride_kn, GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
                            BLOCK_N: tl.constexpr, SPLIT_N: tl.constexpr, PDL: tl.constexpr):
@@ -50,27 +107,10 @@ if HAS_TRITON:
         pos = tl.load(pos_ptr + b)  # newest filled position of row b
         start = s * SPLIT_N
         if start <= pos:  # splits past the filled part do nothing; the combine kernel skips them
+            m_i, l_i, acc = _attend_split(q_ptr, k_ptr, v_ptr, b, h, start, pos, scale, stride_qb, stride_qh,
+                                          stride_kb, stride_kh, stride_kn, GROUP, GP, D, BLOCK_N, SPLIT_N)
             g = tl.arange(0, GP)
             d = tl.arange(0, D)
-            q = tl.load(q_ptr + b * stride_qb + (h * GROUP + g)[:, None] * stride_qh + d[None, :],
-                        mask=(g < GROUP)[:, None], other=0.0)  # [GP, D]
-            kv = k_ptr + b * stride_kb + h * stride_kh
-            vv = v_ptr + b * stride_kb + h * stride_kh
-            m_i = tl.full([GP], float("-inf"), tl.float32)
-            l_i = tl.zeros([GP], tl.float32)
-            acc = tl.zeros([GP, D], tl.float32)
-            for n0 in range(0, SPLIT_N, BLOCK_N):
-                n = start + n0 + tl.arange(0, BLOCK_N)
-                valid = n <= pos
-                kt = tl.load(kv + n[None, :] * stride_kn + d[:, None], mask=valid[None, :], other=0.0)  # [D, BN]
-                scores = tl.where(valid[None, :], tl.dot(q, kt) * scale, float("-inf"))  # [GP, BN]
-                m_new = tl.maximum(m_i, tl.max(scores, 1))
-                p = tl.exp(scores - m_new[:, None])
-                alpha = tl.exp(m_i - m_new)
-                v = tl.load(vv + n[:, None] * stride_kn + d[None, :], mask=valid[:, None], other=0.0)  # [BN, D]
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                m_i = m_new
             row = ((b * tl.num_programs(1) + h) * tl.num_programs(2) + s) * GP + g
             tl.store(o_ptr + row[:, None] * D + d[None, :], acc)
             tl.store(ml_ptr + row * 2, m_i)
@@ -90,27 +130,10 @@ if HAS_TRITON:
         pos = tl.load(pos_ptr + b)
         start = s * SPLIT_N
         if start <= pos:
+            m_i, l_i, acc = _attend_split(q_ptr, k_ptr, v_ptr, b, h, start, pos, scale, stride_qb, stride_qh,
+                                          stride_kb, stride_kh, stride_kn, GROUP, GP, D, BLOCK_N, SPLIT_N)
             g = tl.arange(0, GP)
             d = tl.arange(0, D)
-            q = tl.load(q_ptr + b * stride_qb + (h * GROUP + g)[:, None] * stride_qh + d[None, :],
-                        mask=(g < GROUP)[:, None], other=0.0)  # [GP, D]
-            kv = k_ptr + b * stride_kb + h * stride_kh
-            vv = v_ptr + b * stride_kb + h * stride_kh
-            m_i = tl.full([GP], float("-inf"), tl.float32)
-            l_i = tl.zeros([GP], tl.float32)
-            acc = tl.zeros([GP, D], tl.float32)
-            for n0 in range(0, SPLIT_N, BLOCK_N):
-                n = start + n0 + tl.arange(0, BLOCK_N)
-                valid = n <= pos
-                kt = tl.load(kv + n[None, :] * stride_kn + d[:, None], mask=valid[None, :], other=0.0)  # [D, BN]
-                scores = tl.where(valid[None, :], tl.dot(q, kt) * scale, float("-inf"))  # [GP, BN]
-                m_new = tl.maximum(m_i, tl.max(scores, 1))
-                p = tl.exp(scores - m_new[:, None])
-                alpha = tl.exp(m_i - m_new)
-                v = tl.load(vv + n[:, None] * stride_kn + d[None, :], mask=valid[:, None], other=0.0)  # [BN, D]
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                m_i = m_new
             filled = pos // SPLIT_N + 1
             at = out_ptr + b * stride_ob + (h * GROUP + g)[:, None] * stride_oh + d[None, :]
             if filled == 1:
@@ -124,21 +147,8 @@ if HAS_TRITON:
                 tl.debug_barrier()  # every thread's stores issued before the (one-thread, releasing) count
                 count = tl.atomic_add(cnt_ptr + head, 1, sem="acq_rel")
                 if count == filled - 1:
-                    m_all = tl.full([GP], float("-inf"), tl.float32)
-                    l_all = tl.zeros([GP], tl.float32)
-                    total = tl.zeros([GP, D], tl.float32)
-                    for t in range(0, filled):
-                        part = (head * tl.num_programs(2) + t) * GP + g
-                        m_t = tl.load(ml_ptr + part * 2, cache_modifier=".cg")
-                        l_t = tl.load(ml_ptr + part * 2 + 1, cache_modifier=".cg")
-                        m_new = tl.maximum(m_all, m_t)
-                        a = tl.exp(m_all - m_new)
-                        c = tl.exp(m_t - m_new)
-                        total = total * a[:, None] + tl.load(o_ptr + part[:, None] * D + d[None, :],
-                                                             cache_modifier=".cg") * c[:, None]
-                        l_all = l_all * a + l_t * c
-                        m_all = m_new
-                    tl.store(at, (total / l_all[:, None]).to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
+                    out = _combine_splits(o_ptr, ml_ptr, head * tl.num_programs(2), filled, GP, D, False)
+                    tl.store(at, out.to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
                     tl.atomic_xchg(cnt_ptr + head, 0)
 
     @triton.jit
@@ -152,20 +162,9 @@ if HAS_TRITON:
         pos = tl.load(pos_ptr + b)
         g = tl.arange(0, GP)
         d = tl.arange(0, D)
-        m_all = tl.full([GP], float("-inf"), tl.float32)
-        l_all = tl.zeros([GP], tl.float32)
-        acc = tl.zeros([GP, D], tl.float32)
-        for s in range(0, pos // SPLIT_N + 1):  # only the splits the first kernel wrote
-            row = ((b * tl.num_programs(1) + h) * n_splits + s) * GP + g
-            m_s = tl.load(ml_ptr + row * 2)
-            l_s = tl.load(ml_ptr + row * 2 + 1)
-            m_new = tl.maximum(m_all, m_s)
-            a = tl.exp(m_all - m_new)
-            c = tl.exp(m_s - m_new)
-            acc = acc * a[:, None] + tl.load(o_ptr + row[:, None] * D + d[None, :]) * c[:, None]
-            l_all = l_all * a + l_s * c
-            m_all = m_new
-        out = acc / l_all[:, None]
+        # only the splits the first kernel wrote
+        out = _combine_splits(o_ptr, ml_ptr, (b * tl.num_programs(1) + h) * n_splits, pos // SPLIT_N + 1, GP, D,
+                              True)
         tl.store(out_ptr + b * stride_ob + (h * GROUP + g)[:, None] * stride_oh + d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
 
