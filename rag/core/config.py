@@ -198,9 +198,11 @@ class AnswerConfig:
     # this of the chosen lead's and whose passage answers too (and holds the lead's names and numbers) leads instead;
     # 0 = off. docs/EVAL.md "tenth pass"
     rank_margin: float = 0.3
-    # once a how-to question is answerable, a line documenting a command's option whose coverage score (0..2) is
-    # within this of the lead's and whose passage answers too leads instead; 0 = off
-    option_margin: float = 0.0
+    # once a how-to question is answerable, a line documenting a command's option ("-s, --symbolic ...") that says
+    # one of its words itself, whose coverage score with its heading path (0..1) is within this of the lead's, that
+    # says the question no worse than the lead (aligned) and whose passage answers too leads instead; 0 = off.
+    # docs/EVAL.md "fifteenth pass"
+    option_margin: float = 0.3
 
 
 @dataclass
