@@ -9,8 +9,10 @@ kernel that reads the weight once,
 
 with ``prologue`` one of: nothing; RMSNorm (``norm_weight * x * rsqrt(mean(x²) + eps)``: the sum of squares is
 gathered in the same loop as the dot products and applied at the end, since the scale is one number per row of
-``x``); or the gated activation ``silu(x) * up`` (GLM / Llama SwiGLU). The residual add moves into the epilogue of
-the linear before the norm (o_proj, down_proj), so the residual stream is written once per half-layer.
+``x``); or the gated activation ``silu(x) * up`` (GLM / Llama SwiGLU) -- in the decode step the SiLU itself runs
+in the gate/up GEMV's epilogue (``silu_rows``, :data:`SILU_EPILOGUE`) and down_proj's prologue is ``x * up``
+(``activated``). The residual add moves into the epilogue of the linear before the norm (o_proj, down_proj), so
+the residual stream is written once per half-layer.
 
 The arithmetic is float32 on bf16 inputs; the unfused modules round the normed / activated input to bf16 before the
 GEMV, so results differ from them by bf16 rounding (relative ~1e-3), as any change of kernel does. On CPU (tests) and
