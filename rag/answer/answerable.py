@@ -111,13 +111,13 @@ _NAVIGATION = re.compile(r"\s*(?:\[[^\[\]]{1,80}\]\s*\|?\s*){2,}")
 # presupposes the main statement: that one leads.
 _ADDITIVE = re.compile(r"^\W*(?:(?:you|users?) (?:can|may|could) also\b|also\b|alternatively\b|in addition\b|"
                        r"additionally\b|另外|此外|也可以|还可以|或者也?可以)", re.IGNORECASE)
-# A manual page's title or footer line ends with its name and section after a column gap (``TEE(1)   用户命令
-# TEE(1)``, ``GNU coreutils 9.1   2022年9月   TEE(1)``): a running head, never quoted.
 # A how-to question ("怎么创建软链接", "how do I ...", "用哪个参数") and a line that documents a command's option
 # ("-s, --symbolic 创建符号链接而非硬链接", "--delete 把指定文件从存档中删除"): see assess(option_margin)
 _HOW_TO = re.compile(r"怎么|怎样|如何|用什么|哪个(?:参数|选项)|哪些(?:参数|选项)|\bhow (?:do|can|could|should|would|to)\b"
                      r"|\bwhich (?:option|flag|switch)", re.IGNORECASE)
 _OPTION_LINE = re.compile(r"^\s*[-\u2010\u2011\u2212]{1,2}[A-Za-z0-9]")
+# A manual page's title or footer line ends with its name and section after a column gap (``TEE(1)   用户命令
+# TEE(1)``, ``GNU coreutils 9.1   2022年9月   TEE(1)``): a running head, never quoted.
 _MAN_TITLE = re.compile(r"\s{2,}[\w.+-]+\(\d\w*\)[。.]?$")
 _NAME_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*[A-Za-z0-9]|[A-Za-z]")
 # A one-letter command-line option or format directive (-r, -S, %F, +%F): a token of its own, its case meaningful
@@ -664,9 +664,10 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             is within this of the lead's (0..2) and whose passage answers too (the coverage and the names the lead's
             passage had, and every name and number the lead's sentences hold) leads instead: the earliest such
             passage, its best-covering sentence (0: off).
-        option_margin: once a how-to question is answerable, a line documenting a command's option ("-s, --symbolic
-            …") whose coverage score is within this of the lead's and whose passage answers too leads instead of a
-            sentence that is no such line (0: off).
+        option_margin: once a how-to question is answerable and its lead is no option line, a line documenting a
+            command's option ("-s, --symbolic …") leads instead when it says one of the question's words itself, its
+            coverage with its heading path is within this of the lead's (0..1), it says the question no worse than
+            the lead by ``alignment`` (the best-aligned such line first) and its passage answers too (0: off).
     """
     terms = key_terms(question, corpus, dictionary)
     if not terms or not hits:
