@@ -456,8 +456,9 @@ def main() -> None:
         before = {kind: rate(f"{kind}_{base}") for kind in ("bf16", "int8", "int4")}
         baselines[f"{base}_tok_s"] = before
         for kind in ("int8", "int4"):
-            if before[kind] and before["bf16"]:
-                baselines[f"{base}_{kind}_over_bf16"] = round(before[kind] / before["bf16"], 3)  # type: ignore[operator]
+            over, under = before[kind], before["bf16"]
+            if over and under:
+                baselines[f"{base}_{kind}_over_bf16"] = round(over / under, 3)
     b.emit("summary", bf16_tok_s=bf16, int8_tok_s=int8, int4_tok_s=int4, **baselines,
            int8_over_bf16=round(int8 / bf16, 3) if bf16 and int8 else None,
            int4_over_bf16=round(int4 / bf16, 3) if bf16 and int4 else None,

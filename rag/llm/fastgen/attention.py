@@ -16,7 +16,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from rag.llm.fastgen.gemv import pdl_on
+from rag.llm.fastgen.gemv import arrival_counters, pdl_on
 
 try:
     import triton
@@ -34,7 +34,6 @@ SPLIT = 256  # cache positions per attention program; max_len is rounded up to a
 # filled part is one split stores its output directly. False: the split kernel and a combine kernel (two launches a
 # layer; the bench's same-run baseline). Read at each launch: a captured graph keeps what was on at its capture.
 ONE_KERNEL = True
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 if HAS_TRITON:
 
@@ -186,7 +185,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     out = torch.empty_like(q)
     pdl = pdl_on(q)
     if ONE_KERNEL:
-        counters = _counters(q.device, batch * kv_heads)
+        counters = arrival_counters(q.device, batch * kv_heads)
         _attn_one_kernel[(batch, kv_heads, splits)](
             q, k_cache, v_cache, positions, partial, max_and_sum, counters, out, scale, q.stride(0), q.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1), GROUP=group,
@@ -199,16 +198,6 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _attn_combine_kernel[(batch, kv_heads)](partial, max_and_sum, positions, out, splits, out.stride(0), out.stride(1),
                                             GROUP=group, GP=padded, D=dim, SPLIT_N=SPLIT, PDL=pdl, launch_pdl=pdl)
     return out
-
-
-def _counters(device: torch.device, needed: int) -> torch.Tensor:
-    """The arrival counters of :data:`_attn_one_kernel` (int32 zeros, one per row and kv head; each use resets its
-    own), kept per device and made at the first call, which is eager (the generator's warm-up steps run before graph
-    capture)."""
-    held = _COUNTERS.get(device)
-    if held is None or held.numel() < needed:
-        held = _COUNTERS[device] = torch.zeros(max(needed, 1024), dtype=torch.int32, device=device)
-    return held
 
 
 def sdpa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,

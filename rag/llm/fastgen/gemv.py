@@ -188,19 +188,30 @@ def lora_args(x: torch.Tensor, lora: tuple[torch.Tensor, torch.Tensor] | None,
     return low, b, r
 
 
+def arrival_counters(device: torch.device, needed: int = 0) -> torch.Tensor:
+    """The arrival counters of the decode kernels whose last program to arrive finishes the work (the split-K GEMVs'
+    :func:`finish_store`, the one-kernel decode attention): int32 zeros, each returned to zero by the program that
+    used it, so kernels of one stream share them (with PDL too: every program waits for the kernel before it ahead
+    of any counter). Kept per device, made at the first call, which is eager (autotuning and warm-up steps run
+    before graph capture); holds ``MAX_ROWS * SPLIT_MAX_N / 4`` (a split-K block has at least 4 rows)."""
+    if device not in _COUNTERS:
+        _COUNTERS[device] = torch.zeros(MAX_ROWS * (SPLIT_MAX_N // 4), dtype=torch.int32, device=device)
+    if needed > _COUNTERS[device].numel():
+        raise ValueError(f"{needed} arrival counters asked for, {_COUNTERS[device].numel()} held")
+    return _COUNTERS[device]
+
+
 def split_buffers(device: torch.device, rows: int, out_features: int) -> tuple[torch.Tensor, torch.Tensor,
                                                                                 torch.Tensor]:
     """Split-K scratch for one GEMV launch: partial dot products ``[rows, SPLIT_MAX, out]`` and sums of squares
-    (float32, written before they are read), and the arrival counters (int32 zeros, reset by the kernel itself after
-    each use; kept per device, made at the first call, which is eager: the autotuning runs before graph capture).
-    Split-K shapes have at least 4 rows a block (the counters and sums of squares hold ``out / 4`` blocks a row)."""
-    if device not in _COUNTERS:
-        _COUNTERS[device] = torch.zeros(MAX_ROWS * (SPLIT_MAX_N // 4), dtype=torch.int32, device=device)
+    (float32, written before they are read), and the :func:`arrival_counters`. Split-K shapes have at least 4 rows a
+    block (the counters and sums of squares hold ``out / 4`` blocks a row)."""
+    counters = arrival_counters(device)
     if out_features > SPLIT_MAX_N:  # no split configuration is tried: nothing to hold
-        return _COUNTERS[device], _COUNTERS[device], _COUNTERS[device]
+        return counters, counters, counters
     ws = torch.empty(rows * SPLIT_MAX * out_features, dtype=torch.float32, device=device)
     sq = torch.empty(rows * SPLIT_MAX * (out_features // 4 + 1), dtype=torch.float32, device=device)
-    return ws, sq, _COUNTERS[device]
+    return ws, sq, counters
 
 
 def launch_gemv(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None, *,
