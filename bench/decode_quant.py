@@ -13,6 +13,9 @@ Stages (one JSON line each, then a summary with the ratios, all in one process o
     int4      quantize="int4" (group 128; output layer int8), same measures
     int4_lora the LoRA cost on the int4 path (as int8_lora); its default is the fused walk with the adapter on
               (fused_walk_ran), the general walk beside it (adapter_on_general_walk)
+    int4_pairs / int4_f32 / int4_*_general_walk / int4_pairs_lora   int4 through the fp16-pair GEMV (its pairs kernel
+              first; ``quant.INT4_DIRECT`` off) or the float32 one, and the general walk: the same-run baselines of
+              the bf16 GEMV that reads x itself (the default)
     int4_8k   a fresh generator with release_weights=True and an 8k-token cache: memory after freeing the bf16
               weights, and peak during a decode of --new-tokens after a 4k-token prompt
     bf16_separate_qkv / profile_bf16   q, k, v as three GEMVs (the same-run baseline of fuse_qkv), and a kernel
@@ -252,8 +255,9 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated stages to skip: bf16_separate_qkv, profile_bf16, "
                         "general_walk (int8/int4 without the fused GEMV prologues), fused_walk (with them), int4_8k, "
                         "int8, int8_lora, int4 (its fused walk too), int4_lora, kernels (the GEMVs against x @ dequantize().T), "
-                        "int4_gemvs (int4 through the fp16-pair GEMV and the float32 one, and both layer walks; or one "
-                        "of int4_pairs, int4_f32, int4_pairs_fused_walk, int4_pairs_general_walk)")
+                        "int4_gemvs (int4 through the fp16-pair GEMV and the float32 one instead of the bf16 one, the "
+                        "general walk, and the LoRA cost through the pairs; or one of int4_pairs, int4_f32, "
+                        "int4_pairs_general_walk, int4_direct_general_walk, int4_pairs_lora)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--serve", action="store_true",
                         help="only llm.quantization through HFChatModel.load/stream: bf16, int8, int4, first and cached "
@@ -407,20 +411,27 @@ def main() -> None:
         b.run("int4", variant("int4", quantize="int4"), needs_s=60)
     if "int4_lora" not in skip:
         b.run("int4_lora", lora_cost("int4"), needs_s=60)
-    def int4_gemv(pairs: bool, label: str, **kw: Any) -> Any:
+    def int4_switched(fn: Any, direct: bool, pairs: bool) -> Any:
+        """``fn`` with the int4 GEMV chosen by quant.INT4_DIRECT / quant.INT4_PAIRS (restored after)."""
         def go() -> dict[str, Any]:
-            default, quant.INT4_PAIRS = quant.INT4_PAIRS, pairs
+            default = quant.INT4_DIRECT, quant.INT4_PAIRS
+            quant.INT4_DIRECT, quant.INT4_PAIRS = direct, pairs
             try:
-                return variant(label, quantize="int4", **kw)()
+                return fn()
             finally:
-                quant.INT4_PAIRS = default
+                quant.INT4_DIRECT, quant.INT4_PAIRS = default
         return go
 
-    # int4 through each GEMV (quant.INT4_PAIRS: the fp16-pair kernel or the float32 one) and each layer walk
-    for label, pairs, walk in (("int4_pairs", True, None), ("int4_f32", False, None),
-                               ("int4_pairs_fused_walk", True, True), ("int4_pairs_general_walk", True, False)):
+    # int4 through each GEMV (quant.INT4_DIRECT: the bf16 kernel reading x; INT4_PAIRS: the fp16-pair kernel after
+    # its pairs kernel; neither: the float32 one) and each layer walk; int4_pairs_lora: the adapter's cost through
+    # the pairs (its x @ A^T made in the pairs kernel)
+    for label, direct, pairs, walk in (("int4_pairs", False, True, None), ("int4_f32", False, False, None),
+                                       ("int4_pairs_general_walk", False, True, False),
+                                       ("int4_direct_general_walk", True, True, False)):
         if label not in skip and "int4_gemvs" not in skip:
-            b.run(label, int4_gemv(pairs, label, fuse_gemv=walk), needs_s=60)
+            b.run(label, int4_switched(variant(label, quantize="int4", fuse_gemv=walk), direct, pairs), needs_s=60)
+    if "int4_pairs_lora" not in skip and "int4_gemvs" not in skip:
+        b.run("int4_pairs_lora", int4_switched(lora_cost("int4"), False, True), needs_s=60)
     if "general_walk" not in skip:  # the same weights through the general layer walk (no fused GEMV prologues)
         b.run("int8_general_walk", variant("int8_general_walk", quantize="int8", fuse_gemv=False), needs_s=60)
         b.run("int4_general_walk", variant("int4_general_walk", quantize="int4", fuse_gemv=False), needs_s=60)
@@ -462,6 +473,8 @@ def main() -> None:
     b.emit("summary", bf16_tok_s=bf16, int8_tok_s=int8, int4_tok_s=int4, **baselines,
            int8_over_bf16=round(int8 / bf16, 3) if bf16 and int8 else None,
            int4_over_bf16=round(int4 / bf16, 3) if bf16 and int4 else None,
+           int4_pairs_over_bf16=round(rate("int4_pairs") / bf16, 3) if bf16 and rate("int4_pairs") else None,
+           int4_pairs_lora_cost=RESULTS.get("int4_pairs_lora", {}).get("lora_cost"),
            int8_lora_cost=RESULTS.get("int8_lora", {}).get("lora_cost"),
            int8_lora_cost_addend=RESULTS.get("int8_lora", {}).get("lora_cost_addend"),
            int4_lora_cost=RESULTS.get("int4_lora", {}).get("lora_cost"),

@@ -10,7 +10,9 @@ A kind is a weight kind and switches of rag.llm.fastgen.gemv, each off unless na
 launch (``gemv.PDL``; the graph replays the same GEMV on successive weight copies back to back, so the gain is that
 of one GEMV following another), ``-split`` the int8 split-K GEMV (``gemv.INT8_SPLIT``), ``-i2f`` int8 through the
 int-to-float instruction (``gemv.INT8_BITS`` off), ``-f32`` int4 through the float32 kernel that applies the prologue
-per weight (``quant.INT4_PAIRS`` off), ``-pairs`` through the fp16-pair GEMV after its pairs kernel (on; both timed).
+per weight (``quant.INT4_DIRECT`` and ``quant.INT4_PAIRS`` off), ``-pairs`` through the fp16-pair GEMV after its pairs
+kernel (``INT4_DIRECT`` off; both timed), ``-direct`` through the bf16 GEMV that reads x itself (``INT4_DIRECT``, the
+default; the ``swiglu`` prologue takes the pairs).
 
 Each measurement replays a CUDA graph of calls that cycle over enough copies of the weight (>= 256 MB) that none is
 served from the L2 cache, as in decoding. Each shape runs with the prologue/epilogue it has in the fused decode step
@@ -87,19 +89,22 @@ def shape_rows(name: str, n: int, k: int, prologue: str, kinds: list[str]) -> li
             continue
         base, *switches = kind.split("-")
         gemv.PDL, gemv.INT8_SPLIT, gemv.INT8_BITS = "pdl" in switches, "split" in switches, "i2f" not in switches
-        default_pairs = quant.INT4_PAIRS
+        default_direct, default_pairs = quant.INT4_DIRECT, quant.INT4_PAIRS
+        quant.INT4_DIRECT = "direct" in switches or (not {"pairs", "f32"} & set(switches) and default_direct)
         quant.INT4_PAIRS = "pairs" in switches or ("f32" not in switches and default_pairs)
         layer = quantize_linear(w, None, base)
         copies = max(2, -(-(256 << 20) // layer.nbytes))
         layers = [layer] + [quantize_linear(torch.randn_like(w) * 0.02, None, base) for _ in range(copies - 1)]
-        kernel = (quant._int4_pair_gemv_kernel if quant.INT4_PAIRS else quant._int4_gemv_kernel) \
+        kernel = (quant._int4_bf16_gemv_kernel if quant.INT4_DIRECT and prologue != "swiglu" else
+                  quant._int4_pair_gemv_kernel if quant.INT4_PAIRS else quant._int4_gemv_kernel) \
             if layer.kind == "int4" else \
             gemv_split_kernel if gemv.INT8_SPLIT and n <= SPLIT_MAX_N else gemv_kernel
         t = timed(lambda layers=layers: [q(x, **kw) for q in layers]) / copies  # type: ignore[misc]
         got = layer(x, **kw).float()
         want = reference(x, layer.dequantize(torch.bfloat16), **kw).float()
         best = getattr(kernel, "best_config", None)
-        gemv.INT8_BITS, gemv.PDL, gemv.INT8_SPLIT, quant.INT4_PAIRS = True, False, False, default_pairs
+        gemv.INT8_BITS, gemv.PDL, gemv.INT8_SPLIT = True, False, False
+        quant.INT4_DIRECT, quant.INT4_PAIRS = default_direct, default_pairs
         rows.append({"shape": name, "N": n, "K": k, "prologue": prologue, "kind": kind,
                      "us": round(t * 1e6, 2), "GBps": round(layer.nbytes / t / 1e9, 1),
                      "vs_bf16": round(rows[0]["us"] / (t * 1e6), 2), "rel_err": round(float((got - want).norm()

@@ -12,9 +12,9 @@ import torch
 
 from rag.llm.fastgen.generator import FastGenerator
 from rag.llm.fastgen.quant import (
-    INT4_PAIRS,
     PAIR_TOP,
     int4_group_for,
+    int4_prologue_once,
     pack_int4,
     pairs_reference,
     quantize_int4,
@@ -53,10 +53,14 @@ def test_round_trip_error_is_at_most_half_a_step() -> None:
     assert q8.dtype == torch.int8 and int(q8.abs().max()) == 127  # each row's largest weight maps to ±127
     err8 = ((q8.float() * scale[:, None]) - weight).abs()
     assert bool((err8 <= scale[:, None] / 2 * (1 + 1e-5)).all())  # round to nearest: half a step at most
-    q4, scales_zeros = quantize_int4(weight, 128)
+    # int4: an integer zero point per group, the range widened to hold 0, so shifted and all-positive groups too
+    weight[0, :128] = weight[0, :128].abs() + 3.0
+    weight[1, 128:] = -weight[1, 128:].abs() - 3.0
+    q4, scales_zp = quantize_int4(weight, 128)
     assert q4.dtype == torch.uint8 and int(q4.max()) == 15 and int(q4.min()) == 0
-    scale4, zero4 = scales_zeros.permute(1, 0, 2).unbind(-1)  # [out, groups]
-    deq4 = (q4.float().view(64, 2, 128) - 8) * scale4[..., None] + zero4[..., None]
+    scale4, zp4 = scales_zp.permute(1, 0, 2).unbind(-1)  # [out, groups]
+    assert torch.equal(zp4, zp4.round()) and float(zp4.min()) == 0 and float(zp4.max()) == 15
+    deq4 = (q4.float().view(64, 2, 128) - zp4[..., None]) * scale4[..., None]
     assert bool(((deq4 - weight.view(64, 2, 128)).abs() <= scale4[..., None] / 2 * (1 + 1e-4) + 1e-6).all())
     layer = quantize_linear(weight, None, "int4")
     assert torch.equal(layer.dequantize(), deq4.view(64, 256))
@@ -100,10 +104,11 @@ def test_every_linear_of_the_step_reads_the_quantized_weights(kind: str, monkeyp
     # float32 on both sides; only the order of the same products differs (F.linear on the same numbers)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
     default = FastGenerator(model, max_len=64, backend="eager", quantize=kind)
-    # by default both take the fused walk (int8: with its split-K GEMVs; int4: with the fp16-pair GEMV, whose
-    # prologue runs once per launch; through the float32 int4 GEMV the fused walk was slower)
+    # by default both take the fused walk (int8: with its split-K GEMVs; int4: with the bf16 or fp16-pair GEMV, whose
+    # prologue runs once per pair or launch; through the float32 int4 GEMV the fused walk was slower)
     assert default._fusable
     monkeypatch.setattr(quant, "INT4_PAIRS", False)
+    monkeypatch.setattr(quant, "INT4_DIRECT", False)
     assert FastGenerator(model, max_len=64, backend="eager", quantize=kind)._fusable == (kind == "int8")
     general = step_logits(FastGenerator(model, max_len=64, backend="eager", quantize=kind, fuse_gemv=False))
     assert torch.allclose(got, general, rtol=1e-4, atol=1e-4 * float(general.abs().max()))  # fused == general walk
@@ -207,7 +212,7 @@ def test_fused_walk_with_lora_on_quantized_weights_equals_the_general_walk(kind:
     gen.lora_fused_walk = None  # the default: on for int4 through the pair GEMV, off for int8
     gen.reset()
     step_logits(gen)
-    assert list(gen._lora_walk.values()) == ([True] if kind == "int4" and INT4_PAIRS else [])
+    assert list(gen._lora_walk.values()) == ([True] if kind == "int4" and int4_prologue_once() else [])
     gen.lora_fused_walk = True
     gen.reset()
     got = step_logits(gen)
@@ -244,8 +249,9 @@ def test_int4_is_stored_two_values_a_byte_interleaved_per_word() -> None:
     packed = pack_int4(q, 128)
     words = packed.view(torch.int32)  # little-endian 32-bit words, 16 per group of 128 columns
     for j in (0, 5, 15):
-        for i in range(8):  # nibble i of word j is column 16 i + j of the group
-            assert (int(words[3, 16 + j]) >> (4 * i)) & 15 == int(q[3, 128 + 16 * i + j])
+        for k in range(4):  # nibbles k and k + 4 of word j: columns 2 (16 k + j) and 2 (16 k + j) + 1 of the group
+            for h in range(2):
+                assert (int(words[3, 16 + j]) >> (4 * k + 16 * h)) & 15 == int(q[3, 128 + 2 * (16 * k + j) + h])
 
 
 def test_gemv_float_of_bits_is_exact() -> None:
@@ -281,23 +287,58 @@ def test_fp16_pair_constants_and_layout_give_the_dot_product() -> None:
             q_lo = ((words >> (4 * k)) & 15).float() - 8
             q_hi = ((words >> (4 * k + 16)) & 15).float() - 8
             dot += (q_lo[None] * x_lo[:, None, :, k] + q_hi[None] * x_hi[:, None, :, k]).sum(-1)
-        scale, zero = layer.scales.float().permute(1, 0, 2).unbind(-1)  # [out, g]
-        got = ((dot * scale[None]).sum(-1) + sums @ zero.t()) * factor[:, None]
+        scale, zp = layer.scales.float().permute(1, 0, 2).unbind(-1)  # [out, g]
+        got = ((dot * scale[None]).sum(-1) + sums @ ((8 - zp) * scale).t()) * factor[:, None]
         want = x @ layer.dequantize().t()
         assert float((got - want).norm() / want.norm()) < 2e-3, (out_features, in_features, group)
 
 
+def bf16_halves(pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 bf16 pairs -> (low, high) float32, as the kernel's ``_bf16_halves`` (a shift and a mask)."""
+    return (pairs << 16).view(torch.float32), (pairs & -65536).view(torch.float32)
+
+
+def test_bf16_pair_constants_and_layout_give_the_dot_product() -> None:
+    """The direct int4 GEMV's arithmetic in torch (quant._BF16_DOT): nibbles k and k + 4 of a word or-ed into the
+    mantissas of the bf16 pair 0x4300 (128) are 128 + q exactly, plus the bf16 -(128 + zp) (0xC300 + zp) is q - zp
+    exactly; x's own bf16 pairs (adjacent columns, read from memory as int32) meet them, so the words' sums times each
+    group's scale rebuild x @ w.T (float32 here, so exact up to the order of the sums)."""
+    q = torch.arange(16, dtype=torch.int32)
+    low, high = bf16_halves((q << 16) | q | 0x43004300)
+    assert torch.equal(low, 128 + q.float()) and torch.equal(high, 128 + q.float())
+    for zp in (0, 7, 15):
+        bits = torch.tensor([0xC300 + zp], dtype=torch.int32)
+        assert bf16_halves(bits)[0].item() == -(128.0 + zp)
+    torch.manual_seed(0)
+    for out_features, in_features, group in ((24, 384, 128), (16, 96, 32)):
+        layer = quantize_linear(torch.randn(out_features, in_features), None, "int4", group=group)
+        x = torch.randn(2, in_features).to(torch.bfloat16)
+        words = layer.qweight.view(torch.int32).view(out_features, in_features // group, group // 8)  # [out, g, j]
+        xp = x.view(torch.int32).view(2, in_features // group, 4, group // 8)  # [M, g, k, j]: pair k W + j
+        x_lo, x_hi = bf16_halves(xp)
+        scale, zp = layer.scales.float().permute(1, 0, 2).unbind(-1)  # [out, g]
+        dot = torch.zeros(2, out_features, in_features // group)
+        for k in range(4):
+            q_lo = ((words >> (4 * k)) & 15).float() - zp[..., None]
+            q_hi = ((words >> (4 * k + 16)) & 15).float() - zp[..., None]
+            dot += (q_lo[None] * x_lo[:, None, :, k] + q_hi[None] * x_hi[:, None, :, k]).sum(-1)
+        got = (dot * scale[None]).sum(-1)
+        want = x.float() @ layer.dequantize().t()
+        assert float((got - want).norm() / want.norm()) < 1e-5, (out_features, in_features, group)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("kind", ["int8", "int4", "int4-pairs"])
+@pytest.mark.parametrize("kind", ["int8", "int4", "int4-pairs", "int4-f32"])
 def test_gpu_kernels_compute_what_the_quantized_numbers_stand_for(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Triton GEMVs (decode rows; int4 through the float32 kernel and the fp16-pair one) and the int4 dequantizing
-    kernel (prefill) against ``x @ dequantize().T`` in float32, on widths that are no multiple of any block size; bf16
-    inputs and outputs: ~0.3 % relative error."""
+    """The Triton GEMVs (decode rows; int4 through the bf16 kernel, the fp16-pair one and the float32 one) and the int4
+    dequantizing kernel (prefill) against ``x @ dequantize().T`` in float32, on widths that are no multiple of any
+    block size; bf16 inputs and outputs: ~0.3 % relative error."""
     from rag.llm.fastgen import quant
 
-    monkeypatch.setattr(quant, "INT4_PAIRS", kind == "int4-pairs")
-    kind = kind.removesuffix("-pairs")
+    monkeypatch.setattr(quant, "INT4_DIRECT", kind == "int4")
+    monkeypatch.setattr(quant, "INT4_PAIRS", kind != "int4-f32")
+    kind = kind[:4]
     torch.manual_seed(0)
     for out_features, in_features, group in ((4100, 13696, 128), (300, 4096, 64), (72, 96, 32)):
         weight = torch.randn(out_features, in_features, device="cuda", dtype=torch.bfloat16)

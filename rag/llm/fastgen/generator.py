@@ -165,7 +165,8 @@ class FastGenerator:
         if quantize:
             self._quant = self._quantized(quantize, release_weights, quantized)
         self._cat = self._concatenated() if fuse_qkv else {}
-        fuse = (quantize in ("", "int8") or quantize == "int4" and quant.INT4_PAIRS) if fuse_gemv is None else fuse_gemv
+        fuse = (quantize in ("", "int8") or quantize == "int4" and quant.int4_prologue_once()) if fuse_gemv is None \
+            else fuse_gemv
         self._qkv_plan = self._fused_plan() if fuse else None
         self._layer_ids = torch.arange(len(self._layers), device=dev)
         self._graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}
@@ -437,7 +438,8 @@ class FastGenerator:
         """Whether this adapter state's decode steps take the fused walk (:attr:`lora_fused_walk`): quantized weights,
         the LoRA epilogue on, and every group's adapters plain LoRA that :func:`rag.llm.fastgen.ops.fuse_lora` can
         join (or none)."""
-        on = self.quantize == "int4" and quant.INT4_PAIRS if self.lora_fused_walk is None else self.lora_fused_walk
+        on = self.quantize == "int4" and quant.int4_prologue_once() if self.lora_fused_walk is None \
+            else self.lora_fused_walk
         if not (on and self._quant and self.lora_epilogue):
             return False
         if self._state not in self._lora_walk:

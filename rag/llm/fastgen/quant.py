@@ -65,7 +65,7 @@ except ImportError:  # CPU installs: the dequantizing path serves every call
     HAS_TRITON = False
 
 KINDS = ("int8", "int4")
-INT4_GROUP = 128  # input columns per int4 scale/zero
+INT4_GROUP = 128  # input columns per int4 scale / zero point
 GEMV_MAX_ROWS = MAX_ROWS  # decode batches up to this many rows take the GEMV kernels; longer inputs dequantize
 
 
@@ -77,7 +77,7 @@ class QuantLinear:
     in_features: int
     out_features: int
     qweight: torch.Tensor  # int8 [out, in] | int4: uint8 [out, in / 2], two values a byte (:func:`pack_int4`)
-    scales: torch.Tensor  # int8: float32 [out] | int4: [in / group, out, 2] (scale, zero) in the compute dtype
+    scales: torch.Tensor  # int8: float32 [out] | int4: [in / group, out, 2] (scale, zero point) in the compute dtype
     bias: torch.Tensor | None
     group: int = 0
 
@@ -92,8 +92,8 @@ class QuantLinear:
             weight = self.qweight.float() * self.scales[:, None].float()
         else:
             groups = unpack_int4(self.qweight, self.group).float().view(self.out_features, -1, self.group)  # [out, in / group, group]
-            scale, zero = self.scales.float().permute(1, 0, 2).unbind(-1)  # each [out, in / group]
-            weight = ((groups - 8) * scale[..., None] + zero[..., None]).view(self.out_features, self.in_features)
+            scale, zp = self.scales.float().permute(1, 0, 2).unbind(-1)  # each [out, in / group]
+            weight = ((groups - zp[..., None]) * scale[..., None]).view(self.out_features, self.in_features)
         return weight if dtype is None else weight.to(dtype)
 
     def __call__(self, x: torch.Tensor, with_bias: bool = True, add: torch.Tensor | None = None, *,
@@ -113,14 +113,14 @@ class QuantLinear:
         ``[M, out]`` added at the end; ``activated`` / ``silu_rows`` as there (``up`` multiplies SiLU's output
         already made; SiLU of the first ``silu_rows`` outputs).
 
-        ``lora_ab = (a [R, in], b [out, R])`` is ``lora`` with ``low = prologue(x) @ a.T`` left to this call: the int4
-        pair GEMV makes it in its pairs kernel (no kernel of its own; the fused walk with an adapter on), elsewhere it
-        is computed first."""
+        ``lora_ab = (a [R, in], b [out, R])`` is ``lora`` with ``low = prologue(x) @ a.T`` left to this call (the fused
+        walk with an adapter on): the int4 pair GEMV makes it in its pairs kernel, the int4 bf16 GEMV in that kernel
+        without the pairs (:func:`int4_lora_low`: one program per rank), elsewhere it is computed first."""
         gemv_rows = x.device.type == "cuda" and HAS_TRITON and x.shape[0] <= GEMV_MAX_ROWS  # decode: the GEMVs
         if lora_ab is not None:
             if lora is not None:
                 raise ValueError("lora or lora_ab, not both")
-            if not (gemv_rows and self.kind == "int4" and INT4_PAIRS):
+            if not (gemv_rows and self.kind == "int4"):
                 h = prologue(x, norm_weight=norm_weight, eps=eps, up=up, activated=activated)
                 lora, lora_ab = (h @ lora_ab[0].float().t(), lora_ab[1]), None
         bias = add if add is not None else self.bias if with_bias else None
@@ -163,14 +163,16 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantize_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[out, in]`` -> (uint8 ``[out, in]`` values 0..15, (scale, zero) ``[in / group, out, 2]`` float32)."""
+    """``[out, in]`` -> (uint8 ``[out, in]`` values 0..15, (scale, zero point) ``[in / group, out, 2]`` float32):
+    ``w ≈ (q - zp) * scale`` with an integer zero point ``zp`` in [0, 15] per group. Each group's range is widened to
+    hold 0 (GPTQ's convention), so ``zp`` always lies on the grid and the error stays within half a step."""
     out_features, in_features = weight.shape
     w = weight.float().view(out_features, in_features // group, group)
-    low, high = w.amin(dim=-1), w.amax(dim=-1)
+    low, high = w.amin(dim=-1).clamp_max(0), w.amax(dim=-1).clamp_min(0)
     scale = ((high - low) / 15).clamp_min(1e-12)
-    q = ((w - low[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.uint8)
-    zero = low + 8 * scale  # so that (q - 8) * scale + zero == low + q * scale
-    return q.view(out_features, in_features), torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
+    zp = (-low / scale).round().clamp(0, 15)
+    q = (w / scale[..., None] + zp[..., None]).round().clamp(0, 15).to(torch.uint8)
+    return q.view(out_features, in_features), torch.stack([scale, zp], dim=-1).transpose(0, 1).contiguous()
 
 
 def int4_group_for(in_features: int, out_features: int, group: int = INT4_GROUP) -> int:
@@ -211,21 +213,23 @@ def concat_quant(parts: list[QuantLinear]) -> QuantLinear:
 
 def pack_int4(q: torch.Tensor, group: int) -> torch.Tensor:
     """uint8 ``[out, in]`` values 0..15 -> uint8 ``[out, in / 2]``, two values a byte: per group of ``group`` columns,
-    ``group / 8`` little-endian 32-bit words whose nibble ``i`` (bits ``4 i .. 4 i + 3``) is column
-    ``i * group / 8 + j`` of word ``j``. The GEMV loads whole words (16 bytes a thread) and each nibble position meets a
-    contiguous slice of ``x``."""
+    ``group / 8`` little-endian 32-bit words; nibbles ``k`` and ``k + 4`` (bits ``4 k ..`` and ``16 + 4 k ..``) of word
+    ``j`` are the adjacent columns ``2 (k group / 8 + j)`` and that plus one. So one mask of ``word >> 4 k`` puts a column
+    pair into the two halves of a 32-bit register, the order of a bf16 / fp16 pair of ``x`` in memory, and for each
+    ``k`` the words of a row meet consecutive pairs of ``x`` (the GEMV loads 16 bytes a thread of both)."""
     out_features, in_features = q.shape
     words = group // 8
-    nib = q.view(out_features, in_features // group, 4, 2, words)  # [out, group, byte b, low/high, word j]
-    pairs = (nib[:, :, :, 0] | nib[:, :, :, 1] << 4).to(torch.uint8)  # [out, groups, 4, words]
-    return pairs.transpose(2, 3).reshape(out_features, in_features // 2)
+    # [out, groups, k // 2, k % 2 (low / high nibble of a byte), word j, column of the pair h]; byte 2 h + k // 2
+    nib = q.view(out_features, in_features // group, 2, 2, words, 2)
+    pairs = (nib[:, :, :, 0] | nib[:, :, :, 1] << 4).to(torch.uint8)  # [out, groups, k // 2, words, h]
+    return pairs.permute(0, 1, 3, 4, 2).reshape(out_features, in_features // 2)
 
 
 def unpack_int4(packed: torch.Tensor, group: int) -> torch.Tensor:
     """The inverse of :func:`pack_int4`: uint8 ``[out, in / 2]`` -> values 0..15 ``[out, in]`` in column order."""
     out_features, in_features = packed.shape[0], packed.shape[1] * 2
     words = group // 8
-    pairs = packed.view(out_features, in_features // group, words, 4).transpose(2, 3)  # [out, groups, byte b, word j]
+    pairs = packed.view(out_features, in_features // group, words, 2, 2).permute(0, 1, 4, 2, 3)  # [.., k//2, j, h]
     return torch.stack([pairs & 15, pairs >> 4], dim=3).reshape(out_features, in_features)
 
 
@@ -278,6 +282,17 @@ INLINE_ASM = True  # the int4 GEMV's lop3 (see _float_of_field); False: plain Tr
 # that applies the prologue per weight (:data:`_int4_gemv_kernel`). On an H100: gate/up 57.3 -> 33.2 us, decoding
 # 329.0 -> 369.5 tok/s with the fused walk (docs/BENCHMARKS.md)
 INT4_PAIRS = True
+# int4 decode GEMVs on bf16 activations read x itself (:data:`_int4_bf16_gemv_kernel`): nibble pairs made into bf16
+# pairs that meet x's adjacent columns as they lie in memory, packed bf16 arithmetic, the prologue (RMSNorm's weight,
+# ``x * up``) per pair -- no pairs kernel, one launch per linear. False (and fp16 models, and the ``silu(x) * up``
+# prologue): :data:`INT4_PAIRS` decides
+INT4_DIRECT = True
+
+
+def int4_prologue_once() -> bool:
+    """Whether the int4 decode GEMVs make their prologue once per launch or per pair of x (the bf16 or the fp16-pair
+    GEMV), not once per weight (the float32 kernel): then the fused layer walk is the faster one for int4."""
+    return INT4_DIRECT or INT4_PAIRS
 # the largest |x'| of the pairs: a product with q - 8 stays within 8 * 1024, four of them summed within 32768, under
 # float16's largest value (65504); the smallest values that matter stay far above its subnormals (6e-5)
 PAIR_TOP = 1024.0
@@ -359,9 +374,9 @@ if HAS_TRITON:
                           ASM: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr,
                           GROUPS: tl.constexpr, SPLIT: tl.constexpr):
         # program (block of BLOCK_N output rows, row m of x); per step GROUPS groups, read as [BLOCK_N, GROUPS, W]
-        # int32 words (W = GROUP / 8) whose nibble i is column i * W + j of the group (pack_int4). Nibble q becomes
-        # the float 16 + q (0x41800000 | q << 19); with w = (q - 8) * scale + zero = (16 + q) * scale + (zero -
-        # 24 scale), each group adds scale * sum((16 + q) x) + (zero - 24 scale) * sum(x). x is prologue(x) first
+        # int32 words (W = GROUP / 8) whose nibble k + 4 h is column 2 (k W + j) + h of the group (pack_int4). Nibble
+        # q becomes the float 16 + q (0x41800000 | q << 19); with w = (q - zp) * scale = (16 + q) * scale - (16 +
+        # zp) scale, each group adds scale * sum((16 + q) x) - (16 + zp) scale * sum(x). x is prologue(x) first
         # (PRO 1: RMSNorm, its 1 / rms applied at the end, as both terms are linear in x; PRO 2: silu(x) * up).
         # Program (.., .., s) of SPLIT takes the s-th slice of the groups (_finish adds the slices up).
         W: tl.constexpr = GROUP // 8
@@ -378,7 +393,7 @@ if HAS_TRITON:
             part = tl.zeros([BLOCK_N, GROUPS, W], dtype=tl.float32)
             xs = tl.zeros([1, GROUPS, W], dtype=tl.float32)
             for i in tl.static_range(8):
-                cols = (g[:, None] * GROUP + i * W + j[None, :])[None, :, :]
+                cols = (g[:, None] * GROUP + 2 * ((i % 4) * W + j[None, :]) + i // 4)[None, :, :]
                 xi, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, cols < K, squares,
                                             PRO)
                 part += _float_of_field(w, 19 - 4 * i, 0x780000, 0x41800000, ASM) * xi
@@ -386,7 +401,7 @@ if HAS_TRITON:
             at = (g[None, :] * N + rows[:, None]) * 2
             ok = row_ok[:, None] & g_ok[None, :]
             scale = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
-            low = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32) - 24.0 * scale
+            low = -(16.0 + tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32)) * scale
             acc += scale[:, :, None] * part + low[:, :, None] * xs
         finish_store(tl.sum(tl.sum(acc, axis=2), axis=1), tl.sum(tl.sum(squares, axis=2), axis=1), ws_ptr, sq_ptr, cnt_ptr,
                 s, m, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, silu_rows, PRO, HAS_BIAS,
@@ -394,7 +409,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _int4_dequantize_kernel(w_ptr, w_stride, s_ptr, out_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
-        # program (block of BLOCK_N rows, one group): nibble i of word j -> column i * W + j of the group
+        # program (block of BLOCK_N rows, one group): nibble k + 4 h of word j -> column 2 (k W + j) + h of the group
         W: tl.constexpr = GROUP // 8
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         g = tl.program_id(1)
@@ -404,11 +419,11 @@ if HAS_TRITON:
         w = tl.load(w_ptr + rows[:, None] * w_stride + g * W + j[None, :], mask=ok, other=0)
         at = (g * N + rows) * 2
         scale = tl.load(s_ptr + at, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-        zero = tl.load(s_ptr + at + 1, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+        zp = tl.load(s_ptr + at + 1, mask=row_ok, other=0.0).to(tl.float32)[:, None]
         for i in tl.static_range(8):
-            q = ((w >> (4 * i)) & 15).to(tl.float32) - 8.0
-            tl.store(out_ptr + rows[:, None] * K + g * GROUP + i * W + j[None, :],
-                     (q * scale + zero).to(out_ptr.dtype.element_ty), mask=ok)
+            q = ((w >> (4 * i)) & 15).to(tl.float32) - zp
+            tl.store(out_ptr + rows[:, None] * K + g * GROUP + 2 * ((i % 4) * W + j[None, :]) + i // 4,
+                     (q * scale).to(out_ptr.dtype.element_ty), mask=ok)
 
     # sum over a word's 8 nibbles of (q - 8) * x' (:func:`_pair_dot`): nibbles k and k + 4 become the fp16 pair
     # (1024 + q, 1024 + q') by one lop3 each ((w >> 4k) & 0x000F000F | 0x64006400), minus 1032 gives q - 8 exactly,
@@ -467,27 +482,28 @@ if HAS_TRITON:
     @triton.jit
     def _int4_pairs_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, xp_ptr, gs_ptr, sc_ptr, a_ptr, lo_ptr, K, eps,
                            GROUP: tl.constexpr, PRO: tl.constexpr, BLOCK_G: tl.constexpr, LORA_R: tl.constexpr,
-                           PDL: tl.constexpr):
+                           PDL: tl.constexpr, LOW_ONLY: tl.constexpr):
         # program (m, 0) per row m of x: y = prologue(x[m]) whole (PRO 1: RMSNorm including its 1 / rms; 2: silu(x)
-        # * up; 3: x * up), scaled so that max |y'| = PAIR_TOP (sc[m] = the factor back), as fp16 pairs in the int4 words'
-        # order: pair (g, k, j) = (y'[g GROUP + k W + j], y'[g GROUP + (k + 4) W + j]) at g 4W + k W + j, and each
-        # group's sum of the fp16 values (gs[m, g], for the zeros). LORA_R > 0: programs (m, 1 + r) each make y
+        # * up; 3: x * up), scaled so that max |y'| = PAIR_TOP (sc[m] = the factor back), as fp16 pairs of adjacent
+        # columns (y'[2 p], y'[2 p + 1]) at p (the order of the int4 words' nibble pairs, pack_int4), and each
+        # group's sum of the fp16 values (gs[m, g], for the zero points). LORA_R > 0: programs (m, 1 + r) each make y
         # too and write low[m, r] = y . A[r] (float32) for the GEMV's LoRA epilogue, A [LORA_R, K] (one program
-        # doing all R dot products serially made decoding with an adapter slower than the general walk)
+        # doing all R dot products serially made decoding with an adapter slower than the general walk). LOW_ONLY:
+        # no pairs, programs (m, r) make low[m, r] (the bf16 GEMV's LoRA, :func:`int4_lora_low`)
         W: tl.constexpr = GROUP // 8
         m = tl.program_id(0)
-        part = tl.program_id(1)
+        part = tl.program_id(1) + LOW_ONLY
         if PDL:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
         g = tl.arange(0, BLOCK_G)
         k = tl.arange(0, 4)
         j = tl.arange(0, W)
-        cols = g[:, None, None] * GROUP + k[None, :, None] * W + j[None, None, :]
+        cols = g[:, None, None] * GROUP + 2 * (k[None, :, None] * W + j[None, None, :])
         ok = cols < K
         squares = tl.zeros([BLOCK_G, 4, W], dtype=tl.float32)
         lo, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, ok, squares, PRO)
-        hi, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols + 4 * W, ok, squares, PRO)
+        hi, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols + 1, ok, squares, PRO)
         if PRO == 1:
             inv_rms = tl.rsqrt(tl.sum(squares) / K + eps)
             lo = lo * inv_rms
@@ -495,7 +511,7 @@ if HAS_TRITON:
         if part > 0:  # launched only with LORA_R > 0
             r = part - 1
             a_lo = tl.load(a_ptr + r * K + cols, mask=ok, other=0.0).to(tl.float32)
-            a_hi = tl.load(a_ptr + r * K + cols + 4 * W, mask=ok, other=0.0).to(tl.float32)
+            a_hi = tl.load(a_ptr + r * K + cols + 1, mask=ok, other=0.0).to(tl.float32)
             tl.store(lo_ptr + m * LORA_R + r, tl.sum(lo * a_lo + hi * a_hi))
         else:
             top = tl.maximum(tl.max(tl.abs(lo)), tl.max(tl.abs(hi)))
@@ -527,7 +543,7 @@ if HAS_TRITON:
                                GROUPS: tl.constexpr, SPLIT: tl.constexpr):
         # program (block of BLOCK_N output rows, row m of x, slice s of the groups): per step GROUPS groups of words
         # [BLOCK_N, GROUPS, W] and the four x' pairs of each word (_int4_pairs_kernel's layout); each group adds
-        # scale * sum((q - 8) x') + zero * sum(x'); the total times sc[m] (x' = x / sc[m])
+        # scale * sum((q - 8) x') + (8 - zp) scale * sum(x'); the total times sc[m] (x' = x / sc[m])
         W: tl.constexpr = GROUP // 8
         n_all = K // GROUP
         rows, row_ok, m, s, start, n_groups = _program_slice(N, n_all, BLOCK_N, GROUPS, SPLIT)
@@ -549,12 +565,178 @@ if HAS_TRITON:
             at = (g[None, :] * N + rows[:, None]) * 2
             ok = row_ok[:, None] & g_ok[None, :]
             scale = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
-            zero = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32)
+            zero = (8.0 - tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32)) * scale
             acc += scale[:, :, None] * dot
             acc_zero += zero * tl.load(gs_ptr + m * n_all + g, mask=g_ok, other=0.0)[None, :]
         total = (tl.sum(tl.sum(acc, axis=2), axis=1) + tl.sum(acc_zero, axis=1)) * tl.load(sc_ptr + m)
         finish_store(total, tl.zeros([1], dtype=tl.float32), ws_ptr, sq_ptr, cnt_ptr, s, m, K, 0.0, b_ptr, b_stride,
                      r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, silu_rows, 0, HAS_BIAS, HAS_RES, LORA_R, SPLIT)
+
+    # bf16 arithmetic of the direct int4 GEMV (:data:`_int4_bf16_gemv_kernel`), per int32 word of nibbles and four int32
+    # bf16 pairs of x (``fma.rn.bf16x2``: compute capability 8.0 and later): nibbles k and k + 4 or-ed into the
+    # mantissas of the bf16 pair 0x4300 (128) are 128 + q exactly; plus $2, the pair -(128 + zp), is q - zp exactly;
+    # four packed multiply-adds with x's pairs, then the two bf16 halves summed in float32: ~2.3 instructions a weight
+    _BF16_DOT = tl.constexpr("""{
+    .reg .b32 t0, t1, t2, t3, acc, one, nz, lo, hi;
+    .reg .f32 flo, fhi, sum;
+    mov.b32 one, 0x3F803F80;
+    mov.b32 nz, 0x80008000;
+    shr.u32 t1, $1, 4;
+    shr.u32 t2, $1, 8;
+    shr.u32 t3, $1, 12;
+    lop3.b32 t0, $1, 0x000F000F, 0x43004300, 0xea;
+    lop3.b32 t1, t1, 0x000F000F, 0x43004300, 0xea;
+    lop3.b32 t2, t2, 0x000F000F, 0x43004300, 0xea;
+    lop3.b32 t3, t3, 0x000F000F, 0x43004300, 0xea;
+    fma.rn.bf16x2 t0, t0, one, $2;
+    fma.rn.bf16x2 t1, t1, one, $2;
+    fma.rn.bf16x2 t2, t2, one, $2;
+    fma.rn.bf16x2 t3, t3, one, $2;
+    fma.rn.bf16x2 acc, t0, $3, nz;
+    fma.rn.bf16x2 acc, t1, $4, acc;
+    fma.rn.bf16x2 acc, t2, $5, acc;
+    fma.rn.bf16x2 acc, t3, $6, acc;
+    shl.b32 lo, acc, 16;
+    and.b32 hi, acc, 0xFFFF0000;
+    mov.b32 flo, lo;
+    mov.b32 fhi, hi;
+    add.f32 sum, flo, fhi;
+    mov.b32 $0, sum;
+    }""")
+    # the sum of squares of four bf16 pairs (RMSNorm's), packed multiply-adds, the halves summed in float32
+    _BF16_SQUARES = tl.constexpr("""{
+    .reg .b32 acc, nz, lo, hi;
+    .reg .f32 flo, fhi, sum;
+    mov.b32 nz, 0x80008000;
+    fma.rn.bf16x2 acc, $1, $1, nz;
+    fma.rn.bf16x2 acc, $2, $2, acc;
+    fma.rn.bf16x2 acc, $3, $3, acc;
+    fma.rn.bf16x2 acc, $4, $4, acc;
+    shl.b32 lo, acc, 16;
+    and.b32 hi, acc, 0xFFFF0000;
+    mov.b32 flo, lo;
+    mov.b32 fhi, hi;
+    add.f32 sum, flo, fhi;
+    mov.b32 $0, sum;
+    }""")
+    _BF16_MUL = tl.constexpr("{ .reg .b32 nz; mov.b32 nz, 0x80008000; fma.rn.bf16x2 $0, $1, $2, nz; }")
+
+    @triton.jit
+    def _bf16_halves(p):
+        """The int32 bf16 pairs ``p`` as two float32 tensors (low half, high half), exactly."""
+        return (p << 16).to(tl.float32, bitcast=True), (p & -65536).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _pair_squares(p):
+        lo, hi = _bf16_halves(p)
+        return lo * lo + hi * hi
+
+    @triton.jit
+    def _bf16_term(w, zp, p, SHIFT: tl.constexpr):
+        """Nibbles ``SHIFT / 4`` and ``SHIFT / 4 + 4`` of the words ``w`` (minus ``zp``) times the bf16 pair ``p``, in
+        float32 (:func:`_bf16_dot` without inline PTX)."""
+        lo, hi = _bf16_halves(p)
+        return (((w >> SHIFT) & 15).to(tl.float32) - zp) * lo + (((w >> (SHIFT + 16)) & 15).to(tl.float32) - zp) * hi
+
+    @triton.jit
+    def _bf16_round(v):
+        """The bits of float32 ``v`` rounded to the nearest bf16 (ties to even), in the high 16 bits of an int32."""
+        b = v.to(tl.int32, bitcast=True)
+        return (b + 0x7FFF + ((b >> 16) & 1)) & -65536
+
+    @triton.jit
+    def _bf16_mul(a, b, ASM: tl.constexpr):
+        """The bf16 pairs ``a * b`` (int32 pairs in and out), each product rounded to bf16."""
+        if ASM:
+            return tl.inline_asm_elementwise(_BF16_MUL, "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            a_lo, a_hi = _bf16_halves(a)
+            b_lo, b_hi = _bf16_halves(b)
+            return ((_bf16_round(a_lo * b_lo) >> 16) & 0xFFFF) | _bf16_round(a_hi * b_hi)
+
+    @triton.jit
+    def _bf16_squares(x0, x1, x2, x3, ASM: tl.constexpr):
+        """Per element: the sum of the squares of the eight bf16 values of the pairs ``x0 .. x3``, float32."""
+        if ASM:
+            bits = tl.inline_asm_elementwise(_BF16_SQUARES, "=r,r,r,r,r", [x0, x1, x2, x3], dtype=tl.int32,
+                                             is_pure=True, pack=1)
+            return bits.to(tl.float32, bitcast=True)
+        else:
+            return _pair_squares(x0) + _pair_squares(x1) + _pair_squares(x2) + _pair_squares(x3)
+
+    @triton.jit
+    def _bf16_dot(w, zp, x0, x1, x2, x3, ASM: tl.constexpr):
+        """Per int32 word of ``w``: the sum over its 8 nibbles of (q - zp) * x, ``xk`` the bf16 pairs of x that
+        nibbles k and k + 4 hold (pack_int4), ``zp`` the word's group's zero point (float32, an integer). ``ASM``:
+        packed bf16 arithmetic (``_BF16_DOT``; products and the four-term sums rounded to bf16); else float32."""
+        if ASM:
+            c = 0xC300 + zp.to(tl.int32)  # the bf16 -(128 + zp)
+            bits = tl.inline_asm_elementwise(_BF16_DOT, "=r,r,r,r,r,r,r", [w, (c << 16) | c, x0, x1, x2, x3],
+                                             dtype=tl.int32, is_pure=True, pack=1)
+            return bits.to(tl.float32, bitcast=True)
+        else:
+            return _bf16_term(w, zp, x0, 0) + _bf16_term(w, zp, x1, 4) + _bf16_term(w, zp, x2, 8) + \
+                _bf16_term(w, zp, x3, 12)
+
+    @triton.jit
+    def _bf16_input(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, at, ok, PRO: tl.constexpr, ASM: tl.constexpr):
+        """The bf16 pairs of prologue(x[m]) at pair indices ``at`` (x, up, g int32 views of bf16; strides in pairs): x;
+        PRO 1 x * g (RMSNorm's weight; its 1 / rms at the end); PRO 3 x * up. Also the raw pairs (for the squares)."""
+        x = tl.load(x_ptr + m * x_stride + at, mask=ok, other=0)
+        y = x
+        if PRO == 1:
+            y = _bf16_mul(x, tl.load(g_ptr + at, mask=ok, other=0), ASM)
+        if PRO == 3:
+            y = _bf16_mul(x, tl.load(up_ptr + m * up_stride + at, mask=ok, other=0), ASM)
+        return y, x
+
+    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k}, num_warps=w, num_stages=s)
+                              # 1 to 4 rows a thread (64 rows x 2 groups over 4 warps: 4), so x's pairs and their
+                              # prologue are loaded and made once for several rows
+                              for n, g, w, s, k in ((16, 2, 4, 3, 1), (16, 4, 4, 3, 1), (32, 2, 4, 3, 1),
+                                                    (32, 4, 4, 3, 1), (64, 2, 4, 3, 1), (64, 2, 8, 3, 1),
+                                                    (32, 4, 8, 3, 1), (64, 4, 8, 2, 1), (16, 8, 4, 2, 1),
+                                                    (16, 4, 4, 3, 2), (16, 4, 4, 3, 4), (32, 2, 4, 3, 4),
+                                                    (32, 4, 8, 2, 4), (16, 8, 4, 2, 4), (64, 2, 4, 3, 4))],
+                     key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"],  # LORA_R not in it: as gemv_kernel
+                     prune_configs_by={"early_config_prune": prune_split})
+    @triton.jit
+    def _int4_bf16_gemv_kernel(x_ptr, x_stride, up_ptr, up_stride, g_ptr, w_ptr, w_stride, s_ptr, b_ptr, b_stride,
+                               r_ptr, lo_ptr, lb_ptr, out_ptr, ws_ptr, sq_ptr, cnt_ptr, N, K, eps, silu_rows,
+                               ROW_BUCKET, GROUP: tl.constexpr, PRO: tl.constexpr, HAS_BIAS: tl.constexpr,
+                               HAS_RES: tl.constexpr, LORA_R: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
+                               PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr,
+                               SPLIT: tl.constexpr):
+        # program (block of BLOCK_N output rows, row m of x, slice s of the groups): per step GROUPS groups of words
+        # [BLOCK_N, GROUPS, W] and, for each, the four bf16 pairs of x its nibble pairs meet, read from x itself
+        # (int32 views; pair p of a group is columns 2p, 2p + 1, pack_int4), with the prologue applied per pair
+        # (PRO 1: x * g and the squares, 1 / rms at the end; 3: x * up); each group adds scale * sum((q - zp) x)
+        W: tl.constexpr = GROUP // 8
+        rows, row_ok, m, s, start, n_groups = _program_slice(N, K // GROUP, BLOCK_N, GROUPS, SPLIT)
+        pdl_begin(w_ptr, w_stride, rows, row_ok, start * W, K // 8, PDL, PREFETCH)
+        g_in = tl.arange(0, GROUPS)
+        j = tl.arange(0, W)
+        acc = tl.zeros([BLOCK_N, GROUPS, W], dtype=tl.float32)
+        squares = tl.zeros([1, GROUPS, W], dtype=tl.float32)
+        for g0 in range(start, n_groups, GROUPS):
+            g = g0 + g_in
+            w, g_ok = _load_words(w_ptr, w_stride, rows, row_ok, g, n_groups, W)
+            pairs = (g[:, None] * (4 * W) + j[None, :])[None, :, :]
+            x_ok = g_ok[None, :, None]
+            x0, r0 = _bf16_input(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, pairs, x_ok, PRO, ASM)
+            x1, r1 = _bf16_input(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, pairs + W, x_ok, PRO, ASM)
+            x2, r2 = _bf16_input(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, pairs + 2 * W, x_ok, PRO, ASM)
+            x3, r3 = _bf16_input(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, pairs + 3 * W, x_ok, PRO, ASM)
+            if PRO == 1:
+                squares += _bf16_squares(r0, r1, r2, r3, ASM)
+            at = (g[None, :] * N + rows[:, None]) * 2
+            ok = row_ok[:, None] & g_ok[None, :]
+            scale = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
+            zp = tl.load(s_ptr + at + 1, mask=ok, other=0.0).to(tl.float32)
+            acc += scale[:, :, None] * _bf16_dot(w, zp[:, :, None], x0, x1, x2, x3, ASM)
+        finish_store(tl.sum(tl.sum(acc, axis=2), axis=1), tl.sum(tl.sum(squares, axis=2), axis=1), ws_ptr, sq_ptr,
+                     cnt_ptr, s, m, K, eps, b_ptr, b_stride, r_ptr, lo_ptr, lb_ptr, out_ptr, N, rows, row_ok, silu_rows,
+                     PRO, HAS_BIAS, HAS_RES, LORA_R, SPLIT)
 
 
 def int4_pairs(x: torch.Tensor, group: int, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
@@ -563,20 +745,38 @@ def int4_pairs(x: torch.Tensor, group: int, *, norm_weight: torch.Tensor | None 
     """``prologue(x [M, in])`` as the int4 pair GEMV reads it, on CUDA: (pairs int32 ``[M, in / 2]``, each group's sum
     float32 ``[M, in / group]``, the factor back ``[M]``, and with ``lora_a`` (A ``[R, in]``) LoRA's ``low =
     prologue(x) @ A^T`` float32 ``[M, R]``, else None); see :data:`_int4_pairs_kernel` and :func:`pairs_reference`."""
+    return _launch_pairs(x, group, norm_weight, eps, up, lora_a, activated, low_only=False)
+
+
+def int4_lora_low(x: torch.Tensor, group: int, lora_a: torch.Tensor, *, norm_weight: torch.Tensor | None = None,
+                  eps: float = 1e-6, up: torch.Tensor | None = None, activated: bool = False) -> torch.Tensor:
+    """LoRA's ``low = prologue(x) @ A^T`` float32 ``[M, R]`` on CUDA, one program per row and rank (the pairs kernel
+    without its pairs), for the bf16 GEMV's LoRA epilogue."""
+    low = _launch_pairs(x, group, norm_weight, eps, up, lora_a, activated, low_only=True)[3]
+    assert low is not None
+    return low
+
+
+def _launch_pairs(x: torch.Tensor, group: int, norm_weight: torch.Tensor | None, eps: float, up: torch.Tensor | None,
+                  lora_a: torch.Tensor | None, activated: bool, *, low_only: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     x, up_, g, _, pro = fused_args(x, up, norm_weight, None, activated)
     rows, in_features = x.shape
-    pairs = torch.empty(rows, in_features // 2, dtype=torch.int32, device=x.device)
-    sums = torch.empty(rows, in_features // group, dtype=torch.float32, device=x.device)
-    factor = torch.empty(rows, dtype=torch.float32, device=x.device)
     r = 0 if lora_a is None else lora_a.shape[0]
+    factor = torch.empty(rows, dtype=torch.float32, device=x.device)
+    if low_only:
+        pairs = sums = factor  # not written
+    else:
+        pairs = torch.empty(rows, in_features // 2, dtype=torch.int32, device=x.device)
+        sums = torch.empty(rows, in_features // group, dtype=torch.float32, device=x.device)
     a = lora_a.contiguous() if lora_a is not None else factor
     low = torch.empty(rows, r, dtype=torch.float32, device=x.device) if r else None
     block = triton.next_power_of_2(in_features // group)
     pdl = pdl_on(x)
-    _int4_pairs_kernel[(rows, 1 + r)](x, x.stride(0), up_, up_.stride(0), g, pairs, sums, factor, a,
-                                      low if low is not None else factor, in_features, float(eps), GROUP=group,
-                                      PRO=pro, BLOCK_G=block, LORA_R=r, PDL=pdl,
-                                      num_warps=min(16, max(4, block * group // 512)), launch_pdl=pdl)
+    _int4_pairs_kernel[(rows, r if low_only else 1 + r)](
+        x, x.stride(0), up_, up_.stride(0), g, pairs, sums, factor, a, low if low is not None else factor,
+        in_features, float(eps), GROUP=group, PRO=pro, BLOCK_G=block, LORA_R=r, PDL=pdl, LOW_ONLY=int(low_only),
+        num_warps=min(16, max(4, block * group // 512)), launch_pdl=pdl)
     return pairs, sums, factor, low
 
 
@@ -585,11 +785,10 @@ def pairs_reference(y: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Te
     rows, in_features = y.shape
     top = y.abs().amax(dim=1)
     factor = torch.where(top > 0, top / PAIR_TOP, torch.ones_like(top))
-    # [M, group g, low / high half of the group, k, j]
-    half = (y / factor[:, None]).to(torch.float16).view(rows, in_features // group, 2, 4, group // 8)
+    half = (y / factor[:, None]).to(torch.float16).view(rows, in_features // 2, 2)  # [M, pair p, column of p]
     bits = half.view(torch.int16).to(torch.int32)
-    pairs = (bits[:, :, 0] & 0xFFFF) | (bits[:, :, 1] << 16)
-    return pairs.reshape(rows, in_features // 2), half.float().sum(dim=(2, 3, 4)), factor
+    pairs = (bits[..., 0] & 0xFFFF) | (bits[..., 1] << 16)
+    return pairs, half.float().view(rows, in_features // group, group).sum(dim=2), factor
 
 
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int,
@@ -600,14 +799,29 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group
               silu_rows: int = 0) -> torch.Tensor:
     """``x [M, in] @ dequantized(packed).T + bias`` on CUDA, reading the 4-bit weights (not a dequantized copy); with
     the prologues / residual epilogue of :func:`rag.llm.fastgen.gemv.fused_gemv` and the LoRA epilogue (``lora``).
-    :data:`INT4_PAIRS` on: the prologue once into fp16 pairs (:func:`int4_pairs`), then the pair GEMV; else the
-    float32 kernel that applies it per weight. ``lora_ab``: see :meth:`QuantLinear.__call__` (pairs only)."""
+    :data:`INT4_DIRECT` on and x bf16 (prologue none, RMSNorm or ``x * up``): the bf16 GEMV that reads x itself;
+    else :data:`INT4_PAIRS` on: the prologue once into fp16 pairs (:func:`int4_pairs`), then the pair GEMV; else the
+    float32 kernel that applies it per weight. ``lora_ab``: see :meth:`QuantLinear.__call__`."""
     rows, out_features, in_features = x.shape[0], packed.shape[0], packed.shape[1] * 2
     words = packed.view(torch.int32)
     out = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows, meta["SPLIT"])  # noqa: E731
     ws, sq, cnt = split_buffers(x.device, rows, out_features)
     pdl = pdl_on(x)
+    x_, up_, g, res, pro = fused_args(x, up, norm_weight, residual, activated)
+    if INT4_DIRECT and pro != 2 and all(bf16_pairs_ok(t) for t in (x_, up_, g)):
+        if lora_ab is not None:
+            lora = (int4_lora_low(x, group, lora_ab[0], norm_weight=norm_weight, eps=eps, up=up, activated=activated),
+                    lora_ab[1])
+        low, lb, r = lora_args(x_, lora, out_features)
+        xi, ui, gi = (t.view(torch.int32) for t in (x_, up_, g))
+        _int4_bf16_gemv_kernel[grid](xi, xi.stride(0), ui, ui.stride(0), gi, words, words.stride(0), scales,
+                                     bias if bias is not None else scales, addend_stride(bias), res, low, lb, out, ws,
+                                     sq, cnt, out_features, in_features, float(eps), silu_rows, row_bucket(rows),
+                                     GROUP=group, PRO=pro, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+                                     LORA_R=r, ASM=use_asm(x), PDL=pdl, PREFETCH=gemv.PDL_PREFETCH if pdl else 0,
+                                     launch_pdl=pdl)
+        return out
     if INT4_PAIRS:
         pairs, sums, factor, low_ = int4_pairs(x, group, norm_weight=norm_weight, eps=eps, up=up,
                                                lora_a=lora_ab[0] if lora_ab is not None else None,
@@ -622,15 +836,22 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group
                                      ASM=use_asm(x), PDL=pdl, PREFETCH=gemv.PDL_PREFETCH if pdl else 0, launch_pdl=pdl)
         return out
     if lora_ab is not None:
-        raise ValueError("lora_ab needs the pair GEMV (quant.INT4_PAIRS)")
-    x, up_, g, res, pro = fused_args(x, up, norm_weight, residual, activated)
-    low, lb, r = lora_args(x, lora, out_features)
+        h = prologue(x, norm_weight=norm_weight, eps=eps, up=up, activated=activated)
+        lora = (h @ lora_ab[0].float().t(), lora_ab[1])
+    x, low, lb, r = x_, *lora_args(x_, lora, out_features)
     _int4_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
                             bias if bias is not None else scales, addend_stride(bias), res, low, lb, out, ws, sq, cnt,
                             out_features, in_features, float(eps), silu_rows, row_bucket(rows), GROUP=group, PRO=pro,
                             HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r, ASM=use_asm(x),
                             PDL=pdl, PREFETCH=gemv.PDL_PREFETCH if pdl else 0, launch_pdl=pdl)
     return out
+
+
+def bf16_pairs_ok(t: torch.Tensor) -> bool:
+    """Whether the direct int4 GEMV can read ``t`` (x, up or the norm weight; columns contiguous) as int32 pairs of
+    bf16 columns: bf16, an even number of columns, rows and start at even elements."""
+    return t.dtype == torch.bfloat16 and t.shape[-1] % 2 == 0 and t.storage_offset() % 2 == 0 and \
+        (t.dim() == 1 or t.stride(0) % 2 == 0)
 
 
 def int4_dequantize(packed: torch.Tensor, scales: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:

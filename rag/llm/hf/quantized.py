@@ -29,8 +29,9 @@ from rag.core.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 FAST_QUANTIZATIONS = ("int8", "int4")
-# bump when the cached tensors' layout changes (2: int4 nibbles interleaved per 32-bit word within each group)
-CACHE_FORMAT = 2
+# bump when the cached tensors' layout changes (2: int4 nibbles interleaved per 32-bit word within each group; 3:
+# integer zero points, and nibbles k and k + 4 of a word two adjacent columns)
+CACHE_FORMAT = 3
 
 
 def check_settings(kind: str, *, fast_decode: str, device: str = "") -> None:
