@@ -24,6 +24,8 @@ Stages (one JSON line each, then a summary with the ratios, all in one process o
               walk before): the same-run baseline of SiLU in the gate/up GEMV's epilogue (skip all: silu_prologue)
     *_two_kernel_attention   the same with ``attention.ONE_KERNEL`` off (decode attention as a split kernel and a
               combine kernel, before): the baseline of the one-kernel attention (skip all: two_kernel_attention)
+    *_rope_op   the same with ``attention.FUSED_ROPE`` off (the rotary and the cache writes as a compiled op of their
+              own, before): the baseline of the rotary in the attention kernel (skip all: rope_op)
     --serve   llm.quantization end to end through HFChatModel (see serve_quantized)
     --pdl     only programmatic dependent launch off vs on (``gemv.PDL``), and for int8 the split-K GEMVs
               (``gemv.INT8_SPLIT``) off vs on, the states alternating twice in one generator per weight kind (bf16;
@@ -399,8 +401,9 @@ def main() -> None:
                 setattr(module, switch, default)
         return go
 
-    for base, module, switch in (("silu_prologue", gemv, "SILU_EPILOGUE"), ("two_kernel_attention", attention,
-                                                                            "ONE_KERNEL")):
+    for base, module, switch in (("silu_prologue", gemv, "SILU_EPILOGUE"),
+                                 ("two_kernel_attention", attention, "ONE_KERNEL"),
+                                 ("rope_op", attention, "FUSED_ROPE")):
         for kind, kw in (("bf16", {}), ("int8", {"quantize": "int8"}), ("int4", {"quantize": "int4"})):
             label = f"{kind}_{base}"
             if label not in skip and base not in skip and kind not in skip:
@@ -463,7 +466,7 @@ def main() -> None:
 
     bf16, int8, int4 = rate("bf16"), rate("int8"), rate("int4")
     baselines: dict[str, Any] = {}
-    for base in ("silu_prologue", "two_kernel_attention"):
+    for base in ("silu_prologue", "two_kernel_attention", "rope_op"):
         before = {kind: rate(f"{kind}_{base}") for kind in ("bf16", "int8", "int4")}
         baselines[f"{base}_tok_s"] = before
         for kind in ("int8", "int4"):

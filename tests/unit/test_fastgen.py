@@ -170,6 +170,70 @@ def test_triton_decode_attention_matches_sdpa_on_gpu() -> None:
         assert (got - ref).abs().max() < 2e-2
 
 
+@pytest.mark.parametrize("kind", ["glm", "llama"])
+def test_rotary_as_pairs_of_dimensions_matches_the_models_own(kind: str) -> None:
+    """The decode attention's rotary (attention.FUSED_ROPE): the model's rope found to be a rotation of pairs of
+    dimensions (GLM: interleaved pairs on half the head; Llama: the two halves), its per-step tables applied as
+    ``x[d] c[d] + x[p[d]] s[d]`` equal to the model's own rope at other positions; a rotary that mixes more than two
+    dimensions is not taken for one."""
+    import sys
+
+    from rag.llm.fastgen.attention import rotate_pairs
+    from rag.llm.fastgen.ops import rope_partners, rope_tables
+
+    model = tiny_model(kind)
+    rope = sys.modules[type(model.model.layers[0].self_attn).__module__].apply_rotary_pos_emb
+    partners = rope_partners(rope, model.model.rotary_emb, 16, torch.device("cpu"))
+    assert partners is not None
+    want_pairs = [1, 0, 3, 2, 5, 4, 7, 6, *range(8, 16)] if kind == "glm" else [*range(8, 16), *range(8)]
+    assert partners.tolist() == want_pairs
+    x = torch.randn(3, 4, 1, 16)
+    positions = torch.tensor([[0], [77], [511]])
+    cos, sin = model.model.rotary_emb(x[:, 0], positions)
+    c, s = rope_tables(rope, cos, sin, partners)
+    got = rotate_pairs(x[:, :, 0], c, s, partners)
+    torch.testing.assert_close(got, rope(x, x, cos, sin)[0][:, :, 0], rtol=1e-5, atol=1e-5)
+
+    def mixing(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = rope(q, k, cos, sin)
+        return out[0] + 0.5 * out[0].roll(3, dims=-1), out[1]  # three dimensions feed each output
+
+    assert rope_partners(mixing, model.model.rotary_emb, 16, torch.device("cpu")) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["glm", "llama"])
+def test_gpu_fused_rotary_decode_matches_the_rotary_op(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graph decode (bf16, the fused GEMV walk and the Triton attention) with the rotary and cache writes in the
+    attention kernel (attention.FUSED_ROPE) against the model's rotary as its own op: the same greedy tokens and
+    logits within bf16 rounding (the fused rotary multiplies in float32, the op in bf16), for 2 rows of different
+    lengths, across a 256-position split."""
+    from rag.llm.fastgen import attention
+
+    model = tiny_model(kind, dtype=torch.bfloat16, device="cuda")
+    gen = FastGenerator(model, max_batch=2, max_len=512, backend="graph", chunk_tokens=8)
+    assert gen.attention == "triton" and gen._partners is not None
+    prompts = [PROMPT * 30, PROMPT[:3]]  # 270 and 3 tokens: the first row's new k crosses into a second split
+
+    def run() -> tuple[list[list[int]], torch.Tensor]:
+        rows: list[list[int]] = [[], []]
+        logits = []
+        for chunk in gen.generate_batch(prompts, max_new_tokens=24):
+            rows[0] += chunk[0]
+            rows[1] += chunk[1]
+            logits.append(gen.logits[:2].clone())
+        return rows, torch.stack(logits)
+
+    monkeypatch.setattr(attention, "FUSED_ROPE", True)
+    fused, fused_logits = run()
+    monkeypatch.setattr(attention, "FUSED_ROPE", False)
+    gen.reset()
+    op, op_logits = run()
+    assert fused == op
+    assert float((fused_logits - op_logits).norm() / op_logits.norm()) < 2e-2
+
+
 def test_fused_gemv_formula_matches_the_modules() -> None:
     """The fused GEMV's formula (its CPU path) against the unfused modules, in float32."""
     from rag.llm.fastgen.gemv import fused_gemv

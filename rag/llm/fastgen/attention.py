@@ -34,19 +34,49 @@ SPLIT = 256  # cache positions per attention program; max_len is rounded up to a
 # filled part is one split stores its output directly. False: the split kernel and a combine kernel (two launches a
 # layer; the bench's same-run baseline). Read at each launch: a captured graph keeps what was on at its capture.
 ONE_KERNEL = True
+# The one-kernel attention also applies the rotary to q and the new k and writes the new k and v into the cache
+# (``decode_attention(..., new_kv=, rope=)``; the rotary as pairs of dimensions, ops.rope_partners): one kernel a
+# layer fewer (the compiled rotary + cache writes). Read by the generator when a decode graph is captured; False:
+# the rotary and cache writes as their own op (the bench's same-run baseline).
+FUSED_ROPE = True
 
 if HAS_TRITON:
 
     @triton.jit
+    def _rotated(ptr, d, pd, c, s):
+        """Row(s) at ``ptr`` (offsets broadcast against the dimensions ``d``) rotated as ``x[d] c[d] + x[pd] s[d]``
+        (``pd`` each dimension's partner, ops.rope_partners), float32."""
+        return tl.load(ptr + d).to(tl.float32) * c + tl.load(ptr + pd).to(tl.float32) * s
+
+    @triton.jit
+    def _store_new_kv(kn_ptr, vn_ptr, stride_nb, k_ptr, v_ptr, b, h, pos, stride_kb, stride_kh, stride_kn, c, s, pd,
+                      D: tl.constexpr):
+        """Row b's new k (rotated) and v of kv head h into the caches at position pos; visible to this program's
+        threads after it returns."""
+        d = tl.arange(0, D)
+        at = b * stride_kb + h * stride_kh + pos * stride_kn + d
+        k = _rotated(kn_ptr + b * stride_nb + h * D, d, pd, c, s)
+        tl.store(k_ptr + at, k.to(k_ptr.dtype.element_ty))
+        tl.store(v_ptr + at, tl.load(vn_ptr + b * stride_nb + h * D + d))
+        tl.debug_barrier()
+
+    @triton.jit
     def _attend_split(q_ptr, k_ptr, v_ptr, b, h, start, pos, scale, stride_qb, stride_qh, stride_kb, stride_kh,
-                      stride_kn, GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
-                      SPLIT_N: tl.constexpr):
+                      stride_kn, c_ptr, s_ptr, p_ptr, GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+                      BLOCK_N: tl.constexpr, SPLIT_N: tl.constexpr, ROPE: tl.constexpr):
         """The GROUP query heads of kv head h of row b against cache positions [start, start + SPLIT_N) up to pos:
-        (running max [GP], sum of exponentials [GP], unnormalised output [GP, D]) in float32."""
+        (running max [GP], sum of exponentials [GP], unnormalised output [GP, D]) in float32. ``ROPE``: q rotated
+        first (c, s of row b, partners p: ops.rope_tables), rounded to its dtype as the model's rotary does."""
         g = tl.arange(0, GP)
         d = tl.arange(0, D)
-        q = tl.load(q_ptr + b * stride_qb + (h * GROUP + g)[:, None] * stride_qh + d[None, :],
-                    mask=(g < GROUP)[:, None], other=0.0)  # [GP, D]
+        heads = b * stride_qb + (h * GROUP + tl.minimum(g, GROUP - 1))[:, None] * stride_qh
+        if ROPE:
+            c = tl.load(c_ptr + b * D + d)[None, :]
+            s = tl.load(s_ptr + b * D + d)[None, :]
+            q = _rotated(q_ptr + heads, d[None, :], tl.load(p_ptr + d)[None, :], c, s).to(
+                q_ptr.dtype.element_ty)  # [GP, D]; padded rows repeat the last head (their output is not stored)
+        else:
+            q = tl.load(q_ptr + heads + d[None, :])  # [GP, D]
         kv = k_ptr + b * stride_kb + h * stride_kh
         vv = v_ptr + b * stride_kb + h * stride_kh
         m_i = tl.full([GP], float("-inf"), tl.float32)
@@ -107,7 +137,8 @@ if HAS_TRITON:
         start = s * SPLIT_N
         if start <= pos:  # splits past the filled part do nothing; the combine kernel skips them
             m_i, l_i, acc = _attend_split(q_ptr, k_ptr, v_ptr, b, h, start, pos, scale, stride_qb, stride_qh,
-                                          stride_kb, stride_kh, stride_kn, GROUP, GP, D, BLOCK_N, SPLIT_N)
+                                          stride_kb, stride_kh, stride_kn, q_ptr, q_ptr, q_ptr, GROUP, GP, D, BLOCK_N,
+                                          SPLIT_N, False)
             g = tl.arange(0, GP)
             d = tl.arange(0, D)
             row = ((b * tl.num_programs(1) + h) * tl.num_programs(2) + s) * GP + g
@@ -116,21 +147,28 @@ if HAS_TRITON:
             tl.store(ml_ptr + row * 2 + 1, l_i)
 
     @triton.jit
-    def _attn_one_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, cnt_ptr, out_ptr, scale, stride_qb, stride_qh,
-                         stride_kb, stride_kh, stride_kn, stride_ob, stride_oh, GROUP: tl.constexpr,
-                         GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_N: tl.constexpr,
-                         PDL: tl.constexpr):
+    def _attn_one_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, cnt_ptr, out_ptr, kn_ptr, vn_ptr, stride_nb,
+                         c_ptr, s_ptr, p_ptr, scale, stride_qb, stride_qh, stride_kb, stride_kh, stride_kn, stride_ob,
+                         stride_oh, GROUP: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+                         SPLIT_N: tl.constexpr, ROPE: tl.constexpr, PDL: tl.constexpr):
         # program (row b, kv head h, split s) as _attn_split_kernel; then the last of the row's and head's filled
-        # splits to arrive adds them up as _attn_combine_kernel does and resets the counter (ONE_KERNEL)
+        # splits to arrive adds them up as _attn_combine_kernel does and resets the counter (ONE_KERNEL). ROPE: q
+        # and the new k rotated here, and the split that holds position pos writes the new k and v there first
         b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         if PDL:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
         pos = tl.load(pos_ptr + b)
         start = s * SPLIT_N
+        if ROPE:  # noqa: SIM102 (a constexpr: the runtime test below is not compiled without it)
+            if s == pos // SPLIT_N:
+                d = tl.arange(0, D)
+                _store_new_kv(kn_ptr, vn_ptr, stride_nb, k_ptr, v_ptr, b, h, pos, stride_kb, stride_kh, stride_kn,
+                              tl.load(c_ptr + b * D + d), tl.load(s_ptr + b * D + d), tl.load(p_ptr + d), D)
         if start <= pos:
             m_i, l_i, acc = _attend_split(q_ptr, k_ptr, v_ptr, b, h, start, pos, scale, stride_qb, stride_qh,
-                                          stride_kb, stride_kh, stride_kn, GROUP, GP, D, BLOCK_N, SPLIT_N)
+                                          stride_kb, stride_kh, stride_kn, c_ptr, s_ptr, p_ptr, GROUP, GP, D, BLOCK_N,
+                                          SPLIT_N, ROPE)
             g = tl.arange(0, GP)
             d = tl.arange(0, D)
             filled = pos // SPLIT_N + 1
@@ -169,12 +207,24 @@ if HAS_TRITON:
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
-                     scale: float) -> torch.Tensor:
+                     scale: float, *, new_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One new query per row against its cache: q [B, Hq, D], caches [>=B, Hkv, L, D], positions [B] -> [B, Hq, D].
 
-    Row b attends to cache positions 0..positions[b] (inclusive); L must be a multiple of ``SPLIT``.
+    Row b attends to cache positions 0..positions[b] (inclusive); L must be a multiple of ``SPLIT``. With ``new_kv =
+    (k, v)`` ([B, Hkv, D] each, rows of D contiguous values; e.g. views of the q/k/v GEMV's output, like q) and ``rope
+    = (c, s, partners)`` (:func:`rag.llm.fastgen.ops.rope_tables`): q and k are rotated first, and k and v written
+    into the caches at the rows' positions (:data:`FUSED_ROPE`; in the one kernel, else in torch first).
     """
-    q = q.contiguous()
+    if (new_kv is None) != (rope is None):
+        raise ValueError("new_kv and rope go together")
+    if rope is not None and new_kv is not None and not ONE_KERNEL:
+        q, k = (rotate_pairs(t, *rope) for t in (q, new_kv[0]))
+        rows = torch.arange(q.shape[0], device=q.device)
+        k_cache[rows, :, positions] = k
+        v_cache[rows, :, positions] = new_kv[1]
+        new_kv = rope = None
+    q = q if q.stride(-1) == 1 else q.contiguous()
     batch, heads, dim = q.shape
     kv_heads, length = k_cache.shape[1], k_cache.shape[2]
     group = heads // kv_heads
@@ -182,14 +232,21 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     splits = length // SPLIT
     partial = torch.empty(batch, kv_heads, splits, padded, dim, device=q.device, dtype=torch.float32)
     max_and_sum = torch.empty(batch, kv_heads, splits, padded, 2, device=q.device, dtype=torch.float32)
-    out = torch.empty_like(q)
+    out = torch.empty(batch, heads, dim, device=q.device, dtype=q.dtype)
     pdl = pdl_on(q)
     if ONE_KERNEL:
         counters = arrival_counters(q.device, batch * kv_heads)
+        if new_kv is not None and rope is not None:
+            k_new, v_new = new_kv
+            if k_new.stride(-1) != 1 or v_new.stride() != k_new.stride() or k_new.stride(1) != dim:
+                raise ValueError("new k and v need rows of D contiguous values with the same strides")
+            extra = (k_new, v_new, k_new.stride(0), *rope)
+        else:
+            extra = (q, q, 0, q, q, q)
         _attn_one_kernel[(batch, kv_heads, splits)](
-            q, k_cache, v_cache, positions, partial, max_and_sum, counters, out, scale, q.stride(0), q.stride(1),
-            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1), GROUP=group,
-            GP=padded, D=dim, BLOCK_N=64, SPLIT_N=SPLIT, PDL=pdl, launch_pdl=pdl)
+            q, k_cache, v_cache, positions, partial, max_and_sum, counters, out, *extra, scale, q.stride(0),
+            q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1),
+            GROUP=group, GP=padded, D=dim, BLOCK_N=64, SPLIT_N=SPLIT, ROPE=rope is not None, PDL=pdl, launch_pdl=pdl)
         return out
     _attn_split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, positions, partial, max_and_sum, scale, q.stride(0), q.stride(1), k_cache.stride(0),
@@ -198,6 +255,12 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _attn_combine_kernel[(batch, kv_heads)](partial, max_and_sum, positions, out, splits, out.stride(0), out.stride(1),
                                             GROUP=group, GP=padded, D=dim, SPLIT_N=SPLIT, PDL=pdl, launch_pdl=pdl)
     return out
+
+
+def rotate_pairs(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
+    """``x [B, H, D]`` rotated as the fused rotary does: ``x[d] c[b, d] + x[p[d]] s[b, d]`` in float32, rounded back
+    to x's dtype (:func:`rag.llm.fastgen.ops.rope_tables`)."""
+    return (x.float() * c[:, None] + x[..., partners.long()].float() * s[:, None]).to(x.dtype)
 
 
 def sdpa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rag.llm.fastgen import gemv, quant
+from rag.llm.fastgen import attention, gemv, quant
 from rag.llm.fastgen.attention import SPLIT, decode_attention, sdpa_decode, triton_ok
 from rag.llm.fastgen.gemv import fused_gemv
 from rag.llm.fastgen.ops import (
@@ -54,6 +54,8 @@ from rag.llm.fastgen.ops import (
     lora_sum,
     pad_lora,
     rms_norm,
+    rope_partners,
+    rope_tables,
     rope_to_cache,
 )
 from rag.llm.fastgen.quant import GEMV_MAX_ROWS, QuantLinear, concat_quant, quantize_served, served_linears
@@ -155,10 +157,13 @@ class FastGenerator:
         if attention == "auto":
             ok = triton_ok(dtype, dev, self.heads, self.kv_heads, self.head_dim)
             self.attention = "triton" if ok else "sdpa"
+        # the rotary as pairs of dimensions, for the decode attention that applies it (attention.FUSED_ROPE)
+        self._partners = rope_partners(self._rope, self._rotary, self.head_dim, dev) \
+            if self.attention == "triton" else None
         self._act = getattr(self._layers[0].mlp, "activation_fn", None) or self._layers[0].mlp.act_fn
         self._eager: dict[str, Any] = {"norm": rms_norm, "add_norm": add_rms_norm, "rope": self._rope,
                                        "gated": gated, "lora": lora_mm, "lora_low": lora_low_mm,
-                                       "rope_cache": rope_to_cache}
+                                       "rope_cache": rope_to_cache, "rope_tables": rope_tables}
         self.compile = compile and backend == "graph"  # prefill keeps the eager ones (its lengths vary)
         self._fast = {**{k: compiled(f) for k, f in self._eager.items()}, "lora": compiled(lora_sum),
                       "lora_low": compiled(lora_low)} if self.compile else self._eager
@@ -476,6 +481,9 @@ class FastGenerator:
         hidden = hidden[:, 0]
         pos, rows = positions[:, 0], self._rows[:batch]
         attend = decode_attention if self.attention == "triton" else sdpa_decode
+        rope = None
+        if self._partners is not None and attention.FUSED_ROPE and attention.ONE_KERNEL:
+            rope = (*fns["rope_tables"](self._rope, cos, sin, self._partners), self._partners)
         assert self._qkv_plan is not None  # _forward calls this only when the model is fusable
         for i, (layer, (weight, bias, widths)) in enumerate(zip(self._layers, self._qkv_plan, strict=True)):
             attn, mlp = layer.self_attn, layer.mlp
@@ -484,10 +492,15 @@ class FastGenerator:
                          lora_ab=self._lora_ab([attn.q_proj, attn.k_proj, attn.v_proj])) \
                 if isinstance(weight, QuantLinear) else \
                 fused_gemv(hidden, weight, norm_weight=norm.weight, eps=norm.variance_epsilon, bias=bias)
-            q, k, v = (t.view(batch, 1, -1, self.head_dim).transpose(1, 2) for t in qkv.split(widths, dim=-1))
-            q = fns["rope_cache"](self._rope, q, k, v, cos, sin, self._k, self._v, self._layer_ids[i : i + 1], rows,
-                                 pos)
-            out = attend(q[:, :, 0], self._k[i], self._v[i], pos, attn.scaling).reshape(batch, -1)
+            if rope is not None:  # the rotary and the cache writes in the attention kernel
+                q, k, v = (t.view(batch, -1, self.head_dim) for t in qkv.split(widths, dim=-1))
+                out = decode_attention(q, self._k[i], self._v[i], pos, attn.scaling, new_kv=(k, v), rope=rope)
+            else:
+                q, k, v = (t.view(batch, 1, -1, self.head_dim).transpose(1, 2) for t in qkv.split(widths, dim=-1))
+                q = fns["rope_cache"](self._rope, q, k, v, cos, sin, self._k, self._v, self._layer_ids[i : i + 1],
+                                     rows, pos)
+                out = attend(q[:, :, 0], self._k[i], self._v[i], pos, attn.scaling)
+            out = out.reshape(batch, -1)
             hidden = self._gemv(attn.o_proj, out, residual=hidden)
             norm = layer.post_attention_layernorm
             # SiLU on the gate half as the gate/up GEMV stores it (gemv.SILU_EPILOGUE), then down's prologue is x * up

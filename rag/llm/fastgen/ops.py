@@ -81,6 +81,51 @@ def rope_to_cache(rope: Callable[..., Any], q: torch.Tensor, k: torch.Tensor, v:
     return q
 
 
+def rope_partners(rope: Callable[..., Any], rotary: Any, head_dim: int, device: torch.device) -> torch.Tensor | None:
+    """The model's rotary (``rope(q, k, cos, sin)`` with ``cos, sin = rotary(x, positions)``) as a rotation of pairs of
+    dimensions, ``out[d] = x[d] c[d] + x[p[d]] s[d]``: the partner ``p`` of each dimension (int32 ``[D]``; a dimension
+    the rotary leaves alone is its own partner, with ``s`` 0), or None when the rotary is not of that form (then it
+    runs as the model's own op). Found by rotating the unit vectors at a few positions, checked on random vectors.
+    GLM's interleaved pairs (2i, 2i + 1) on half the head and Llama's halves (i, i + D/2) both are."""
+    eye = torch.eye(head_dim, device=device)[None, :, None, :]  # [1, D, 1, D]: "head" j is the unit vector e_j
+    partner: torch.Tensor | None = None
+    for position in (3, 1000):
+        cos, sin = rotary(eye[:, 0], torch.tensor([[position]], device=device))
+        m = rope(eye, eye, cos, sin)[0][0, :, 0, :].float()  # [j, d]: the rotation of e_j
+        off = (m - torch.diag(torch.diagonal(m))) != 0
+        if bool((off.sum(0) > 1).any()):
+            return None
+        found = torch.where(off.any(0), off.float().argmax(0), torch.arange(head_dim, device=device))
+        if partner is not None and not torch.equal(found[off.any(0)], partner[off.any(0)]):
+            return None
+        partner = found if partner is None else torch.where(off.any(0), found, partner)
+    assert partner is not None
+    if not torch.equal(partner[partner], torch.arange(head_dim, device=device)):
+        return None
+    partner = partner.to(torch.int32)
+    x = torch.randn(2, 3, 1, head_dim, device=device)
+    positions = torch.tensor([[7], [513]], device=device)
+    cos, sin = rotary(x[:, 0], positions)
+    c, s = rope_tables(rope, cos, sin, partner)
+    want = rope(x, x, cos, sin)[0]
+    got = x * c[:, None, None, :] + x[..., partner.long()] * s[:, None, None, :]
+    return partner if torch.allclose(got, want, rtol=1e-5, atol=1e-5) else None
+
+
+def rope_tables(rope: Callable[..., Any], cos: torch.Tensor, sin: torch.Tensor,
+                partner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """This step's (c, s) of :func:`rope_partners`' form, float32 ``[B, D]``, from the model's ``cos, sin`` ``[B, 1, *]``
+    (one position per row): the model's own rope applied to the unit vectors (in its dtype, so c and s are the very
+    numbers it multiplies by). Once per step for every layer (the decode attention applies them, :mod:`attention`)."""
+    batch, dim = cos.shape[0], partner.shape[0]
+    eye = torch.eye(dim, device=cos.device, dtype=cos.dtype)[None, :, None, :].expand(batch, dim, 1, dim)
+    m = rope(eye, eye, cos, sin)[0][:, :, 0, :].float()  # [B, j, d]
+    index = torch.arange(dim, device=cos.device)
+    c = m[:, index, index]
+    s = torch.where(partner.long() == index, 0.0, m[:, partner.long(), index])
+    return c, s
+
+
 def gated(act: Callable[[torch.Tensor], torch.Tensor], gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return up * act(gate)
 
