@@ -497,32 +497,24 @@ if HAS_TRITON:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
         g = tl.arange(0, BLOCK_G)
-        k = tl.arange(0, 4)
-        j = tl.arange(0, W)
-        cols = g[:, None, None] * GROUP + 2 * (k[None, :, None] * W + j[None, None, :])
+        pair = g[:, None] * (4 * W) + tl.arange(0, 4 * W)[None, :]  # [BLOCK_G, GROUP / 2]: pairs in memory order
+        cols = 2 * pair[:, :, None] + tl.arange(0, 2)[None, None, :]  # [BLOCK_G, GROUP / 2, 2]: contiguous
         ok = cols < K
-        squares = tl.zeros([BLOCK_G, 4, W], dtype=tl.float32)
-        lo, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, ok, squares, PRO)
-        hi, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols + 1, ok, squares, PRO)
+        squares = tl.zeros([BLOCK_G, 4 * W, 2], dtype=tl.float32)
+        y, squares = prologue_load(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, cols, ok, squares, PRO)
         if PRO == 1:
-            inv_rms = tl.rsqrt(tl.sum(squares) / K + eps)
-            lo = lo * inv_rms
-            hi = hi * inv_rms
+            y = y * tl.rsqrt(tl.sum(squares) / K + eps)
         if part > 0:  # launched only with LORA_R > 0
             r = part - 1
-            a_lo = tl.load(a_ptr + r * K + cols, mask=ok, other=0.0).to(tl.float32)
-            a_hi = tl.load(a_ptr + r * K + cols + 1, mask=ok, other=0.0).to(tl.float32)
-            tl.store(lo_ptr + m * LORA_R + r, tl.sum(lo * a_lo + hi * a_hi))
+            tl.store(lo_ptr + m * LORA_R + r, tl.sum(y * tl.load(a_ptr + r * K + cols, mask=ok, other=0.0).to(tl.float32)))
         else:
-            top = tl.maximum(tl.max(tl.abs(lo)), tl.max(tl.abs(hi)))
-            scale = tl.where(top > 0, top / _PAIR_TOP, 1.0)
-            lo16 = (lo / scale).to(tl.float16)
-            hi16 = (hi / scale).to(tl.float16)
+            scale = tl.where(tl.max(tl.abs(y)) > 0, tl.max(tl.abs(y)) / _PAIR_TOP, 1.0)
+            y16 = (y / scale).to(tl.float16)
+            lo16, hi16 = tl.split(y16)
             bits = (lo16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | \
                 (hi16.to(tl.int16, bitcast=True).to(tl.int32) << 16)
-            tl.store(xp_ptr + m * (K // 2) + g[:, None, None] * (4 * W) + k[None, :, None] * W + j[None, None, :],
-                     bits, mask=ok)
-            sums = tl.sum(tl.sum(lo16.to(tl.float32) + hi16.to(tl.float32), axis=2), axis=1)
+            tl.store(xp_ptr + m * (K // 2) + pair, bits, mask=pair < K // 2)
+            sums = tl.sum(tl.sum(y16.to(tl.float32), axis=2), axis=1)
             tl.store(gs_ptr + m * (K // GROUP) + g, sums, mask=g < K // GROUP)
             tl.store(sc_ptr + m, scale)
 
@@ -690,14 +682,19 @@ if HAS_TRITON:
             y = _bf16_mul(x, tl.load(up_ptr + m * up_stride + at, mask=ok, other=0), ASM)
         return y, x
 
-    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k}, num_warps=w, num_stages=s)
+    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k, "AHEAD": a}, num_warps=w,
+                                            num_stages=s)
                               # 1 to 4 rows a thread (64 rows x 2 groups over 4 warps: 4), so x's pairs and their
-                              # prologue are loaded and made once for several rows
-                              for n, g, w, s, k in ((16, 2, 4, 3, 1), (16, 4, 4, 3, 1), (32, 2, 4, 3, 1),
-                                                    (32, 4, 4, 3, 1), (64, 2, 4, 3, 1), (64, 2, 8, 3, 1),
-                                                    (32, 4, 8, 3, 1), (64, 4, 8, 2, 1), (16, 8, 4, 2, 1),
-                                                    (16, 4, 4, 3, 2), (16, 4, 4, 3, 4), (32, 2, 4, 3, 4),
-                                                    (32, 4, 8, 2, 4), (16, 8, 4, 2, 4), (64, 2, 4, 3, 4))],
+                              # prologue are loaded and made once for several rows; AHEAD 1: the next step's words
+                              # loaded before this step's arithmetic (twice the bytes in flight a thread)
+                              for n, g, w, s, k, a in ((16, 2, 4, 3, 1, 0), (16, 4, 4, 3, 1, 0), (32, 2, 4, 3, 1, 0),
+                                                       (32, 4, 4, 3, 1, 0), (64, 2, 4, 3, 1, 0), (64, 2, 8, 3, 1, 0),
+                                                       (32, 4, 8, 3, 1, 0), (64, 4, 8, 2, 1, 0), (16, 8, 4, 2, 1, 0),
+                                                       (16, 4, 4, 3, 2, 0), (16, 4, 4, 3, 4, 0), (32, 2, 4, 3, 4, 0),
+                                                       (32, 4, 8, 2, 4, 0), (16, 8, 4, 2, 4, 0), (64, 2, 4, 3, 4, 0),
+                                                       (16, 4, 4, 1, 1, 1), (16, 8, 4, 1, 1, 1), (32, 4, 4, 1, 1, 1),
+                                                       (32, 4, 8, 1, 1, 1), (64, 2, 4, 1, 1, 1), (16, 4, 4, 1, 4, 1),
+                                                       (16, 8, 4, 1, 4, 1), (32, 4, 8, 1, 4, 1))],
                      key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"],  # LORA_R not in it: as gemv_kernel
                      prune_configs_by={"early_config_prune": prune_split})
     @triton.jit
@@ -706,7 +703,7 @@ if HAS_TRITON:
                                ROW_BUCKET, GROUP: tl.constexpr, PRO: tl.constexpr, HAS_BIAS: tl.constexpr,
                                HAS_RES: tl.constexpr, LORA_R: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
                                PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr,
-                               SPLIT: tl.constexpr):
+                               SPLIT: tl.constexpr, AHEAD: tl.constexpr):
         # program (block of BLOCK_N output rows, row m of x, slice s of the groups): per step GROUPS groups of words
         # [BLOCK_N, GROUPS, W] and, for each, the four bf16 pairs of x its nibble pairs meet, read from x itself
         # (int32 views; pair p of a group is columns 2p, 2p + 1, pack_int4), with the prologue applied per pair
@@ -718,9 +715,14 @@ if HAS_TRITON:
         j = tl.arange(0, W)
         acc = tl.zeros([BLOCK_N, GROUPS, W], dtype=tl.float32)
         squares = tl.zeros([1, GROUPS, W], dtype=tl.float32)
+        w_next, ok_next = _load_words(w_ptr, w_stride, rows, row_ok, start + g_in, n_groups, W)
         for g0 in range(start, n_groups, GROUPS):
             g = g0 + g_in
-            w, g_ok = _load_words(w_ptr, w_stride, rows, row_ok, g, n_groups, W)
+            if AHEAD:  # this step's words were loaded a step ago; the next step's now
+                w, g_ok = w_next, ok_next
+                w_next, ok_next = _load_words(w_ptr, w_stride, rows, row_ok, g + GROUPS, n_groups, W)
+            else:
+                w, g_ok = _load_words(w_ptr, w_stride, rows, row_ok, g, n_groups, W)
             pairs = (g[:, None] * (4 * W) + j[None, :])[None, :, :]
             x_ok = g_ok[None, :, None]
             x0, r0 = _bf16_input(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, pairs, x_ok, PRO, ASM)
