@@ -493,3 +493,55 @@ def test_gpu_int8_split_k_gemv(split: int, monkeypatch: pytest.MonkeyPatch) -> N
                         graph.replay()
                         torch.cuda.synchronize()
                         assert torch.equal(out.float(), got), (n, k, rows, pdl, kw.keys())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("config", [(16, 8, 4, 2, 1, 0), (16, 4, 4, 1, 4, 1)])
+def test_gpu_int4_bf16_gemv_forced_configs(config: tuple[int, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int4 GEMV that reads bf16 x itself (quant.INT4_DIRECT; packed bf16 arithmetic in inline PTX) with one
+    configuration forced (whole K / split-K with the next step's words loaded ahead, so the autotuner picks neither
+    for it) against ``x @ dequantize().T`` with each of its prologues (none, RMSNorm, ``x * up``), the residual,
+    SiLU of the first outputs, and the LoRA epilogue with ``low`` given or made by the low-only pairs kernel; also
+    replayed in a CUDA graph (the split-K counters reset themselves). bf16 products and four-term sums: ~0.4 %."""
+    import triton
+
+    from rag.llm.fastgen import quant
+
+    n_rows, groups, warps, stages, split, ahead = config
+    forced = triton.autotune(configs=[triton.Config({"BLOCK_N": n_rows, "GROUPS": groups, "SPLIT": split,
+                                                     "AHEAD": ahead}, num_warps=warps, num_stages=stages)],
+                             key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"])(quant._int4_bf16_gemv_kernel.fn)
+    monkeypatch.setattr(quant, "_int4_bf16_gemv_kernel", forced)
+    monkeypatch.setattr(quant, "INT4_DIRECT", True)
+    torch.manual_seed(2)
+    for n, k, group in ((4100, 4096, 128), (72, 1024, 64)):
+        layer = quantize_linear(torch.randn(n, k, device="cuda", dtype=torch.bfloat16),
+                                torch.randn(n, device="cuda", dtype=torch.bfloat16), "int4", group=group)
+        reference = layer.dequantize(torch.float32)
+        for rows in (1, 3):
+            both = torch.randn(rows, 2 * k, device="cuda", dtype=torch.bfloat16)
+            xs, up = both[:, :k].float(), both[:, k:].float()
+            g = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
+            res = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
+            low, b = torch.randn(rows, 8, device="cuda"), torch.randn(n, 8, device="cuda") * 0.1
+            a = torch.randn(8, k, device="cuda") * 0.05
+            normed = g.float() * xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + 1e-5)
+            cases = (({}, xs, 0, 0), ({"norm_weight": g, "eps": 1e-5, "residual": res}, normed, res.float(), 0),
+                     ({"up": both[:, k:], "activated": True, "lora": (low, b)}, xs * up, low @ b.t(), 0),
+                     ({"norm_weight": g, "eps": 1e-5, "silu_rows": n // 2}, normed, 0, n // 2),
+                     ({"norm_weight": g, "eps": 1e-5, "lora_ab": (a, b)}, normed, (normed @ a.t()) @ b.t(), 0))
+            for kw, inp, extra, act in cases:
+                want = inp @ reference.t() + layer.bias.float() + extra  # type: ignore[union-attr]
+                if act:
+                    want = torch.cat([torch.nn.functional.silu(want[:, :act]), want[:, act:]], dim=1)
+                got = layer(both[:, :k], **kw).float()
+                assert float((got - want).norm() / want.norm()) < 1e-2, (n, k, rows, kw.keys())
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    out = layer(both[:, :k], **kw)
+                for _ in range(2):
+                    out.zero_()
+                    graph.replay()
+                    torch.cuda.synchronize()
+                    assert torch.equal(out.float(), got), (n, k, rows, kw.keys())
