@@ -497,20 +497,19 @@ def test_gpu_int8_split_k_gemv(split: int, monkeypatch: pytest.MonkeyPatch) -> N
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("config", [(16, 8, 4, 2, 1, 0), (16, 4, 4, 1, 4, 1)])
+@pytest.mark.parametrize("config", [(16, 8, 4, 2, 1), (16, 4, 4, 3, 4)])
 def test_gpu_int4_bf16_gemv_forced_configs(config: tuple[int, ...], monkeypatch: pytest.MonkeyPatch) -> None:
     """The int4 GEMV that reads bf16 x itself (quant.INT4_DIRECT; packed bf16 arithmetic in inline PTX) with one
-    configuration forced (whole K / split-K with the next step's words loaded ahead, so the autotuner picks neither
-    for it) against ``x @ dequantize().T`` with each of its prologues (none, RMSNorm, ``x * up``), the residual,
+    configuration forced (whole K / split-K, so the autotuner picks neither for it) against ``x @ dequantize().T`` with each of its prologues (none, RMSNorm, ``x * up``), the residual,
     SiLU of the first outputs, and the LoRA epilogue with ``low`` given or made by the low-only pairs kernel; also
     replayed in a CUDA graph (the split-K counters reset themselves). bf16 products and four-term sums: ~0.4 %."""
     import triton
 
     from rag.llm.fastgen import quant
 
-    n_rows, groups, warps, stages, split, ahead = config
-    forced = triton.autotune(configs=[triton.Config({"BLOCK_N": n_rows, "GROUPS": groups, "SPLIT": split,
-                                                     "AHEAD": ahead}, num_warps=warps, num_stages=stages)],
+    n_rows, groups, warps, stages, split = config
+    forced = triton.autotune(configs=[triton.Config({"BLOCK_N": n_rows, "GROUPS": groups, "SPLIT": split},
+                                                    num_warps=warps, num_stages=stages)],
                              key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"])(quant._int4_bf16_gemv_kernel.fn)
     monkeypatch.setattr(quant, "_int4_bf16_gemv_kernel", forced)
     monkeypatch.setattr(quant, "INT4_DIRECT", True)

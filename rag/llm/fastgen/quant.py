@@ -682,19 +682,14 @@ if HAS_TRITON:
             y = _bf16_mul(x, tl.load(up_ptr + m * up_stride + at, mask=ok, other=0), ASM)
         return y, x
 
-    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k, "AHEAD": a}, num_warps=w,
-                                            num_stages=s)
+    @triton.autotune(configs=[triton.Config({"BLOCK_N": n, "GROUPS": g, "SPLIT": k}, num_warps=w, num_stages=s)
                               # 1 to 4 rows a thread (64 rows x 2 groups over 4 warps: 4), so x's pairs and their
-                              # prologue are loaded and made once for several rows; AHEAD 1: the next step's words
-                              # loaded before this step's arithmetic (twice the bytes in flight a thread)
-                              for n, g, w, s, k, a in ((16, 2, 4, 3, 1, 0), (16, 4, 4, 3, 1, 0), (32, 2, 4, 3, 1, 0),
-                                                       (32, 4, 4, 3, 1, 0), (64, 2, 4, 3, 1, 0), (64, 2, 8, 3, 1, 0),
-                                                       (32, 4, 8, 3, 1, 0), (64, 4, 8, 2, 1, 0), (16, 8, 4, 2, 1, 0),
-                                                       (16, 4, 4, 3, 2, 0), (16, 4, 4, 3, 4, 0), (32, 2, 4, 3, 4, 0),
-                                                       (32, 4, 8, 2, 4, 0), (16, 8, 4, 2, 4, 0), (64, 2, 4, 3, 4, 0),
-                                                       (16, 4, 4, 1, 1, 1), (16, 8, 4, 1, 1, 1), (32, 4, 4, 1, 1, 1),
-                                                       (32, 4, 8, 1, 1, 1), (64, 2, 4, 1, 1, 1), (16, 4, 4, 1, 4, 1),
-                                                       (16, 8, 4, 1, 4, 1), (32, 4, 8, 1, 4, 1))],
+                              # prologue are loaded and made once for several rows
+                              for n, g, w, s, k in ((16, 2, 4, 3, 1), (16, 4, 4, 3, 1), (32, 2, 4, 3, 1),
+                                                    (32, 4, 4, 3, 1), (64, 2, 4, 3, 1), (64, 2, 8, 3, 1),
+                                                    (32, 4, 8, 3, 1), (64, 4, 8, 2, 1), (16, 8, 4, 2, 1),
+                                                    (16, 4, 4, 3, 2), (16, 4, 4, 3, 4), (32, 2, 4, 3, 4),
+                                                    (32, 4, 8, 2, 4), (16, 8, 4, 2, 4), (64, 2, 4, 3, 4))],
                      key=["N", "K", "ROW_BUCKET", "GROUP", "PRO"],  # LORA_R not in it: as gemv_kernel
                      prune_configs_by={"early_config_prune": prune_split})
     @triton.jit
@@ -703,7 +698,7 @@ if HAS_TRITON:
                                ROW_BUCKET, GROUP: tl.constexpr, PRO: tl.constexpr, HAS_BIAS: tl.constexpr,
                                HAS_RES: tl.constexpr, LORA_R: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
                                PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr,
-                               SPLIT: tl.constexpr, AHEAD: tl.constexpr):
+                               SPLIT: tl.constexpr):
         # program (block of BLOCK_N output rows, row m of x, slice s of the groups): per step GROUPS groups of words
         # [BLOCK_N, GROUPS, W] and, for each, the four bf16 pairs of x its nibble pairs meet, read from x itself
         # (int32 views; pair p of a group is columns 2p, 2p + 1, pack_int4), with the prologue applied per pair
@@ -715,14 +710,9 @@ if HAS_TRITON:
         j = tl.arange(0, W)
         acc = tl.zeros([BLOCK_N, GROUPS, W], dtype=tl.float32)
         squares = tl.zeros([1, GROUPS, W], dtype=tl.float32)
-        w_next, ok_next = _load_words(w_ptr, w_stride, rows, row_ok, start + g_in, n_groups, W)
         for g0 in range(start, n_groups, GROUPS):
             g = g0 + g_in
-            if AHEAD:  # this step's words were loaded a step ago; the next step's now
-                w, g_ok = w_next, ok_next
-                w_next, ok_next = _load_words(w_ptr, w_stride, rows, row_ok, g + GROUPS, n_groups, W)
-            else:
-                w, g_ok = _load_words(w_ptr, w_stride, rows, row_ok, g, n_groups, W)
+            w, g_ok = _load_words(w_ptr, w_stride, rows, row_ok, g, n_groups, W)
             pairs = (g[:, None] * (4 * W) + j[None, :])[None, :, :]
             x_ok = g_ok[None, :, None]
             x0, r0 = _bf16_input(x_ptr, up_ptr, g_ptr, m, x_stride, up_stride, pairs, x_ok, PRO, ASM)
