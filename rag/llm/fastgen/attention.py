@@ -4,7 +4,9 @@ The split-K Triton kernel reads only the filled part of the cache (one program p
 split; the last split of a row and head to finish combines the splits that were written, :data:`ONE_KERNEL`); :func:`sdpa_decode` is the same thing as SDPA over the
 whole cache with a mask, the reference the kernels are checked against and the fallback where Triton is missing or
 fails that check (:func:`triton_ok`). Kept apart from the generator because it is self-contained GPU math with its
-own tests, and because it is the only code that needs Triton. Both kernels take programmatic dependent launch like
+own tests, and because it is the only code that needs Triton. With :data:`FUSED_ROPE` the one kernel also applies the
+model's rotary to q and the new k (as a rotation of pairs of dimensions, :func:`rag.llm.fastgen.ops.rope_partners`)
+and writes the new k and v into the cache, so a layer's attention is one launch after its q/k/v GEMV. Both kernels take programmatic dependent launch like
 the GEMVs (:data:`rag.llm.fastgen.gemv.PDL`): each program first waits for the previous kernel (nothing they read is
 known before it ends: q, the cache and the positions are written by the step itself).
 """

@@ -92,7 +92,7 @@ class FastGenerator:
         fuse_gemv: decode steps with no adapter active run the fused GEMV layer walk
             (:meth:`_forward_fused`) where the model allows it (joined q/k/v, a joined gate/up matrix, standard RMSNorm,
             SiLU); other models and adapter states take the general walk. ``None`` (default): on for bf16 and int8
-            weights, and for int4 through the fp16-pair GEMV (``quant.INT4_PAIRS``, default) — bf16 gained 15 %;
+            weights, and for int4 through the bf16 or fp16-pair GEMV (``quant.int4_prologue_once``) — bf16 gained 15 %;
             int8 (its GEMVs through their bits, split-K for the layers of few rows) 13 % on an H200 (395.0 vs 348.5
             tok/s, same run); int4 8 % on an H100 (369.5 vs 342.0 tok/s, same run), where through the float32 int4
             GEMV (prologue per weight) its fused walk was 23 % slower (247.0 vs 321.1 tok/s; docs/BENCHMARKS.md).
@@ -181,10 +181,10 @@ class FastGenerator:
         # path, kept for comparison); its zero-padded A and B, per adapter state and group (ops.pad_lora)
         self.lora_epilogue = True
         self._lora_pad: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-        # quantized decode with plain LoRA adapters on takes the fused walk too, LoRA's x @ A^T made in the int4 pair
-        # GEMV's pairs kernel (no kernel of its own). None (default): on for int4 through the pair GEMV (H100: the
-        # adapter costs 2.4 % of adapter-off decoding instead of 17 % on the general walk), off for int8 (its x @ A^T
-        # would be extra kernels, not measured); True / False: forced
+        # quantized decode with plain LoRA adapters on takes the fused walk too, LoRA's x @ A^T made by the int4
+        # pairs kernel (with the pairs, or alone before the bf16 GEMV: quant.int4_lora_low). None (default): on for
+        # int4 (H100, through the pair GEMV: the adapter cost 2.4 % of adapter-off decoding instead of 17 % on the
+        # general walk), off for int8 (its x @ A^T would be extra kernels, not measured); True / False: forced
         self.lora_fused_walk: bool | None = None
         self._lora_walk: dict[tuple[Any, ...], bool] = {}
 
@@ -471,9 +471,9 @@ class FastGenerator:
     def _forward_fused(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The decode step's layer walk with no adapter active (or plain LoRA adapters on quantized weights, with
         :attr:`lora_fused_walk`: their ``x @ A^T`` in the pairs kernels, B in the GEMVs' epilogue): per layer q/k/v
-        GEMV (+ input norm), rotary + cache writes, attention, o GEMV (+ residual), gate/up GEMV (+ post-attention
-        norm, + SiLU of the gate half as it stores), down GEMV (gate times up, + residual) — 6 kernels and the attention's own, instead of ~12. bf16, int8 or
-        int4 weights alike."""
+        GEMV (+ input norm), attention (+ rotary and cache writes, attention.FUSED_ROPE; else a compiled op before
+        it), o GEMV (+ residual), gate/up GEMV (+ post-attention norm, + SiLU of the gate half as it stores), down
+        GEMV (gate times up, + residual) — 5 kernels a layer instead of ~12. bf16, int8 or int4 weights alike."""
         fns = self._fast
         batch = ids.shape[0]
         hidden = self._embed(ids)  # [B, 1, H]

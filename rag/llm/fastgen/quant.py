@@ -5,26 +5,25 @@ Batch-1 decoding reads every weight once per token, so fewer bytes per weight is
 - **int8**: symmetric, one float32 scale per output row (``w ≈ q * scale``, ``q`` in [-127, 127]). Decode (a few rows
   of ``x``) runs a Triton GEMV that reads the int8 weights once and scales the dot products; prefill dequantizes one
   layer at a time and runs a normal GEMM (it is compute bound, the dequantized copy is transient).
-- **int4**: asymmetric per group of ``group`` input columns (``w ≈ (q - 8) * scale + zero``, ``q`` in [0, 15]), two
-  values a byte (``[out, in / 2]``), scales and zeros as ``[in / group, out, 2]``. Within a group the nibbles are
-  interleaved per 32-bit word (:func:`pack_int4`: nibble ``i`` of word ``j`` is column ``i * group / 8 + j``). Decode
-  runs a Triton GEMV that unpacks the nibbles in registers and applies each group's scale to its partial dot product
-  (and its zero to the group's sum of ``x``); prefill dequantizes one layer with a Triton kernel and runs a normal GEMM.
-  The same layout on every device and in the cache file: no private PyTorch kernel (tinygemm's packing, used before,
-  changed format between PyTorch versions and was slow for prefill: 0.78 s for a 2,000-token prompt on an H100).
+- **int4**: asymmetric per group of ``group`` input columns with an integer zero point (``w ≈ (q - zp) * scale``,
+  ``q`` and ``zp`` in [0, 15]), two values a byte (``[out, in / 2]``), (scale, zero point) as ``[in / group, out,
+  2]``. Within a group the nibbles are interleaved per 32-bit word so that nibbles ``k`` and ``k + 4`` of a word are
+  two adjacent columns (:func:`pack_int4`): one mask of the word makes them a 16-bit pair in the order x's columns
+  lie in memory. Decode runs a Triton GEMV that unpacks the nibbles in registers and applies each group's scale to
+  its partial dot product; prefill dequantizes one layer with a Triton kernel and runs a normal GEMM. The same
+  layout on every device and in the cache file: no private PyTorch kernel (tinygemm's packing, used before, changed
+  format between PyTorch versions and was slow for prefill: 0.78 s for a 2,000-token prompt on an H100).
 
-The int4 GEMV turns the nibbles into floats with bit operations instead of the int-to-float conversion instruction
-(16 a clock per SM on Hopper, a quarter of the FMA rate; at the memory bandwidth int4 needs ~26 a clock per SM): the
-nibble is or-ed into the mantissa of a float whose exponent makes one unit of the mantissa field worth 1
-(``0x41800000 | q << 19`` is ``16.0 + q``), and the constant offset is taken out once per group through the sum of
-``x`` (:func:`int4_gemv`). The same for int8 (a word-interleaved layout, ``384 + q``) was slower on an H100 than the
-shared bf16/int8 kernel's conversions (283.8 vs ~315 tok/s, docs/BENCHMARKS.md) and was dropped.
-
-By default (:data:`INT4_PAIRS`) the int4 decode GEMV does less per weight: a small kernel (:func:`int4_pairs`) applies
-the prologue (RMSNorm, SiLU gate) to ``x`` once per launch and writes it as fp16 pairs in the order of the nibbles,
-scaled so that no fp16 sum overflows; the GEMV then makes each word's nibble pairs into fp16 pairs with one ``lop3``
-and subtraction each and multiplies them with packed half-precision instructions (about 3 instructions a weight
-against 13.4), accumulating each group in float32 (H100: gate/up 57.3 -> 33.2 us, decoding 1.52x -> 1.75x bf16).
+The int4 decode GEMV, by default (:data:`INT4_DIRECT`, bf16 models), reads x itself: each word's nibble pairs become
+bf16 pairs ``128 + q`` with one ``lop3`` (or-ed into the mantissa of 128.0), minus ``128 + zp`` (exact), multiplied
+with x's own bf16 pairs by packed bf16 instructions (``fma.rn.bf16x2``, compute capability 8.0 and later), the four
+products of a word summed in bf16 and then in float32 per group; the prologue is applied per pair of x (RMSNorm's
+weight, with 1 / rms from the squares at the end; ``x * up``). One launch per linear. Otherwise (fp16 models, the
+``silu(x) * up`` prologue, or the switch off) :data:`INT4_PAIRS`: a small kernel (:func:`int4_pairs`) applies the
+prologue to ``x`` once per launch and writes it as fp16 pairs, scaled so that no fp16 sum overflows, and the pair
+GEMV multiplies them with packed half-precision instructions (the zero point through each group's sum of x'). Both
+take about 3 instructions a weight, against 13.4 for the first float32 kernel (:data:`_int4_gemv_kernel`: nibbles
+made into floats by or-ing them into the mantissa of 16.0, the prologue per weight; kept as a baseline).
 
 On CPU (tests, the ``eager`` backend) both kinds compute ``x @ dequantize().T``: the same numbers the GPU kernels
 approximate, so a CPU test checks the quantization itself and the GPU bench checks the kernels against it.
@@ -284,8 +283,10 @@ INLINE_ASM = True  # the int4 GEMV's lop3 (see _float_of_field); False: plain Tr
 INT4_PAIRS = True
 # int4 decode GEMVs on bf16 activations read x itself (:data:`_int4_bf16_gemv_kernel`): nibble pairs made into bf16
 # pairs that meet x's adjacent columns as they lie in memory, packed bf16 arithmetic, the prologue (RMSNorm's weight,
-# ``x * up``) per pair -- no pairs kernel, one launch per linear. False (and fp16 models, and the ``silu(x) * up``
-# prologue): :data:`INT4_PAIRS` decides
+# ``x * up``) per pair -- no pairs kernel, one launch per linear. H100: per layer the same 76.1 us as the pairs
+# kernels + pair GEMVs (o 7.9 vs 10.5 us faster, gate/up 34.7 vs 31.5 slower), decoding 386.6 tok/s (pair path
+# 384.1 the session before; docs/BENCHMARKS.md). False (and fp16 models, and the ``silu(x) * up`` prologue):
+# :data:`INT4_PAIRS` decides
 INT4_DIRECT = True
 
 
