@@ -449,6 +449,34 @@ def test_gpu_pdl_changes_no_number(kind: str, monkeypatch: pytest.MonkeyPatch) -
         assert gemv.pdl_on(got)
 
 
+def gpu_inputs(rows: int, n: int, k: int) -> tuple[torch.Tensor, ...]:
+    """A GEMV case on the GPU: (x and up side by side [rows, 2k] bf16, x and up in float32, an RMSNorm weight, a
+    residual [rows, n], LoRA's low [rows, 8] and B [n, 8], RMSNorm(x) in float32)."""
+    both = torch.randn(rows, 2 * k, device="cuda", dtype=torch.bfloat16)
+    xs, up = both[:, :k].float(), both[:, k:].float()
+    g = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
+    res = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
+    low, b = torch.randn(rows, 8, device="cuda"), torch.randn(n, 8, device="cuda") * 0.1
+    normed = g.float() * xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + 1e-5)
+    return both, xs, up, g, res, low, b, normed
+
+
+def check_eager_and_replayed(layer: Any, x: torch.Tensor, kw: dict[str, Any], want: torch.Tensor,
+                             case: tuple[Any, ...]) -> None:
+    """``layer(x, **kw)`` within 1 % of ``want`` (bf16 in and out), and the same numbers bit for bit when captured in
+    a CUDA graph and replayed twice (split-K counters and buffers reset themselves)."""
+    got = layer(x, **kw).float()
+    assert float((got - want).norm() / want.norm()) < 1e-2, (*case, kw.keys())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer(x, **kw)
+    for _ in range(2):
+        out.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out.float(), got), (*case, kw.keys())
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("split", [2, 4])
@@ -471,28 +499,14 @@ def test_gpu_int8_split_k_gemv(split: int, monkeypatch: pytest.MonkeyPatch) -> N
                                 torch.randn(n, device="cuda", dtype=torch.bfloat16), "int8")
         reference = layer.dequantize(torch.float32)
         for rows in (1, 3):
-            both = torch.randn(rows, 2 * k, device="cuda", dtype=torch.bfloat16)
-            xs, up = both[:, :k].float(), both[:, k:].float()
-            g = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
-            res = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
-            low, b = torch.randn(rows, 8, device="cuda"), torch.randn(n, 8, device="cuda") * 0.1
-            normed = g.float() * xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + 1e-5)
+            both, xs, up, g, res, low, b, normed = gpu_inputs(rows, n, k)
             cases = (({}, xs, 0), ({"norm_weight": g, "eps": 1e-5, "residual": res}, normed, res.float()),
                      ({"up": both[:, k:], "lora": (low, b)}, torch.nn.functional.silu(xs) * up, low @ b.t()))
             for pdl in (False, True):
                 monkeypatch.setattr(gemv, "PDL", pdl)
                 for kw, inp, extra in cases:
                     want = inp @ reference.t() + layer.bias.float() + extra  # type: ignore[union-attr]
-                    got = layer(both[:, :k], **kw).float()
-                    assert float((got - want).norm() / want.norm()) < 1e-2, (n, k, rows, pdl, kw.keys())
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph):
-                        out = layer(both[:, :k], **kw)
-                    for _ in range(2):
-                        out.zero_()
-                        graph.replay()
-                        torch.cuda.synchronize()
-                        assert torch.equal(out.float(), got), (n, k, rows, pdl, kw.keys())
+                    check_eager_and_replayed(layer, both[:, :k], kw, want, (n, k, rows, pdl))
 
 
 @pytest.mark.gpu
@@ -519,13 +533,8 @@ def test_gpu_int4_bf16_gemv_forced_configs(config: tuple[int, ...], monkeypatch:
                                 torch.randn(n, device="cuda", dtype=torch.bfloat16), "int4", group=group)
         reference = layer.dequantize(torch.float32)
         for rows in (1, 3):
-            both = torch.randn(rows, 2 * k, device="cuda", dtype=torch.bfloat16)
-            xs, up = both[:, :k].float(), both[:, k:].float()
-            g = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
-            res = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
-            low, b = torch.randn(rows, 8, device="cuda"), torch.randn(n, 8, device="cuda") * 0.1
+            both, xs, up, g, res, low, b, normed = gpu_inputs(rows, n, k)
             a = torch.randn(8, k, device="cuda") * 0.05
-            normed = g.float() * xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + 1e-5)
             cases = (({}, xs, 0, 0), ({"norm_weight": g, "eps": 1e-5, "residual": res}, normed, res.float(), 0),
                      ({"up": both[:, k:], "activated": True, "lora": (low, b)}, xs * up, low @ b.t(), 0),
                      ({"norm_weight": g, "eps": 1e-5, "silu_rows": n // 2}, normed, 0, n // 2),
@@ -534,13 +543,4 @@ def test_gpu_int4_bf16_gemv_forced_configs(config: tuple[int, ...], monkeypatch:
                 want = inp @ reference.t() + layer.bias.float() + extra  # type: ignore[union-attr]
                 if act:
                     want = torch.cat([torch.nn.functional.silu(want[:, :act]), want[:, act:]], dim=1)
-                got = layer(both[:, :k], **kw).float()
-                assert float((got - want).norm() / want.norm()) < 1e-2, (n, k, rows, kw.keys())
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    out = layer(both[:, :k], **kw)
-                for _ in range(2):
-                    out.zero_()
-                    graph.replay()
-                    torch.cuda.synchronize()
-                    assert torch.equal(out.float(), got), (n, k, rows, kw.keys())
+                check_eager_and_replayed(layer, both[:, :k], kw, want, (n, k, rows))

@@ -341,13 +341,18 @@ if HAS_TRITON:
         return t.to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _program_slice(N, n_groups, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, SPLIT: tl.constexpr):
+    def _program_begin(w_ptr, w_stride, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr,
+                       SPLIT: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr):
         """An int4 GEMV program's work: (its BLOCK_N output rows, which of them exist, its row m of x, its slice s of
-        SPLIT, and the groups [start, end) of that slice, a multiple of GROUPS each but the last)."""
+        SPLIT, and the groups [start, end) of that slice, a multiple of GROUPS each but the last), after
+        :func:`rag.llm.fastgen.gemv.pdl_begin` (PDL: its first weight words into L2, then the wait for the previous
+        kernel)."""
+        n_groups = K // GROUP
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         s = tl.program_id(2)
         per = tl.cdiv(tl.cdiv(n_groups, SPLIT), GROUPS) * GROUPS
         start = s * per
+        pdl_begin(w_ptr, w_stride, rows, rows < N, start * (GROUP // 8), K // 8, PDL, PREFETCH)
         return rows, rows < N, tl.program_id(1), s, start, tl.minimum(start + per, n_groups)
 
     @triton.jit
@@ -381,9 +386,8 @@ if HAS_TRITON:
         # (PRO 1: RMSNorm, its 1 / rms applied at the end, as both terms are linear in x; PRO 2: silu(x) * up).
         # Program (.., .., s) of SPLIT takes the s-th slice of the groups (_finish adds the slices up).
         W: tl.constexpr = GROUP // 8
-        rows, row_ok, m, s, start, n_groups = _program_slice(N, K // GROUP, BLOCK_N, GROUPS, SPLIT)
-        # PDL: this program's first weight words into L2, then the wait for the previous kernel (gemv.pdl_begin)
-        pdl_begin(w_ptr, w_stride, rows, row_ok, start * W, K // 8, PDL, PREFETCH)
+        rows, row_ok, m, s, start, n_groups = _program_begin(w_ptr, w_stride, N, K, GROUP, BLOCK_N, GROUPS, SPLIT,
+                                                             PDL, PREFETCH)
         g_in = tl.arange(0, GROUPS)
         j = tl.arange(0, W)
         acc = tl.zeros([BLOCK_N, GROUPS, W], dtype=tl.float32)
@@ -539,8 +543,8 @@ if HAS_TRITON:
         # scale * sum((q - 8) x') + (8 - zp) scale * sum(x'); the total times sc[m] (x' = x / sc[m])
         W: tl.constexpr = GROUP // 8
         n_all = K // GROUP
-        rows, row_ok, m, s, start, n_groups = _program_slice(N, n_all, BLOCK_N, GROUPS, SPLIT)
-        pdl_begin(w_ptr, w_stride, rows, row_ok, start * W, K // 8, PDL, PREFETCH)
+        rows, row_ok, m, s, start, n_groups = _program_begin(w_ptr, w_stride, N, K, GROUP, BLOCK_N, GROUPS, SPLIT,
+                                                             PDL, PREFETCH)
         g_in = tl.arange(0, GROUPS)
         j = tl.arange(0, W)
         acc = tl.zeros([BLOCK_N, GROUPS, W], dtype=tl.float32)
@@ -705,8 +709,8 @@ if HAS_TRITON:
         # (int32 views; pair p of a group is columns 2p, 2p + 1, pack_int4), with the prologue applied per pair
         # (PRO 1: x * g and the squares, 1 / rms at the end; 3: x * up); each group adds scale * sum((q - zp) x)
         W: tl.constexpr = GROUP // 8
-        rows, row_ok, m, s, start, n_groups = _program_slice(N, K // GROUP, BLOCK_N, GROUPS, SPLIT)
-        pdl_begin(w_ptr, w_stride, rows, row_ok, start * W, K // 8, PDL, PREFETCH)
+        rows, row_ok, m, s, start, n_groups = _program_begin(w_ptr, w_stride, N, K, GROUP, BLOCK_N, GROUPS, SPLIT,
+                                                             PDL, PREFETCH)
         g_in = tl.arange(0, GROUPS)
         j = tl.arange(0, W)
         acc = tl.zeros([BLOCK_N, GROUPS, W], dtype=tl.float32)
