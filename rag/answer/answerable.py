@@ -102,6 +102,7 @@ _SYNOPSIS = re.compile(r"\S+(?:\s+(?:\[[^\]]*\]|<[^>]*>|[A-Z][A-Z_]*)(?:\.\.\.|�
                        r"|(?:\[[^\]]*\](?:\.\.\.|…)?\s*)+[。.]?")
 # BM25 idf of a word a quarter of the chunks hold, ln(1 + 0.75 / 0.25): a name that common is the corpus's subject
 COMMON_NAME_IDF = math.log(4.0)
+MIN_NAMES_FOR_SLACK = 3  # assess(anchor_slack) lets a passage lack a name only when the question has this many
 # the calibrated decision's best similarity looks at this many of the retrieved sentences (in hit order)
 MAX_SIMILARITY_SENTENCES = 64
 _REFERENCE = re.compile(r"[A-Za-z_][\w.:+-]*\(\d[a-z]*\),?")  # a manual-page reference: ssh-add(1), ssh_config(5)
@@ -628,7 +629,7 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
            relative_credit: float = RELATIVE_CREDIT, pick_margin: float = 0.0,
            calibration: Calibration | None = None, min_probability: float | None = None,
            alignment: TermAlignment | None = None, align_lead: int = 0, rank_margin: float = 0.0,
-           option_margin: float = 0.0) -> Assessment:
+           option_margin: float = 0.0, anchor_slack: int = 0) -> Assessment:
     """Decide whether ``hits`` answer ``question`` and pick the sentences that support the answer.
 
     Args:
@@ -664,6 +665,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
             is within this of the lead's (0..2) and whose passage answers too (the coverage and the names the lead's
             passage had, and every name and number the lead's sentences hold) leads instead: the earliest such
             passage, its best-covering sentence (0: off).
+        anchor_slack: a question with at least three names and numbers is answered from a passage that lacks this
+            many of them (one said otherwise: "Win9x" for "Windows 9x", scp beside cp and tar); 0 = every one.
         option_margin: once a how-to question is answerable and its lead is no option line, a line documenting a
             command's option ("-s, --symbolic …") leads instead when it says one of the question's words itself, its
             coverage with its heading path is within this of the lead's (0..1), it says the question no worse than
@@ -714,7 +717,8 @@ def assess(question: str, hits: Sequence[Hit], corpus: Corpus | None = None, *, 
         corpus is not None and (idf := corpus.idf(t.index_word)) is not None and idf < COMMON_NAME_IDF)}
 
     def holds_anchors(credit: dict[str, float]) -> bool:
-        return all(credit.get(t, 0.0) >= 1.0 for t in anchor_terms)
+        lacking = sum(credit.get(t, 0.0) < 1.0 for t in anchor_terms)
+        return lacking == 0 or len(anchor_terms) >= MIN_NAMES_FOR_SLACK and lacking <= anchor_slack
 
     anchors = {n: holds_anchors(c) for n, c in per_hit.items()}
 

@@ -92,6 +92,8 @@ class QAPipeline:
         for key in ("min_term_coverage", "semantic_min_coverage", "min_sentence_similarity", "relative_credit"):
             if not 0.0 <= getattr(cfg.answer, key) <= 1.0:
                 raise ConfigError(f"answer.{key}={getattr(cfg.answer, key)} must be between 0 and 1")
+        if not 0 <= cfg.answer.anchor_slack <= 2:
+            raise ConfigError(f"answer.anchor_slack={cfg.answer.anchor_slack} must be 0, 1 or 2")
         if not 0 <= cfg.answer.align_lead <= 64:
             raise ConfigError(f"answer.align_lead={cfg.answer.align_lead} must be between 0 and 64")
         for key in ("pick_similarity_margin", "rank_margin", "option_margin"):  # differences of coverage scores (0..2)
@@ -188,7 +190,8 @@ class QAPipeline:
                           pick_margin=answer_cfg.pick_similarity_margin if self.semantic_embedder else 0.0,
                           calibration=self.calibration, min_probability=answer_cfg.min_answer_probability,
                           alignment=self.alignment, align_lead=answer_cfg.align_lead,
-                          rank_margin=answer_cfg.rank_margin, option_margin=answer_cfg.option_margin)
+                          rank_margin=answer_cfg.rank_margin, option_margin=answer_cfg.option_margin,
+                          anchor_slack=answer_cfg.anchor_slack)
         stream.assessment = decision
         if not decision.answerable:
             log.info("refused (%s): %s", decision.reason or "no hits", standalone)

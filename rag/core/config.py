@@ -203,6 +203,9 @@ class AnswerConfig:
     # says the question no worse than the lead (aligned) and whose passage answers too leads instead; 0 = off.
     # docs/EVAL.md "fifteenth pass"
     option_margin: float = 0.3
+    # a question with at least three names and numbers may be answered from a passage that lacks this many of them
+    # (one said otherwise, or beside the point); 0 = the passage must hold every one. docs/EVAL.md "sixteenth pass"
+    anchor_slack: int = 1
 
 
 @dataclass

@@ -183,6 +183,19 @@ def test_a_name_most_of_the_corpus_holds_is_its_subject_not_an_anchor() -> None:
     assert decision.answerable and "debian" in decision.missing
 
 
+def test_a_question_with_three_names_may_say_one_of_them_otherwise() -> None:
+    """assess(anchor_slack=1): with three or more names and numbers in the question, a passage that holds all but one
+    ("Windows 9x" where the question says Win9x) can answer; with fewer names every one must be held, and
+    anchor_slack=0 holds the gate as before."""
+    page = Hit(Chunk(1, "Samba 默认使用 UTF-8 编码，但对老的客户端（DOS 和 Windows 9x/Me）使用 CP850 编码。",
+                     "ref/ch08.html", 0), 1.0)
+    three = "Samba 对 DOS 和 Win9x 这些老客户端默认用什么编码？"
+    assert assess(three, [page], anchor_slack=1).answerable
+    assert not assess(three, [page], anchor_slack=0).answerable
+    two = "Samba 对 Win9x 这些老客户端默认用什么编码？"  # two names, one of them not in the passage
+    assert not assess(two, [page], anchor_slack=1).answerable
+
+
 class _Similar:
     """A stand-in embedder similarity: ``close`` sentences are 0.95 similar to any question, others 0.5."""
 
