@@ -31,6 +31,7 @@ fusion in :mod:`rag.llm.fastgen.ops`; this module is the generator: static cache
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -60,6 +61,8 @@ from rag.llm.fastgen.ops import (
 )
 from rag.llm.fastgen.quant import GEMV_MAX_ROWS, QuantLinear, concat_quant, quantize_served, served_linears
 from rag.llm.fastgen.quant import KINDS as QUANT_KINDS
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("glm", "llama", "qwen2", "mistral")
 BACKENDS = ("auto", "graph", "eager", "hf")
@@ -157,9 +160,14 @@ class FastGenerator:
         if attention == "auto":
             ok = triton_ok(dtype, dev, self.heads, self.kv_heads, self.head_dim)
             self.attention = "triton" if ok else "sdpa"
-        # the rotary as pairs of dimensions, for the decode attention that applies it (attention.FUSED_ROPE)
-        self._partners = rope_partners(self._rope, self._rotary, self.head_dim, dev) \
-            if self.attention == "triton" else None
+        # the rotary as pairs of dimensions, for the decode attention that applies it (attention.FUSED_ROPE); a
+        # rotary this probe cannot run keeps its own op
+        self._partners: torch.Tensor | None = None
+        if self.attention == "triton":
+            try:
+                self._partners = rope_partners(self._rope, self._rotary, self.head_dim, dev)
+            except Exception as exc:  # an unusual rotary signature: not worth failing the decoder for
+                logger.debug("rotary kept as its own op: %s", exc)
         self._act = getattr(self._layers[0].mlp, "activation_fn", None) or self._layers[0].mlp.act_fn
         self._eager: dict[str, Any] = {"norm": rms_norm, "add_norm": add_rms_norm, "rope": self._rope,
                                        "gated": gated, "lora": lora_mm, "lora_low": lora_low_mm,
