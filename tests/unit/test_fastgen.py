@@ -178,8 +178,7 @@ def test_rotary_as_pairs_of_dimensions_matches_the_models_own(kind: str) -> None
     dimensions is not taken for one."""
     import sys
 
-    from rag.llm.fastgen.attention import rotate_pairs
-    from rag.llm.fastgen.ops import rope_partners, rope_tables
+    from rag.llm.fastgen.ops import rope_partners, rope_tables, rotate_pairs
 
     model = tiny_model(kind)
     rope = sys.modules[type(model.model.layers[0].self_attn).__module__].apply_rotary_pos_emb

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rag.llm.fastgen.gemv import arrival_counters, pdl_on
+from rag.llm.fastgen.ops import rotate_pairs
 
 try:
     import triton
@@ -257,12 +258,6 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _attn_combine_kernel[(batch, kv_heads)](partial, max_and_sum, positions, out, splits, out.stride(0), out.stride(1),
                                             GROUP=group, GP=padded, D=dim, SPLIT_N=SPLIT, PDL=pdl, launch_pdl=pdl)
     return out
-
-
-def rotate_pairs(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
-    """``x [B, H, D]`` rotated as the fused rotary does: ``x[d] c[b, d] + x[p[d]] s[b, d]`` in float32, rounded back
-    to x's dtype (:func:`rag.llm.fastgen.ops.rope_tables`)."""
-    return (x.float() * c[:, None] + x[..., partners.long()].float() * s[:, None]).to(x.dtype)
 
 
 def sdpa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,

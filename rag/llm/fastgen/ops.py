@@ -88,27 +88,22 @@ def rope_partners(rope: Callable[..., Any], rotary: Any, head_dim: int, device: 
     runs as the model's own op). Found by rotating the unit vectors at a few positions, checked on random vectors.
     GLM's interleaved pairs (2i, 2i + 1) on half the head and Llama's halves (i, i + D/2) both are."""
     eye = torch.eye(head_dim, device=device)[None, :, None, :]  # [1, D, 1, D]: "head" j is the unit vector e_j
-    partner: torch.Tensor | None = None
-    for position in (3, 1000):
+    mixes = torch.zeros(head_dim, head_dim, dtype=torch.bool, device=device)  # [j, d]: e_j feeds output d
+    for position in (3, 1000):  # two angles: no pair's sine is zero at both
         cos, sin = rotary(eye[:, 0], torch.tensor([[position]], device=device))
-        m = rope(eye, eye, cos, sin)[0][0, :, 0, :].float()  # [j, d]: the rotation of e_j
-        off = (m - torch.diag(torch.diagonal(m))) != 0
-        if bool((off.sum(0) > 1).any()):
-            return None
-        found = torch.where(off.any(0), off.float().argmax(0), torch.arange(head_dim, device=device))
-        if partner is not None and not torch.equal(found[off.any(0)], partner[off.any(0)]):
-            return None
-        partner = found if partner is None else torch.where(off.any(0), found, partner)
-    assert partner is not None
-    if not torch.equal(partner[partner], torch.arange(head_dim, device=device)):
+        mixes |= rope(eye, eye, cos, sin)[0][0, :, 0, :] != 0
+    mixes.fill_diagonal_(False)
+    if bool((mixes.sum(0) > 1).any()):
+        return None
+    index = torch.arange(head_dim, device=device)
+    partner = torch.where(mixes.any(0), mixes.float().argmax(0), index)
+    if not torch.equal(partner[partner], index):
         return None
     partner = partner.to(torch.int32)
-    x = torch.randn(2, 3, 1, head_dim, device=device)
-    positions = torch.tensor([[7], [513]], device=device)
-    cos, sin = rotary(x[:, 0], positions)
-    c, s = rope_tables(rope, cos, sin, partner)
-    want = rope(x, x, cos, sin)[0]
-    got = x * c[:, None, None, :] + x[..., partner.long()] * s[:, None, None, :]
+    x = torch.randn(2, 3, head_dim, device=device)
+    cos, sin = rotary(x, torch.tensor([[7], [513]], device=device))
+    want = rope(x[:, :, None], x[:, :, None], cos, sin)[0][:, :, 0]
+    got = rotate_pairs(x, *rope_tables(rope, cos, sin, partner), partner)
     return partner if torch.allclose(got, want, rtol=1e-5, atol=1e-5) else None
 
 
@@ -124,6 +119,12 @@ def rope_tables(rope: Callable[..., Any], cos: torch.Tensor, sin: torch.Tensor,
     c = m[:, index, index]
     s = torch.where(partner.long() == index, 0.0, m[:, partner.long(), index])
     return c, s
+
+
+def rotate_pairs(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
+    """``x [B, H, D]`` rotated as the fused rotary does: ``x[d] c[b, d] + x[p[d]] s[b, d]`` in float32, rounded back
+    to x's dtype (:func:`rope_tables`)."""
+    return (x.float() * c[:, None] + x[..., partners.long()].float() * s[:, None]).to(x.dtype)
 
 
 def gated(act: Callable[[torch.Tensor], torch.Tensor], gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -513,7 +513,8 @@ if HAS_TRITON:
             r = part - 1
             tl.store(lo_ptr + m * LORA_R + r, tl.sum(y * tl.load(a_ptr + r * K + cols, mask=ok, other=0.0).to(tl.float32)))
         else:
-            scale = tl.where(tl.max(tl.abs(y)) > 0, tl.max(tl.abs(y)) / _PAIR_TOP, 1.0)
+            top = tl.max(tl.abs(y))
+            scale = tl.where(top > 0, top / _PAIR_TOP, 1.0)
             y16 = (y / scale).to(tl.float16)
             lo16, hi16 = tl.split(y16)
             bits = (lo16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | \
@@ -823,7 +824,6 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group
         pairs, sums, factor, low_ = int4_pairs(x, group, norm_weight=norm_weight, eps=eps, up=up,
                                                lora_a=lora_ab[0] if lora_ab is not None else None,
                                                activated=activated)
-        res = residual.contiguous() if residual is not None else x
         low, lb, r = lora_args(x, (low_, lora_ab[1]) if lora_ab is not None and low_ is not None else lora,
                                out_features)
         _int4_pair_gemv_kernel[grid](pairs, sums, factor, words, words.stride(0), scales,
@@ -835,8 +835,8 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group
     if lora_ab is not None:
         h = prologue(x, norm_weight=norm_weight, eps=eps, up=up, activated=activated)
         lora = (h @ lora_ab[0].float().t(), lora_ab[1])
-    x, low, lb, r = x_, *lora_args(x_, lora, out_features)
-    _int4_gemv_kernel[grid](x, x.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
+    low, lb, r = lora_args(x_, lora, out_features)
+    _int4_gemv_kernel[grid](x_, x_.stride(0), up_, up_.stride(0), g, words, words.stride(0), scales,
                             bias if bias is not None else scales, addend_stride(bias), res, low, lb, out, ws, sq, cnt,
                             out_features, in_features, float(eps), silu_rows, row_bucket(rows), GROUP=group, PRO=pro,
                             HAS_BIAS=bias is not None, HAS_RES=residual is not None, LORA_R=r, ASM=use_asm(x),
